@@ -1,0 +1,182 @@
+"""Residual terms G: the derivative of each finetuning loss w.r.t. the sequence log-probs.
+
+Every loss is written once here in sympy, mirroring sim/losses.py term for term
+(same parameter names and defaults; tests/test_losses_vs_theory.py checks both
+against torch autograd), and differentiated symbolically. The coefficient
+c = dL/dlog pi(y) turns into the logit-space residual at each position of y:
+    G = dL/dz = c (e_y - pi)        (since d log pi_y / dz = e_y - pi),
+so c < 0 is a positive (SFT-like) push on y and c > 0 a negative gradient.
+DPO: c(y+) = -beta sigma(-u), c(y-) = +beta sigma(-u), u the reward margin.
+"""
+import functools
+
+import numpy as np
+
+from theory import _sym
+
+LOSSES = ("sft", "dpo", "onpolicy-dpo", "spin", "ipo", "simpo", "slic", "dpop", "sppo", "pg")
+
+# loss -> (log-prob inputs differentiated, other inputs, defaults); mirrors sim/losses.py
+_DPO = (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "beta"), {"beta": 0.1})
+_SPEC = {
+    "sft": (("logp_chosen",), (), {}),
+    "dpo": _DPO, "onpolicy-dpo": _DPO, "spin": _DPO,
+    "ipo": (("logp_chosen", "logp_rejected"),
+            ("ref_chosen", "ref_rejected", "beta", "len_chosen", "len_rejected"),
+            {"beta": 0.1, "len_chosen": None, "len_rejected": None}),
+    "simpo": (("logp_chosen", "logp_rejected"), ("len_chosen", "len_rejected", "beta", "gamma"),
+              {"beta": 2.0, "gamma": 0.5}),
+    "slic": (("logp_chosen", "logp_rejected"), ("delta", "lam"), {"delta": 1.0, "lam": 0.1}),
+    "dpop": (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "beta", "lam"),
+             {"beta": 0.1, "lam": 50.0}),
+    "sppo": (("logp",), ("ref_logp", "win_prob", "eta"), {"eta": 1.0}),
+    "pg": (("logp",), ("advantages",), {}),
+}
+
+
+def _sigmoid_np(x):
+    # the sign-split form never evaluates exp of a large positive number
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _logsigmoid_np(x):
+    x = np.asarray(x, dtype=np.float64)
+    return np.minimum(x, 0.0) - np.log1p(np.exp(-np.abs(x)))
+
+
+def _heaviside_np(x, h0=None):
+    # torch.clamp(min=0) passes the gradient where x >= 0, so H(0) = 1 here
+    return np.heaviside(np.asarray(x, dtype=np.float64), 1.0)
+
+
+def _functions():
+    """sympy sigmoid / logsigmoid with their derivatives, so lambdify can map them to
+    stable numpy versions instead of exp(-u)/(1 + exp(-u)) (overflow at |u| ~ 710)."""
+    import sympy as sp
+
+    class sigmoid(sp.Function):
+        def fdiff(self, argindex=1):
+            return sigmoid(self.args[0]) * sigmoid(-self.args[0])
+
+    class logsigmoid(sp.Function):
+        def fdiff(self, argindex=1):
+            return sigmoid(-self.args[0])
+
+    return sigmoid, logsigmoid
+
+
+@functools.lru_cache(maxsize=None)
+def _symbolic():
+    import sympy as sp
+
+    sigmoid, logsigmoid = _functions()
+    names = {n for spec in _SPEC.values() for group in spec[:2] for n in group}
+    S = {n: sp.Symbol(n, real=True) for n in sorted(names)}
+    lc, lr, rc, rr, beta = (S[n] for n in ("logp_chosen", "logp_rejected", "ref_chosen", "ref_rejected", "beta"))
+    Lc, Lr, lam = S["len_chosen"], S["len_rejected"], S["lam"]
+    dpo = -logsigmoid(beta * (lc - rc) - beta * (lr - rr))
+    losses = {
+        "sft": -lc,
+        "dpo": dpo, "onpolicy-dpo": dpo, "spin": dpo,
+        "ipo": ((lc - rc) / Lc - (lr - rr) / Lr - 1 / (2 * beta)) ** 2,
+        "simpo": -logsigmoid(beta * lc / Lc - beta * lr / Lr - S["gamma"]),
+        "slic": sp.Max(0, S["delta"] - lc + lr) - lam * lc,
+        "dpop": -logsigmoid(beta * (lc - rc) - beta * (lr - rr) - beta * lam * sp.Max(0, rc - lc)),
+        "sppo": (S["logp"] - S["ref_logp"] - S["eta"] * (S["win_prob"] - sp.Rational(1, 2))) ** 2,
+        "pg": -S["advantages"] * S["logp"],
+    }
+    grads = {name: {v: sp.diff(loss, S[v]) for v in _SPEC[name][0]}
+             for name, loss in losses.items()}
+    # the logit-space residual: d/dz of log softmax(z)_y, on 3 labels with y = label 1
+    z = sp.symbols("z1:4", real=True)
+    c = sp.Symbol("c", real=True)
+    logp_y = z[0] - sp.log(sum(sp.exp(t) for t in z))
+    G = sp.Matrix([sp.simplify(c * sp.diff(logp_y, t)) for t in z])
+    pis = [sp.exp(t) / sum(sp.exp(u) for u in z) for t in z]
+    G_check = sp.simplify(G - sp.Matrix([c * ((1 if j == 0 else 0) - pis[j]) for j in range(3)]))
+    # residual(pi, token, coef) per label: coef ([i = token] - pi_i)
+    p_i, d = sp.symbols("pi_i delta", real=True)
+    per_label = c * (d - p_i)
+    return {"S": S, "losses": losses, "grads": grads, "G": G, "G_check": G_check,
+            "per_label": per_label, "p_i": p_i, "d": d, "c": c}
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_fn(loss, var):
+    import sympy as sp
+
+    sigmoid, logsigmoid = _functions()
+    s = _symbolic()
+    args = [s["S"][n] for n in _SPEC[loss][0] + _SPEC[loss][1]]
+    fn = sp.lambdify(args, s["grads"][loss][var],
+                     modules=[{"sigmoid": _sigmoid_np, "logsigmoid": _logsigmoid_np,
+                               "Heaviside": _heaviside_np}, "numpy"])
+
+    def vectorized(*values):
+        out = np.asarray(fn(*values), dtype=np.float64)
+        return np.broadcast_to(out, np.broadcast_shapes(out.shape, *(np.shape(v) for v in values))).copy()
+
+    return vectorized
+
+
+def residual_coefficients(loss, **inputs):
+    """dL/dlog pi(response) for each log-prob input of `loss`, keyed by its argument name
+    ("logp_chosen", "logp_rejected"; "logp" for sppo and pg). Inputs and defaults are
+    those of the matching sim.losses function; arrays broadcast."""
+    if loss not in _SPEC:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    wrt, others, defaults = _SPEC[loss]
+    unknown = set(inputs) - set(wrt) - set(others)
+    if unknown:
+        raise TypeError(f"{loss}: unexpected inputs {sorted(unknown)}")
+    values = {**defaults, **inputs}
+    if loss == "ipo":
+        if (values["len_chosen"] is None) != (values["len_rejected"] is None):
+            raise ValueError("ipo: give both lengths (per-token IPO) or neither (summed IPO)")
+        if values["len_chosen"] is None:                 # summed convention = lengths of 1
+            values["len_chosen"] = values["len_rejected"] = 1.0
+    missing = [n for n in wrt + others if n not in values]
+    if missing:
+        raise TypeError(f"{loss}: missing inputs {missing}")
+    args = [np.asarray(values[n], dtype=np.float64) for n in wrt + others]
+    return {v: _grad_fn(loss, v)(*args) for v in wrt}
+
+
+@functools.lru_cache(maxsize=None)
+def _residual_parts():
+    s = _symbolic()
+    slope, intercept = _sym.affine_parts(s["per_label"].subs(s["d"], 0), s["p_i"])
+    token_extra = s["per_label"].subs({s["d"]: 1, s["p_i"]: 0}) - intercept
+    return (_sym.lambdify((s["c"],), slope), _sym.lambdify((s["c"],), intercept),
+            _sym.lambdify((s["c"],), token_extra))
+
+
+def residual(pi, token, coef):
+    """coef (e_token - pi): the logit-space G at one position, pi [..., V], token int [...],
+    coef broadcastable to pi.shape[:-1]."""
+    pi = np.asarray(pi, dtype=np.float64)
+    coef = np.broadcast_to(np.asarray(coef, dtype=np.float64), pi.shape[:-1])
+    slope, intercept, extra = _residual_parts()
+    out = pi * slope(coef)[..., None] + intercept(coef)[..., None]
+    idx = np.broadcast_to(np.asarray(token), pi.shape[:-1])[..., None]
+    np.put_along_axis(out, idx, np.take_along_axis(out, idx, -1) + extra(coef)[..., None], axis=-1)
+    return out
+
+
+def derivations():
+    import sympy as sp
+    from theory.derivation import Derivation
+
+    s = _symbolic()
+    steps = [("G = c d log pi_y / dz, c = dL/dlog pi_y (3 labels, y = 1):", s["G"]),
+             ("minus c (e_y - pi):", s["G_check"])]
+    for name in LOSSES:
+        if name in ("onpolicy-dpo", "spin"):
+            continue
+        steps.append((f"{name}: L =", s["losses"][name]))
+        for var, g in s["grads"][name].items():
+            steps.append((f"   dL/d{var} =", g))
+    steps.append(("onpolicy-dpo and spin: the DPO loss on other responses (same coefficients)", None))
+    return [Derivation("Residual terms G of each loss", tuple(steps))]

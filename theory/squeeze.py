@@ -1,0 +1,500 @@
+"""The squeezing effect: one gradient step on label k of a softmax over free logits.
+
+A step on label k moves the logits by z' = z + sign * eta (e_k - pi): sign = -1 is
+a negative gradient (gradient descent on +log pi_k, i.e. "push k down"), sign = +1
+a positive one (SFT on k). With K = I (free logits) or K = kappa I (linear head,
+absorb kappa into eta) everything below is exact.
+
+Exact one-step change (derived in `derivations()`): with d_i = z'_i - z_i,
+    log pi'_i - log pi_i = d_i - log Z,   Z = sum_j pi_j exp(d_j),
+so for a negative step pi'_i / pi_i = exp(eta pi_i) / Z (i != k) with
+Z = sum_j pi_j exp(eta (pi_j - [j=k])).
+First-order law (A(pi) applied to the logit change):
+    negative: dlog pi_i = eta (pi_i + pi_k - ||pi||^2) (i != k),  dlog pi_k = -eta (1 - 2 pi_k + ||pi||^2)
+    positive: dlog pi_i = eta (||pi||^2 - pi_k - pi_i) (i != k),  dlog pi_k = +eta (1 - 2 pi_k + ||pi||^2)
+
+Theorems (negative step, every eta > 0; proofs in each predicate's docstring):
+  P01 pi_k always falls; P02 y* = argmax_{i != k} pi_i always rises; X01 the
+  rising set is a top set; P04 to first order it is {i : pi_i > ||pi||^2 - pi_k},
+  empty of fallers when pi_k >= ||pi||^2; P05 peakier pi squeezes harder; X02 as
+  eta -> infinity pi' -> one-hot on y*.
+What does NOT follow (P06b): y*'s own first-order gain eta (pi_{y*} + pi_k - ||pi||^2)
+does not grow as pi_k falls: moving mass out of k lowers pi_k one-for-one while
+||pi||^2 moves by less, so the gain usually shrinks; see `runner_up_gain_first_order`.
+
+Inputs: p [..., V] (a distribution, summing to 1 in float64 precision), k an int
+or an int array broadcastable to p.shape[:-1], eta > 0 a float or an array of the
+same leading shape. Outputs are float64 numpy; sympy is imported only lazily.
+"""
+import functools
+from typing import NamedTuple
+
+import numpy as np
+
+from theory import _sym
+from theory.softmax import softmax, sqnorm
+
+# exp(700) is finite in float64; the log1p/expm1 path keeps relative precision but
+# needs x_j <= ~700 (negative step) and sum_j p_j exp(x_j) >= e^-1 (positive step).
+_EXPM1_MAX_NEG = 600.0
+_EXPM1_MAX_POS = 1.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def _index(p, k):
+    k = np.asarray(k)
+    if not np.issubdtype(k.dtype, np.integer):
+        raise TypeError("label index k must be an integer (array)")
+    V = p.shape[-1]
+    if np.any(k < 0) or np.any(k >= V):
+        raise IndexError(f"label index out of range for V = {V}")
+    return np.broadcast_to(k, p.shape[:-1])[..., None]
+
+
+def _take(x, idx):
+    return np.take_along_axis(x, idx, axis=-1)[..., 0]
+
+
+def _put(x, idx, values):
+    np.put_along_axis(x, idx, np.broadcast_to(values, idx.shape[:-1])[..., None], axis=-1)
+
+
+def _sign(sign):
+    if sign not in (-1, 1):
+        raise ValueError("sign must be -1 (negative gradient) or +1 (positive gradient)")
+    return float(sign)
+
+
+def _row(x, p):
+    """A per-row scalar (or scalar) as [..., 1] so it broadcasts against p [..., V]."""
+    return np.broadcast_to(_f64(x), p.shape[:-1])[..., None]
+
+
+def _others_mask(p, idx):
+    mask = np.ones(p.shape, dtype=bool)
+    _put(mask, idx, False)
+    return mask
+
+
+def runner_up(p, k):
+    """y* = argmax_{i != k} pi_i (first index on ties), shape [...]."""
+    p = _f64(p)
+    idx = _index(p, k)
+    q = p.copy()
+    _put(q, idx, -np.inf)
+    return np.argmax(q, axis=-1)
+
+
+# --------------------------------------------------------------------------- numeric functions
+
+def step_logits(z, k, eta, sign=-1):
+    """z' = z + sign * eta (e_k - pi): one gradient step on log pi_k over free logits."""
+    z = _f64(z)
+    s = _sign(sign)
+    pi = softmax(z)
+    idx = _index(z, k)
+    f = _fns()
+    out = z + pi * _row(f["step_slope"](eta, s), z)
+    _put(out, idx, _take(out, idx) + f["step_k_extra"](eta, s))
+    return out
+
+
+def first_order_dlogp(p, k, eta, sign=-1):
+    """A(pi) (sign eta (e_k - pi)): the first-order change of every log pi_i.
+
+    Evaluated as p * slope + intercept (one [.., V] temporary); label k separately.
+    """
+    p = _f64(p)
+    s = _sign(sign)
+    idx = _index(p, k)
+    f = _fns()
+    pk, sq = _take(p, idx), sqnorm(p)
+    out = p * _row(f["fo_slope"](eta, s), p)
+    out += _row(f["fo_intercept"](pk, sq, eta, s), p)
+    _put(out, idx, f["fo_k"](pk, sq, eta, s))
+    return out
+
+
+def exact_dlogp(p, k, eta, sign=-1):
+    """Exact log pi'_i - log pi_i after z' = z + sign eta (e_k - pi), for every label.
+
+    With x_i = d_i - d_k (sympy: x_i = -sign eta (1 - pi_k + pi_i), x_k = 0):
+        dlog pi_i = x_i - log sum_j pi_j exp(x_j).
+    Shifting by d_k makes label k's own change -log1p(sum_j pi_j expm1(x_j)), a
+    sum of same-signed terms for a negative step, so its sign is exact even when
+    it is 1e-30; for small steps this log1p/expm1 path keeps relative precision.
+    Large steps switch to a max-shifted log-sum-exp (no overflow at eta = 1e3+).
+    """
+    p = _f64(p)
+    s = _sign(sign)
+    idx = _index(p, k)
+    f = _fns()
+    pk = _take(p, idx)
+    x = p * _row(f["x_slope"](eta, s), p)
+    x += _row(f["x_intercept"](pk, eta, s), p)
+    _put(x, idx, 0.0)
+    # per row, the expm1 path needs no overflow (negative step: x_j >= 0 up to
+    # eta (1 - pi_k + pi_j)) and no cancellation in 1 + S (positive step: x_j <= 0)
+    if s < 0:
+        small = np.max(x, axis=-1) <= _EXPM1_MAX_NEG
+    else:
+        small = np.min(x, axis=-1) >= -_EXPM1_MAX_POS
+    if small.all():
+        return _finish_expm1(p, x)
+    if not small.any():
+        return _finish_exp(p, x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(small[..., None], _finish_expm1(p, x.copy()), _finish_exp(p, x))
+
+
+def _finish_expm1(p, x):
+    e = np.expm1(x)
+    log_z = np.log1p(np.einsum("...v,...v->...", p, e))
+    return np.subtract(x, log_z[..., None], out=e)
+
+
+def _finish_exp(p, x):
+    # log sum_j p_j exp(x_j) as a log-sum-exp of x_j + log p_j: labels with p_j ~ 0
+    # (underflowed) drop out instead of making every term underflow at large eta
+    with np.errstate(divide="ignore"):
+        a = np.log(p)
+    a += x
+    log_z = np.max(a, axis=-1, keepdims=True)
+    a -= log_z
+    np.exp(a, out=a)
+    log_z += np.log(np.sum(a, axis=-1, keepdims=True))
+    return np.subtract(x, log_z, out=a)
+
+
+def threshold(p, k, sign=-1):
+    """||pi||^2 - pi_k, shape [...]: the root in pi_i of the first-order law (sympy solve).
+
+    Negative step: label i != k rises to first order iff pi_i > threshold.
+    Positive step: label i != k rises iff pi_i < threshold (all fall when it is <= 0).
+    `sign` only documents which side rises; the root is the same.
+    """
+    p = _f64(p)
+    _sign(sign)
+    idx = _index(p, k)
+    return _fns()["threshold"](_take(p, idx), sqnorm(p))
+
+
+def rising_set(p, k, eta, sign=-1, exact=True):
+    """bool [..., V]: labels whose log-prob goes up (label k included: it never does
+    under a negative step, always does under a positive one)."""
+    change = exact_dlogp(p, k, eta, sign) if exact else first_order_dlogp(p, k, eta, sign)
+    return change > 0
+
+
+def runner_up_gain_first_order(p, k, eta):
+    """eta (pi_{y*} + pi_k - ||pi||^2): y*'s first-order gain under a negative step.
+
+    NOT a theorem that it grows as pi_k falls: d/d(pi_k) of the gain is
+    1 - d||pi||^2/d pi_k, positive whenever ||pi||^2 changes by less than pi_k,
+    so lowering pi_k usually lowers y*'s gain (tests/test_theory_squeeze.py).
+    """
+    p = _f64(p)
+    return _take(first_order_dlogp(p, k, eta, -1), runner_up(p, k)[..., None])
+
+
+# --------------------------------------------------------------------------- theorems
+
+def target_falls(p, k, eta):
+    """P01: under a negative step pi_k falls, for every eta > 0.
+
+    Proof: pi'_k / pi_k = exp(-eta (1 - pi_k)) / Z and Z = sum_j pi_j exp(eta (pi_j - [j=k]))
+    > pi_k exp(-eta (1 - pi_k)) + (1 - pi_k) exp(0) ... more simply, dividing by
+    exp(-eta (1 - pi_k)): Z exp(eta (1 - pi_k)) = pi_k + sum_{j != k} pi_j exp(eta (1 - pi_k + pi_j)) > 1
+    because every exponent is > 0 and sum_j pi_j = 1 (pi_k < 1). Hence the ratio < 1.
+    """
+    p = _f64(p)
+    idx = _index(p, k)
+    return _take(exact_dlogp(p, k, eta, -1), idx) < 0
+
+
+def runner_up_rises(p, k, eta):
+    """P02: y* = argmax_{i != k} pi_i rises under a negative step, for every eta > 0 (pi_k > 0).
+
+    Proof: pi'_{y*}/pi_{y*} = exp(eta pi_{y*}) / Z, and
+    Z = sum_{j != k} pi_j exp(eta pi_j) + pi_k exp(-eta (1 - pi_k))
+      < (1 - pi_k) exp(eta pi_{y*}) + pi_k exp(eta pi_{y*}) = exp(eta pi_{y*}),
+    strictly because the k term has exponent -eta (1 - pi_k) < eta pi_{y*} and pi_k > 0.
+    """
+    p = _f64(p)
+    ystar = runner_up(p, k)[..., None]
+    return _take(exact_dlogp(p, k, eta, -1), ystar) > 0
+
+
+def rising_set_is_top_set(p, k, eta):
+    """X01: the labels i != k that rise are the most likely ones (a top set).
+
+    Proof: for i != k, pi'_i / pi_i = exp(eta pi_i) / Z with one Z for all i, an
+    increasing function of pi_i; so i rises iff pi_i > log(Z)/eta. The numeric
+    exact_dlogp is monotone in pi_i too (p * slope + intercept, then one shift),
+    so the property holds exactly in float64, ties included.
+    """
+    p = _f64(p)
+    idx = _index(p, k)
+    others = _others_mask(p, idx)
+    rises = rising_set(p, k, eta, -1, exact=True) & others
+    lowest_riser = np.where(rises, p, np.inf).min(axis=-1)
+    highest_faller = np.where(others & ~rises, p, -np.inf).max(axis=-1)
+    return lowest_riser >= highest_faller
+
+
+def _near_tie(p, thr, pk, sq):
+    # float64 evaluation of eta (pi_i - thr) can flip sign within a few ulps of the root
+    return np.abs(p - thr[..., None]) <= 16 * np.finfo(np.float64).eps * (p + (pk + sq)[..., None])
+
+
+def rising_set_matches_threshold_first_order(p, k, eta, sign=-1):
+    """P04: to first order, label i != k rises iff pi_i > ||pi||^2 - pi_k (negative step),
+    iff pi_i < ||pi||^2 - pi_k (positive step). Labels within a few ulps of the
+    threshold are not judged (their float64 sign is rounding)."""
+    p = _f64(p)
+    idx = _index(p, k)
+    pk, sq = _take(p, idx), sqnorm(p)
+    thr = threshold(p, k, sign)
+    predicted = p > thr[..., None] if sign < 0 else p < thr[..., None]
+    rises = rising_set(p, k, eta, sign, exact=False)
+    judged = _others_mask(p, idx) & ~_near_tie(p, thr, pk, sq)
+    return np.all((predicted == rises) | ~judged, axis=-1)
+
+
+def no_squeeze_when_target_is_peaky(p, k, eta):
+    """P04 (regime switch): if pi_k >= ||pi||^2, no label i != k falls to first order.
+
+    Proof: dlog pi_i = eta pi_i + eta (pi_k - ||pi||^2) >= eta pi_i >= 0. Returns
+    True where the premise fails (the implication holds vacuously).
+    """
+    p = _f64(p)
+    idx = _index(p, k)
+    premise = _take(p, idx) >= sqnorm(p)
+    change = first_order_dlogp(p, k, eta, -1)
+    conclusion = np.all((change >= 0) | ~_others_mask(p, idx), axis=-1)
+    return ~premise | conclusion
+
+
+def peakier_squeezes_harder(p, q, k, eta=1.0):
+    """P05: with the same pi_k, a peakier distribution (larger ||pi||^2) squeezes harder.
+
+    Proof: at fixed pi_k the threshold ||pi||^2 - pi_k grows with ||pi||^2, and a
+    label at any given probability level pi_i gets the first-order change
+    eta (pi_i + pi_k - ||pi||^2), smaller under the peakier q. So every level that
+    falls under p falls under q. Returns, for p and q with p_k = q_k (to 1e-12) and
+    ||q||^2 >= ||p||^2, whether threshold(q) >= threshold(p) and the change at the
+    levels of p is no larger under q; True where the premise fails.
+    """
+    p, q = _f64(p), _f64(q)
+    idx = _index(p, k)
+    pk, qk = _take(p, idx), _take(q, idx)
+    premise = (np.abs(pk - qk) <= 1e-12) & (sqnorm(q) >= sqnorm(p))
+    f = _fns()
+    at_p = f["fo_intercept"](pk, sqnorm(p), eta, -1.0)
+    at_q = f["fo_intercept"](qk, sqnorm(q), eta, -1.0)
+    tol = 1e-12 * np.abs(_f64(eta))
+    ok = (threshold(q, k) >= threshold(p, k) - 1e-12) & (at_q <= at_p + tol)
+    return ~premise | ok
+
+
+def one_hot_bound(p, k, eta):
+    """Upper bound on 1 - pi'_{y*} after a negative step: sum_{j != y*} pi_j/pi_{y*} exp(x_j - x_{y*})
+    with x_j - x_{y*} = eta (pi_j - pi_{y*}) (j != k) and -eta (1 - pi_k + pi_{y*}) (j = k).
+    It tends to 0 as eta -> infinity whenever y* is the unique argmax over i != k."""
+    p = _f64(p)
+    ystar = runner_up(p, k)[..., None]
+    change = exact_dlogp(p, k, eta, -1)
+    rel = change - _take(change, ystar)[..., None]          # log-ratio pi'_j/pi'_{y*} - log p_j/p_y*
+    w = p * np.exp(rel)
+    _put(w, ystar, 0.0)
+    return w.sum(axis=-1) / _take(p, ystar)
+
+
+def one_hot_limit(p, k, eta, tol=1e-6):
+    """X02: as eta -> infinity a negative step gives one-hot on y*.
+
+    Proof: pi'_j / pi'_{y*} = (pi_j / pi_{y*}) exp(x_j - x_{y*}); every exponent
+    is <= -eta * gap (gap = pi_{y*} - max_{j != y*, k} pi_j > 0) or -eta (for k),
+    so 1 - pi'_{y*} <= pi'_{y*} sum_j pi'_j/pi'_{y*} <= one_hot_bound -> 0.
+    Returns True where the bound is still above tol (eta not yet large enough for
+    this pi) or the exact post-step mass on y* is >= 1 - tol.
+    """
+    p = _f64(p)
+    ystar = runner_up(p, k)[..., None]
+    w = p * np.exp(exact_dlogp(p, k, eta, -1))
+    _put(w, ystar, 0.0)
+    off_mass = w.sum(axis=-1)
+    return (one_hot_bound(p, k, eta) > tol) | (off_mass <= tol)
+
+
+# --------------------------------------------------------------------------- DPO
+
+def dpo_shared_context_dlogp(p, plus, minus, eta, coef):
+    """Exact dlog pi of every label after one DPO step with y+ and y- on one shared context.
+
+    The chosen term's logit gradient -coef (e_+ - pi) and the rejected term's
+    +coef (e_- - pi) sum to -coef (e_+ - e_-): the pi terms cancel (sympy), so
+    z' = z + eta coef (e_+ - e_-). Every other label changes by the same -log Z:
+    no squeeze (P08). plus != minus.
+    """
+    p = _f64(p)
+    ip, im = _index(p, plus), _index(p, minus)
+    if np.any(ip == im):
+        raise ValueError("plus and minus must differ")
+    f = _fns()
+    pp, pm = _take(p, ip), _take(p, im)
+    up, um, uo = f["dpo_plus"](eta, coef), f["dpo_minus"](eta, coef), f["dpo_other"](eta, coef)
+    rest = np.clip(1.0 - pp - pm, 0.0, None)
+    with np.errstate(divide="ignore", over="ignore"):
+        small = np.abs(up - uo) + np.abs(um - uo) <= 30.0
+        log_z_small = uo + np.log1p(pp * np.expm1(np.minimum(up - uo, 30)) + pm * np.expm1(np.minimum(um - uo, 30)))
+        stacked = np.stack(np.broadcast_arrays(np.log(rest) + uo, np.log(pp) + up, np.log(pm) + um), axis=-1)
+        m = stacked.max(axis=-1)
+        log_z_big = m + np.log(np.exp(stacked - m[..., None]).sum(axis=-1))
+    log_z = np.where(small, log_z_small, log_z_big)
+    out = np.empty_like(p)
+    out[...] = _row(uo - log_z, p)
+    _put(out, ip, up - log_z)
+    _put(out, im, um - log_z)
+    return out
+
+
+class TwoContextDPO(NamedTuple):
+    dlogp_plus: np.ndarray       # first-order dlog pi_a(y+) in the chosen context a
+    falls: np.ndarray            # bool: dlogp_plus < 0
+    kappa_critical: np.ndarray   # pi_a(y+) falls iff kappa > kappa_critical (inf: never)
+
+
+def dpo_two_context(p_plus_ctx, p_minus_ctx, plus, minus, kappa, eta, coef):
+    """DPO with y+ and y- scored in two different contexts a and b coupled by a kernel kappa.
+
+    Logit change in context a: dz_a = eta coef (e_+ - pi_a) - kappa eta coef (e_- - pi_b)
+    (its own positive push plus the kernel-coupled negative push). sympy gives
+        dlog pi_a(y+) = eta coef [ Q0 + kappa Q1 ],
+        Q0 = 1 - 2 pi_a(+) + ||pi_a||^2 = ||e_+ - pi_a||^2 > 0,
+        Q1 = pi_b(+) + pi_a(-) - pi_a . pi_b - [+ = -],
+    so (eta coef > 0) pi_a(y+) falls iff Q1 < 0 and kappa > -Q0/Q1: when both
+    contexts put their mass on the same other labels (pi_a . pi_b large) the
+    squeeze from context b lifts that shared peak in a and drains y+.
+    """
+    pa, pb = _f64(p_plus_ctx), _f64(p_minus_ctx)
+    ip, im = _index(pa, plus), _index(pa, minus)
+    f = _fns()
+    args = (_take(pa, ip), _take(pa, im), _take(pb, ip), sqnorm(pa),
+            np.einsum("...v,...v->...", pa, pb), (ip == im)[..., 0].astype(np.float64))
+    dlogp = f["two_dlogp"](*args, kappa, eta, coef)
+    q0, q1 = f["two_q0"](*args), f["two_q1"](*args)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa_crit = np.where(q1 < 0, -q0 / np.where(q1 < 0, q1, -1.0), np.inf)
+    return TwoContextDPO(dlogp, dlogp < 0, kappa_crit)
+
+
+# --------------------------------------------------------------------------- sympy
+
+@functools.lru_cache(maxsize=None)
+def _symbolic():
+    import sympy as sp
+
+    p_i, p_k, sq, d, eta, s = sp.symbols("pi_i pi_k S_2 delta eta sigma", real=True)
+    # the step: z' - z = sign eta grad_z log pi_k, and grad_z log pi_k = e_k - pi (row k of A)
+    step_i = s * eta * (d - p_i)
+    pi_dot_step = _sym.label_sum(p_i * step_i, p_i, d, p_k, sq)
+    first = sp.expand(step_i - pi_dot_step)                    # A(pi) applied to the step
+    first_off, first_k = first.subs(d, 0), sp.factor(first.subs({d: 1, p_i: p_k}))
+    thr = sp.solve(sp.Eq(first_off, 0), p_i)[0]
+    step_k = step_i.subs({d: 1, p_i: p_k})
+    x_off = sp.expand(step_i.subs(d, 0) - step_k)              # d_i - d_k
+    # check: d/d eta at 0 of the exact change equals the first-order law (V = 3, k = 1)
+    q = sp.symbols("q1:4", positive=True)
+    steps = [s * eta * ((1 if j == 0 else 0) - q[j]) for j in range(3)]
+    logz = sp.log(sum(q[j] * sp.exp(steps[j]) for j in range(3)))
+    exact3 = [steps[j] - logz for j in range(3)]
+    sq3 = sum(t ** 2 for t in q)
+    fo_check = [sp.simplify((sp.diff(exact3[j], eta).subs(eta, 0) -
+                             sp.diff(first, eta).subs({d: 1 if j == 0 else 0, p_i: q[j], p_k: q[0], sq: sq3})
+                             ).subs(q[2], 1 - q[0] - q[1])) for j in range(3)]
+    # shared-context DPO: sum of the two residuals, dL/dlogp+ = -c, dL/dlogp- = +c
+    c, dp, dm = sp.symbols("c delta_+ delta_-", real=True)
+    g_dpo = -c * (dp - p_i) + c * (dm - p_i)
+    dz_dpo = sp.expand(-eta * g_dpo)
+    # two contexts: pi_a, pi_b per label; inner products as symbols
+    a_i, b_i, Dp, Dm, kappa = sp.symbols("pi_a_i pi_b_i delta_+i delta_-i kappa", real=True)
+    a_p, a_m, b_p, sa, ab, dpm = sp.symbols("pi_a(+) pi_a(-) pi_b(+) S_a pi_a.pi_b delta_+-", real=True)
+    dz_a = eta * c * (Dp - a_i) - kappa * eta * c * (Dm - b_i)
+    poly = sp.Poly(sp.expand(a_i * dz_a), a_i, b_i, Dp, Dm)
+    table = {(1, 0, 1, 0): a_p, (1, 0, 0, 1): a_m, (2, 0, 0, 0): sa, (1, 1, 0, 0): ab, (1, 0, 0, 0): 1}
+    a_dot_dz = sum(coef * table[m] for m, coef in poly.terms())
+    dz_plus = dz_a.subs({Dp: 1, Dm: dpm, a_i: a_p, b_i: b_p})
+    two = sp.expand(dz_plus - a_dot_dz)
+    q0 = sp.expand(two.subs(kappa, 0) / (eta * c))
+    q1 = sp.expand(sp.diff(two, kappa) / (eta * c))
+    kappa_crit = sp.solve(sp.Eq(two, 0), kappa)[0]
+    return locals()
+
+
+@functools.lru_cache(maxsize=None)
+def _fns():
+    sy = _symbolic()
+    p_i, p_k, sq, eta, s, c = (sy[n] for n in ("p_i", "p_k", "sq", "eta", "s", "c"))
+    L = _sym.lambdify
+    import sympy as sp
+    step_slope, step_int = _sym.affine_parts(sy["step_i"].subs(sy["d"], 0), p_i)
+    assert step_int == 0
+    fo_slope, fo_int = _sym.affine_parts(sy["first_off"], p_i)
+    x_slope, x_int = _sym.affine_parts(sy["x_off"], p_i)
+    dz, dp, dm = sy["dz_dpo"], sy["dp"], sy["dm"]
+    two_args = (sy["a_p"], sy["a_m"], sy["b_p"], sy["sa"], sy["ab"], sy["dpm"])
+    return {
+        "step_slope": L((eta, s), step_slope),
+        "step_k_extra": L((eta, s), sp.simplify(sy["step_k"] - step_slope * p_k)),
+        "fo_slope": L((eta, s), fo_slope),
+        "fo_intercept": L((p_k, sq, eta, s), fo_int),
+        "fo_k": L((p_k, sq, eta, s), sy["first_k"]),
+        "threshold": L((p_k, sq), sy["thr"]),
+        "x_slope": L((eta, s), x_slope),
+        "x_intercept": L((p_k, eta, s), x_int),
+        "dpo_plus": L((eta, c), dz.subs({dp: 1, dm: 0, p_i: 0})),
+        "dpo_minus": L((eta, c), dz.subs({dp: 0, dm: 1, p_i: 0})),
+        "dpo_other": L((eta, c), dz.subs({dp: 0, dm: 0, p_i: 0})),
+        "two_dlogp": L(two_args + (sy["kappa"], eta, c), sy["two"]),
+        "two_q0": L(two_args, sy["q0"]),
+        "two_q1": L(two_args, sy["q1"]),
+    }
+
+
+def derivations():
+    import sympy as sp
+    from theory.derivation import Derivation
+
+    sy = _symbolic()
+    return [
+        Derivation("One step on label k: z' = z + sign eta (e_k - pi)", (
+            ("logit change of label i (delta = [i = k], sigma = sign):", sy["step_i"]),
+            ("pi . (z' - z), summed over labels:", sy["pi_dot_step"]),
+            ("first-order dlog pi_i = (A(pi)(z' - z))_i:", sy["first"]),
+            ("i != k:", sy["first_off"]),
+            ("i = k:", sy["first_k"]),
+            ("threshold: i != k rises (sigma = -1) iff pi_i >", sy["thr"]),
+        )),
+        Derivation("Exact one-step change", (
+            ("dlog pi_i = x_i - log sum_j pi_j exp(x_j), x_i = d_i - d_k; for i != k, x_i =", sy["x_off"]),
+            ("check, V = 3: d/d eta at 0 of the exact change minus the first-order law", sp.Matrix(sy["fo_check"])),
+        )),
+        Derivation("DPO on one shared context", (
+            ("G = -c (e_+ - pi) + c (e_- - pi), per label:", sy["g_dpo"]),
+            ("z' - z = -eta G: the pi terms cancel", sy["dz_dpo"]),
+        )),
+        Derivation("DPO on two contexts coupled by kappa", (
+            ("dz_a per label:", sy["dz_a"]),
+            ("pi_a . dz_a:", sy["a_dot_dz"]),
+            ("first-order dlog pi_a(y+):", sy["two"]),
+            ("Q0 (kappa = 0 part, / eta c):", sy["q0"]),
+            ("Q1 (coefficient of kappa, / eta c):", sy["q1"]),
+            ("pi_a(y+) falls for kappa beyond", sy["kappa_crit"]),
+        )),
+    ]
