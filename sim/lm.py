@@ -1,0 +1,568 @@
+"""`ldyn sim lm`: SFT and DPO on a tiny transformer, tracked with the paper's probes.
+
+Pipeline (deterministic for a seed, about a minute on 2 idle cores):
+1. Pretrain a 2-layer transformer (sim/toy_model.py) on the synthetic QA +
+   narrative language of sim/toy_language.py.
+2. Finetune copies of it, scoring every probe type of SPEC.md on the probe
+   prompts every few steps into the shared tracking table (sim/tracking.py):
+     sft           SFT on (x, y+)
+     dpo           off-policy DPO on (x, y+, y-), reference = the pretrained model
+     onpolicy-dpo  DPO whose y- is a sample of the current policy (refreshed
+                   every few steps), y+ the dataset's; reference = pretrained
+     extend        SFT on y+ and y- (the "extend" dataset), then DPO from there
+                   with that model as reference; only its DPO phase is tracked
+3. Evaluate theory.predictions on the curves (evaluate_run, evaluate_comparison)
+   plus the position-class claim (squeezing happens after y+ and y- diverge),
+   and draw one panel per probe type.
+
+Design choices, and why (each was needed to reach the paper's regime):
+- DPO starts from the pretrained model, not an SFT model: SFT on 64 short
+  answers memorises them, after which y+ is the argmax everywhere, y* = y+, and
+  "y+ falls while y* rises" could not even be expressed. The pretrained model
+  prefers other styles, so y+ is fluent but not greedy, as a human-written
+  chosen answer is for an LLM (the paper also runs DPO from the base model).
+- Plain SGD for finetuning. The AKG decomposition describes a gradient step;
+  with Adam every parameter moves at the same speed whatever its gradient, so
+  the tokens that receive the squeezed mass at y-'s contexts (mostly "the")
+  drift into every context and the update stops looking like a force on
+  probabilities. SGD keeps each step proportional to the force.
+- DPO's step is larger than SFT's (beta = 0.1 scales DPO's gradient by about
+  beta/2), and SFT's step is small enough that its early, shared phase (all
+  answers in y+'s style rise) is seen before memorisation takes over.
+- y- rambles after a wrong value in narrative-only words (valleys at every
+  rejected-only position: the off-policy regime); on-policy y- are samples of
+  the model (peaks); "extend" lifts y- out of its valley by SFT first.
+"""
+import argparse
+import copy
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from theory.errors import UserError
+
+ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
+PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "chosen_format", "rejected_rephrase",
+               "rejected_format", "other_chosen", "test_response", "irrelevant", "chosen_shuffled",
+               "random_tokens", "initial_sample")
+# Position classes of y+ / y-, tracked as extra "probes" (statistics over those positions only):
+#   pos:shared          y+'s positions before the first divergence (y- has the same tokens there)
+#   pos:diverge         the first divergent position (shared context, different targets)
+#   pos:chosen_after    y+'s positions after the divergence (chosen-only contexts)
+#   pos:rejected_after  y-'s positions after the divergence (rejected-only contexts)
+POSITION_CLASSES = ("pos:shared", "pos:diverge", "pos:chosen_after", "pos:rejected_after")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    pretrain_steps: int = 400
+    pretrain_batch: int = 64
+    pretrain_lr: float = 3e-3
+    corpus_documents: int = 10000
+    sft_lr: float = 0.003
+    dpo_lr: float = 0.05
+    batch: int = 16
+    sft_steps: int = 240
+    dpo_steps: int = 240
+    extend_sft_steps: int = 120   # y+ and y- per prompt: as many SFT examples as the SFT run's 240 steps
+    beta: float = 0.1
+    eval_every: int = 20
+    onpolicy_refresh: int = 8     # steps between fresh samples of the policy for on-policy y-
+    max_new_tokens: int = 12
+
+
+# The tests' setting: the same pretraining (so its cache is shared), shorter finetuning.
+QUICK = LMConfig(sft_steps=100, dpo_steps=120, extend_sft_steps=50, eval_every=24)
+PRETRAIN_FIELDS = ("pretrain_steps", "pretrain_batch", "pretrain_lr", "corpus_documents")
+
+
+# --------------------------------------------------------------------------- data to tensors
+
+def pack(prompts, responses, pad_id):
+    """Teacher-forcing batch: inputs [B, T], labels [B, T], response mask [B, T], offsets.
+
+    logits[:, t] (from inputs[:, :t+1]) predicts labels[:, t]; the mask is 1
+    exactly on labels that are response tokens; response position l of row b
+    sits at column offsets[b] + l.
+    """
+    import torch
+
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width - 1))
+    offsets = []
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        tokens[row, :len(prompt) + len(response)] = torch.tensor(list(prompt) + list(response))
+        mask[row, len(prompt) - 1:len(prompt) + len(response) - 1] = 1.0
+        offsets.append(len(prompt) - 1)
+    return tokens[:, :-1], tokens[:, 1:], mask, offsets
+
+
+def response_logps(model, prompts, responses, pad_id):
+    """Summed log pi(response | prompt) per row (differentiable)."""
+    from sim.losses import sequence_logps
+
+    inputs, labels, mask, _ = pack(prompts, responses, pad_id)
+    return sequence_logps(model(inputs), labels, mask)[0]
+
+
+def encode_prompt(language, example):
+    return [language.bos_id] + language.encode(example.prompt)
+
+
+def encode_response(language, words):
+    return language.encode(words) + [language.eos_id]
+
+
+# --------------------------------------------------------------------------- pretraining
+
+def pretraining_corpus(language, n_documents: int, seed: int):
+    import torch
+
+    rng = np.random.default_rng(seed + 1)
+    documents = [language.encode(language.pretraining_document(rng)) for _ in range(n_documents)]
+    tokens = torch.full((n_documents, max(len(d) for d in documents)), language.pad_id, dtype=torch.long)
+    for row, doc in enumerate(documents):
+        tokens[row, :len(doc)] = torch.tensor(doc)
+    return tokens
+
+
+def pretrain(language, config: LMConfig, seed: int, progress):
+    """Next-token training on the corpus; returns the model and its final loss."""
+    import torch
+    import torch.nn.functional as F
+    from sim.toy_model import make_model
+
+    corpus = pretraining_corpus(language, config.corpus_documents, seed)
+    model = make_model(language.vocab_size, block_size=40, seed=seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.pretrain_lr,
+                                                   total_steps=config.pretrain_steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in progress(range(config.pretrain_steps), desc="pretrain"):
+        batch = corpus[torch.randint(len(corpus), (config.pretrain_batch,), generator=generator)]
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                               ignore_index=language.pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return model, float(np.mean(losses[-50:]))
+
+
+def pretrained_model(language, config: LMConfig, seed: int, cache_dir: Path, progress):
+    """The pretrained model, from `cache_dir` when an identical pretraining was already run there.
+
+    The key hashes the seed, the pretraining settings, the vocabulary and the
+    source of the language, the model and `pretrain`, so a stale checkpoint is
+    never reused; a cache hit gives bit-identical weights, so the results (and
+    the JSON) do not depend on whether pretraining ran or was loaded.
+    """
+    import hashlib
+    import inspect
+    import json
+
+    import torch
+    from sim import toy_language, toy_model
+    from sim.toy_model import make_model
+
+    recipe = {"seed": seed, "words": language.words, **{f: getattr(config, f) for f in PRETRAIN_FIELDS},
+              "code": [inspect.getsource(m) for m in (toy_language, toy_model)] + [inspect.getsource(pretrain)]}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"pretrained-{key}.pt"
+    if path.exists():
+        print(f"ldyn sim lm: reusing the pretrained model {path}", file=sys.stderr)
+        saved = torch.load(path, weights_only=True)
+        model = make_model(language.vocab_size, block_size=40, seed=seed)
+        model.load_state_dict(saved["state_dict"])
+        return model, float(saved["final_loss"])
+    model, final_loss = pretrain(language, config, seed, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "final_loss": final_loss}, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    return model, final_loss
+
+
+# --------------------------------------------------------------------------- the probe set
+
+class ProbeSet:
+    """Token ids of every probe response for every probe prompt, and their scoring."""
+
+    def __init__(self, language, initial_samples):
+        from sim.toy_language import first_divergence
+
+        self.language = language
+        examples = language.probe_examples
+        self.prompt_ids = [ex.prompt_id for ex in examples]
+        self.prompts = [encode_prompt(language, ex) for ex in examples]
+        self.responses = {probe: [encode_response(language, ex.probes[probe]) for ex in examples]
+                          for probe in PROBE_ORDER if probe != "initial_sample"}
+        self.responses["initial_sample"] = [list(s) for s in initial_samples]
+        self.divergence = [first_divergence(c, r) for c, r in
+                           zip(self.responses["chosen"], self.responses["rejected"])]
+
+    def evaluate(self, model) -> list:
+        """Tracking rows (without step) for every probe and position class.
+
+        One forward pass over every (prompt, probe) pair; the position classes
+        reuse the logits of the chosen and rejected rows.
+        """
+        import torch
+        from sim.losses import sequence_logps, token_stats
+
+        n = len(self.prompts)
+        responses = [r for probe in PROBE_ORDER for r in self.responses[probe]]
+        with torch.no_grad():
+            inputs, labels, mask, offsets = pack(self.prompts * len(PROBE_ORDER), responses,
+                                                 self.language.pad_id)
+            logits = model(inputs)
+            rows = []
+            for k, probe in enumerate(PROBE_ORDER):
+                block = slice(k * n, (k + 1) * n)
+                rows += self._rows(probe, *self._stats(logits[block], labels[block], mask[block]))
+            for name, (response, spans) in self.position_spans().items():
+                block = slice(PROBE_ORDER.index(response) * n, (PROBE_ORDER.index(response) + 1) * n)
+                class_mask = torch.zeros_like(mask[block])
+                for row, (start, stop) in enumerate(spans):
+                    offset = offsets[block.start + row]
+                    class_mask[row, offset + start:offset + max(start, stop)] = 1.0
+                rows += self._rows(name, *self._stats(logits[block], labels[block], class_mask))
+        return rows
+
+    @staticmethod
+    def _stats(logits, labels, mask):
+        from sim.losses import sequence_logps, token_stats
+
+        logp_sum, n_tokens = sequence_logps(logits, labels, mask)
+        return logp_sum, n_tokens, token_stats(logits, mask)
+
+    def _rows(self, probe, logp_sum, n_tokens, stats):
+        return [{"prompt_id": pid, "probe": probe, "logp_sum": float(logp_sum[i]),
+                 "n_tokens": int(n_tokens[i]), "entropy_mean": float(stats["entropy_mean"][i]),
+                 "sqnorm_mean": float(stats["sqnorm_mean"][i]),
+                 "argmax_logp_sum": float(stats["argmax_logp_sum"][i])}
+                for i, pid in enumerate(self.prompt_ids)]
+
+    def position_spans(self):
+        """Class -> (response it lives in, [(start, stop) per prompt]) in response positions."""
+        d = self.divergence
+        n_chosen = [len(r) for r in self.responses["chosen"]]
+        n_rejected = [len(r) for r in self.responses["rejected"]]
+        return {
+            "pos:shared": ("chosen", [(0, d[i]) for i in range(len(d))]),
+            "pos:diverge": ("chosen", [(d[i], d[i] + 1) for i in range(len(d))]),
+            "pos:chosen_after": ("chosen", [(d[i] + 1, n_chosen[i]) for i in range(len(d))]),
+            "pos:rejected_after": ("rejected", [(d[i] + 1, n_rejected[i]) for i in range(len(d))]),
+        }
+
+
+# --------------------------------------------------------------------------- finetuning
+
+class Finetuner:
+    """One finetuning run: a loss, a policy, a frozen reference, a tracking table.
+
+    `algo` is one of "sft", "sft-extend" (y+ and y- as SFT targets), "dpo",
+    "onpolicy-dpo". Every run draws its batches and samples from its own seeded
+    generators (seeded by `seed` and the run's `stream` number), so a run's
+    curves do not depend on which other runs were made.
+    """
+
+    def __init__(self, language, policy, reference, algo, config: LMConfig, seed: int, stream: int,
+                 progress):
+        import torch
+
+        self.language, self.policy, self.reference = language, policy, reference
+        self.algo, self.config, self.progress = algo, config, progress
+        examples = language.train
+        self.prompts = [encode_prompt(language, ex) for ex in examples]
+        self.chosen = [encode_response(language, ex.chosen) for ex in examples]
+        self.rejected = [encode_response(language, ex.rejected) for ex in examples]
+        self.rng = np.random.default_rng([seed, stream])
+        self.generator = torch.Generator().manual_seed(1000 * seed + stream)
+        lr = config.sft_lr if algo.startswith("sft") else config.dpo_lr
+        self.optimizer = torch.optim.SGD(policy.parameters(), lr=lr)
+        if algo in ("dpo", "onpolicy-dpo"):
+            self.reference_chosen = self._reference_logps(self.chosen)
+            self.reference_rejected = self._reference_logps(self.rejected)
+
+    def _reference_logps(self, responses):
+        import torch
+
+        with torch.no_grad():
+            return response_logps(self.reference, self.prompts, responses, self.language.pad_id)
+
+    def _refresh_onpolicy_rejected(self):
+        """y- := a fresh sample of the current policy for every training prompt."""
+        self.rejected = self.policy.sample(self.prompts, self.language.eos_id, self.language.pad_id,
+                                           self.config.max_new_tokens, self.generator)
+        self.reference_rejected = self._reference_logps(self.rejected)
+
+    def loss(self, batch):
+        from sim.losses import dpo_loss, sft_loss
+
+        pad = self.language.pad_id
+        prompts = [self.prompts[i] for i in batch]
+        chosen = [self.chosen[i] for i in batch]
+        rejected = [self.rejected[i] for i in batch]
+        if self.algo == "sft":
+            return sft_loss(response_logps(self.policy, prompts, chosen, pad))[0].mean()
+        if self.algo == "sft-extend":
+            logps = response_logps(self.policy, prompts + prompts, chosen + rejected, pad)
+            return sft_loss(logps)[0].mean()
+        logps = response_logps(self.policy, prompts + prompts, chosen + rejected, pad)
+        n = len(batch)
+        losses, _ = dpo_loss(logps[:n], logps[n:], self.reference_chosen[batch],
+                             self.reference_rejected[batch], beta=self.config.beta)
+        return losses.mean()
+
+    def run(self, steps, probes=None, table=None):
+        """Train for `steps`; with a probe set and table, evaluate at 0, every eval_every, and the end."""
+        if table is not None:
+            table.append(0, probes.evaluate(self.policy))
+        for step in self.progress(range(1, steps + 1), desc=self.algo):
+            if self.algo == "onpolicy-dpo" and (step - 1) % self.config.onpolicy_refresh == 0:
+                self._refresh_onpolicy_rejected()
+            batch = self.rng.choice(len(self.prompts), size=self.config.batch, replace=False)
+            loss = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if table is not None and (step % self.config.eval_every == 0 or step == steps):
+                table.append(step, probes.evaluate(self.policy))
+        return self.policy
+
+
+# --------------------------------------------------------------------------- the experiment
+
+def run_experiment(out: Path, seed: int, algos, config: LMConfig, progress):
+    """Pretrain, finetune with each algorithm, return {run: series} and the pretraining summary."""
+    import torch
+    from sim.toy_language import ToyLanguage
+    from sim.tracking import TrackingTable, series_from_table, steps_of
+
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    language = ToyLanguage(seed)
+    base, pretrain_loss = pretrained_model(language, config, seed, out / "cache", progress)
+    samples = base.sample([encode_prompt(language, ex) for ex in language.probe_examples], language.eos_id,
+                          language.pad_id, config.max_new_tokens, torch.Generator().manual_seed(seed + 3))
+    probes = ProbeSet(language, samples)
+    series, steps = {}, {}
+    for algo in algos:
+        table = TrackingTable(out / "tracking" / algo, fresh=True)
+        stream = ALGOS.index(algo)
+        policy, reference = copy.deepcopy(base), base
+        if algo == "extend":
+            Finetuner(language, policy, base, "sft-extend", config, seed, 10 + stream,
+                      progress).run(config.extend_sft_steps)
+            reference = copy.deepcopy(policy)
+        loss = {"sft": "sft", "onpolicy-dpo": "onpolicy-dpo"}.get(algo, "dpo")
+        trainer = Finetuner(language, policy, reference, loss, config, seed, stream, progress)
+        trainer.run(config.sft_steps if algo == "sft" else config.dpo_steps, probes, table)
+        rows = table.read()
+        table.write_merged(out / "tracking" / f"{algo}.csv")
+        series[algo], steps[algo] = series_from_table(rows), steps_of(rows)
+    example = language.probe_examples[0]
+    return series, steps, {"pretrain_steps": config.pretrain_steps, "pretrain_final_loss": pretrain_loss,
+                           "vocab_size": language.vocab_size, "n_train_prompts": len(language.train),
+                           "n_probe_prompts": len(language.probe_examples),
+                           "example": {"prompt": " ".join(example.prompt),
+                                       **{p: " ".join(example.probes[p]) for p in PROBE_ORDER
+                                          if p in example.probes},
+                                       "initial_sample": language.decode(samples[0])}}
+
+
+# --------------------------------------------------------------------------- claims
+
+POSITION_CLAIMS = {
+    "LM-POS-entropy": "In off-policy DPO the mean token entropy falls more at y-'s positions after "
+                      "y+ and y- diverge than at their shared-prefix positions (where the pull-up "
+                      "and push-down cancel).",
+    "LM-POS-argmax": "In off-policy DPO the per-token log-prob of the argmax (y*'s share) rises more "
+                     "at y-'s positions after the divergence than at the shared-prefix positions.",
+}
+
+
+def _position_change(series, cls, stat):
+    """Per prompt, end - start of the class's mean entropy or mean argmax log-prob per token."""
+    if stat == "entropy":
+        curve = series[f"entropy/{cls}"]
+    else:
+        curve = series[f"argmax/{cls}"] / np.maximum(series[f"n_tokens/{cls}"], 1)
+    return curve[-1] - curve[0]
+
+
+def position_claims(series, seed=0) -> list:
+    from theory.predictions import bootstrap_ci, verdict_from_ci
+
+    rows = []
+    for claim_id, stat, sign in (("LM-POS-entropy", "entropy", -1.0), ("LM-POS-argmax", "argmax", 1.0)):
+        after = _position_change(series, "pos:rejected_after", stat)
+        shared = _position_change(series, "pos:shared", stat)
+        effect, ci = bootstrap_ci(lambda a, s: sign * (np.mean(a) - np.mean(s)), [after, shared], seed=seed)
+        rows.append({"id": claim_id, "claim": POSITION_CLAIMS[claim_id], "verdict": verdict_from_ci(ci),
+                     "effect": effect, "ci": list(ci), "n": int(after.size),
+                     "unit": "nats of entropy" if stat == "entropy" else "nats per token",
+                     "detail": f"mean change at rejected-only positions {np.mean(after):+.4f}, "
+                               f"at shared-prefix positions {np.mean(shared):+.4f}"})
+    return rows
+
+
+def evaluate_claims(series, seed=0) -> list:
+    """Every catalogue prediction these runs can test, plus the position-class claims."""
+    from theory.predictions import evaluate_comparison, evaluate_run
+
+    claims = []
+    for algo in ("sft", "dpo"):
+        if algo in series:
+            claims += [dict(row, run=algo) for row in evaluate_run(series[algo], algo, level="lm", seed=seed)]
+    pairs = {k: v for k, v in series.items() if k in ("dpo", "onpolicy-dpo", "extend")}
+    claims += [dict(row, run=" vs ".join(k for k in ("dpo", "onpolicy-dpo", "extend") if k in pairs))
+               for row in evaluate_comparison(pairs, level="lm", seed=seed)]
+    if "dpo" in series:
+        claims += [dict(row, run="dpo") for row in position_claims(series["dpo"], seed=seed)]
+    for row in claims:
+        row["holds"] = row["verdict"] == "holds"
+    return claims
+
+
+def run_summary(series, steps) -> dict:
+    """Mean over prompts at the first, highest and last evaluation, per tracked key, and the
+    squeeze index of theory.predictions (y*'s gain minus the mean change of the other probes)."""
+    from theory.predictions import squeeze_index
+
+    summary = {"steps": [int(s) for s in steps], "squeeze_index": float(np.mean(squeeze_index(series)))}
+    for key, curve in sorted(series.items()):
+        if key.startswith(("logps/", "entropy/")):
+            mean = np.nanmean(curve, axis=1)
+            summary[key] = {"start": float(mean[0]), "end": float(mean[-1]),
+                            "max": float(mean.max()), "argmax_eval": int(np.argmax(mean))}
+    return summary
+
+
+def _rounded(obj, digits=4):
+    """Round floats for a readable, stable JSON (NaN becomes null)."""
+    if isinstance(obj, float):
+        return None if not np.isfinite(obj) else round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- figures
+
+def draw_figures(out: Path, series, steps) -> list:
+    from sim.probe_plots import plot_comparison, plot_probe_curves
+
+    titles = {"sft": "SFT on y+ (toy LM)", "dpo": "off-policy DPO (toy LM)",
+              "onpolicy-dpo": "on-policy DPO: y- sampled from the policy (toy LM)",
+              "extend": "extend: DPO after SFT on y+ and y- (toy LM)"}
+    figures = []
+    for run in [r for r in ("sft", "dpo") if r in series]:  # the other runs: comparison.png
+        path = out / f"probes_{run}.png"
+        plot_probe_curves(series[run], path, titles[run], steps=steps[run])
+        figures.append(path.name)
+    compared = {k: series[k] for k in ("dpo", "onpolicy-dpo", "extend") if k in series}
+    if len(compared) > 1:
+        path = out / "comparison.png"
+        plot_comparison(compared, path, "squeezing: off-policy vs on-policy vs extend",
+                        keys=("logps/chosen", "logps/rejected", "logps/greedy", "logps/other_chosen",
+                              "logps/irrelevant", "entropy/chosen"),
+                        steps_by_run={k: steps[k] for k in compared})
+        figures.append(path.name)
+    if "dpo" in series:
+        path = out / "positions.png"
+        plot_comparison({"dpo": series["dpo"]}, path,
+                        "off-policy DPO by position class: entropy and argmax log-prob per token",
+                        keys=tuple(f"entropy/{c}" for c in POSITION_CLASSES)
+                        + tuple(f"argmax_per_token/{c}" for c in POSITION_CLASSES),
+                        steps_by_run={"dpo": steps["dpo"]}, derived=_per_token_argmax)
+        figures.append(path.name)
+    return figures
+
+
+def _per_token_argmax(series, key):
+    cls = key.split("/", 1)[1]
+    return series[f"argmax/{cls}"] / np.maximum(series[f"n_tokens/{cls}"], 1)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "lm", help="toy language model: SFT and DPO tracked with the paper's probe taxonomy",
+        description="Pretrain a tiny transformer on a synthetic QA language, then run SFT, off-policy "
+                    "DPO, on-policy DPO and 'extend' (SFT on y+ and y-, then DPO), tracking every probe "
+                    "type; evaluate the paper's predictions and draw one panel per probe type.",
+        epilog="example: ldyn sim lm --out ./ldyn-out/sim/lm --seed 0 --json")
+    p.add_argument("--out", default="ldyn-out/sim/lm", help="output folder (default ./ldyn-out/sim/lm)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
+    p.add_argument("--algo", nargs="+", choices=ALGOS, default=list(ALGOS), metavar="ALGO",
+                   help=f"runs to make, any of {', '.join(ALGOS)} (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer pretraining and finetuning steps (the tests' setting, same code path)")
+    p.set_defaults(func=handle)
+
+
+def _check_args(args) -> Path:
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --out {out}: {err.strerror}") from None
+    return out
+
+
+def handle(args) -> int:
+    import json
+
+    from sim.io import atomic_write_json
+
+    out = _check_args(args)
+    algos = [a for a in ALGOS if a in args.algo]  # canonical order, no duplicates
+    config = QUICK if args.quick else LMConfig()
+    series, steps, pretrain_info = run_experiment(out, args.seed, algos, config, _progress)
+    claims = evaluate_claims(series, seed=args.seed)
+    figures = draw_figures(out, series, steps)
+    summary = _rounded({
+        "experiment": "sim lm", "seed": args.seed, "quick": bool(args.quick), "algos": algos,
+        "config": asdict(config), "model": pretrain_info, "claims": claims,
+        "counts": {v: sum(c["verdict"] == v for c in claims) for v in ("holds", "fails", "inconclusive")},
+        "runs": {run: run_summary(series[run], steps[run]) for run in series},
+        "figures": figures,
+    })
+    atomic_write_json(out / "summary.json", summary)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _print_report(summary, out)
+    return 0
+
+
+def _progress(iterable, desc):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)
+
+
+def _print_report(summary, out):
+    print(f"toy LM (seed {summary['seed']}): {summary['counts']['holds']} claims hold, "
+          f"{summary['counts']['fails']} fail, {summary['counts']['inconclusive']} inconclusive")
+    for c in summary["claims"]:
+        print(f"  {c['id']:15s} {c['verdict']:12s} effect {c['effect']:+9.4f} "
+              f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] {c['unit']:10s} {c['run']}: {c['claim']}")
+    print(f"figures and summary.json in {out}")
