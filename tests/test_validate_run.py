@@ -1,0 +1,131 @@
+"""`ldyn validate run/report` on the smoke preset: a tiny random Llama with the real tokenizer and
+chat template, through the same code path as a GPU run (2 CPU cores, seconds per run)."""
+import json
+
+import pytest
+
+from theory.predictions import VERDICTS
+from validate.algorithms import ALGORITHMS
+from validate.ldyn import main
+from validate.presets import PRESETS
+
+SMOKE = PRESETS["smoke"]
+N_PROBES = 12  # probe types with a response (y* is scored from y+)
+
+
+def run(out, *extra):
+    return main(["validate", "run", "--preset", "smoke", "--quiet", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every algorithm once on the smoke preset."""
+    root = tmp_path_factory.mktemp("runs")
+    codes = {algo: run(root / algo, "--algo", algo) for algo in ALGORITHMS}
+    return root, codes
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_every_algorithm_writes_a_complete_report(runs, algo):
+    root, codes = runs
+    assert codes[algo] == 0
+    report = json.loads((root / algo / "report.json").read_text())
+    for key in ("model", "device", "algo", "data", "settings", "seed", "versions", "first_order", "predictions"):
+        assert key in report, key
+    assert report["algo"] == algo and report["device"] == "cpu" and report["complete"]
+    for row in report["predictions"]:
+        assert row["verdict"] in VERDICTS and set(row) >= {"id", "claim", "verdict", "effect", "ci"}
+    assert (root / algo / "curves.png").stat().st_size > 10_000
+    assert "| id | prediction | verdict |" in (root / algo / "report.md").read_text() or not report["predictions"]
+
+
+def test_tracking_table_has_every_step_prompt_and_probe(runs):
+    from sim.tracking import TrackingTable
+    rows = TrackingTable(runs[0] / "dpo" / "tracking").read()
+    evals = SMOKE["steps"] // SMOKE["eval_every"] + 1
+    assert len(rows) == evals * SMOKE["n_probe"] * N_PROBES
+    assert {r["step"] for r in rows} == set(range(0, SMOKE["steps"] + 1, SMOKE["eval_every"]))
+    assert all(r["logp_sum"] < 0 and r["n_tokens"] > 0 for r in rows)
+
+
+def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, tmp_path):
+    root, _ = runs
+    ids = {r["id"] for r in json.loads((root / "dpo" / "report.json").read_text())["predictions"]}
+    assert {"P09a", "P09b", "P09c", "P09d", "P10", "P17"} <= ids
+    assert main(["validate", "report", str(root / "dpo"), str(root / "onpolicy-dpo"), str(root / "extend"),
+                 "--out", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "summary.json").read_text())
+    compared = {r["id"] for r in merged["predictions"] if " vs " in r["algo"]}
+    assert compared == {"P14", "P15"}
+
+
+def test_an_interrupted_run_resumes_to_the_same_numbers(runs, tmp_path, monkeypatch):
+    from sim.tracking import TrackingTable
+    from validate import algorithms
+    real = algorithms.step_loss
+    calls = {"n": 0}
+
+    def dies_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(algorithms, "step_loss", dies_at_step_three)
+    assert run(tmp_path, "--algo", "dpo") == 130
+    assert not (tmp_path / "report.json").exists()
+    monkeypatch.setattr(algorithms, "step_loss", real)
+    assert run(tmp_path, "--algo", "dpo") == 0
+    resumed = TrackingTable(tmp_path / "tracking").read()
+    straight = TrackingTable(runs[0] / "dpo" / "tracking").read()
+    key = lambda r: (r["step"], r["prompt_id"], r["probe"])  # noqa: E731
+    resumed, straight = {key(r): r for r in resumed}, {key(r): r for r in straight}
+    assert resumed.keys() == straight.keys()
+    for k, row in resumed.items():
+        assert row["logp_sum"] == pytest.approx(straight[k]["logp_sum"], rel=1e-4, abs=1e-4), k
+
+
+def test_user_data_in_trl_chat_format(tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+             "chosen": [{"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}],
+             "rejected": [{"role": "assistant", "content": f"{i} plus {i} is {2 * i + 1}."}]} for i in range(14)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert run(tmp_path / "run", "--algo", "sft", "--data", str(data)) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["data"] == str(data) and {r["id"] for r in report["predictions"]} >= {"P12d", "P12a"}
+
+
+def one_line_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("ldyn: error:") and "Traceback" not in err
+    return err
+
+
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys):
+    base = ["validate", "run", "--preset", "smoke", "--quiet"]
+    assert "no such" in one_line_error(capsys, base + ["--out", str(tmp_path / "a"), "--data", "/nope.jsonl"]).lower()
+    one_line_error(capsys, base + ["--out", str(tmp_path / "b"), "--steps", "0"])
+    one_line_error(capsys, base + ["--out", str(tmp_path / "c"), "--lr", "nan"])
+    one_line_error(capsys, base + ["--out", str(tmp_path / "d"), "--model", str(tmp_path / "missing-model")])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "chosen": "hello"}\n')
+    assert "bad.jsonl" in one_line_error(capsys, base + ["--out", str(tmp_path / "e"), "--data", str(bad)])
+    import torch
+    if not torch.cuda.is_available():
+        assert "cuda" in one_line_error(capsys, base + ["--out", str(tmp_path / "f"), "--device", "cuda"])
+
+
+def test_changed_settings_on_an_existing_run_are_refused(runs, capsys):
+    err = one_line_error(capsys, ["validate", "run", "--preset", "smoke", "--quiet", "--algo", "dpo",
+                                  "--out", str(runs[0] / "dpo"), "--lr", "0.5"])
+    assert "--fresh" in err
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_logs(tmp_path, capsys):
+    err = one_line_error(capsys, ["validate", "run", "--preset", "smoke", "--quiet", "--algo", "sft",
+                                  "--out", str(tmp_path), "--lr", "1e30"])
+    assert "logs kept" in err
+    assert (tmp_path / "train_log.json").exists() and list((tmp_path / "tracking").glob("step_*.csv"))

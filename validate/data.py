@@ -1,0 +1,406 @@
+"""Preference data for `validate/`: the default offline dataset, TRL JSONL I/O, and chat encoding.
+
+Default dataset
+---------------
+Built deterministically from the English YAML files of `chatterbot-corpus`
+1.3.3 (PyPI, BSD 3-Clause licence, (c) Gunther Cox and contributors), which a pip install
+ships; nothing is downloaded and no answer is typed by hand.
+
+- Pairs: in every conversation each utterance is the prompt of the next one
+  (the corpus's own convention: a two-line conversation is one prompt and its
+  response; longer ones give their consecutive pairs).
+- Cleaning: non-string entries and conversations are skipped, whitespace is
+  collapsed, empty responses and responses over `MAX_RESPONSE_CHARS`
+  characters are dropped, and (prompt, response) pairs are deduplicated
+  case-insensitively (tech_support.yml repeats ten pairs ~100 times).
+- chosen = the corpus's response; rejected = the real response to another
+  prompt of the same category file (trivia: another trivia answer, a wrong
+  answer of the same type), drawn with a seeded RNG from the training
+  responses of that file and never equal to any real response of the prompt.
+- Splits, by unique prompt (case-insensitive): a seeded shuffle puts `n_test`
+  prompts in `test`; every other prompt is in `train` with all its real
+  responses (a prompt the corpus answers several ways gives several pairs).
+  `probe` holds `n_probe` prompts with one pair each. As in the paper
+  (its D_prob is 500 prompts of the training set), the probe prompts are by
+  default training prompts (`probe_from="train"`), so "chosen"/"rejected" are
+  probes of trained-on responses; `probe_from="heldout"` removes them from
+  `train` instead. `test` never shares a prompt with `train` or `probe`.
+
+JSONL (TRL preference format)
+-----------------------------
+`load_preference_jsonl` reads one object per line with "prompt", "chosen",
+"rejected", either plain strings or TRL's conversational form (prompt = list
+of {"role", "content"} messages ending with a user turn; chosen/rejected = a
+list with one assistant message). Records are returned as
+{"prompt": str | list[message], "chosen": str, "rejected": str}: a chat prompt
+is kept as its message list (encode_example takes either), the responses are
+always the assistant's text. "source" is kept when it is a string.
+"""
+import importlib.util
+import json
+import os
+import random
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from theory.errors import UserError
+
+CORPUS_PACKAGE = "chatterbot_corpus"
+CORPUS_VERSION = "1.3.3"
+GET_CORPUS = "pip install chatterbot-corpus==1.3.3"
+MAX_RESPONSE_CHARS = 400
+N_PROBE = 200
+N_TEST = 64
+
+LICENCE = ("chatterbot-corpus (user-contributed dialog data by Gunther Cox and contributors) is released under "
+           "the BSD 3-Clause licence (PyPI classifier: License :: OSI Approved :: BSD License); redistribution of "
+           "derived data must keep its copyright notice and licence conditions.")
+
+PROVENANCE = (
+    "Source: chatterbot-corpus " + CORPUS_VERSION + " (PyPI package `chatterbot-corpus`, "
+    "https://github.com/gunthercox/chatterbot-corpus), all English YAML files, installed with pip and read offline. "
+    "Licence: BSD 3-Clause, Copyright (c) Gunther Cox. "
+    "Pairs: in each conversation every utterance is the prompt of the next (the corpus's own convention); "
+    "whitespace collapsed, empty responses and responses over " + str(MAX_RESPONSE_CHARS) + " characters dropped, "
+    "duplicate (prompt, response) pairs removed case-insensitively. "
+    "chosen = the corpus's real response; rejected = the real response to another prompt of the same category "
+    "file (for trivia, another trivia answer: a wrong answer of the same type), drawn with a seeded RNG from that "
+    "file's training responses and never equal to a real response of the prompt. "
+    "Splits by unique prompt with a seeded shuffle: a held-out test split, a training split, and a probe set of "
+    "training prompts (as in Ren & Sutherland's D_prob) with one pair each."
+)
+
+
+# --------------------------------------------------------------------------- the corpus
+
+def corpus_dir() -> Path:
+    """The folder of chatterbot-corpus's English YAML files (found without importing the package)."""
+    spec = importlib.util.find_spec(CORPUS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"chatterbot-corpus is not installed; run: {GET_CORPUS}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "english"
+    if not path.is_dir() or not any(path.glob("*.yml")):
+        raise UserError(f"{path} holds no corpus files; reinstall with: {GET_CORPUS}")
+    return path
+
+
+def _clean(text) -> str:
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        return ""
+    text = str(text)
+    if "```" in text or "\n    " in text:      # code: keep its layout, trim the ends
+        return text.strip()
+    return " ".join(text.split())
+
+
+def _key(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def corpus_pairs(max_response_chars: int = MAX_RESPONSE_CHARS) -> list:
+    """Every cleaned, deduplicated (prompt, response) pair: dicts prompt, response, source (file order)."""
+    import yaml
+
+    pairs, seen = [], set()
+    for path in sorted(corpus_dir().glob("*.yml")):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"{path}: cannot read the corpus file ({type(exc).__name__}); reinstall with: {GET_CORPUS}")
+        source = f"chatterbot-corpus/{path.name}"
+        for conversation in doc.get("conversations") or []:
+            if not isinstance(conversation, list):
+                continue
+            turns = [_clean(t) for t in conversation]
+            for prompt, response in zip(turns, turns[1:]):
+                if not prompt or not response or len(response) > max_response_chars:
+                    continue
+                key = (_key(prompt), _key(response))
+                if key in seen:
+                    continue
+                seen.add(key)
+                pairs.append({"prompt": prompt, "response": response, "source": source})
+    if not pairs:
+        raise UserError(f"{corpus_dir()}: no prompt/response pairs found; reinstall with: {GET_CORPUS}")
+    return pairs
+
+
+# --------------------------------------------------------------------------- the default dataset
+
+def _pick_rejected(rng, pool, forbidden):
+    """A pool response whose key is not forbidden (pool: list of (key, text))."""
+    for _ in range(64):
+        key, text = pool[rng.randrange(len(pool))]
+        if key not in forbidden:
+            return text
+    allowed = [text for key, text in pool if key not in forbidden]
+    return allowed[rng.randrange(len(allowed))] if allowed else None
+
+
+def _kind(text: str) -> str:
+    """A coarse answer type, so that a rejected trivia answer is of the chosen's type (a year for a year)."""
+    return "number" if re.fullmatch(r"[\d.,]+", text.strip(" .")) else "text"
+
+
+def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST, probe_from: str = "train") -> dict:
+    """The offline preference dataset: dict(train, probe, test, provenance, counts).
+
+    train/probe/test: lists of {"prompt", "chosen", "rejected", "source"}; the
+    same seed gives the same data. probe_from: "train" (probe prompts are
+    training prompts, the paper's D_prob) or "heldout" (removed from train).
+    Seed 0 gives 1,160 corpus pairs over 1,000 unique prompts: train 1,086 pairs
+    (936 prompts), probe 200, test 64; with "heldout", train has 868 pairs.
+    """
+    if probe_from not in ("train", "heldout"):
+        raise UserError(f"probe_from must be 'train' or 'heldout', not {probe_from!r}")
+    pairs = corpus_pairs()
+    by_prompt = {}                                   # prompt key -> list of pairs, corpus order
+    for pair in pairs:
+        by_prompt.setdefault(_key(pair["prompt"]), []).append(pair)
+    prompts = list(by_prompt)
+    if n_probe < 1 or n_test < 1 or n_probe + n_test >= len(prompts):
+        raise UserError(f"n_probe={n_probe} and n_test={n_test} must be positive and leave training prompts "
+                        f"(the corpus has {len(prompts)} unique prompts)")
+    rng = random.Random(f"ldyn-default-dataset-{seed}")
+    rng.shuffle(prompts)
+    test_keys, rest = prompts[:n_test], prompts[n_test:]
+    probe_keys = rest[:n_probe]
+    train_keys = rest if probe_from == "train" else rest[n_probe:]
+
+    real = {k: {_key(p["response"]) for p in by_prompt[k]} for k in prompts}
+    pools = {}                                     # (category file, kind) -> training responses
+    for k in train_keys:
+        for p in by_prompt[k]:
+            pools.setdefault((p["source"], _kind(p["response"])), {}).setdefault(_key(p["response"]), p["response"])
+    pools = {s: sorted(d.items()) for s, d in pools.items()}
+    by_source = {}
+    for (source, _), pool in sorted(pools.items()):
+        by_source.setdefault(source, []).extend(pool)
+    global_pool = sorted(item for pool in pools.values() for item in pool)
+
+    def example(pair, pick_rng):
+        forbidden = real[_key(pair["prompt"])]
+        rejected = None
+        for pool in (pools.get((pair["source"], _kind(pair["response"]))), by_source.get(pair["source"])):
+            if pool and rejected is None:
+                rejected = _pick_rejected(pick_rng, pool, forbidden)
+        if rejected is None:
+            rejected = _pick_rejected(pick_rng, global_pool, forbidden)
+        return {"prompt": pair["prompt"], "chosen": pair["response"], "rejected": rejected, "source": pair["source"]}
+
+    train, first_train = [], {}
+    for k in train_keys:                             # shuffled order, deterministic
+        for pair in by_prompt[k]:
+            ex = example(pair, rng)
+            first_train.setdefault(k, ex)
+            train.append(ex)
+    if probe_from == "train":
+        probe = [first_train[k] for k in probe_keys]
+    else:
+        probe = [example(by_prompt[k][0], rng) for k in probe_keys]
+    test = [example(by_prompt[k][0], rng) for k in test_keys]
+    counts = {"corpus_pairs": len(pairs), "unique_prompts": len(prompts), "train": len(train),
+              "train_prompts": len(train_keys), "probe": len(probe), "test": len(test)}
+    provenance = (PROVENANCE + f" Counts (seed {seed}): {counts['corpus_pairs']} pairs over "
+                  f"{counts['unique_prompts']} unique prompts; train {counts['train']} pairs "
+                  f"({counts['train_prompts']} prompts), probe {counts['probe']} prompts "
+                  f"({'training prompts' if probe_from == 'train' else 'held out of training'}), "
+                  f"test {counts['test']} prompts.")
+    return {"train": train, "probe": probe, "test": test, "provenance": provenance, "counts": counts}
+
+
+# --------------------------------------------------------------------------- JSONL
+
+ROLES = ("system", "user", "assistant")
+
+
+def _check_messages(value, where, name):
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}: \"{name}\" must be a non-empty string or a non-empty list of messages")
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+            raise UserError(f"{where}: \"{name}\"[{i}] must be an object with string \"role\" and \"content\"")
+        if msg["role"] not in ROLES:
+            raise UserError(f"{where}: \"{name}\"[{i}] has role {msg['role']!r}; expected one of {', '.join(ROLES)}")
+        if not msg["content"].strip():
+            raise UserError(f"{where}: \"{name}\"[{i}] has empty content")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _response_text(value, where, name):
+    if isinstance(value, str):
+        if not value.strip():
+            raise UserError(f"{where}: \"{name}\" is an empty string")
+        return value
+    messages = _check_messages(value, where, name)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise UserError(f"{where}: \"{name}\" must be a string or a list with exactly one assistant message")
+    return messages[0]["content"]
+
+
+def _record(obj, where):
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object with \"prompt\", \"chosen\", \"rejected\", got {type(obj).__name__}")
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in obj]
+    if missing:
+        raise UserError(f"{where}: missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}")
+    prompt = obj["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise UserError(f"{where}: \"prompt\" is an empty string")
+    else:
+        prompt = _check_messages(prompt, where, "prompt")
+        if prompt[-1]["role"] != "user":
+            raise UserError(f"{where}: \"prompt\" must end with a user message")
+    record = {"prompt": prompt, "chosen": _response_text(obj["chosen"], where, "chosen"),
+              "rejected": _response_text(obj["rejected"], where, "rejected")}
+    if isinstance(obj.get("source"), str):
+        record["source"] = obj["source"]
+    return record
+
+
+def load_preference_jsonl(path) -> list:
+    """Read a TRL preference JSONL file; any malformed line raises UserError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (expected TRL preference JSONL: prompt, chosen, rejected)")
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a JSONL file")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})")
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+        records.append(_record(obj, where))
+    if not records:
+        raise UserError(f"{path}: no examples (the file is empty)")
+    return records
+
+
+def write_jsonl(examples, path) -> None:
+    """Write one JSON object per line, atomically (temporary file in the same folder + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for ex in examples:
+                f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------- encoding
+
+_MARK = "\u2063LDYN-RESPONSE\u2063"
+_EOT_CACHE = {}
+
+
+def _as_id_list(out) -> list:
+    """apply_chat_template / tokenizer output -> list[int] (lists, tensors, dicts, BatchEncoding)."""
+    if isinstance(out, Mapping) or (hasattr(out, "keys") and hasattr(out, "__getitem__") and not isinstance(out, list)):
+        out = out["input_ids"]
+    if hasattr(out, "tolist"):
+        out = out.tolist()
+    out = list(out)
+    if out and isinstance(out[0], (list, tuple)):
+        if len(out) != 1:
+            raise ValueError("expected one sequence")
+        out = list(out[0])
+    return [int(t) for t in out]
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _messages(prompt) -> list:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template puts after an assistant message (e.g. "<|im_end|>"), or the eos token."""
+    key = (id(tokenizer), getattr(tokenizer, "chat_template", None))
+    if key not in _EOT_CACHE:
+        eot = ""
+        if has_chat_template(tokenizer):
+            msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARK}]
+            rendered = tokenizer.apply_chat_template(msgs, tokenize=False)
+            if isinstance(rendered, str) and _MARK in rendered:
+                eot = rendered.split(_MARK, 1)[1].rstrip()
+        _EOT_CACHE[key] = eot or (tokenizer.eos_token or "")
+    return _EOT_CACHE[key]
+
+
+def prompt_ids(tokenizer, prompt) -> list:
+    """Token ids of the prompt up to where the response starts (chat template with generation prompt)."""
+    if has_chat_template(tokenizer):
+        out = tokenizer.apply_chat_template(_messages(prompt), add_generation_prompt=True, tokenize=True)
+        return _as_id_list(out)
+    if not isinstance(prompt, str):
+        prompt = "\n".join(m["content"] for m in prompt)
+    return _as_id_list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
+
+
+def response_ids(tokenizer, response: str) -> list:
+    """Token ids of the response followed by the end-of-turn marker (or eos without a chat template)."""
+    if has_chat_template(tokenizer):
+        return _as_id_list(tokenizer(response + end_of_turn(tokenizer), add_special_tokens=False)["input_ids"])
+    ids = _as_id_list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def encode_example(tokenizer, prompt, response: str, max_length: int):
+    """(input_ids, labels_mask): the chat-formatted prompt then the response; the mask is True on response tokens.
+
+    The response (with its end-of-turn token) is truncated to fit max_length;
+    a prompt that leaves no room for a response token is a UserError.
+    """
+    p = prompt_ids(tokenizer, prompt)
+    r = response_ids(tokenizer, response)
+    room = int(max_length) - len(p)
+    if room < 1:
+        raise UserError(f"a prompt has {len(p)} tokens with its chat template, leaving no room for a response "
+                        f"within max_length={max_length}; raise max_length or shorten the prompt")
+    r = r[:room]
+    return p + r, [False] * len(p) + [True] * len(r)
+
+
+def batch_encode(tokenizer, pairs, max_length: int, pad_id=None) -> dict:
+    """Encode (prompt, response) pairs, right-padded: input_ids/attention_mask int64, response_mask bool tensors."""
+    import torch
+
+    rows = [encode_example(tokenizer, prompt, response, max_length) for prompt, response in pairs]
+    if pad_id is None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    width = max((len(ids) for ids, _ in rows), default=0)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    response = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (ids, mask) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[i, :len(ids)] = 1
+        response[i, :len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}

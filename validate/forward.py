@@ -1,0 +1,109 @@
+"""Response log-probs of a Hugging Face causal LM without a [batch, length, vocab] tensor.
+
+The body runs over whole sequences, but the LM head only over the positions that
+predict response tokens: prompts (with SmolLM2's system prompt) are most of each
+sequence, and the head (576 x 49152) is a large share of the FLOPs. Log-probs come
+from cross-entropy (a fused log-softmax + gather); statistics of the whole
+next-token distribution (entropy, ||pi||^2 via logsumexp(2z) - 2 logsumexp(z),
+max log pi) are computed in chunks of tokens under no_grad.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+STATS_CHUNK = 2048   # tokens per [chunk, vocab] temporary in the statistics pass
+
+
+@dataclass
+class Batch:
+    """Right-padded token rows; response_mask marks the response tokens (not the prompt)."""
+    input_ids: torch.Tensor       # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long
+    response_mask: torch.Tensor   # [B, T] bool
+
+    def to(self, device):
+        return Batch(self.input_ids.to(device, non_blocking=True), self.attention_mask.to(device, non_blocking=True),
+                     self.response_mask.to(device, non_blocking=True))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def make_batch(sequences, pad_id: int) -> Batch:
+    """sequences: list of (prompt_ids, response_ids) -> one right-padded Batch."""
+    width = max(len(p) + len(r) for p, r in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    response = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, (prompt, reply) in enumerate(sequences):
+        n = len(prompt) + len(reply)
+        ids[row, :n] = torch.tensor(list(prompt) + list(reply), dtype=torch.long)
+        attention[row, :n] = 1
+        response[row, len(prompt):n] = True
+    return Batch(ids, attention, response)
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits are normalised in float32; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _body(model):
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
+def response_logits(model, batch: Batch):
+    """Logits at the positions that predict response tokens: [N, V], labels [N], row index [N]."""
+    hidden = _body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    predicts = batch.response_mask[:, 1:]                     # position t predicts token t+1
+    picked = hidden[:, :-1][predicts]                         # [N, H]
+    labels = batch.input_ids[:, 1:][predicts]
+    rows = torch.nonzero(predicts, as_tuple=True)[0]
+    return model.get_output_embeddings()(picked), labels, rows
+
+
+def sequence_logps(model, batch: Batch):
+    """Summed log pi(response | prompt) per row [B] (differentiable) and token counts [B]."""
+    logits, labels, rows = response_logits(model, batch)
+    token_logps = -F.cross_entropy(_upcast(logits), labels, reduction="none")
+    n_rows = batch.input_ids.shape[0]
+    sums = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    counts = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, rows, torch.ones_like(token_logps))
+    return sums, counts
+
+
+@torch.no_grad()
+def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Per-token log pi(label), entropy, ||pi||^2 and max log pi, chunk by chunk, float32."""
+    out = {"logp": [], "entropy": [], "sqnorm": [], "argmax_logp": [], "argmax": []}
+    for start in range(0, logits.shape[0], STATS_CHUNK):
+        z = _upcast(logits[start:start + STATS_CHUNK])
+        lse = torch.logsumexp(z, dim=-1)
+        out["logp"].append(z.gather(-1, labels[start:start + STATS_CHUNK, None]).squeeze(-1) - lse)
+        out["entropy"].append(lse - (torch.softmax(z, dim=-1) * z).sum(-1))
+        out["sqnorm"].append(torch.exp(torch.logsumexp(2 * z, dim=-1) - 2 * lse))
+        top = z.max(dim=-1)
+        out["argmax_logp"].append(top.values - lse)
+        out["argmax"].append(top.indices)
+    return {k: torch.cat(v) if v else logits.new_zeros(0) for k, v in out.items()}
+
+
+@torch.no_grad()
+def score_batch(model, batch: Batch) -> dict:
+    """Per row: logp_sum, n_tokens, entropy_mean, sqnorm_mean, argmax_logp_sum (all [B], float32, CPU)."""
+    logits, labels, rows = response_logits(model, batch)
+    stats = token_statistics(logits, labels)
+    n_rows = batch.input_ids.shape[0]
+
+    def per_row(values):
+        return torch.zeros(n_rows, device=values.device).index_add(0, rows, values.float())
+
+    counts = per_row(torch.ones_like(stats["logp"]))
+    safe = counts.clamp_min(1)
+    return {"logp_sum": per_row(stats["logp"]).cpu(), "n_tokens": counts.long().cpu(),
+            "entropy_mean": (per_row(stats["entropy"]) / safe).cpu(),
+            "sqnorm_mean": (per_row(stats["sqnorm"]) / safe).cpu(),
+            "argmax_logp_sum": per_row(stats["argmax_logp"]).cpu()}

@@ -1,0 +1,56 @@
+"""Run settings: two presets, and the checks that turn bad values into one clear line.
+
+smoke   the tests' preset: a tiny random Llama (real tokenizer and chat template) on
+        2 CPU cores, the whole code path in well under a minute.
+default one algorithm on SmolLM2-135M-Instruct on one GPU in a few minutes.
+"""
+import math
+
+from theory.errors import UserError
+from validate.algorithms import ALGORITHMS
+
+COMMON = dict(algo="dpo", data=None, seed=0, beta=0.1, simpo_beta=2.0, simpo_gamma=0.5,
+              max_prompt_tokens=96, max_response_tokens=48, n_samples=2, weight_decay=0.0)
+
+PRESETS = {
+    "smoke": dict(COMMON, model="tiny-random", device="cpu", steps=4, batch_pairs=4, lr=1e-3,
+                  eval_every=2, n_train=48, n_probe=6, eval_batch=32, gen_prompts=2, gen_tokens=8,
+                  sample_every=2, extend_sft_steps=2, checkpoint_every=1, max_response_tokens=16),
+    "default": dict(COMMON, model="smollm2", device="cuda", steps=240, batch_pairs=32, lr=5e-6,
+                    eval_every=20, n_train=None, n_probe=200, eval_batch=256, gen_prompts=32,
+                    gen_tokens=48, sample_every=8, extend_sft_steps=80, checkpoint_every=0),
+}
+
+# settings a user may change with a flag; the others come from the preset
+OVERRIDABLE = ("model", "data", "algo", "steps", "device", "seed", "lr", "beta", "batch_pairs",
+               "eval_every", "n_probe", "checkpoint_every")
+
+
+def settings_for(preset: str, **overrides) -> dict:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    settings = dict(PRESETS[preset], preset=preset)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    check(settings)
+    return settings
+
+
+def _positive_int(settings, key):
+    value = settings[key]
+    if not isinstance(value, int) or value < 1:
+        raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+def check(settings: dict) -> None:
+    if settings["algo"] not in ALGORITHMS:
+        raise UserError(f"unknown --algo {settings['algo']!r}; choose one of {', '.join(ALGORITHMS)}")
+    for key in ("steps", "batch_pairs", "eval_every", "n_probe", "eval_batch", "gen_tokens"):
+        _positive_int(settings, key)
+    for key in ("lr", "beta"):
+        value = settings[key]
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UserError(f"--{key} must be a positive finite number, got {value!r}")
+    if settings["device"] not in ("cpu", "cuda") and not str(settings["device"]).startswith("cuda:"):
+        raise UserError(f"--device must be cpu or cuda, got {settings['device']!r}")
+    if settings["checkpoint_every"] < 0:
+        raise UserError("--checkpoint-every must be >= 0 (0: only at the end)")

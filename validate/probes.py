@@ -1,0 +1,71 @@
+"""The probe set: for each probe prompt, one response per probe type, as token ids.
+
+Text probes (y+, y-, their same-format-other-meaning variants, y_{j != i}, a test
+response, an irrelevant sentence, shuffled y+) come from validate.probe_texts;
+this module adds the ones that need the model: rephrases of y+ and y- (the
+initial model asked with a fixed instruction, greedy, so they are reproducible),
+an on-policy sample of the initial model, and random tokens. y* needs no text:
+it is the per-position argmax under teacher forcing on y+, scored with y+.
+"""
+import numpy as np
+
+from validate import probe_texts
+from validate.generate import generate
+
+MODEL_PROBES = ("chosen_rephrase", "rejected_rephrase", "initial_sample", "random_tokens")
+
+
+def special_ids(tokenizer) -> set:
+    return set(tokenizer.all_special_ids)
+
+
+def eos_ids(tokenizer) -> list:
+    """The ids that end an assistant turn (ChatML's <|im_end|> and the tokenizer's eos)."""
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, test_examples, settings,
+                    progress=print) -> list:
+    """A list of {"prompt_id", "prompt", "texts": {probe: str}, "ids": {probe: [int]}, "prompt_ids"}."""
+    seed = settings["seed"]
+    probes = probe_texts.build_probe_texts(probe_examples, train_examples, test_examples,
+                                           probe_texts.irrelevant_pool(), seed)
+    pad_id = tokenizer.pad_token_id
+    stop = eos_ids(tokenizer)
+    n_new = settings["max_response_tokens"]
+    rephrase_prompts = [encoder.prompt_ids(probe_texts.REPHRASE_INSTRUCTION.format(text=p[key]))
+                        for key in ("chosen", "rejected") for p in probes]
+    progress(f"generating {len(rephrase_prompts)} rephrases and {len(probes)} initial samples")
+    rephrased = generate(model, rephrase_prompts, stop, pad_id, n_new, sample=False,
+                         batch_size=settings["eval_batch"])
+    prompt_ids = [encoder.prompt_ids(p["prompt"]) for p in probes]
+    samples = generate(model, prompt_ids, stop, pad_id, n_new, sample=True, seed=seed + 1,
+                       batch_size=settings["eval_batch"])
+    rng = np.random.default_rng(seed + 2)
+    vocab = len(tokenizer)
+    out = []
+    for i, (probe, ids) in enumerate(zip(probes, prompt_ids)):
+        texts = {k: probe[k] for k in probe_texts.TEXT_PROBES}
+        texts["chosen_rephrase"] = tokenizer.decode(rephrased[i], skip_special_tokens=True).strip()
+        texts["rejected_rephrase"] = tokenizer.decode(rephrased[len(probes) + i], skip_special_tokens=True).strip()
+        texts["initial_sample"] = tokenizer.decode(samples[i], skip_special_tokens=True).strip()
+        tokens = {k: encoder.response_ids(v) for k, v in texts.items()}
+        tokens["random_tokens"] = [int(t) for t in probe_texts.random_token_ids(
+            vocab, max(len(tokens["chosen"]) - 1, 1), rng, exclude=special_ids(tokenizer))] + [stop[0]]
+        texts["random_tokens"] = tokenizer.decode(tokens["random_tokens"])
+        for key, value in tokens.items():
+            if not value:  # an empty generation still needs an end of turn to be scored
+                tokens[key] = [stop[0]]
+        out.append({"prompt_id": str(i), "prompt": probe["prompt"], "prompt_ids": ids, "texts": texts,
+                    "ids": tokens})
+    return out
+
+
+def probe_sequences(probe_set) -> list:
+    """Flatten to (prompt_id, probe, prompt_ids, response_ids), the unit the tracker scores."""
+    return [(p["prompt_id"], name, p["prompt_ids"], ids) for p in probe_set for name, ids in p["ids"].items()]

@@ -1,0 +1,182 @@
+"""Turn a run directory's logs into verdicts: report.json, report.md and the figures.
+
+Every run-level prediction of theory.predictions that the run's algorithm
+supports is evaluated on the tracked curves (effect, bootstrap CI over prompts,
+verdict). `merge` adds the two-run comparisons (on-policy vs off-policy, extend
+vs DPO) across run directories.
+"""
+import json
+import math
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from sim.io import atomic_write_json, atomic_write_text
+from sim.tracking import TrackingTable, series_from_table, steps_of
+from theory import predictions
+from theory.errors import UserError
+
+VERSIONED = ("torch", "transformers", "numpy", "sympy", "scipy")
+
+
+def _clean(obj):
+    """JSON without NaN: a missing number is null."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def versions() -> dict:
+    from importlib import metadata
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def load_series(run_dir: Path):
+    """(series, steps) of a run: probe curves plus the generation statistics."""
+    rows = TrackingTable(run_dir / "tracking").read()
+    if not rows:
+        raise UserError(f"{run_dir} has no tracking table (tracking/step_*.csv); is it a run directory?")
+    series = series_from_table(rows)
+    steps = steps_of(rows)
+    generations = [_read_json(run_dir / "generations" / f"step_{int(s):09d}.json") for s in steps]
+    if all(g for g in generations):
+        for key in ("distinct2", "rep4"):
+            series[f"gen/{key}"] = np.array([[r[key] for r in g] for g in generations], dtype=np.float64)
+    return series, steps
+
+
+def _figures(run_dir: Path, series, steps, algo: str) -> list:
+    from sim.probe_plots import plot_probe_curves
+    path = plot_probe_curves(series, run_dir / "curves.png", f"{algo}: log-probability of each probe type",
+                             steps=steps)
+    return [path.name]
+
+
+def write_report(run_dir) -> dict:
+    run_dir = Path(run_dir)
+    settings = _read_json(run_dir / "settings.json")
+    if settings is None:
+        raise UserError(f"{run_dir} has no settings.json; is it a run directory?")
+    info = _read_json(run_dir / "run_info.json", {})
+    series, steps = load_series(run_dir)
+    algo = settings["algo"]
+    rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"])
+    figures = _figures(run_dir, series, steps, algo)
+    first_order = _read_json(run_dir / "first_order.json")
+    if first_order:
+        figures += [f for f in first_order.get("figures", [])]
+    complete = bool(len(steps)) and int(steps[-1]) >= settings["steps"] and bool(info)
+    report = _clean({
+        "complete": complete,
+        "model": info.get("model", settings["model"]), "device": info.get("device", settings["device"]),
+        "algo": algo, "data": settings["data"] or "default (chatterbot-corpus pairs)", "settings": settings,
+        "seed": settings["seed"],
+        # a report rebuilt later on another machine keeps the versions of the machine that trained
+        "versions": info.get("versions") or versions(), "run": info, "steps": steps.tolist(),
+        "first_order": first_order, "predictions": rows, "figures": figures,
+        "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
+                    for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
+    })
+    atomic_write_json(run_dir / "report.json", report)
+    atomic_write_text(run_dir / "report.md", markdown(report))
+    return report
+
+
+def _fmt(x, digits=3):
+    return "n/a" if x is None else f"{x:.{digits}g}"
+
+
+def prediction_table(rows, with_algo: bool = False) -> str:
+    head = "| " + ("run | " if with_algo else "") + "id | prediction | verdict | effect | 95% CI |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        ci = r.get("ci") or [None, None]
+        unit = f" {r['unit']}" if r.get("unit") else ""
+        lines.append("| " + (f"{r['algo']} | " if with_algo else "") +
+                     f"{r['id']} | {r['claim']} | **{r['verdict']}** | {_fmt(r['effect'])}{unit} | "
+                     f"[{_fmt(ci[0])}, {_fmt(ci[1])}] |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    run = report.get("run") or {}
+    parts = [f"# {report['algo']} on {report['model']}", "",
+             f"Device: {report['device']}; preset `{s['preset']}`; {s['steps']} steps of {s['batch_pairs']} pairs, "
+             f"lr {s['lr']}, beta {s['beta']}, seed {report['seed']}; "
+             f"{run.get('n_train_pairs', '?')} training pairs, {run.get('n_probe_prompts', '?')} probe prompts; "
+             f"training throughput {run.get('train_tokens_per_second', '?')} tokens/s.", "",
+             *([] if report.get("complete", True) else [
+                 f"**Incomplete run:** tracked to step {report['steps'][-1]} of {s['steps']}; the process stopped "
+                 "before the end (verdicts below are over the steps it reached).", ""]),
+             f"Reproduce: `ldyn validate run --preset {s['preset']} --algo {report['algo']} --model {s['model']}"
+             f" --steps {s['steps']} --seed {report['seed']} --out DIR`", "",
+             "## Predictions", "", prediction_table(report["predictions"]) if report["predictions"] else
+             "(no run-level prediction of the catalogue concerns this algorithm)", ""]
+    fo = report.get("first_order")
+    if fo:
+        parts += ["## First-order (eNTK) check", "",
+                  f"Pearson r {_fmt(fo.get('pearson_r'), 4)}, error slope {_fmt(fo.get('error_slope'))} "
+                  f"(theory: 2) over eta {fo.get('etas')}", ""]
+    parts += ["## Probe curves", "", "![probe curves](curves.png)", ""]
+    return "\n".join(parts)
+
+
+def merge(run_dirs, out) -> dict:
+    """One report over several runs: each run's verdicts plus the two-run comparisons."""
+    runs, checks = {}, []
+    for d in map(Path, run_dirs):
+        if not (d / "settings.json").exists() and (d / "first_order.json").exists():
+            checks.append(dict(_read_json(d / "first_order.json"), algo=f"check ({d.name})"))
+            continue
+        report = _read_json(d / "report.json") or write_report(d)
+        runs[report["algo"]] = (d, report)
+    if not runs:
+        raise UserError("no run directory among the arguments (each needs settings.json and tracking/)")
+    series_by_algo = {algo: load_series(d)[0] for algo, (d, _) in runs.items()}
+    seed = next(iter(runs.values()))[1]["seed"]
+    compare = predictions.evaluate_comparison(series_by_algo, level="llm", seed=seed)
+    rows = [dict(r, algo=algo) for algo, (_, rep) in runs.items() for r in rep["predictions"]]
+    rows += [dict(r, algo=" vs ".join(predictions.get(r["id"]).applies_to)) for r in compare]
+    first_order = checks + [dict(rep["first_order"], algo=algo) for algo, (_, rep) in runs.items()
+                            if rep.get("first_order")]
+    devices = {rep["device"] for _, rep in runs.values()}
+    out = Path(out)
+    merged = _clean({"runs": {a: str(d) for a, (d, _) in runs.items()}, "predictions": rows,
+                     "first_order": first_order, "versions": versions(),
+                     "model": sorted({rep["model"] for _, rep in runs.values()}),
+                     "device": sorted(devices - {"cuda"} if devices - {"cuda", "cpu"} else devices)})
+    atomic_write_json(out / "summary.json", merged)
+    lines = ["# Verdicts over all runs", "", f"Model: {', '.join(merged['model'])}; device: "
+             f"{', '.join(merged['device'])}.", "", prediction_table(rows, with_algo=True), ""]
+    for fo in first_order:
+        lines.append(f"First-order check, {fo['algo']}: Pearson r {_fmt(fo.get('pearson_r'), 6)}, "
+                     f"error slope {_fmt(fo.get('error_slope'))} (theory: 2), on {fo.get('n_probe_sequences')} "
+                     "probe responses.")
+        squeeze = (fo.get("token_squeeze") or {}).get("rejected_only")
+        if squeeze and squeeze.get("positions"):
+            shared = fo["token_squeeze"]["shared"]
+            lines.append(f"Token-level squeeze: at {squeeze['positions']} rejected-only positions the top "
+                         f"token other than y-'s rises at {_fmt(squeeze['argmax_rises'], 2)} of them (shared-prefix "
+                         f"positions: {_fmt(shared.get('argmax_rises'), 2)} of {shared.get('positions')}); theory's "
+                         f"first-order rising set has precision {_fmt(squeeze['precision'], 2)} and recall "
+                         f"{_fmt(squeeze['recall'], 2)} against the measured one.")
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return merged

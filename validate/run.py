@@ -1,0 +1,288 @@
+"""`ldyn validate run`: finetune a real causal LM and track every probe as it learns.
+
+A run directory holds everything, written atomically as it is made:
+    settings.json          what was asked (a resumed run must ask the same)
+    probes.json            the probe set (texts and token ids)
+    tracking/step_*.csv    one chunk per evaluation (sim.tracking's schema)
+    generations/step_*.json greedy generations and their repetition statistics
+    train_log.json         per-step losses and metrics under TRL's names
+    state/checkpoint.pt    model, optimizer and data state, to resume
+    curves.png, report.json, report.md   (validate.report)
+"""
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sim.io import atomic_write_json
+from sim.tracking import TrackingTable
+from theory.errors import UserError
+from validate import algorithms as algos
+
+PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "rejected_rephrase", "chosen_format", "rejected_format",
+               "other_chosen", "test_response", "irrelevant", "chosen_shuffled", "random_tokens", "initial_sample")
+
+
+class RunStopped(UserError):
+    """Training diverged: one line, non-zero exit, the logs stay on disk."""
+
+
+# --------------------------------------------------------------------------- setup
+
+def _device(name: str):
+    import torch
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked but no CUDA GPU is visible; use --device cpu (or --preset smoke)")
+    return torch.device(name)
+
+
+def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "settings.json"
+    if path.exists() and not fresh:
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        if changed:
+            k = changed[0]
+            raise UserError(f"{out} holds a run with other settings ({k}: {previous.get(k)!r} there, "
+                            f"{settings.get(k)!r} now); use another --out or pass --fresh")
+    elif fresh:
+        for sub in ("tracking", "generations", "state"):
+            for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
+                f.unlink()
+        for name in ("train_log.json", "probes.json", "report.json", "report.md"):
+            (out / name).unlink(missing_ok=True)
+    atomic_write_json(path, settings)
+
+
+def _examples(settings: dict):
+    """(train, probe, test) lists of {"prompt", "chosen", "rejected"}; probe prompts are trained on."""
+    from validate import data
+    if settings["data"]:
+        rows = data.load_preference_jsonl(settings["data"])
+        n_test = max(1, min(len(rows) // 10, 50))
+        test, train = rows[:n_test], rows[n_test:]
+        if len(train) < 2:
+            raise UserError(f"{settings['data']}: need at least 3 preference pairs, found {len(rows)}")
+        probe = train[:settings["n_probe"]]
+    else:  # its probe prompts are training prompts (the paper's D_prob)
+        dataset = data.default_dataset(seed=0, n_probe=max(settings["n_probe"], 1))
+        train, probe, test = dataset["train"], dataset["probe"], dataset["test"]
+    if settings.get("n_train"):  # a subset that still holds every probe pair
+        probe_prompts = {str(e["prompt"]) for e in probe}
+        rest = [e for e in train if str(e["prompt"]) not in probe_prompts]
+        train = probe + rest[:max(settings["n_train"] - len(probe), 0)]
+    return train, probe, test
+
+
+def _tokenize_pairs(encoder, examples) -> list:
+    return [{"prompt": encoder.prompt_ids(e["prompt"]), "chosen": encoder.response_ids(e["chosen"]),
+             "rejected": encoder.response_ids(e["rejected"])} for e in examples]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _score_rows(model, sequences, pad_id, device, batch_size, autocast) -> list:
+    from validate.forward import make_batch, score_batch
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]) + len(sequences[i][3]))
+    rows = [None] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = make_batch([(sequences[i][2], sequences[i][3]) for i in chunk], pad_id).to(device)
+        with autocast():
+            scores = score_batch(model, batch)
+        for j, i in enumerate(chunk):
+            rows[i] = {"prompt_id": sequences[i][0], "probe": sequences[i][1],
+                       **{k: (int(v[j]) if k == "n_tokens" else float(v[j])) for k, v in scores.items()}}
+    return rows
+
+
+def evaluate(model, step, ctx) -> None:
+    """Score every probe sequence and a few greedy generations; each lands in its own atomic file."""
+    from validate.generate import generate, repetition_stats
+    model.eval()
+    rows = _score_rows(model, ctx["sequences"], ctx["pad_id"], ctx["device"], ctx["settings"]["eval_batch"],
+                       ctx["autocast"])
+    bad = [r for r in rows if not math.isfinite(r["logp_sum"])]
+    ctx["table"].append(step, rows)
+    gen_prompts = ctx["gen_prompts"]
+    with ctx["autocast"]():
+        new = generate(model, [p["prompt_ids"] for p in gen_prompts], ctx["eos"], ctx["pad_id"],
+                       ctx["settings"]["gen_tokens"], sample=False, batch_size=ctx["settings"]["eval_batch"])
+    records = [{"prompt_id": p["prompt_id"], "text": ctx["tokenizer"].decode(ids, skip_special_tokens=True),
+                "n_tokens": len(ids), **repetition_stats(ids)} for p, ids in zip(gen_prompts, new)]
+    atomic_write_json(ctx["out"] / "generations" / f"step_{step:09d}.json", records)
+    model.train()
+    if bad:
+        raise RunStopped(f"probe log-probs became non-finite at step {step}; logs kept in {ctx['out']}")
+
+
+# --------------------------------------------------------------------------- training
+
+def _batch_indices(step: int, n: int, size: int, seed: int) -> list:
+    """Epoch-wise seeded shuffles: the batch of a step never depends on where a run resumed."""
+    per_epoch = max(n // size, 1)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[k * size:(k + 1) * size].tolist()
+
+
+def _reference_logps(ref_model, pairs, keys, ctx) -> None:
+    """Fill ref_<key> for each pair, once, with the frozen reference model."""
+    for key in keys:
+        sequences = [(str(i), key, p["prompt"], p[key]) for i, p in enumerate(pairs)]
+        rows = _score_rows(ref_model, sequences, ctx["pad_id"], ctx["device"], ctx["settings"]["eval_batch"],
+                           ctx["autocast"])
+        for p, r in zip(pairs, rows):
+            p[f"ref_{key}"] = r["logp_sum"]
+
+
+def _draw_samples(model, ref_model, pairs, indices, step, ctx) -> None:
+    """On-policy responses of the current model for the pairs the next steps will use."""
+    from validate.generate import generate
+    s = ctx["settings"]
+    k = 1 if s["algo"] == "onpolicy-dpo" else s["n_samples"]
+    prompts = [pairs[i]["prompt"] for i in indices for _ in range(k)]
+    model.eval()
+    with ctx["autocast"]():
+        new = generate(model, prompts, ctx["eos"], ctx["pad_id"], s["max_response_tokens"] - 1, sample=True,
+                       seed=s["seed"] * 100003 + step, batch_size=s["eval_batch"])
+    model.train()
+    for n, i in enumerate(indices):
+        responses = [tuple(r) + (ctx["eos"][0],) for r in new[n * k:(n + 1) * k]]
+        pairs[i]["samples"] = responses
+        pairs[i]["sample"] = responses[0]
+    if s["algo"] == "onpolicy-dpo":
+        chosen = [pairs[i] for i in indices]
+        _reference_logps(ref_model, chosen, ("sample",), ctx)
+
+
+def _save_state(path: Path, model, optimizer, step, phase, pairs, log) -> None:
+    import torch
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "phase": phase,
+                "pairs": pairs, "log": log}, tmp)
+    tmp.replace(path)
+
+
+def train(ctx, model, ref_model, pairs) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    s, out = ctx["settings"], ctx["out"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
+                                  fused=ctx["device"].type == "cuda")
+    sft_steps = s["extend_sft_steps"] if s["algo"] == "extend" else 0
+    total = sft_steps + s["steps"]
+    state_path = out / "state" / "checkpoint.pt"
+    start, log = 0, []
+    if state_path.exists():
+        state = torch.load(state_path, map_location=ctx["device"], weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, log, pairs[:] = state["step"], state["log"], state["pairs"]
+        ctx["progress"](f"resuming {out} at step {start} of {total}")
+    elif s["algo"] in algos.NEEDS_REFERENCE and s["algo"] != "extend":
+        _reference_logps(ref_model, pairs, ("chosen", "rejected"), ctx)
+    done = set(ctx["table"].completed_steps())
+    tracked = lambda step: step - sft_steps  # noqa: E731  (extend tracks its DPO phase from 0)
+    model.train()
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"{s['algo']} ({s['preset']})",
+               disable=ctx["quiet"])
+    tokens, clock = 0, time.perf_counter()
+    for step in bar:
+        phase = "sft" if step < sft_steps else "main"
+        if s["algo"] == "extend" and step == sft_steps and "ref_chosen" not in pairs[0]:
+            ref_model.load_state_dict(model.state_dict())  # DPO's reference is the model after SFT
+            _reference_logps(ref_model, pairs, ("chosen", "rejected"), ctx)
+        if phase == "main" and tracked(step) % s["eval_every"] == 0 and tracked(step) not in done:
+            evaluate(model, tracked(step), ctx)
+            _maybe_checkpoint(ctx, state_path, model, optimizer, step, phase, pairs, log)
+        indices = _batch_indices(step, len(pairs), s["batch_pairs"], s["seed"])
+        if s["algo"] in algos.NEEDS_SAMPLES and step % s["sample_every"] == 0:
+            upcoming = sorted({i for t in range(step, min(step + s["sample_every"], total))
+                               for i in _batch_indices(t, len(pairs), s["batch_pairs"], s["seed"])})
+            _draw_samples(model, ref_model, pairs, upcoming, step, ctx)
+        with ctx["autocast"]():
+            loss, metrics, n_tokens = algos.step_loss(s["algo"], phase, model, [pairs[i] for i in indices], s,
+                                                      ctx["pad_id"], ctx["device"])
+        if not torch.isfinite(loss):
+            _write_log(out, log)
+            raise RunStopped(f"loss became {loss.item()} at step {step}; logs kept in {out} "
+                             "(lower --lr or check the data)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        tokens += n_tokens
+        log.append({"step": step, "phase": phase, **{k: round(v, 6) for k, v in metrics.items()}})
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens / (time.perf_counter() - clock):.0f}")
+    if tracked(total) not in done:
+        evaluate(model, tracked(total), ctx)
+    _write_log(out, log)
+    if s["checkpoint_every"] or state_path.exists():
+        _save_state(state_path, model, optimizer, total, "done", pairs, log)
+    ctx["tokens_per_second"] = tokens / max(time.perf_counter() - clock, 1e-9)
+
+
+def _maybe_checkpoint(ctx, path, model, optimizer, step, phase, pairs, log):
+    every = ctx["settings"]["checkpoint_every"]
+    ctx["evals"] = ctx.get("evals", 0) + 1
+    _write_log(ctx["out"], log)
+    if every and ctx["evals"] % every == 0:
+        _save_state(path, model, optimizer, step, phase, pairs, log)
+
+
+def _write_log(out: Path, log) -> None:
+    atomic_write_json(out / "train_log.json", log)
+
+
+# --------------------------------------------------------------------------- the command
+
+def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=print) -> dict:
+    """Train, track, and write the report; returns report.json's content."""
+    import contextlib
+
+    import torch
+    from validate import probes as probe_set
+    from validate.encode import Encoder
+    from validate.model import load_model
+    from validate.report import versions, write_report
+
+    out = Path(out)
+    device = _device(settings["device"])
+    _prepare_out(out, settings, fresh)
+    torch.manual_seed(settings["seed"])
+    started = time.perf_counter()
+    train_examples, probe_examples, test_examples = _examples(settings)  # bad data fails before the slow load
+    loaded = load_model(settings["model"], device=str(device), progress=progress)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    load_seconds = time.perf_counter() - started
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    encoder = Encoder(tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
+    probes_path = out / "probes.json"
+    if probes_path.exists():
+        probes = json.loads(probes_path.read_text())
+    else:
+        with autocast():
+            probes = probe_set.build_probe_set(model, tokenizer, encoder, probe_examples, train_examples,
+                                               test_examples, settings, progress=progress)
+        atomic_write_json(probes_path, probes)
+    ctx = {"settings": settings, "out": out, "device": device, "pad_id": tokenizer.pad_token_id,
+           "tokenizer": tokenizer, "eos": probe_set.eos_ids(tokenizer), "autocast": autocast,
+           "table": TrackingTable(out / "tracking"), "sequences": probe_set.probe_sequences(probes),
+           "gen_prompts": probes[:settings["gen_prompts"]], "quiet": quiet, "progress": progress}
+    pairs = _tokenize_pairs(encoder, train_examples)
+    train(ctx, model, ref_model, pairs)
+    info = {"model": loaded.name, "model_source": loaded.source, "n_params": loaded.n_params,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "load_seconds": round(load_seconds, 2), "train_tokens_per_second": round(ctx["tokens_per_second"], 1),
+            "wall_seconds": round(time.perf_counter() - started, 2), "n_train_pairs": len(pairs),
+            "n_probe_prompts": len(probes), "versions": versions()}
+    atomic_write_json(out / "run_info.json", info)
+    return write_report(out)

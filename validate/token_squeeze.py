@@ -1,0 +1,87 @@
+"""Check 2: the squeeze token by token on a real LM.
+
+One DPO-shaped SGD step on a pair: L = log pi(y-) - log pi(y+) (the negative
+push on y- and the positive push on y+ with equal weights, as DPO's residual
+gives them). Along y-'s positions theory distinguishes two kinds of context:
+
+- shared prefix (position l <= d, d the first index where y+ and y- differ): both
+  responses see the same context there, so on free logits their pushes meet in
+  one softmax and the pi terms cancel (theory.squeeze.dpo_shared_context_dlogp):
+  no squeeze predicted;
+- rejected-only (l > d): only the negative push acts; theory.squeeze says the
+  argmax other than y-'s token rises, and to first order exactly the tokens with
+  pi_i > ||pi||^2 - pi_k rise (theory.squeeze.threshold).
+
+The real model couples positions and tokens through its eNTK, so the free-logit
+rule is a prediction to test, not a given: we report how often the argmax rises
+and the precision/recall of the threshold's rising set against the measured one.
+"""
+import numpy as np
+import torch
+
+from theory.predictions import precision_recall
+from theory.squeeze import threshold
+from validate.first_order import stepped
+from validate.forward import make_batch, response_logits
+
+
+def first_divergence(a, b) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+@torch.no_grad()
+def _distributions(model, prompt, response, pad_id, device) -> torch.Tensor:
+    """log pi(. | context) at each response position: [L, V] float64 (one sequence at a time)."""
+    logits, _, _ = response_logits(model, make_batch([(prompt, response)], pad_id).to(device))
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def dpo_direction(model, pair, pad_id, device) -> dict:
+    model.zero_grad(set_to_none=True)
+    from validate.forward import sequence_logps
+    batch = make_batch([(pair["prompt"], pair["rejected"]), (pair["prompt"], pair["chosen"])], pad_id).to(device)
+    logps = sequence_logps(model, batch)[0]
+    (logps[0] - logps[1]).backward()
+    direction = {k: -v.grad.detach().clone() for k, v in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return direction
+
+
+def check_pair(model, pair, eta, pad_id, device) -> dict:
+    """Per-position records of one pair: kind, argmax rises, predicted and measured rising sets."""
+    before = _distributions(model, pair["prompt"], pair["rejected"], pad_id, device)
+    with stepped(model, dpo_direction(model, pair, pad_id, device), eta):
+        after = _distributions(model, pair["prompt"], pair["rejected"], pad_id, device)
+    change = (after - before).cpu().numpy()
+    logp = before.cpu().numpy()
+    pi = np.exp(logp)
+    tokens = np.array(pair["rejected"])
+    d = first_divergence(pair["chosen"], pair["rejected"])
+    others = np.ones_like(pi, dtype=bool)
+    others[np.arange(len(tokens)), tokens] = False
+    masked = np.where(others, logp, -np.inf)
+    top = masked.argmax(axis=1)
+    rows = np.arange(len(tokens))
+    predicted = pi > threshold(pi, tokens, sign=-1)[:, None]
+    return {"kind": np.where(rows <= d, "shared", "rejected_only"),
+            "argmax_rises": change[rows, top] > 0, "argmax_change": change[rows, top],
+            "target_change": change[rows, tokens],
+            "predicted": predicted & others, "measured": (change > 0) & others}
+
+
+def summarise(records) -> dict:
+    out = {}
+    for kind in ("shared", "rejected_only"):
+        picks = [(r, r["kind"] == kind) for r in records]
+        n = int(sum(m.sum() for _, m in picks))
+        if n == 0:
+            out[kind] = {"positions": 0, "argmax_rises": None, "precision": None, "recall": None,
+                         "mean_abs_argmax_change": None, "target_falls": None}
+            continue
+        cat = lambda key: np.concatenate([r[key][m] for r, m in picks])  # noqa: E731
+        scores = precision_recall(cat("predicted").ravel(), cat("measured").ravel())
+        out[kind] = {"positions": n, "argmax_rises": float(cat("argmax_rises").mean()),
+                     "mean_abs_argmax_change": float(np.abs(cat("argmax_change")).mean()),
+                     "target_falls": float((cat("target_change") < 0).mean()), **scores}
+    return out
