@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from sim.io import writable_folder
 from theory.errors import UserError
 
 DEFAULT_OUT = "ldyn-out/sim/digits"
@@ -452,18 +453,6 @@ def validate_settings(settings: dict, seed: int) -> None:
         raise UserError(f"--seed must be a non-negative integer (got {seed!r})")
 
 
-def writable_folder(out) -> Path:
-    """Create `out` and prove it is writable now, not after a minute of training."""
-    import tempfile
-
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to --out {str(out)!r} ({err.strerror or err}); choose a writable folder")
-    return out
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written log or summary."""
+"""Atomic file writes (a crash mid-write never leaves a half-written log or summary) and output folders."""
 import json
 import os
 import tempfile
@@ -37,3 +37,19 @@ def atomic_savefig(fig, path) -> Path:
     os.replace(tmp, path)
     plt.close(fig)
     return path
+
+
+def writable_folder(out) -> Path:
+    """Create `out` and prove it is writable now, not after a minute of training."""
+    from theory.errors import UserError
+
+    out = Path(out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {str(out)!r} exists and is not a folder; give a folder path")
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to --out {str(out)!r} ({err.strerror or err}); choose a writable folder") from None
+    return out

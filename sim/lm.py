@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.io import writable_folder
 from theory.errors import UserError
 
 ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
@@ -517,14 +518,7 @@ def add_parser(subparsers) -> None:
 def _check_args(args) -> Path:
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder; give a folder path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create --out {out}: {err.strerror}") from None
-    return out
+    return writable_folder(args.out)
 
 
 def handle(args) -> int:

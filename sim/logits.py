@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.io import writable_folder
 from theory.errors import UserError
 
 DEFAULT_OUT = "ldyn-out/sim/logits"
@@ -949,19 +950,6 @@ def validate_settings(settings, seed, lr, beta):
             raise UserError(f"{flag} must be a finite number in (0, 1000] (got {value!r})")
 
 
-def writable_folder(out):
-    import tempfile
-
-    out = Path(out)
-    try:
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {str(out)!r} exists and is not a folder; give a folder path")
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to --out {str(out)!r} ({err.strerror or err}); choose a writable folder") from None
-    return out
 
 
 # =========================================================================== CLI

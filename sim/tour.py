@@ -53,7 +53,8 @@ def run_tour(out="ldyn-out", logits_preset: str = "default", progress: bool = Tr
     """Print the derivations and a worked example, run `sim logits` and `sim digits --quick`,
     and say where the figures are. Returns 0."""
     from sim.digits import run_digits
-    from sim.logits import run_logits, writable_folder
+    from sim.io import writable_folder
+    from sim.logits import run_logits
 
     out = writable_folder(Path(out))
     start = time.perf_counter()

@@ -2,16 +2,8 @@
 import argparse
 from pathlib import Path
 
+from sim.io import writable_folder
 from theory.errors import UserError
-
-
-def _writable(out) -> Path:
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot write to --out {out}: {err.strerror}") from None
-    return path
 
 
 def add_run(sub) -> None:
@@ -52,7 +44,7 @@ def _run(args) -> int:
     from validate.run import run
     overrides = {k: getattr(args, k) for k in OVERRIDABLE if getattr(args, k, None) is not None}
     settings = settings_for(args.preset, **overrides)
-    out = _writable(args.out)
+    out = writable_folder(args.out)
     report = run(settings, out, fresh=args.fresh, quiet=args.quiet)
     if args.first_order:
         from validate.check import run_checks
@@ -93,7 +85,7 @@ def _check(args) -> int:
     from validate.check import run_checks
     from validate.presets import settings_for
     settings = settings_for(args.preset, **{k: getattr(args, k) for k in ("model", "device", "seed")})
-    result = run_checks(settings, _writable(args.out), quiet=args.quiet)
+    result = run_checks(settings, writable_folder(args.out), quiet=args.quiet)
     fo = result["first_order"]
     print(f"first-order check on {fo['model']}: Pearson r {fo['pearson_r']:.4f}, error slope "
           f"{fo['error_slope']:.2f} (theory 2) over eta {fo['etas']}; results in {args.out}")
@@ -122,7 +114,7 @@ def _report(args) -> int:
             raise UserError(f"no run directory {d}")
         if (Path(d) / "settings.json").exists():
             write_report(d)
-    out = _writable(args.out or Path(args.runs[0]).resolve().parent)
+    out = writable_folder(args.out or Path(args.runs[0]).resolve().parent)
     merged = merge(args.runs, out)
     print(f"{len(merged['predictions'])} verdicts from {len(args.runs)} runs: {out}/summary.md")
     return 0
