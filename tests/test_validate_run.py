@@ -129,3 +129,11 @@ def test_divergence_stops_with_one_line_and_keeps_the_logs(tmp_path, capsys):
                                   "--out", str(tmp_path), "--lr", "1e30"])
     assert "logs kept" in err
     assert (tmp_path / "train_log.json").exists() and list((tmp_path / "tracking").glob("step_*.csv"))
+
+
+def test_rerunning_a_finished_run_rebuilds_its_report_without_training(runs, monkeypatch):
+    from validate import run as run_module
+    monkeypatch.setattr(run_module, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    before = json.loads((runs[0] / "sft" / "report.json").read_text())["predictions"]
+    assert run(runs[0] / "sft", "--algo", "sft", "--checkpoint-every", "3") == 0  # checkpointing may change
+    assert json.loads((runs[0] / "sft" / "report.json").read_text())["predictions"] == before

@@ -18,8 +18,11 @@ PRESETS = {
                   sample_every=2, extend_sft_steps=2, checkpoint_every=1, max_response_tokens=16),
     "default": dict(COMMON, model="smollm2", device="cuda", steps=240, batch_pairs=32, lr=5e-6,
                     eval_every=20, n_train=None, n_probe=200, eval_batch=256, gen_prompts=32,
-                    gen_tokens=48, sample_every=8, extend_sft_steps=80, checkpoint_every=0),
+                    gen_tokens=48, sample_every=8, extend_sft_steps=80, checkpoint_every=4),
 }
+
+# settings that do not change what a run computes: a resumed run may differ in them
+RESUMABLE_CHANGES = ("checkpoint_every",)
 
 # settings a user may change with a flag; the others come from the preset
 OVERRIDABLE = ("model", "data", "algo", "steps", "device", "seed", "lr", "beta", "batch_pairs",

@@ -44,7 +44,9 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
     path = out / "settings.json"
     if path.exists() and not fresh:
         previous = json.loads(path.read_text())
-        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        from validate.presets import RESUMABLE_CHANGES
+        changed = sorted(k for k in set(previous) | set(settings)
+                         if previous.get(k) != settings.get(k) and k not in RESUMABLE_CHANGES)
         if changed:
             k = changed[0]
             raise UserError(f"{out} holds a run with other settings ({k}: {previous.get(k)!r} there, "
@@ -255,6 +257,9 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
     out = Path(out)
     device = _device(settings["device"])
     _prepare_out(out, settings, fresh)
+    done = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    if done.get("complete"):  # the same command again: nothing to train, the report is rebuilt from the logs
+        return write_report(out)
     torch.manual_seed(settings["seed"])
     started = time.perf_counter()
     train_examples, probe_examples, test_examples = _examples(settings)  # bad data fails before the slow load
