@@ -19,9 +19,9 @@ import argparse
 import copy
 import os
 import sys
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import peak_flops, setup, timed  # noqa: E402
@@ -41,6 +41,14 @@ def plain_step(model, ref_model, optimizer, batch, n_pairs):
         ref_logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
         ref = (ref_logits.log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1) * mask).sum(-1)
     loss = dpo_loss(logps[:n_pairs], logps[n_pairs:], ref[:n_pairs], ref[n_pairs:])[0].mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def our_step(model, optimizer, pairs, settings, pad, device, autocast):
+    with autocast:
+        loss, _, _ = algorithms.step_loss("dpo", "main", model, pairs, settings, pad, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -85,21 +93,13 @@ def main() -> None:
                                [(p["prompt"], p["rejected"]) for p in pairs], pad).to(device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=variant != "plain"
                                           and device.type == "cuda")
-            if variant == "plain":
-                step = lambda: plain_step(model, ref_model, optimizer, batch, len(pairs))  # noqa: E731
-            else:
-                def step():
-                    with autocast:
-                        loss, _, _ = algorithms.step_loss("dpo", "main", model, pairs, settings, pad, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+            step = (partial(plain_step, model, ref_model, optimizer, batch, len(pairs)) if variant == "plain"
+                    else partial(our_step, model, optimizer, pairs, settings, pad, device, autocast))
             seconds = timed(step, device, args.repeats, warmup=3)
             rate = batch.n_tokens / seconds
             results[variant, n_pairs] = seconds
             print(f"  {variant:13s} {n_pairs:4d} pairs ({batch.n_tokens:6d} tokens) {seconds * 1e3:8.1f} ms/step "
                   f"{rate:10.0f} tokens/s  MFU {rate * flops_per_token / peak:.1%}", flush=True)
-            del optimizer
     for n_pairs in sizes:
         ratios = ", ".join(f"{v} {results['plain', n_pairs] / results[v, n_pairs]:.2f}x"
                            for v in variants[1:])

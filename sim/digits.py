@@ -15,7 +15,6 @@ torch is imported inside functions so that `ldyn --help` stays fast.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from sim.io import writable_folder
 from theory.errors import UserError

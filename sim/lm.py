@@ -33,7 +33,6 @@ Design choices, and why (each was needed to reach the paper's regime):
   rejected-only position: the off-policy regime); on-policy y- are samples of
   the model (peaks); "extend" lifts y- out of its valley by SFT first.
 """
-import argparse
 import copy
 import sys
 from dataclasses import asdict, dataclass
@@ -216,7 +215,6 @@ class ProbeSet:
         reuse the logits of the chosen and rejected rows.
         """
         import torch
-        from sim.losses import sequence_logps, token_stats
 
         n = len(self.prompts)
         responses = [r for probe in PROBE_ORDER for r in self.responses[probe]]

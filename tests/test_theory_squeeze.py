@@ -236,7 +236,6 @@ def two_context_simulation(pa_logits, pb_logits, plus, minus, kappa, eta, beta=1
     """One real SGD step of a DPO-style loss on a linear head: y+ scored at context a,
     y- at context b, |phi_a| = 1, <phi_a, phi_b> = kappa; returns (coef, measured dlog pi_a(+))."""
     torch = pytest.importorskip("torch")
-    V = pa_logits.size
     phi_a = torch.tensor([1.0, 0.0], dtype=torch.float64)
     phi_b = torch.tensor([kappa, 1.0], dtype=torch.float64)
     # W with W phi_a = za and W phi_b = zb

@@ -12,7 +12,6 @@ import functools
 
 import numpy as np
 
-from theory import _sym
 from theory.softmax import apply_A
 
 

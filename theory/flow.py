@@ -19,7 +19,7 @@ import numpy as np
 
 from theory import _sym
 from theory.softmax import log_softmax, softmax, sqnorm
-from theory.squeeze import first_order_dlogp, runner_up
+from theory.squeeze import first_order_dlogp
 
 
 def flow_rhs(p, k):

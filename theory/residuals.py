@@ -166,7 +166,6 @@ def residual(pi, token, coef):
 
 
 def derivations():
-    import sympy as sp
     from theory.derivation import Derivation
 
     s = _symbolic()

@@ -73,10 +73,7 @@ def probe_logps(model, sequences, pad_id, device, batch_size, params=None) -> to
 
 
 def _functional_logps(model, params, batch):
-    class Bound(torch.nn.Module):  # sequence_logps needs a module with get_decoder/get_output_embeddings
-        def __init__(self):
-            super().__init__()
-
+    class Bound:  # what sequence_logps asks of a model, answered with `params`
         def get_decoder(self):
             return lambda **kw: functional_call(model.get_decoder(), _sub(params, "model."), (), kw)
 

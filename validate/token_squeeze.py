@@ -22,7 +22,7 @@ import torch
 from theory.predictions import precision_recall
 from theory.squeeze import threshold
 from validate.first_order import stepped
-from validate.forward import make_batch, response_logits
+from validate.forward import make_batch, response_logits, sequence_logps
 
 
 def first_divergence(a, b) -> int:
@@ -38,8 +38,8 @@ def _distributions(model, prompt, response, pad_id, device) -> torch.Tensor:
 
 
 def dpo_direction(model, pair, pad_id, device) -> dict:
+    """-grad of L = log pi(y-) - log pi(y+): the direction one plain SGD step moves theta."""
     model.zero_grad(set_to_none=True)
-    from validate.forward import sequence_logps
     batch = make_batch([(pair["prompt"], pair["rejected"]), (pair["prompt"], pair["chosen"])], pad_id).to(device)
     logps = sequence_logps(model, batch)[0]
     (logps[0] - logps[1]).backward()
@@ -48,10 +48,16 @@ def dpo_direction(model, pair, pad_id, device) -> dict:
     return direction
 
 
-def check_pair(model, pair, eta, pad_id, device) -> dict:
-    """Per-position records of one pair: kind, argmax rises, predicted and measured rising sets."""
+def check_pair(model, pair, nats, pad_id, device) -> dict:
+    """Per-position records of one pair: kind, argmax rises, predicted and measured rising sets.
+
+    The step size is eta = nats / ||grad L||^2, which lowers L by `nats` to first order:
+    the same size of step for every pair, whatever its gradient norm.
+    """
     before = _distributions(model, pair["prompt"], pair["rejected"], pad_id, device)
-    with stepped(model, dpo_direction(model, pair, pad_id, device), eta):
+    direction = dpo_direction(model, pair, pad_id, device)
+    eta = nats / max(sum(float((v * v).sum()) for v in direction.values()), 1e-30)
+    with stepped(model, direction, eta):
         after = _distributions(model, pair["prompt"], pair["rejected"], pad_id, device)
     change = (after - before).cpu().numpy()
     logp = before.cpu().numpy()
