@@ -40,8 +40,9 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print) -> dict
     with first_order.exact_math(model):
         probes = build_probe_set(model, tokenizer, encoder, probe_examples[:N_PROBE_PROMPTS[preset]], train,
                                  test, settings, progress=progress)
-        sequences = [(p_ids, r_ids) for _, _, p_ids, r_ids in probe_sequences(probes)]
-        names = [name for _, name, _, _ in probe_sequences(probes)]
+        flat = probe_sequences(probes)
+        sequences = [(p_ids, r_ids) for _, _, p_ids, r_ids in flat]
+        names = [name for _, name, _, _ in flat]
         pairs = _tokenize_pairs(encoder, probe_examples[:N_SQUEEZE_PAIRS[preset]])
         batch = min(settings["eval_batch"], 64)
         steps = {kind: first_order.check_step(model, pairs[0], kind, sequences, pad_id, device, batch)

@@ -389,18 +389,13 @@ def encode_example(tokenizer, prompt, response: str, max_length: int):
 
 def batch_encode(tokenizer, pairs, max_length: int, pad_id=None) -> dict:
     """Encode (prompt, response) pairs, right-padded: input_ids/attention_mask int64, response_mask bool tensors."""
-    import torch
+    from validate.forward import make_batch
 
     rows = [encode_example(tokenizer, prompt, response, max_length) for prompt, response in pairs]
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
-    width = max((len(ids) for ids, _ in rows), default=0)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    response = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (ids, mask) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention[i, :len(ids)] = 1
-        response[i, :len(ids)] = torch.tensor(mask, dtype=torch.bool)
-    return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}
+    split = [(ids[:mask.index(True)], ids[mask.index(True):]) for ids, mask in rows]  # the response follows the prompt
+    batch = make_batch(split, pad_id)
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+            "response_mask": batch.response_mask}

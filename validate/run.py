@@ -87,15 +87,17 @@ def _tokenize_pairs(encoder, examples) -> list:
 
 # --------------------------------------------------------------------------- evaluation
 
-def _score_rows(model, sequences, pad_id, device, batch_size, autocast) -> list:
+def _score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=None) -> list:
+    """Score (prompt_id, probe, prompt_ids, response_ids) in length-sorted batches; one row dict each."""
     from validate.forward import make_batch, score_batch
+    scorer = scorer or score_batch
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]) + len(sequences[i][3]))
     rows = [None] * len(sequences)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = make_batch([(sequences[i][2], sequences[i][3]) for i in chunk], pad_id).to(device)
         with autocast():
-            scores = score_batch(model, batch)
+            scores = scorer(model, batch)
         for j, i in enumerate(chunk):
             rows[i] = {"prompt_id": sequences[i][0], "probe": sequences[i][1],
                        **{k: (int(v[j]) if k == "n_tokens" else float(v[j])) for k, v in scores.items()}}
@@ -132,12 +134,19 @@ def _batch_indices(step: int, n: int, size: int, seed: int) -> list:
     return order[k * size:(k + 1) * size].tolist()
 
 
+def _summed_logps(model, batch) -> dict:
+    import torch
+    from validate.forward import sequence_logps
+    with torch.no_grad():
+        return {"logp_sum": sequence_logps(model, batch)[0].float().cpu()}
+
+
 def _reference_logps(ref_model, pairs, keys, ctx) -> None:
-    """Fill ref_<key> for each pair, once, with the frozen reference model."""
+    """Fill ref_<key> for each pair, once, with the frozen reference model (no entropy or ||pi||^2 pass)."""
     for key in keys:
         sequences = [(str(i), key, p["prompt"], p[key]) for i, p in enumerate(pairs)]
         rows = _score_rows(ref_model, sequences, ctx["pad_id"], ctx["device"], ctx["settings"]["eval_batch"],
-                           ctx["autocast"])
+                           ctx["autocast"], scorer=_summed_logps)
         for p, r in zip(pairs, rows):
             p[f"ref_{key}"] = r["logp_sum"]
 
