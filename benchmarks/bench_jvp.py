@@ -1,13 +1,15 @@
 """Cost of the first-order (jvp) prediction for a probe set against one forward pass over it.
 
 The first-order check predicts every probe's change with one jvp along the SGD
-direction (validate.first_order.predicted_per_unit_eta). Prints the median time
-of that jvp and of a plain forward pass (sequence log-probs) over the same
-sequences, in float32, timing warmed-up calls; target: jvp under 3x the forward.
-The jvp needs SDPA's math kernel; the forward is timed with it and with the
-default (fused) kernels.
+direction of one training sequence. Prints the median time, over warmed-up calls
+in float32, of a plain forward pass (sequence log-probs) over the probe
+sequences and of the two implementations of that jvp: torch.func.jvp on dense
+tangents (validate.first_order.predicted_per_unit_eta) and the factored jvp the
+check uses (validate.factored_jvp), with their largest relative difference.
+Target: the check's jvp under 3x the forward. The jvp needs SDPA's math kernel;
+the forward is timed with it and with the default (fused) kernels.
 
-    python benchmarks/bench_jvp.py [--model smollm2] [--device cuda] [--n-probe 24]
+    python benchmarks/bench_jvp.py [--model smollm2] [--device cuda] [--n-probe 24] [--repeats 5]
 """
 import argparse
 import os
@@ -16,9 +18,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gpu_common import setup, timed  # noqa: E402
+from gpu_common import setup, timed, timed_together  # noqa: E402
 
-from validate import first_order  # noqa: E402
+from validate import factored_jvp, first_order  # noqa: E402
+from validate.forward import probe_logps  # noqa: E402
 from validate.probes import build_probe_set, probe_sequences  # noqa: E402
 from validate.run import _tokenize_pairs  # noqa: E402
 
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n-probe", type=int, default=24)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = torch.device(args.device)
     loaded, encoder, train, probe, test, settings = setup(args.model, args.device, n_probe=args.n_probe)
@@ -37,26 +41,37 @@ def main() -> None:
                              progress=lambda *_: None)
     sequences = [(p, r) for _, _, p, r in probe_sequences(probes)]
     pair = _tokenize_pairs(encoder, probe[:1])[0]
-    direction = first_order.sgd_direction(model, (pair["prompt"], pair["rejected"]), 1.0, pad, device)
+    with factored_jvp.capture(model) as factors:
+        direction = first_order.sgd_direction(model, (pair["prompt"], pair["rejected"]), 1.0, pad, device)
 
     def forward():
         with torch.no_grad():
-            first_order.probe_logps(model, sequences, pad, device, args.batch)
+            probe_logps(model, sequences, pad, device, args.batch)
 
-    def prediction():
-        first_order.predicted_per_unit_eta(model, sequences, direction, pad, device, args.batch)
+    def dense():
+        return first_order.predicted_per_unit_eta(model, sequences, direction, pad, device, args.batch)
 
-    fused = timed(forward, device, 3, 1)
+    def factored():
+        return factored_jvp.predicted_per_unit_eta(model, sequences, direction, factors, pad, device, args.batch)
+
+    fused = timed(forward, device, args.repeats, 1)
     with first_order.exact_math():
-        math_forward = timed(forward, device, 3, 1)
-        jvp = timed(prediction, device, 3, 1)
+        seconds = timed_together({"forward": forward, "dense": dense, "factored": factored}, device, args.repeats)
+        math_forward, dense_jvp, factored_time = seconds["forward"], seconds["dense"], seconds["factored"]
+        a, b = dense(), factored()
+    differ = float((a - b).abs().max() / a.abs().max())
     tokens = sum(len(p) + len(r) for p, r in sequences)
-    print(f"{len(sequences)} probe sequences, {tokens} tokens, float32, {loaded.name} on {args.device}")
-    print(f"  forward (fused SDPA) {fused * 1e3:8.1f} ms")
-    print(f"  forward (math SDPA)  {math_forward * 1e3:8.1f} ms")
-    print(f"  jvp prediction       {jvp * 1e3:8.1f} ms")
-    print(f"  jvp / forward (same kernel): {jvp / math_forward:.2f}x; jvp / fused forward: {jvp / fused:.2f}x "
-          "(target < 3x)")
+    n_factored = len(factors.factored())
+    print(f"{len(sequences)} probe sequences, {tokens} tokens, float32, {loaded.name} on {args.device}; "
+          f"training sequence {len(pair['prompt']) + len(pair['rejected'])} tokens, "
+          f"{n_factored} of {len(factors.layers)} linear layers factored")
+    print(f"  forward (fused SDPA)      {fused * 1e3:8.1f} ms")
+    print(f"  forward (math SDPA)       {math_forward * 1e3:8.1f} ms")
+    print(f"  jvp, torch.func (dense)   {dense_jvp * 1e3:8.1f} ms   {dense_jvp / math_forward:.2f}x the forward")
+    print(f"  jvp, factored (check's)   {factored_time * 1e3:8.1f} ms   {factored_time / math_forward:.2f}x the forward")
+    print(f"  the two jvps differ by at most {differ:.1e} of the largest prediction")
+    print(f"  check's jvp / forward (same kernel): {factored_time / math_forward:.2f}x; / fused forward: "
+          f"{factored_time / fused:.2f}x (target < 3x)")
 
 
 if __name__ == "__main__":

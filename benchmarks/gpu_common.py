@@ -37,6 +37,23 @@ def timed(fn, device, repeats: int = 5, warmup: int = 2) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def timed_together(fns: dict, device, repeats: int = 5, warmup: int = 1) -> dict:
+    """Median seconds of each fn, timed in turns (a, b, c, a, b, c, ...) so that a machine
+    whose speed drifts during the run slows every fn alike and the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def setup(model_spec: str, device_name: str, dtype=torch.float32, n_probe: int = 200, attn="sdpa"):
     """(loaded model, encoder, default-dataset train examples, probe examples, test examples)."""
     from validate.encode import Encoder

@@ -99,6 +99,7 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     assert result["pearson_r"] > 0.999
     for kind in ("positive", "negative"):
         assert abs(result["steps"][kind]["error_slope"] - 2.0) < 0.2, result["steps"][kind]
+        assert result["steps"][kind]["jvp_methods_max_rel_diff"] < 1e-10  # factored jvp == torch.func.jvp
     squeeze = result["token_squeeze"]["rejected_only"]
     assert squeeze["positions"] > 0 and 0 <= squeeze["precision"] <= 1
     for name in result["figures"]:

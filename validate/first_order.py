@@ -13,6 +13,10 @@ log-log slope of 2. Step sizes are set in units of the predicted change (so
 they mean the same thing for any model): the largest probe moves by
 TARGET_NATS nats.
 
+The jvp is validate.factored_jvp's (through the kernel's factors, fewer matmuls);
+torch.func.jvp on dense tangents recomputes the first batch of probes and the
+report keeps their largest relative difference.
+
 Forward-mode AD does not run on SDPA's fused kernels; the math kernel is used,
 in float64 with TF32 off, so the error floor stays far below the O(eta^2) term.
 """
@@ -20,9 +24,10 @@ import contextlib
 
 import numpy as np
 import torch
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
-from validate.forward import make_batch, sequence_logps
+from validate import factored_jvp
+from validate.forward import chunks, functional_sequence_logps, make_batch, probe_logps, sequence_logps
 
 TARGET_NATS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # the largest predicted probe change at each eta
 STEP_KINDS = {"positive": ("chosen", -1.0), "negative": ("rejected", 1.0)}  # L = sign * log pi(response)
@@ -56,46 +61,17 @@ def exact_math(model=None):
             del m.forward
 
 
-def _chunks(sequences, size):
-    return [sequences[i:i + size] for i in range(0, len(sequences), size)]
-
-
-def probe_logps(model, sequences, pad_id, device, batch_size, params=None) -> torch.Tensor:
-    """Summed log-probs of (prompt_ids, response_ids) sequences, [N]; with `params`, a functional call."""
-    outs = []
-    for chunk in _chunks(sequences, batch_size):
-        batch = make_batch(chunk, pad_id).to(device)
-        if params is None:
-            outs.append(sequence_logps(model, batch)[0])
-        else:
-            outs.append(_functional_logps(model, params, batch))
-    return torch.cat(outs)
-
-
-def _functional_logps(model, params, batch):
-    class Bound:  # what sequence_logps asks of a model, answered with `params`
-        def get_decoder(self):
-            return lambda **kw: functional_call(model.get_decoder(), _sub(params, "model."), (), kw)
-
-        def get_output_embeddings(self):
-            head = model.get_output_embeddings()
-            name = "lm_head.weight" if "lm_head.weight" in params else "model.embed_tokens.weight"
-            return lambda h: torch.nn.functional.linear(h, params[name], head.bias)
-
-    return sequence_logps(Bound(), batch)[0]
-
-
-def _sub(params, prefix):
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-
-
 def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_size) -> torch.Tensor:
-    """d log pi(probe) / d eta along the step direction, for every probe (jvp, chunked)."""
+    """d log pi(probe) / d eta along the step direction, for every probe (torch.func.jvp, chunked).
+
+    The reference implementation, for any direction; validate.factored_jvp computes the same
+    for a one-sequence SGD direction with fewer matmuls, and the check uses that.
+    """
     params = {k: v.detach() for k, v in model.named_parameters()}
     outs = []
-    for chunk in _chunks(sequences, batch_size):
+    for chunk in chunks(sequences, batch_size):
         batch = make_batch(chunk, pad_id).to(device)
-        _, tangent_out = jvp(lambda p: _functional_logps(model, p, batch), (params,), (direction,))
+        _, tangent_out = jvp(lambda p: functional_sequence_logps(model, p, batch), (params,), (direction,))
         outs.append(tangent_out.detach())
     return torch.cat(outs)
 
@@ -133,10 +109,13 @@ def error_slope(etas, errors) -> float:
 def check_step(model, pair, kind, sequences, pad_id, device, batch_size) -> dict:
     """One pair, one step kind: predicted vs actual change of every probe over several etas."""
     key, sign = STEP_KINDS[kind]
-    direction = sgd_direction(model, (pair["prompt"], pair[key]), sign, pad_id, device)
+    with factored_jvp.capture(model) as factors:
+        direction = sgd_direction(model, (pair["prompt"], pair[key]), sign, pad_id, device)
     with torch.no_grad():
         before = probe_logps(model, sequences, pad_id, device, batch_size)
-    per_eta = predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_size)
+    per_eta = factored_jvp.predicted_per_unit_eta(model, sequences, direction, factors, pad_id, device, batch_size)
+    dense = predicted_per_unit_eta(model, sequences[:batch_size], direction, pad_id, device, batch_size)
+    methods_differ = float((per_eta[:len(dense)] - dense).abs().max() / dense.abs().max().clamp_min(1e-300))
     scale = float(per_eta.abs().max())
     etas = [nats / scale for nats in TARGET_NATS]
     predicted, actual = [], []
@@ -149,6 +128,6 @@ def check_step(model, pair, kind, sequences, pad_id, device, batch_size) -> dict
     mid = len(etas) // 2
     return {"kind": kind, "etas": etas, "target_nats": list(TARGET_NATS), "mean_abs_error": errors.tolist(),
             "relative_error": (errors / np.abs(actual).mean(axis=1)).tolist(),
-            "error_slope": error_slope(etas, errors),
+            "error_slope": error_slope(etas, errors), "jvp_methods_max_rel_diff": methods_differ,
             "pearson_r": float(np.corrcoef(predicted[mid], actual[mid])[0, 1]),
             "predicted": predicted[mid].tolist(), "actual": actual[mid].tolist()}

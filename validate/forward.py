@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 STATS_CHUNK = 2048   # tokens per [chunk, vocab] temporary in the statistics pass
 
@@ -50,13 +51,13 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _body(model):
+def decoder_body(model):
     return model.get_decoder() if hasattr(model, "get_decoder") else model.model
 
 
 def response_logits(model, batch: Batch):
     """Logits at the positions that predict response tokens: [N, V], labels [N], row index [N]."""
-    hidden = _body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    hidden = decoder_body(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     predicts = batch.response_mask[:, 1:]                     # position t predicts token t+1
     picked = hidden[:, :-1][predicts]                         # [N, H]
     labels = batch.input_ids[:, 1:][predicts]
@@ -73,6 +74,40 @@ def sequence_logps(model, batch: Batch):
     counts = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, rows, torch.ones_like(token_logps))
     return sums, counts
+
+
+def chunks(sequences, size):
+    return [sequences[i:i + size] for i in range(0, len(sequences), size)]
+
+
+def probe_logps(model, sequences, pad_id, device, batch_size, params=None) -> torch.Tensor:
+    """Summed log-probs of (prompt_ids, response_ids) sequences, [N]; with `params`, a functional call."""
+    outs = []
+    for chunk in chunks(sequences, batch_size):
+        batch = make_batch(chunk, pad_id).to(device)
+        if params is None:
+            outs.append(sequence_logps(model, batch)[0])
+        else:
+            outs.append(functional_sequence_logps(model, params, batch))
+    return torch.cat(outs)
+
+
+def functional_sequence_logps(model, params, batch):
+    """sequence_logps with the weights taken from `params` (name -> tensor, e.g. dual tensors for a jvp)."""
+    class Bound:  # what sequence_logps asks of a model, answered with `params`
+        def get_decoder(self):
+            return lambda **kw: functional_call(model.get_decoder(), _sub(params, "model."), (), kw)
+
+        def get_output_embeddings(self):
+            head = model.get_output_embeddings()
+            name = "lm_head.weight" if "lm_head.weight" in params else "model.embed_tokens.weight"
+            return lambda h: F.linear(h, params[name], head.bias)
+
+    return sequence_logps(Bound(), batch)[0]
+
+
+def _sub(params, prefix):
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
 @torch.no_grad()

@@ -1,0 +1,79 @@
+"""The factored jvp (validate.factored_jvp) against torch.func.jvp on dense tangents and autograd:
+two implementations of one first-order prediction, held equal in float64 on a tiny random Llama."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from validate import factored_jvp, first_order
+from validate.encode import Encoder
+from validate.model import TINY_CONFIG, load_model
+
+WORDS = "the capital of France is Paris and a famous English playwright wrote Hamlet in London".split()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    loaded = load_model("tiny-random", dtype=torch.float64)
+    enc = Encoder(loaded.tokenizer, 96, 48)
+    torch.manual_seed(1)
+    biased = LlamaForCausalLM(LlamaConfig(**TINY_CONFIG, vocab_size=loaded.model.config.vocab_size,
+                                          attention_bias=True, mlp_bias=True)).double()
+    return {"plain": loaded.model, "biased": biased}, enc, loaded.tokenizer.pad_token_id
+
+
+def _probes(enc):
+    return [(enc.prompt_ids("Who wrote Hamlet?"), enc.response_ids("Shakespeare.")),
+            (enc.prompt_ids("Hi"), enc.response_ids("Hello there, friend, how are you today?")),
+            (enc.prompt_ids("What is the capital of France?"), enc.response_ids("Paris")),
+            (enc.prompt_ids("Name a colour."), enc.response_ids("Blue, like the sky."))]
+
+
+def _direction(model, sequence, sign, pad):
+    with factored_jvp.capture(model) as factors:
+        direction = first_order.sgd_direction(model, sequence, sign, pad, "cpu")
+    return direction, factors
+
+
+@settings(max_examples=12, deadline=None)
+@given(which=st.sampled_from(["plain", "biased"]), n_words=st.integers(1, 40), sign=st.sampled_from([-1.0, 1.0]),
+       seed=st.integers(0, 2 ** 16), batch=st.sampled_from([1, 3, 4]))
+def test_factored_jvp_equals_the_dense_jvp(tiny, which, n_words, sign, seed, batch):
+    models, enc, pad = tiny
+    model = models[which]
+    words = [WORDS[i] for i in torch.randint(len(WORDS), (n_words,), generator=torch.Generator().manual_seed(seed))]
+    sequence = (enc.prompt_ids("Tell me something."), enc.response_ids(" ".join(words)))
+    direction, factors = _direction(model, sequence, sign, pad)
+    probes = _probes(enc)
+    with first_order.exact_math(model):  # forward AD needs SDPA's math kernel
+        dense = first_order.predicted_per_unit_eta(model, probes, direction, pad, "cpu", batch)
+        factored = factored_jvp.predicted_per_unit_eta(model, probes, direction, factors, pad, "cpu", batch)
+    assert torch.isfinite(dense).all() and dense.abs().max() > 0
+    torch.testing.assert_close(factored, dense, rtol=1e-10, atol=1e-10 * float(dense.abs().max()))
+
+
+def test_factors_are_the_gradient_and_long_sequences_keep_some_layers_dense(tiny):
+    models, enc, pad = tiny
+    model = models["biased"]
+    short = (enc.prompt_ids("Hi"), enc.response_ids("Hello"))
+    long = (enc.prompt_ids("Tell me something."), enc.response_ids(" ".join(WORDS * 3)))
+    for sequence in (short, long):
+        direction, factors = _direction(model, sequence, 1.0, pad)
+        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.")]
+        assert sorted(factors.layers) == sorted(f"{n}.weight" for n in linear)
+        for name in factors.layers:
+            torch.testing.assert_close(factors.weight(name), direction[name], rtol=1e-12, atol=1e-14)
+    n_tokens = len(long[0]) + len(long[1])
+    kept_dense = set(factors.layers) - set(factors.factored())
+    assert kept_dense and all(n_tokens * sum(factors.layers[n][0].weight.shape) >= factors.layers[n][0].weight.numel()
+                              for n in kept_dense)
+
+
+def test_capture_refuses_two_forward_passes(tiny):
+    models, enc, pad = tiny
+    sequence = (enc.prompt_ids("Hi"), enc.response_ids("Hello"))
+    with pytest.raises(ValueError, match="ran twice"):
+        with factored_jvp.capture(models["plain"]):
+            first_order.sgd_direction(models["plain"], sequence, 1.0, pad, "cpu")
+            first_order.sgd_direction(models["plain"], sequence, 1.0, pad, "cpu")
