@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gpu_common import setup, timed, timed_together  # noqa: E402
+from gpu_common import setup, timed_together  # noqa: E402
 
 from validate import factored_jvp, first_order  # noqa: E402
 from validate.forward import probe_logps  # noqa: E402
@@ -54,11 +54,16 @@ def main() -> None:
     def factored():
         return factored_jvp.predicted_per_unit_eta(model, sequences, direction, factors, pad, device, args.batch)
 
-    fused = timed(forward, device, args.repeats, 1)
-    with first_order.exact_math():
-        seconds = timed_together({"forward": forward, "dense": dense, "factored": factored}, device, args.repeats)
-        math_forward, dense_jvp, factored_time = seconds["forward"], seconds["dense"], seconds["factored"]
-        a, b = dense(), factored()
+    def on_math_kernel(fn):
+        def run():
+            with first_order.exact_math():
+                return fn()
+        return run
+
+    seconds = timed_together({"fused": forward, "forward": on_math_kernel(forward), "dense": on_math_kernel(dense),
+                              "factored": on_math_kernel(factored)}, device, args.repeats)
+    fused, math_forward, dense_jvp, factored_time = (seconds[k] for k in ("fused", "forward", "dense", "factored"))
+    a, b = on_math_kernel(dense)(), on_math_kernel(factored)()
     differ = float((a - b).abs().max() / a.abs().max())
     tokens = sum(len(p) + len(r) for p, r in sequences)
     n_factored = len(factors.factored())
