@@ -27,7 +27,7 @@ import torch
 from torch.func import jvp
 
 from validate import factored_jvp
-from validate.forward import chunks, functional_sequence_logps, make_batch, probe_logps, sequence_logps
+from validate.forward import make_batch, probe_logps, sequence_logps
 
 TARGET_NATS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # the largest predicted probe change at each eta
 STEP_KINDS = {"positive": ("chosen", -1.0), "negative": ("rejected", 1.0)}  # L = sign * log pi(response)
@@ -68,12 +68,9 @@ def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_si
     for a one-sequence SGD direction with fewer matmuls, and the check uses that.
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
-    outs = []
-    for chunk in chunks(sequences, batch_size):
-        batch = make_batch(chunk, pad_id).to(device)
-        _, tangent_out = jvp(lambda p: functional_sequence_logps(model, p, batch), (params,), (direction,))
-        outs.append(tangent_out.detach())
-    return torch.cat(outs)
+    _, tangent_out = jvp(lambda p: probe_logps(model, sequences, pad_id, device, batch_size, p),
+                         (params,), (direction,))
+    return tangent_out.detach()
 
 
 def sgd_direction(model, pair_sequence, sign, pad_id, device) -> dict:

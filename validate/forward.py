@@ -76,14 +76,14 @@ def sequence_logps(model, batch: Batch):
     return sums, counts
 
 
-def chunks(sequences, size):
+def _chunks(sequences, size):
     return [sequences[i:i + size] for i in range(0, len(sequences), size)]
 
 
 def probe_logps(model, sequences, pad_id, device, batch_size, params=None) -> torch.Tensor:
     """Summed log-probs of (prompt_ids, response_ids) sequences, [N]; with `params`, a functional call."""
     outs = []
-    for chunk in chunks(sequences, batch_size):
+    for chunk in _chunks(sequences, batch_size):
         batch = make_batch(chunk, pad_id).to(device)
         if params is None:
             outs.append(sequence_logps(model, batch)[0])
