@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import peak_flops, setup, timed  # noqa: E402
 
-from sim.losses import dpo_loss  # noqa: E402
-from validate import algorithms  # noqa: E402
-from validate.forward import make_batch  # noqa: E402
-from validate.run import _tokenize_pairs  # noqa: E402
+from learning_dynamics.sim.losses import dpo_loss  # noqa: E402
+from learning_dynamics.validate import algorithms  # noqa: E402
+from learning_dynamics.validate.forward import make_batch  # noqa: E402
+from learning_dynamics.validate.run import _tokenize_pairs  # noqa: E402
 
 
 def plain_step(model, ref_model, optimizer, batch, n_pairs):

@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import setup, timed_together  # noqa: E402
 
-from validate import factored_jvp, first_order  # noqa: E402
-from validate.forward import probe_logps  # noqa: E402
-from validate.probes import build_probe_set, probe_sequences  # noqa: E402
-from validate.run import _tokenize_pairs  # noqa: E402
+from learning_dynamics.validate import factored_jvp, first_order  # noqa: E402
+from learning_dynamics.validate.forward import probe_logps  # noqa: E402
+from learning_dynamics.validate.probes import build_probe_set, probe_sequences  # noqa: E402
+from learning_dynamics.validate.run import _tokenize_pairs  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from sim import logits
+from learning_dynamics.sim import logits
 
 
 def main() -> None:

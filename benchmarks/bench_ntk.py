@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from sim import digits, ntk
+from learning_dynamics.sim import digits, ntk
 
 
 def best_time(fn, repeats: int):

@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import setup, timed  # noqa: E402
 
-from validate.forward import make_batch  # noqa: E402
-from validate.probes import build_probe_set, probe_sequences  # noqa: E402
-from validate.run import _score_rows  # noqa: E402
+from learning_dynamics.validate.forward import make_batch  # noqa: E402
+from learning_dynamics.validate.probes import build_probe_set, probe_sequences  # noqa: E402
+from learning_dynamics.validate.run import _score_rows  # noqa: E402
 
 
 @torch.no_grad()

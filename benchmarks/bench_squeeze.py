@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from theory.squeeze import exact_dlogp, first_order_dlogp
+from learning_dynamics.theory.squeeze import exact_dlogp, first_order_dlogp
 
 
 def plain_softmax(z):

@@ -56,10 +56,10 @@ def timed_together(fns: dict, device, repeats: int = 5, warmup: int = 1) -> dict
 
 def setup(model_spec: str, device_name: str, dtype=torch.float32, n_probe: int = 200, attn="sdpa"):
     """(loaded model, encoder, default-dataset train examples, probe examples, test examples)."""
-    from validate.encode import Encoder
-    from validate.model import load_model
-    from validate.presets import PRESETS
-    from validate.run import _examples
+    from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.presets import PRESETS
+    from learning_dynamics.validate.run import _examples
 
     settings = dict(PRESETS["default"], model=model_spec, device=device_name, n_probe=n_probe)
     loaded = load_model(model_spec, device=device_name, dtype=dtype, attn_implementation=attn)

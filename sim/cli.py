@@ -7,6 +7,6 @@ def register(subparsers) -> None:
         description="Each experiment writes PNG figures and a JSON summary to --out.")
     sub = sim.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
     # Each experiment module adds its own parser; see sim/<name>.py::add_parser.
-    from sim import experiments
+    from learning_dynamics.sim import experiments
     for add_parser in experiments.PARSERS:
         add_parser(sub)

@@ -16,8 +16,8 @@ import argparse
 import json
 import sys
 
-from sim.io import writable_folder
-from theory.errors import UserError
+from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.theory.errors import UserError
 
 DEFAULT_OUT = "ldyn-out/sim/digits"
 CLASSES = 10
@@ -120,7 +120,7 @@ def log_probs(apply_fn, params, x):
 
 def check_ntk_agreement(apply_fn, params, data, n_ntk: int) -> dict:
     """Both eNTK implementations on n_ntk held-out x n_ntk training images, float64."""
-    from sim import ntk
+    from learning_dynamics.sim import ntk
 
     x_obs, x_upd = data["test_x64"][:n_ntk], data["train_x64"][:n_ntk]
     k_jac = ntk.entk_jacobian_contraction(apply_fn, params, x_obs, x_upd, chunk_size=64)
@@ -141,7 +141,7 @@ def check_akg(apply_fn, params, data, n_eta: int) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from sim import ntk
+    from learning_dynamics.sim import ntk
 
     train_x, train_y, test_x = data["train_x64"], data["train_y"], data["test_x64"]
     with torch.no_grad():
@@ -193,7 +193,7 @@ def influence_matrix(apply_fn, params, data, n_influence: int):
 def class_similarity(apply_fn, params, data, n_influence: int):
     """similarity[a, b] = trace of the class-averaged eNTK between the training images of
     class a that the influence step uses and the held-out images of class b, over V."""
-    from sim import ntk
+    from learning_dynamics.sim import ntk
 
     updates = [data["train_x64"][data["train_y"] == a][:n_influence] for a in range(CLASSES)]
     observed = [data["test_x64"][data["test_y"] == b] for b in range(CLASSES)]
@@ -266,10 +266,10 @@ def check_squeeze(apply_fn, params, data, n_squeeze: int) -> dict:
     """
     import numpy as np
     import torch
-    from sim import ntk
-    from theory.decomposition import akg_dlogp
-    from theory.predictions import precision_recall
-    from theory.squeeze import threshold
+    from learning_dynamics.sim import ntk
+    from learning_dynamics.theory.decomposition import akg_dlogp
+    from learning_dynamics.theory.predictions import precision_recall
+    from learning_dynamics.theory.squeeze import threshold
 
     x = data["test_x64"][:n_squeeze]
     pi = torch.softmax(apply_fn(params, x), dim=-1).detach().numpy()
@@ -312,7 +312,7 @@ def plot_influence(summary: dict, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     panels = [("influence", "measured: mean dlog p(a | class-b images)\nafter one SGD step on class a"),
@@ -338,7 +338,7 @@ def plot_akg(summary: dict, scatter, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
 
     predicted, actual = (np.ravel(a) for a in scatter)
     fig, ax = plt.subplots(figsize=(6, 5.5))
@@ -365,8 +365,8 @@ def plot_negative_step(bars, image, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from sim.io import atomic_savefig
-    from theory.squeeze import threshold
+    from learning_dynamics.sim.io import atomic_savefig
+    from learning_dynamics.theory.squeeze import threshold
 
     pi, change, wrong = bars["pi"], bars["change"], bars["wrong"]
     after = pi * np.exp(change)
@@ -401,8 +401,8 @@ def run_digits(out=DEFAULT_OUT, seed: int = 0, preset: str = "default", progress
     import numpy as np
     import torch
     from tqdm import tqdm
-    from sim import ntk
-    from sim.io import atomic_write_json
+    from learning_dynamics.sim import ntk
+    from learning_dynamics.sim.io import atomic_write_json
 
     settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     validate_settings(settings, seed)

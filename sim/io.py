@@ -41,7 +41,7 @@ def atomic_savefig(fig, path) -> Path:
 
 def writable_folder(out) -> Path:
     """Create `out` and prove it is writable now, not after a minute of training."""
-    from theory.errors import UserError
+    from learning_dynamics.theory.errors import UserError
 
     out = Path(out)
     try:

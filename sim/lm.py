@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.io import writable_folder
-from theory.errors import UserError
+from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.theory.errors import UserError
 
 ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
 PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "chosen_format", "rejected_rephrase",
@@ -102,7 +102,7 @@ def pack(prompts, responses, pad_id):
 
 def response_logps(model, prompts, responses, pad_id):
     """Summed log pi(response | prompt) per row (differentiable)."""
-    from sim.losses import sequence_logps
+    from learning_dynamics.sim.losses import sequence_logps
 
     inputs, labels, mask, _ = pack(prompts, responses, pad_id)
     return sequence_logps(model(inputs), labels, mask)[0]
@@ -133,7 +133,7 @@ def pretrain(language, config: LMConfig, seed: int, progress):
     """Next-token training on the corpus; returns the model and its final loss."""
     import torch
     import torch.nn.functional as F
-    from sim.toy_model import make_model
+    from learning_dynamics.sim.toy_model import make_model
 
     corpus = pretraining_corpus(language, config.corpus_documents, seed)
     model = make_model(language.vocab_size, block_size=40, seed=seed)
@@ -169,8 +169,8 @@ def pretrained_model(language, config: LMConfig, seed: int, cache_dir: Path, pro
     import json
 
     import torch
-    from sim import toy_language, toy_model
-    from sim.toy_model import make_model
+    from learning_dynamics.sim import toy_language, toy_model
+    from learning_dynamics.sim.toy_model import make_model
 
     recipe = {"seed": seed, "words": language.words, **{f: getattr(config, f) for f in PRETRAIN_FIELDS},
               "code": [inspect.getsource(m) for m in (toy_language, toy_model)] + [inspect.getsource(pretrain)]}
@@ -196,7 +196,7 @@ class ProbeSet:
     """Token ids of every probe response for every probe prompt, and their scoring."""
 
     def __init__(self, language, initial_samples):
-        from sim.toy_language import first_divergence
+        from learning_dynamics.sim.toy_language import first_divergence
 
         self.language = language
         examples = language.probe_examples
@@ -237,7 +237,7 @@ class ProbeSet:
 
     @staticmethod
     def _stats(logits, labels, mask):
-        from sim.losses import sequence_logps, token_stats
+        from learning_dynamics.sim.losses import sequence_logps, token_stats
 
         logp_sum, n_tokens = sequence_logps(logits, labels, mask)
         return logp_sum, n_tokens, token_stats(logits, mask)
@@ -304,7 +304,7 @@ class Finetuner:
         self.reference_rejected = self._reference_logps(self.rejected)
 
     def loss(self, batch):
-        from sim.losses import dpo_loss, sft_loss
+        from learning_dynamics.sim.losses import dpo_loss, sft_loss
 
         pad = self.language.pad_id
         prompts = [self.prompts[i] for i in batch]
@@ -343,8 +343,8 @@ class Finetuner:
 def run_experiment(out: Path, seed: int, algos, config: LMConfig, progress):
     """Pretrain, finetune with each algorithm, return {run: series} and the pretraining summary."""
     import torch
-    from sim.toy_language import ToyLanguage
-    from sim.tracking import TrackingTable, series_from_table, steps_of
+    from learning_dynamics.sim.toy_language import ToyLanguage
+    from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -399,7 +399,7 @@ def _position_change(series, cls, stat):
 
 
 def position_claims(series, seed=0) -> list:
-    from theory.predictions import bootstrap_ci, verdict_from_ci
+    from learning_dynamics.theory.predictions import bootstrap_ci, verdict_from_ci
 
     rows = []
     for claim_id, stat, sign in (("LM-POS-entropy", "entropy", -1.0), ("LM-POS-argmax", "argmax", 1.0)):
@@ -416,7 +416,7 @@ def position_claims(series, seed=0) -> list:
 
 def evaluate_claims(series, seed=0) -> list:
     """Every catalogue prediction these runs can test, plus the position-class claims."""
-    from theory.predictions import evaluate_comparison, evaluate_run
+    from learning_dynamics.theory.predictions import evaluate_comparison, evaluate_run
 
     claims = []
     for algo in ("sft", "dpo"):
@@ -435,7 +435,7 @@ def evaluate_claims(series, seed=0) -> list:
 def run_summary(series, steps) -> dict:
     """Mean over prompts at the first, highest and last evaluation, per tracked key, and the
     squeeze index of theory.predictions (y*'s gain minus the mean change of the other probes)."""
-    from theory.predictions import squeeze_index
+    from learning_dynamics.theory.predictions import squeeze_index
 
     summary = {"steps": [int(s) for s in steps], "squeeze_index": float(np.mean(squeeze_index(series)))}
     for key, curve in sorted(series.items()):
@@ -460,7 +460,7 @@ def _rounded(obj, digits=4):
 # --------------------------------------------------------------------------- figures
 
 def draw_figures(out: Path, series, steps) -> list:
-    from sim.probe_plots import plot_comparison, plot_probe_curves
+    from learning_dynamics.sim.probe_plots import plot_comparison, plot_probe_curves
 
     titles = {"sft": "SFT on y+ (toy LM)", "dpo": "off-policy DPO (toy LM)",
               "onpolicy-dpo": "on-policy DPO: y- sampled from the policy (toy LM)",
@@ -522,7 +522,7 @@ def _check_args(args) -> Path:
 def handle(args) -> int:
     import json
 
-    from sim.io import atomic_write_json
+    from learning_dynamics.sim.io import atomic_write_json
 
     out = _check_args(args)
     algos = [a for a in ALGOS if a in args.algo]  # canonical order, no duplicates

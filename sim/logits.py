@@ -37,8 +37,8 @@ import sys
 
 import numpy as np
 
-from sim.io import writable_folder
-from theory.errors import UserError
+from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.theory.errors import UserError
 
 DEFAULT_OUT = "ldyn-out/sim/logits"
 PRESETS = {
@@ -132,12 +132,12 @@ def kernel_step(z, kernel, grad, eta):
 # --------------------------------------------------------------------------- residuals
 
 def _coefficients(loss, **inputs):
-    from theory.residuals import residual_coefficients
+    from learning_dynamics.theory.residuals import residual_coefficients
     return residual_coefficients(loss, **inputs)
 
 
 def _residual(pi, token, coef):
-    from theory.residuals import residual
+    from learning_dynamics.theory.residuals import residual
     return residual(pi, token, coef)
 
 
@@ -263,7 +263,7 @@ def summarize_series(series):
 def compare_one_step(rng, runs, vocab, steps, eta):
     """Trajectories of repeated negative / positive / shared-DPO steps against theory's exact
     one-step formulas applied at every step (max abs difference of dlog pi)."""
-    from theory.squeeze import dpo_shared_context_dlogp, exact_dlogp
+    from learning_dynamics.theory.squeeze import dpo_shared_context_dlogp, exact_dlogp
 
     z = random_logits(rng, runs, vocab)
     p = np.exp(log_softmax(z))
@@ -294,7 +294,7 @@ def compare_one_step(rng, runs, vocab, steps, eta):
 def compare_flow(rng, runs, vocab, horizon):
     """Repeated negative steps with step size eta against theory.flow.integrate_flow over
     the same time horizon t = eta * steps: the difference shrinks as O(eta) (Euler)."""
-    from theory.flow import integrate_flow
+    from learning_dynamics.theory.flow import integrate_flow
 
     z = random_logits(rng, runs, vocab)
     p0 = np.exp(log_softmax(z))
@@ -386,7 +386,7 @@ def theorem_p02(rng, n, vocab):
 
 
 def theorem_p03(rng, n, vocab):
-    from theory.squeeze import first_order_dlogp
+    from learning_dynamics.theory.squeeze import first_order_dlogp
 
     z, p, k, eta = _cases(rng, n, vocab, (1e-4, 1.0))
     _, d, new, v = _exact_step(z, k, eta, -1.0)
@@ -401,7 +401,7 @@ def theorem_p03(rng, n, vocab):
 
 
 def theorem_p04(rng, n, vocab):
-    from theory.squeeze import threshold
+    from learning_dynamics.theory.squeeze import threshold
 
     z, p, k, eta = _cases(rng, n, vocab, (1e-5, 1e-2))
     _, d, new, v = _exact_step(z, k, eta, -1.0)
@@ -463,7 +463,7 @@ def _lower_target(rng, n, vocab):
 
 
 def theorem_p06(rng, n, vocab):
-    from theory.squeeze import first_order_dlogp
+    from learning_dynamics.theory.squeeze import first_order_dlogp
 
     z, lowered, p, p2, k, valley = _lower_target(rng, n, vocab)
     eta = np.full(n, 1e-4)
@@ -485,7 +485,7 @@ def theorem_p06(rng, n, vocab):
 
 
 def theorem_p06b(rng, n, vocab):
-    from theory.squeeze import runner_up_gain_first_order
+    from learning_dynamics.theory.squeeze import runner_up_gain_first_order
 
     z, lowered, p, p2, k, valley = _lower_target(rng, n, vocab)
     g1, g2 = runner_up_gain_first_order(p, k, 1.0), runner_up_gain_first_order(p2, k, 1.0)
@@ -596,7 +596,7 @@ def theorem_p18(rng, n, vocab, beta):
 def theorem_p19(rng, n, vocab):
     """Linear head z_c = W x_c: one SGD step on context 0 moves W; compare the measured
     dlog pi at 3 contexts with -eta A K G (theory.softmax.apply_A, K = x_c . x_0)."""
-    from theory.softmax import apply_A
+    from learning_dynamics.theory.softmax import apply_A
 
     d_feat, contexts = 8, 3
     scale = np.exp(rng.uniform(np.log(0.3), np.log(3), n))[:, None, None]
@@ -668,7 +668,7 @@ def theorem_x02(rng, n, vocab):
 def theorem_x03(rng, n, vocab, steps):
     """Repeated negative steps: y* keeps rising and stays the argmax among i != k; compare
     with theory.flow (gradient flow) and its replicator limit once pi_k ~ 0."""
-    from theory.flow import flow_rhs, replicator_rhs
+    from learning_dynamics.theory.flow import flow_rhs, replicator_rhs
 
     z, p, k, _ = _cases(rng, n, vocab, (1, 2))
     mask = _others(k, vocab)
@@ -703,7 +703,7 @@ def theorem_x03(rng, n, vocab, steps):
 def theorem_x04(rng, n, vocab, beta):
     """Two contexts a (y+) and b (y-) coupled by kappa: theory.squeeze.dpo_two_context says
     when pi_a(y+) falls; check its sign against one small measured step."""
-    from theory.squeeze import dpo_two_context
+    from learning_dynamics.theory.squeeze import dpo_two_context
 
     za = random_logits(rng, n, vocab)
     zb = za + rng.uniform(0, 1, n)[:, None] * rng.standard_normal((n, vocab))
@@ -750,7 +750,7 @@ def theorem_x05(rng, n, vocab):
 
 def evaluate_theorems(rng, n, vocab, steps, beta, progress=False):
     from tqdm import tqdm
-    from theory.predictions import CATALOGUE
+    from learning_dynamics.theory.predictions import CATALOGUE
 
     evaluators = {
         "P01": lambda r: theorem_p01(r, n, vocab), "P02": lambda r: theorem_p02(r, n, vocab),
@@ -794,8 +794,8 @@ def plot_squeeze_bars(path, eta=2.0):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sim.io import atomic_savefig
-    from theory.squeeze import threshold
+    from learning_dynamics.sim.io import atomic_savefig
+    from learning_dynamics.theory.squeeze import threshold
 
     z = squeeze_example()
     vocab = len(z)
@@ -828,7 +828,7 @@ def plot_curves(path, curves):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
 
     keys = [("plus", "log pi(y+)  (chosen context)"), ("minus", "log pi(y-)  (rejected context)"),
             ("ystar", "log pi(y*)  (where the negative acts)"), ("entropy", "entropy (where the negative acts)")]
@@ -864,7 +864,7 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
     import time
 
     from tqdm import tqdm
-    from sim.io import atomic_write_json
+    from learning_dynamics.sim.io import atomic_write_json
 
     settings = dict(PRESETS[preset])
     for name, value in (("runs", runs), ("vocab", vocab), ("steps", steps)):

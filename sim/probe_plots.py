@@ -57,7 +57,7 @@ def _steps(steps, n_evals):
 
 def plot_probe_curves(series, path, title, steps=None, keys=None):
     """One panel per tracked probe type (those of PANELS present in `series`), saved atomically."""
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
 
     keys = [k for k in (keys or [k for k, _ in PANELS]) if k in series]
     if not keys:
@@ -84,7 +84,7 @@ def plot_comparison(series_by_run, path, title, keys, steps_by_run=None, derived
     `derived(series, key)` supplies curves for keys that are not stored in a
     series (e.g. a per-token ratio of two stored keys).
     """
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
 
     fig, axes = _grid(len(keys))
     colors = ("tab:red", "tab:blue", "tab:purple", "tab:green", "tab:orange")

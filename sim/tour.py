@@ -25,7 +25,7 @@ def _banner(text: str) -> None:
 
 
 def print_key_derivations() -> None:
-    from theory.derive import all_derivations, print_derivations
+    from learning_dynamics.theory.derive import all_derivations, print_derivations
 
     chosen = [d for d in all_derivations() if d.title.startswith(TOUR_DERIVATIONS)]
     if not chosen:
@@ -38,7 +38,7 @@ def print_key_derivations() -> None:
 
 
 def worked_squeeze_example() -> None:
-    from theory.squeeze_report import squeeze_command
+    from learning_dynamics.theory.squeeze_report import squeeze_command
 
     args = argparse.Namespace(probs=WORKED_EXAMPLE["probs"], logits=None, negative=WORKED_EXAMPLE["negative"],
                               positive=None, lr=WORKED_EXAMPLE["lr"], json=False)
@@ -52,9 +52,9 @@ def worked_squeeze_example() -> None:
 def run_tour(out="ldyn-out", logits_preset: str = "default", progress: bool = True) -> int:
     """Print the derivations and a worked example, run `sim logits` and `sim digits --quick`,
     and say where the figures are. Returns 0."""
-    from sim.digits import run_digits
-    from sim.io import writable_folder
-    from sim.logits import run_logits
+    from learning_dynamics.sim.digits import run_digits
+    from learning_dynamics.sim.io import writable_folder
+    from learning_dynamics.sim.logits import run_logits
 
     out = writable_folder(Path(out))
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.io import atomic_write_text
+from learning_dynamics.sim.io import atomic_write_text
 
 COLUMNS = ("step", "prompt_id", "probe", "logp_sum", "logp_mean", "n_tokens", "entropy_mean",
            "sqnorm_mean", "argmax_logp_sum")

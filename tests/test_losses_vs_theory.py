@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from sim import losses as L  # noqa: E402
-from theory import residuals as R  # noqa: E402
+from learning_dynamics.sim import losses as L  # noqa: E402
+from learning_dynamics.theory import residuals as R  # noqa: E402
 
 FUNCS = {"sft": L.sft_loss, "dpo": L.dpo_loss, "onpolicy-dpo": L.dpo_loss, "spin": L.dpo_loss,
          "ipo": L.ipo_loss, "simpo": L.simpo_loss, "slic": L.slic_loss, "dpop": L.dpop_loss,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from theory import predictions as P
+from learning_dynamics.theory import predictions as P
 
 
 def test_ids_are_unique_and_every_paper_item_is_covered():
@@ -21,7 +21,7 @@ def test_every_formula_points_at_an_existing_theory_function():
     for prediction in P.CATALOGUE:
         for ref in re.findall(r"theory\.[a-z_]+(?:\.[A-Za-z_]+)?", prediction.formula):
             parts = ref.split(".")
-            module = importlib.import_module(".".join(parts[:2]))
+            module = importlib.import_module("learning_dynamics." + ".".join(parts[:2]))
             if len(parts) == 3:
                 assert hasattr(module, parts[2]), f"{prediction.id}: {ref} does not exist"
 
@@ -126,7 +126,7 @@ def test_precision_recall():
 
 
 def test_unknown_id_is_a_user_error():
-    from theory.errors import UserError
+    from learning_dynamics.theory.errors import UserError
     with pytest.raises(UserError):
         P.get("P99")
     assert P.get("P01").id == "P01"

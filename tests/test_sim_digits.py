@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from sim.digits import run_digits
-from validate.ldyn import main
+from learning_dynamics.sim.digits import run_digits
+from learning_dynamics.validate.ldyn import main
 
 
 @pytest.fixture(scope="module")

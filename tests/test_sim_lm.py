@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from validate.ldyn import main
+from learning_dynamics.validate.ldyn import main
 
 # Every claim the default run reports as holding; the quick run must reproduce it.
 HOLDING = ("P12d", "P11", "P12a", "P12b", "P12c", "P13a",       # SFT
@@ -43,7 +43,7 @@ def test_claim_holds_on_the_quick_run(claims, claim_id):
 
 def test_the_rephrase_of_y_plus_falls_from_the_start_under_sft(quick_run, claims):
     """Reported as a failed prediction (P13b): the rephrase never rises, it falls from step one."""
-    from sim.tracking import TrackingTable, series_from_table
+    from learning_dynamics.sim.tracking import TrackingTable, series_from_table
 
     assert claims["P13b"]["verdict"] == "fails"
     rephrase = series_from_table(TrackingTable(quick_run[0] / "tracking" / "sft").read())["logps/chosen_rephrase"]
@@ -102,8 +102,8 @@ def test_pretraining_is_deterministic_and_its_cache_is_exact(tmp_path):
     import torch
     from dataclasses import replace
 
-    from sim import lm
-    from sim.toy_language import ToyLanguage
+    from learning_dynamics.sim import lm
+    from learning_dynamics.sim.toy_language import ToyLanguage
 
     config = replace(lm.QUICK, pretrain_steps=3, corpus_documents=64, pretrain_batch=8)
     language = ToyLanguage(0)
@@ -120,9 +120,9 @@ def test_pretraining_is_deterministic_and_its_cache_is_exact(tmp_path):
 
 
 def test_probe_set_has_every_probe_type_and_position_classes():
-    from sim.lm import POSITION_CLASSES, PROBE_ORDER, ProbeSet
-    from sim.toy_language import ToyLanguage, first_divergence
-    from theory.predictions import PROBES
+    from learning_dynamics.sim.lm import POSITION_CLASSES, PROBE_ORDER, ProbeSet
+    from learning_dynamics.sim.toy_language import ToyLanguage, first_divergence
+    from learning_dynamics.theory.predictions import PROBES
 
     language = ToyLanguage(0)
     assert set(PROBE_ORDER) == set(PROBES) - {"greedy"}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from validate.ldyn import main
+from learning_dynamics.validate.ldyn import main
 
 CONTRACT = {"theorems", "algorithms", "theory_comparison", "squeeze_onpolicy_vs_offpolicy", "figures",
             "settings", "all_applicable_theorems_held"}
@@ -42,7 +42,7 @@ def test_json_contract(quick):
 
 
 def test_every_logits_level_theorem_is_evaluated_with_its_catalogue_claim(quick):
-    from theory.predictions import CATALOGUE
+    from learning_dynamics.theory.predictions import CATALOGUE
 
     expected = {p.id: p.claim for p in CATALOGUE if p.scope == "step" and "logits" in p.levels}
     rows = {row["id"]: row for row in quick[1]["theorems"]}

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from sim import ntk
+from learning_dynamics.sim import ntk
 
 IMPLEMENTATIONS = (ntk.entk_jacobian_contraction, ntk.entk_ntk_vector_products)
 

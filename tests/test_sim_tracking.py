@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from sim import tracking
-from sim.tracking import COLUMNS, TrackingTable, read_chunk, series_from_table, steps_of
+from learning_dynamics.sim import tracking
+from learning_dynamics.sim.tracking import COLUMNS, TrackingTable, read_chunk, series_from_table, steps_of
 
 
 def make_rows(step_seed, prompts=("2", "10"), probes=("chosen", "rejected", "other_chosen")):
@@ -109,7 +109,7 @@ def test_a_missing_cell_is_an_error_unless_asked_to_keep_nan(tmp_path):
 
 def test_theory_evaluates_the_series_of_a_table(tmp_path):
     """End to end: a table whose y- falls and y+ rises gives the verdicts that say so."""
-    from theory.predictions import evaluate_run
+    from learning_dynamics.theory.predictions import evaluate_run
 
     table = TrackingTable(tmp_path)
     prompts = [str(i) for i in range(12)]
@@ -125,7 +125,7 @@ def test_theory_evaluates_the_series_of_a_table(tmp_path):
 
 
 def test_probe_plot_writes_one_panel_per_probe(tmp_path):
-    from sim.probe_plots import plot_probe_curves
+    from learning_dynamics.sim.probe_plots import plot_probe_curves
 
     table = TrackingTable(tmp_path / "t")
     for step in (0, 10, 20):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from validate.ldyn import main
+from learning_dynamics.validate.ldyn import main
 
 KEYS = {"index", "p", "dlogp_first_order", "dlogp_exact", "rises_first_order", "rises_exact"}
 
@@ -74,7 +74,7 @@ def test_argparse_errors_exit_2(capsys):
 
 
 def test_subprocess_contract_and_derive():
-    exe = [sys.executable, "-m", "validate.ldyn"]
+    exe = [sys.executable, "-m", "learning_dynamics.validate.ldyn"]
     bad = subprocess.run(exe + ["theory", "squeeze", "--probs", "0.7,0.7", "--negative", "0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from theory import decomposition as D
-from theory.softmax import softmax
+from learning_dynamics.theory import decomposition as D
+from learning_dynamics.theory.softmax import softmax
 
 torch = pytest.importorskip("torch")
 

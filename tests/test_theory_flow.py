@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from theory import flow as F
-from theory import squeeze as Q
-from theory.softmax import softmax, sqnorm
+from learning_dynamics.theory import flow as F
+from learning_dynamics.theory import squeeze as Q
+from learning_dynamics.theory.softmax import softmax, sqnorm
 
 
 @settings(max_examples=15, deadline=None)

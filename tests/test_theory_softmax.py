@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import logsumexp as scipy_lse
 
-from theory import softmax as S
+from learning_dynamics.theory import softmax as S
 from theory_strategies import SCALES
 
 SET = settings(max_examples=40, deadline=None)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from theory import squeeze as Q
-from theory.softmax import log_softmax, softmax, sqnorm
+from learning_dynamics.theory import squeeze as Q
+from learning_dynamics.theory.softmax import log_softmax, softmax, sqnorm
 from theory_strategies import ETAS, distributions
 
 SET = settings(max_examples=40, deadline=None)

@@ -7,9 +7,8 @@ matplotlib.use("Agg")
 
 
 def test_tour_writes_its_figures(tmp_path, capsys, monkeypatch):
-    import sim.digits
-    import sim.tour
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim import digits as sim_digits, tour as sim_tour
+    from learning_dynamics.sim.io import atomic_savefig
 
     def fake_digits(out, preset="default", progress=True, **_):
         import matplotlib.pyplot as plt
@@ -20,8 +19,8 @@ def test_tour_writes_its_figures(tmp_path, capsys, monkeypatch):
                 "ntk_max_rel_diff": 1e-15, "akg_pearson_r": 0.9999, "akg_error_slope": 2.0,
                 "squeeze_top_rises": 1.0, "squeeze_precision": 1.0, "squeeze_recall": 0.7}
 
-    monkeypatch.setattr(sim.digits, "run_digits", fake_digits)
-    assert sim.tour.run_tour(tmp_path, logits_preset="quick", progress=False) == 0
+    monkeypatch.setattr(sim_digits, "run_digits", fake_digits)
+    assert sim_tour.run_tour(tmp_path, logits_preset="quick", progress=False) == 0
     out = capsys.readouterr().out
     assert "AKG" in out and "threshold" in out                     # derivations + worked example
     assert "17/17" in out or "step-level theorems held" in out
@@ -32,10 +31,10 @@ def test_tour_writes_its_figures(tmp_path, capsys, monkeypatch):
 
 
 def test_tour_command_is_wired(monkeypatch, tmp_path):
-    import sim.tour
-    from validate.ldyn import main
+    from learning_dynamics.sim import tour as sim_tour
+    from learning_dynamics.validate.ldyn import main
 
     seen = {}
-    monkeypatch.setattr(sim.tour, "run_tour", lambda out: seen.setdefault("out", out) and 0)
+    monkeypatch.setattr(sim_tour, "run_tour", lambda out: seen.setdefault("out", out) and 0)
     assert main(["tour", "--out", str(tmp_path)]) == 0
     assert seen["out"] == str(tmp_path)

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from theory.errors import UserError
-from theory.predictions import PROBES
-from validate import data, probe_texts
+from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory.predictions import PROBES
+from learning_dynamics.validate import data, probe_texts
 
 pytest.importorskip("chatterbot_corpus")
 
@@ -25,7 +25,7 @@ def tokenizer():
     """SmolLM2's real tokenizer and ChatML template (the tiny test model carries it; built once per session)."""
     from transformers import AutoTokenizer
 
-    from validate.model import tiny_random_llama
+    from learning_dynamics.validate.model import tiny_random_llama
     return AutoTokenizer.from_pretrained(str(tiny_random_llama()))
 
 

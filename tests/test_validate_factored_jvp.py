@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from validate import factored_jvp, first_order
-from validate.encode import Encoder
-from validate.model import TINY_CONFIG, load_model
+from learning_dynamics.validate import factored_jvp, first_order
+from learning_dynamics.validate.encode import Encoder
+from learning_dynamics.validate.model import TINY_CONFIG, load_model
 
 WORDS = "the capital of France is Paris and a famous English playwright wrote Hamlet in London".split()
 

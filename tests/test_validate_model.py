@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from theory.errors import UserError
-from validate.encode import Encoder
-from validate.forward import make_batch, score_batch, sequence_logps
-from validate.model import load_model, resolve
+from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.encode import Encoder
+from learning_dynamics.validate.forward import make_batch, score_batch, sequence_logps
+from learning_dynamics.validate.model import load_model, resolve
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_the_real_gguf_model_prefers_the_right_answer():
 
 
 def test_first_order_check_on_the_smoke_preset(tmp_path):
-    from validate.ldyn import main
+    from learning_dynamics.validate.ldyn import main
     assert main(["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu", "--quiet",
                  "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "first_order.json").read_text())

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from theory.predictions import VERDICTS
-from validate.algorithms import ALGORITHMS
-from validate.ldyn import main
-from validate.presets import PRESETS
+from learning_dynamics.theory.predictions import VERDICTS
+from learning_dynamics.validate.algorithms import ALGORITHMS
+from learning_dynamics.validate.ldyn import main
+from learning_dynamics.validate.presets import PRESETS
 
 SMOKE = PRESETS["smoke"]
 N_PROBES = 12  # probe types with a response (y* is scored from y+)
@@ -40,7 +40,7 @@ def test_every_algorithm_writes_a_complete_report(runs, algo):
 
 
 def test_tracking_table_has_every_step_prompt_and_probe(runs):
-    from sim.tracking import TrackingTable
+    from learning_dynamics.sim.tracking import TrackingTable
     rows = TrackingTable(runs[0] / "dpo" / "tracking").read()
     evals = SMOKE["steps"] // SMOKE["eval_every"] + 1
     assert len(rows) == evals * SMOKE["n_probe"] * N_PROBES
@@ -60,8 +60,8 @@ def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, t
 
 
 def test_an_interrupted_run_resumes_to_the_same_numbers(runs, tmp_path, monkeypatch):
-    from sim.tracking import TrackingTable
-    from validate import algorithms
+    from learning_dynamics.sim.tracking import TrackingTable
+    from learning_dynamics.validate import algorithms
     real = algorithms.step_loss
     calls = {"n": 0}
 
@@ -132,7 +132,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_logs(tmp_path, capsys):
 
 
 def test_rerunning_a_finished_run_rebuilds_its_report_without_training(runs, monkeypatch):
-    from validate import run as run_module
+    from learning_dynamics.validate import run as run_module
     monkeypatch.setattr(run_module, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     before = json.loads((runs[0] / "sft" / "report.json").read_text())["predictions"]
     assert run(runs[0] / "sft", "--algo", "sft", "--checkpoint-every", "3") == 0  # checkpointing may change

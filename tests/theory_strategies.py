@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import strategies as st
 
-from theory.softmax import softmax
+from learning_dynamics.theory.softmax import softmax
 
 SIZES = st.sampled_from([2, 3, 5, 17, 256, 10_000])
 SCALES = st.sampled_from([1e-3, 0.3, 1.0, 3.0, 30.0, 1e3])

@@ -35,11 +35,11 @@ def register(subparsers) -> None:
 
 
 def _derive(args: argparse.Namespace) -> int:
-    from theory.derive import print_derivations
+    from learning_dynamics.theory.derive import print_derivations
     print_derivations(latex=args.latex)
     return 0
 
 
 def _squeeze(args: argparse.Namespace) -> int:
-    from theory.squeeze_report import squeeze_command
+    from learning_dynamics.theory.squeeze_report import squeeze_command
     return squeeze_command(args)

@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from theory.softmax import apply_A
+from learning_dynamics.theory.softmax import apply_A
 
 
 def akg_dlogp(pi_o, K, G, eta):
@@ -73,7 +73,7 @@ def _symbolic():
 
 
 def derivations():
-    from theory.derivation import Derivation
+    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [Derivation("AKG decomposition and the linear-head kernel", (

@@ -11,7 +11,7 @@ MODULES = ("softmax", "decomposition", "residuals", "squeeze", "flow")
 def all_derivations():
     out = []
     for name in MODULES:
-        out.extend(importlib.import_module(f"theory.{name}").derivations())
+        out.extend(importlib.import_module(f"learning_dynamics.theory.{name}").derivations())
     return out
 
 

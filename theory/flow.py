@@ -17,9 +17,9 @@ import functools
 
 import numpy as np
 
-from theory import _sym
-from theory.softmax import log_softmax, softmax, sqnorm
-from theory.squeeze import first_order_dlogp
+from learning_dynamics.theory import _sym
+from learning_dynamics.theory.softmax import log_softmax, softmax, sqnorm
+from learning_dynamics.theory.squeeze import first_order_dlogp
 
 
 def flow_rhs(p, k):
@@ -76,7 +76,7 @@ def time_to_concentrate(p, k=None, eps=1e-3):
 def _symbolic():
     import sympy as sp
 
-    from theory.squeeze import _symbolic as squeeze_symbolic
+    from learning_dynamics.theory.squeeze import _symbolic as squeeze_symbolic
 
     sq_sym = squeeze_symbolic()
     p_i, p_k, sq, d, eta, s = (sq_sym[n] for n in ("p_i", "p_k", "sq", "d", "eta", "s"))
@@ -102,7 +102,7 @@ def _fns():
 
 
 def derivations():
-    from theory.derivation import Derivation
+    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [Derivation("Gradient flow of repeated negative steps", (

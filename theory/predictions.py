@@ -366,7 +366,7 @@ def get(prediction_id: str) -> Prediction:
     try:
         return BY_ID[prediction_id]
     except KeyError:
-        from theory.errors import UserError
+        from learning_dynamics.theory.errors import UserError
         raise UserError(f"unknown prediction id {prediction_id!r}; known: {', '.join(BY_ID)}") from None
 
 

@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from theory import _sym
+from learning_dynamics.theory import _sym
 
 LOSSES = ("sft", "dpo", "onpolicy-dpo", "spin", "ipo", "simpo", "slic", "dpop", "sppo", "pg")
 
@@ -166,7 +166,7 @@ def residual(pi, token, coef):
 
 
 def derivations():
-    from theory.derivation import Derivation
+    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     steps = [("G = c d log pi_y / dz, c = dL/dlog pi_y (3 labels, y = 1):", s["G"]),

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from theory import _sym
+from learning_dynamics.theory import _sym
 
 
 def _f64(x):
@@ -121,7 +121,7 @@ def _symbolic():
 
 def derivations():
     import sympy as sp
-    from theory.derivation import Derivation
+    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [

@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from theory import _sym
-from theory.softmax import softmax, sqnorm
+from learning_dynamics.theory import _sym
+from learning_dynamics.theory.softmax import softmax, sqnorm
 
 # exp(700) is finite in float64; the log1p/expm1 path keeps relative precision but
 # needs x_j <= ~700 (negative step) and sum_j p_j exp(x_j) >= e^-1 (positive step).
@@ -469,7 +469,7 @@ def _fns():
 
 def derivations():
     import sympy as sp
-    from theory.derivation import Derivation
+    from learning_dynamics.theory.derivation import Derivation
 
     sy = _symbolic()
     return [

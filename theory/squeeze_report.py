@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from theory.errors import UserError
+from learning_dynamics.theory.errors import UserError
 
 SUM_TOL = 1e-6
 COLUMNS = ("index", "p", "dlogp_first_order", "dlogp_exact", "rises_first_order", "rises_exact")
@@ -48,13 +48,13 @@ def _distribution(args) -> np.ndarray:
             raise UserError(f"--probs: probabilities sum to {total:.10g}, not 1 (within {SUM_TOL:g})")
         return p / total
     if getattr(args, "logits", None) is not None:
-        from theory.softmax import softmax
+        from learning_dynamics.theory.softmax import softmax
         return softmax(_parse(args.logits, "logits"))
     raise UserError("give --probs or --logits")
 
 
 def compute(p: np.ndarray, k: int, eta: float, sign: int) -> dict:
-    from theory import squeeze
+    from learning_dynamics.theory import squeeze
 
     first = squeeze.first_order_dlogp(p, k, eta, sign)
     exact = squeeze.exact_dlogp(p, k, eta, sign)

@@ -19,8 +19,8 @@ from collections import Counter
 
 import torch
 
-from sim import losses
-from validate.forward import make_batch, sequence_logps
+from learning_dynamics.sim import losses
+from learning_dynamics.validate.forward import make_batch, sequence_logps
 
 ALGORITHMS = ("sft", "dpo", "onpolicy-dpo", "ipo", "simpo", "extend", "pg")
 NEEDS_REFERENCE = ("dpo", "onpolicy-dpo", "ipo", "extend")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.io import atomic_write_json
-from validate.report import _clean
+from learning_dynamics.sim.io import atomic_write_json
+from learning_dynamics.validate.report import _clean
 
 N_PROBE_PROMPTS = {"smoke": 4, "default": 24}   # prompts whose probes the jvp covers
 N_SQUEEZE_PAIRS = {"smoke": 3, "default": 48}
@@ -19,11 +19,11 @@ SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y
 
 def run_checks(settings: dict, out, quiet: bool = False, progress=print) -> dict:
     import torch
-    from validate import first_order, token_squeeze
-    from validate.encode import Encoder
-    from validate.model import load_model
-    from validate.probes import build_probe_set, probe_sequences
-    from validate.run import _device, _examples, _tokenize_pairs
+    from learning_dynamics.validate import first_order, token_squeeze
+    from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.probes import build_probe_set, probe_sequences
+    from learning_dynamics.validate.run import _device, _examples, _tokenize_pairs
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def _plt():
 
 
 def _plot_scatter(steps, names, path):
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, (kind, s) in zip(axes, steps.items()):
@@ -96,7 +96,7 @@ def _plot_scatter(steps, names, path):
 
 
 def _plot_slope(steps, path):
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4))
     for kind, s in steps.items():
@@ -109,7 +109,7 @@ def _plot_slope(steps, path):
 
 
 def _plot_token_squeeze(records, summary, path):
-    from sim.io import atomic_savefig
+    from learning_dynamics.sim.io import atomic_savefig
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, color in (("shared", "tab:blue"), ("rejected_only", "tab:red")):

@@ -2,13 +2,13 @@
 import argparse
 from pathlib import Path
 
-from sim.io import writable_folder
-from theory.errors import UserError
+from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.theory.errors import UserError
 
 
 def add_run(sub) -> None:
-    from validate.algorithms import ALGORITHMS
-    from validate.presets import PRESETS
+    from learning_dynamics.validate.algorithms import ALGORITHMS
+    from learning_dynamics.validate.presets import PRESETS
     p = sub.add_parser(
         "run", help="finetune a model with one algorithm, tracking every probe type",
         description="Finetune (SFT, DPO and variants), score the probe set every --eval-every steps, "
@@ -40,16 +40,16 @@ def add_run(sub) -> None:
 
 
 def _run(args) -> int:
-    from validate.presets import OVERRIDABLE, settings_for
-    from validate.run import run
+    from learning_dynamics.validate.presets import OVERRIDABLE, settings_for
+    from learning_dynamics.validate.run import run
     overrides = {k: getattr(args, k) for k in OVERRIDABLE if getattr(args, k, None) is not None}
     settings = settings_for(args.preset, **overrides)
     out = writable_folder(args.out)
     report = run(settings, out, fresh=args.fresh, quiet=args.quiet)
     if args.first_order:
-        from validate.check import run_checks
+        from learning_dynamics.validate.check import run_checks
         run_checks(settings, out, quiet=args.quiet)
-        from validate.report import write_report
+        from learning_dynamics.validate.report import write_report
         report = write_report(out)
     _print_verdicts(report, out)
     return 0
@@ -82,8 +82,8 @@ def add_check(sub) -> None:
 
 
 def _check(args) -> int:
-    from validate.check import run_checks
-    from validate.presets import settings_for
+    from learning_dynamics.validate.check import run_checks
+    from learning_dynamics.validate.presets import settings_for
     settings = settings_for(args.preset, **{k: getattr(args, k) for k in ("model", "device", "seed")})
     result = run_checks(settings, writable_folder(args.out), quiet=args.quiet)
     fo = result["first_order"]
@@ -108,7 +108,7 @@ def add_report(sub) -> None:
 
 
 def _report(args) -> int:
-    from validate.report import merge, write_report
+    from learning_dynamics.validate.report import merge, write_report
     for d in args.runs:
         if not Path(d).is_dir():
             raise UserError(f"no run directory {d}")

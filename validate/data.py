@@ -45,7 +45,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from theory.errors import UserError
+from learning_dynamics.theory.errors import UserError
 
 CORPUS_PACKAGE = "chatterbot_corpus"
 CORPUS_VERSION = "1.3.3"
@@ -389,7 +389,7 @@ def encode_example(tokenizer, prompt, response: str, max_length: int):
 
 def batch_encode(tokenizer, pairs, max_length: int, pad_id=None) -> dict:
     """Encode (prompt, response) pairs, right-padded: input_ids/attention_mask int64, response_mask bool tensors."""
-    from validate.forward import make_batch
+    from learning_dynamics.validate.forward import make_batch
 
     rows = [encode_example(tokenizer, prompt, response, max_length) for prompt, response in pairs]
     if pad_id is None:

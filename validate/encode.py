@@ -8,7 +8,7 @@ the same probe texts are encoded for every run and check.
 """
 import json
 
-from validate import data
+from learning_dynamics.validate import data
 
 
 class Encoder:

@@ -22,7 +22,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from validate.forward import decoder_body, probe_logps
+from learning_dynamics.validate.forward import decoder_body, probe_logps
 
 
 class Factors:

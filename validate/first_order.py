@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from validate import factored_jvp
-from validate.forward import make_batch, probe_logps, sequence_logps
+from learning_dynamics.validate import factored_jvp
+from learning_dynamics.validate.forward import make_batch, probe_logps, sequence_logps
 
 TARGET_NATS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # the largest predicted probe change at each eta
 STEP_KINDS = {"positive": ("chosen", -1.0), "negative": ("rejected", 1.0)}  # L = sign * log pi(response)

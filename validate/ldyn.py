@@ -7,7 +7,7 @@ anywhere becomes one line on stderr and exit code 2, never a traceback.
 import argparse
 import sys
 
-from theory.errors import UserError
+from learning_dynamics.theory.errors import UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -18,9 +18,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from theory import cli as theory_cli
-    from sim import cli as sim_cli
-    from validate import cli as validate_cli
+    from learning_dynamics.theory import cli as theory_cli
+    from learning_dynamics.sim import cli as sim_cli
+    from learning_dynamics.validate import cli as validate_cli
 
     parser = OneLineParser(
         prog="ldyn",
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tour(args) -> int:
-    from sim.tour import run_tour
+    from learning_dynamics.sim.tour import run_tour
     return run_tour(args.out)
 
 

@@ -6,8 +6,8 @@ default one algorithm on SmolLM2-135M-Instruct on one GPU in a few minutes.
 """
 import math
 
-from theory.errors import UserError
-from validate.algorithms import ALGORITHMS
+from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.algorithms import ALGORITHMS
 
 COMMON = dict(algo="dpo", data=None, seed=0, beta=0.1, simpo_beta=2.0, simpo_gamma=0.5,
               max_prompt_tokens=96, max_response_tokens=48, n_samples=2, weight_decay=0.0)

@@ -23,7 +23,7 @@ Each row is a dict: "prompt", "source", one key per text probe, and "meta"
 import random
 import re
 
-from theory.predictions import PROBES
+from learning_dynamics.theory.predictions import PROBES
 
 TEXT_PROBES = ("chosen", "rejected", "chosen_format", "rejected_format", "other_chosen", "test_response",
                "irrelevant", "chosen_shuffled")
@@ -139,7 +139,7 @@ def irrelevant_pool(min_words: int = 5, max_words: int = 40) -> list:
     A response qualifies when it is one line starting with a capital and ending
     with . ! or ?, has min_words..max_words words and no code characters.
     """
-    from validate.data import corpus_pairs, _key
+    from learning_dynamics.validate.data import corpus_pairs, _key
 
     seen, pool = set(), []
     for pair in corpus_pairs():

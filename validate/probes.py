@@ -9,8 +9,8 @@ it is the per-position argmax under teacher forcing on y+, scored with y+.
 """
 import numpy as np
 
-from validate import probe_texts
-from validate.generate import generate
+from learning_dynamics.validate import probe_texts
+from learning_dynamics.validate.generate import generate
 
 MODEL_PROBES = ("chosen_rephrase", "rejected_rephrase", "initial_sample", "random_tokens")
 

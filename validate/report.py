@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.io import atomic_write_json, atomic_write_text
-from sim.tracking import TrackingTable, series_from_table, steps_of
-from theory import predictions
-from theory.errors import UserError
+from learning_dynamics.sim.io import atomic_write_json, atomic_write_text
+from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
+from learning_dynamics.theory import predictions
+from learning_dynamics.theory.errors import UserError
 
 VERSIONED = ("torch", "transformers", "numpy", "sympy", "scipy")
 
@@ -63,7 +63,7 @@ def load_series(run_dir: Path):
 
 
 def _figures(run_dir: Path, series, steps, algo: str) -> list:
-    from sim.probe_plots import plot_probe_curves
+    from learning_dynamics.sim.probe_plots import plot_probe_curves
     path = plot_probe_curves(series, run_dir / "curves.png", f"{algo}: log-probability of each probe type",
                              steps=steps)
     return [path.name]

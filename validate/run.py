@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.io import atomic_write_json
-from sim.tracking import TrackingTable
-from theory.errors import UserError
-from validate import algorithms as algos
+from learning_dynamics.sim.io import atomic_write_json
+from learning_dynamics.sim.tracking import TrackingTable
+from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate import algorithms as algos
 
 PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "rejected_rephrase", "chosen_format", "rejected_format",
                "other_chosen", "test_response", "irrelevant", "chosen_shuffled", "random_tokens", "initial_sample")
@@ -44,7 +44,7 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
     path = out / "settings.json"
     if path.exists() and not fresh:
         previous = json.loads(path.read_text())
-        from validate.presets import RESUMABLE_CHANGES
+        from learning_dynamics.validate.presets import RESUMABLE_CHANGES
         changed = sorted(k for k in set(previous) | set(settings)
                          if previous.get(k) != settings.get(k) and k not in RESUMABLE_CHANGES)
         if changed:
@@ -62,7 +62,7 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
 
 def _examples(settings: dict):
     """(train, probe, test) lists of {"prompt", "chosen", "rejected"}; probe prompts are trained on."""
-    from validate import data
+    from learning_dynamics.validate import data
     if settings["data"]:
         rows = data.load_preference_jsonl(settings["data"])
         n_test = max(1, min(len(rows) // 10, 50))
@@ -89,7 +89,7 @@ def _tokenize_pairs(encoder, examples) -> list:
 
 def _score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=None) -> list:
     """Score (prompt_id, probe, prompt_ids, response_ids) in length-sorted batches; one row dict each."""
-    from validate.forward import make_batch, score_batch
+    from learning_dynamics.validate.forward import make_batch, score_batch
     scorer = scorer or score_batch
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]) + len(sequences[i][3]))
     rows = [None] * len(sequences)
@@ -106,7 +106,7 @@ def _score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=N
 
 def evaluate(model, step, ctx) -> None:
     """Score every probe sequence and a few greedy generations; each lands in its own atomic file."""
-    from validate.generate import generate, repetition_stats
+    from learning_dynamics.validate.generate import generate, repetition_stats
     model.eval()
     rows = _score_rows(model, ctx["sequences"], ctx["pad_id"], ctx["device"], ctx["settings"]["eval_batch"],
                        ctx["autocast"])
@@ -136,7 +136,7 @@ def _batch_indices(step: int, n: int, size: int, seed: int) -> list:
 
 def _summed_logps(model, batch) -> dict:
     import torch
-    from validate.forward import sequence_logps
+    from learning_dynamics.validate.forward import sequence_logps
     with torch.no_grad():
         return {"logp_sum": sequence_logps(model, batch)[0].float().cpu()}
 
@@ -153,7 +153,7 @@ def _reference_logps(ref_model, pairs, keys, ctx) -> None:
 
 def _draw_samples(model, ref_model, pairs, indices, step, ctx) -> None:
     """On-policy responses of the current model for the pairs the next steps will use."""
-    from validate.generate import generate
+    from learning_dynamics.validate.generate import generate
     s = ctx["settings"]
     k = 1 if s["algo"] == "onpolicy-dpo" else s["n_samples"]
     prompts = [pairs[i]["prompt"] for i in indices for _ in range(k)]
@@ -258,10 +258,10 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
     import contextlib
 
     import torch
-    from validate import probes as probe_set
-    from validate.encode import Encoder
-    from validate.model import load_model
-    from validate.report import versions, write_report
+    from learning_dynamics.validate import probes as probe_set
+    from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.report import versions, write_report
 
     out = Path(out)
     device = _device(settings["device"])

@@ -19,10 +19,10 @@ and the precision/recall of the threshold's rising set against the measured one.
 import numpy as np
 import torch
 
-from theory.predictions import precision_recall
-from theory.squeeze import threshold
-from validate.first_order import stepped
-from validate.forward import make_batch, response_logits, sequence_logps
+from learning_dynamics.theory.predictions import precision_recall
+from learning_dynamics.theory.squeeze import threshold
+from learning_dynamics.validate.first_order import stepped
+from learning_dynamics.validate.forward import make_batch, response_logits, sequence_logps
 
 
 def first_divergence(a, b) -> int:
