@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from theory.errors import UserError
+from learning_dynamics.theory.errors import UserError
 
 DEFAULT_MODEL = "smollm2"
 TINY_MODEL = "tiny-random"
