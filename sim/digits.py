@@ -17,6 +17,7 @@ import json
 import sys
 
 from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
 
 DEFAULT_OUT = "ldyn-out/sim/digits"
@@ -466,6 +467,7 @@ def add_parser(subparsers) -> None:
         epilog="example: ldyn sim digits --out ./ldyn-out/sim/digits --seed 0 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
+    add_format_option(p)
     p.add_argument("--seed", type=int, default=0, help="model init and batch order (default 0)")
     p.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run of the same code (tests)")

@@ -27,16 +27,10 @@ def atomic_write_json(path, obj) -> Path:
 
 
 def atomic_savefig(fig, path) -> Path:
-    """Save a matplotlib figure through a temp file, then close it."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure through a temp file in the chosen format (sim.style.save), then close it."""
+    from learning_dynamics.sim.style import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def writable_folder(out) -> Path:

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
 
 ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
@@ -467,24 +468,21 @@ def draw_figures(out: Path, series, steps) -> list:
               "extend": "extend: DPO after SFT on y+ and y- (toy LM)"}
     figures = []
     for run in [r for r in ("sft", "dpo") if r in series]:  # the other runs: comparison.png
-        path = out / f"probes_{run}.png"
-        plot_probe_curves(series[run], path, titles[run], steps=steps[run])
+        path = plot_probe_curves(series[run], out / f"probes_{run}.png", titles[run], steps=steps[run])
         figures.append(path.name)
     compared = {k: series[k] for k in ("dpo", "onpolicy-dpo", "extend") if k in series}
     if len(compared) > 1:
-        path = out / "comparison.png"
-        plot_comparison(compared, path, "squeezing: off-policy vs on-policy vs extend",
-                        keys=("logps/chosen", "logps/rejected", "logps/greedy", "logps/other_chosen",
-                              "logps/irrelevant", "entropy/chosen"),
-                        steps_by_run={k: steps[k] for k in compared})
+        path = plot_comparison(compared, out / "comparison.png", "squeezing: off-policy vs on-policy vs extend",
+                               keys=("logps/chosen", "logps/rejected", "logps/greedy", "logps/other_chosen",
+                                     "logps/irrelevant", "entropy/chosen"),
+                               steps_by_run={k: steps[k] for k in compared})
         figures.append(path.name)
     if "dpo" in series:
-        path = out / "positions.png"
-        plot_comparison({"dpo": series["dpo"]}, path,
-                        "off-policy DPO by position class: entropy and argmax log-prob per token",
-                        keys=tuple(f"entropy/{c}" for c in POSITION_CLASSES)
-                        + tuple(f"argmax_per_token/{c}" for c in POSITION_CLASSES),
-                        steps_by_run={"dpo": steps["dpo"]}, derived=_per_token_argmax)
+        path = plot_comparison({"dpo": series["dpo"]}, out / "positions.png",
+                               "off-policy DPO by position class: entropy and argmax log-prob per token",
+                               keys=tuple(f"entropy/{c}" for c in POSITION_CLASSES)
+                               + tuple(f"argmax_per_token/{c}" for c in POSITION_CLASSES),
+                               steps_by_run={"dpo": steps["dpo"]}, derived=_per_token_argmax)
         figures.append(path.name)
     return figures
 
@@ -504,6 +502,7 @@ def add_parser(subparsers) -> None:
                     "type; evaluate the paper's predictions and draw one panel per probe type.",
         epilog="example: ldyn sim lm --out ./ldyn-out/sim/lm --seed 0 --json")
     p.add_argument("--out", default="ldyn-out/sim/lm", help="output folder (default ./ldyn-out/sim/lm)")
+    add_format_option(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
     p.add_argument("--algo", nargs="+", choices=ALGOS, default=list(ALGOS), metavar="ALGO",

@@ -38,6 +38,7 @@ import sys
 import numpy as np
 
 from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
 
 DEFAULT_OUT = "ldyn-out/sim/logits"
@@ -964,6 +965,7 @@ def add_parser(subparsers):
         epilog="example: ldyn sim logits --out ./ldyn-out/sim/logits --seed 0 --runs 1000 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
+    add_format_option(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--runs", type=int, help="random starting distributions / theorem cases (default 1000; quick 200)")
     p.add_argument("--vocab", type=int, help="number of labels V (default 50; quick 30)")

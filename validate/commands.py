@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
 
 
@@ -18,6 +19,7 @@ def add_run(sub) -> None:
                "         ldyn validate run --preset smoke --algo sft --out /tmp/smoke",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
+    add_format_option(p)
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),
                    help="smoke: tiny random Llama on the CPU in <1 min; default: SmolLM2 on a GPU")
     p.add_argument("--algo", choices=ALGORITHMS, help="training algorithm (default dpo)")
@@ -73,6 +75,7 @@ def add_check(sub) -> None:
         epilog="example: ldyn validate check --first-order --device cuda --out runs/first-order")
     p.add_argument("--first-order", action="store_true", required=True, help="run checks 1 and 2")
     p.add_argument("--out", required=True)
+    add_format_option(p)
     p.add_argument("--model", help="as for `run` (default smollm2)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--preset", default="default", help="smoke or default: sizes of the probe set")
@@ -104,6 +107,7 @@ def add_report(sub) -> None:
         epilog="example: ldyn validate report runs/dpo runs/onpolicy-dpo runs/extend --out runs")
     p.add_argument("runs", nargs="+", metavar="DIR")
     p.add_argument("--out", help="where summary.md goes (default: the first DIR's parent)")
+    add_format_option(p)
     p.set_defaults(func=_report)
 
 

@@ -7,6 +7,7 @@ anywhere becomes one line on stderr and exit code 2, never a traceback.
 import argparse
 import sys
 
+from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
 
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Print the key derivations and write the key figures.",
                           epilog="example: ldyn tour --out ./ldyn-out")
     tour.add_argument("--out", default="ldyn-out", help="output folder (default ./ldyn-out)")
+    add_format_option(tour)
     tour.set_defaults(func=_tour)
     theory_cli.register(sub)
     sim_cli.register(sub)
@@ -48,6 +50,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "format"):
+            from learning_dynamics.sim.style import use_format
+            use_format(args.format)
         code = args.func(args)
     except UserError as err:
         print(f"ldyn: error: {err}", file=sys.stderr)

@@ -1,0 +1,171 @@
+"""One look for every figure of sim/ and validate/: sizes, colours, labels, saving.
+
+A figure made here fits a two-column paper (a panel grid is `WIDTH` wide, one
+plot `COLUMN` wide), lays itself out (constrained layout: no empty band under
+the title, no empty panel in a grid), names its axes with units, writes the
+paper's symbols in mathtext, and gives each algorithm and each probe the same
+colour-blind-safe colour in every figure. `save` writes PNG, or PDF/SVG after
+`use_format` (the `--format` option of every command that draws).
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+
+COLUMN = 3.4    # inches: one column of a two-column paper
+WIDTH = 7.0     # inches: the full text width
+FORMATS = ("png", "pdf", "svg")
+DPI = 200
+
+RC = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "figure.titlesize": 9, "lines.linewidth": 1.4, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.titlepad": 3, "legend.frameon": False, "savefig.dpi": DPI,
+    "figure.constrained_layout.h_pad": 0.04, "figure.constrained_layout.w_pad": 0.04,
+    "svg.fonttype": "none", "pdf.fonttype": 42,
+}
+
+# Okabe & Ito (2008), the colour-blind-safe set, plus Paul Tol's muted colours where eight are not enough.
+BLACK, ORANGE, SKY, GREEN, YELLOW, BLUE, VERMILION, PURPLE = (
+    "#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
+GREY = "#8C8C8C"
+WINE, INDIGO, OLIVE, TEAL, SAND, ROSE = "#882255", "#332288", "#999933", "#44AA99", "#DDCC77", "#CC6677"
+
+# One colour per algorithm, the same in sim and validate (off-policy DPO red as in the paper).
+ALGORITHM_COLORS = {
+    "sft": GREEN, "dpo": VERMILION, "onpolicy-dpo": BLUE, "extend": PURPLE, "ipo": ORANGE, "simpo": SKY,
+    "pg": BLACK, "negative": WINE, "negative-onpolicy": INDIGO, "dpo-shared": ROSE,
+}
+ALGORITHM_LABELS = {
+    "sft": "SFT", "dpo": "off-policy DPO", "onpolicy-dpo": "on-policy DPO", "extend": "extend (SFT, then DPO)",
+    "ipo": "IPO", "simpo": "SimPO", "pg": "policy gradient", "negative": "negative gradient",
+    "negative-onpolicy": "on-policy negative gradient", "dpo-shared": "DPO, one shared context",
+}
+
+# One label and colour per probe type (paper-notes 4.3); `key` is the tracking table's column.
+PROBES = {
+    "logps/chosen": (r"$y^+$ (chosen)", BLUE),
+    "logps/chosen_rephrase": (r"$y^+$ rephrased", SKY),
+    "logps/chosen_format": (r"$y^+$ format, other meaning", TEAL),
+    "logps/rejected": (r"$y^-$ (rejected)", VERMILION),
+    "logps/rejected_rephrase": (r"$y^-$ rephrased", ORANGE),
+    "logps/rejected_format": (r"$y^-$ format, other meaning", ROSE),
+    "logps/other_chosen": (r"$y_{j\neq i}$ (another prompt's $y^+$)", GREEN),
+    "logps/test_response": (r"test prompt's response", OLIVE),
+    "logps/irrelevant": (r"fluent irrelevant", GREY),
+    "logps/chosen_shuffled": (r"$y^+$ words shuffled", INDIGO),
+    "logps/random_tokens": (r"random tokens", "#997700"),
+    "logps/initial_sample": (r"sample of the initial model", WINE),
+    "logps/greedy": (r"$y^*$ (argmax on $y^+$'s prefixes)", PURPLE),
+    "entropy/chosen": (r"token entropy on $y^+$", BLACK),
+}
+VERDICT_COLORS = {"holds": GREEN, "fails": VERMILION, "inconclusive": GREY}
+
+# y-axis label of a tracked quantity, by its key's prefix
+UNITS = {
+    "logps/": "log-probability (nats)", "entropy/": "entropy (nats)", "argmax/": "log-probability (nats)",
+    "argmax_per_token/": "log-prob. per token (nats)", "gen/distinct2": "distinct 2-gram fraction",
+    "gen/rep4": "repeated 4-gram fraction",
+}
+
+_format = "png"
+
+
+def use_format(fmt: str) -> None:
+    """Every later `save` writes this format ("png", "pdf" or "svg")."""
+    global _format
+    if fmt not in FORMATS:
+        from learning_dynamics.theory.errors import UserError
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    _format = fmt
+
+
+def add_format_option(parser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="png",
+                        help="figure file format (default png; pdf and svg are vector)")
+
+
+def algorithm_color(name: str) -> str:
+    return ALGORITHM_COLORS.get(name, GREY)
+
+
+def algorithm_label(name: str) -> str:
+    return ALGORITHM_LABELS.get(name, name)
+
+
+def probe_label(key: str) -> str:
+    return PROBES[key][0] if key in PROBES else key
+
+
+def probe_color(key: str) -> str:
+    return PROBES[key][1] if key in PROBES else GREY
+
+
+def unit_label(key: str) -> str:
+    for prefix, label in UNITS.items():
+        if key.startswith(prefix):
+            return label
+    return key
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    matplotlib.rcParams.update(RC)
+    return plt
+
+
+def figure(width: float = COLUMN, height: float = 2.4, **kwargs):
+    """One plot (or `plt.subplots` arguments in kwargs), laid out by constrained layout."""
+    plt = pyplot()
+    return plt.subplots(figsize=(width, height), layout="constrained", **kwargs)
+
+
+def grid(n_panels: int, max_cols: int = 4, width: float = WIDTH, row_height: float = 1.6):
+    """`n_panels` axes in rows of equal width and no empty slot: 14 panels in rows of 4 become 4+4+3+3
+    (a short row's panels are wider) instead of a 4x4 grid with two blank cells."""
+    plt = pyplot()
+    rows = int(np.ceil(n_panels / max_cols))
+    per_row = [n_panels // rows + (r < n_panels % rows) for r in range(rows)]
+    columns = int(np.lcm.reduce(per_row))
+    fig = plt.figure(figsize=(width, row_height * rows), layout="constrained")
+    spec = fig.add_gridspec(rows, columns)
+    axes = []
+    for r, k in enumerate(per_row):
+        span = columns // k
+        axes += [fig.add_subplot(spec[r, c * span:(c + 1) * span]) for c in range(k)]
+    return fig, axes
+
+
+def reference_line(ax, y=0.0, **kwargs):
+    """A thin grey horizontal line (start value, zero) that does not stretch the y-axis."""
+    style = dict(color=GREY, lw=0.7, ls="--", zorder=0)
+    style.update(kwargs)
+    return ax.axhline(y, **style)
+
+
+def save(fig, path) -> Path:
+    """Write `fig` atomically in the chosen format (the suffix of `path` follows it) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path).with_suffix(f".{_format}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, format=_format, dpi=DPI, metadata=_metadata())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        plt.close(fig)
+    return path
+
+
+def _metadata():
+    # fixed metadata so that the same data redraws to the same bytes (no creation date in PDF/SVG)
+    if _format == "pdf":
+        return {"CreationDate": None, "Producer": None}
+    if _format == "svg":
+        return {"Date": None}
+    return {"Software": None}

@@ -1,0 +1,68 @@
+"""sim.style: the shared figure style (grid without blank cells, formats, one colour per name)."""
+import pytest
+
+from learning_dynamics.sim import style
+
+
+@pytest.mark.parametrize("n, max_cols, rows", [(14, 4, [4, 4, 3, 3]), (6, 4, [3, 3]), (8, 4, [4, 4]), (1, 4, [1]),
+                                               (5, 3, [3, 2])])
+def test_grid_fills_every_row_without_blank_cells(n, max_cols, rows):
+    fig, axes = style.grid(n, max_cols=max_cols)
+    assert len(axes) == len(fig.axes) == n
+    tops = sorted({round(ax.get_subplotspec().rowspan.start) for ax in axes})
+    assert [sum(ax.get_subplotspec().rowspan.start == r for ax in axes) for r in tops] == rows
+    # panels of a row share the row's whole width
+    columns = axes[0].get_subplotspec().get_gridspec().ncols
+    for r in tops:
+        spans = [ax.get_subplotspec().colspan for ax in axes if ax.get_subplotspec().rowspan.start == r]
+        assert spans[0].start == 0 and spans[-1].stop == columns
+    style.pyplot().close(fig)
+
+
+@pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG"), ("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_save_writes_the_chosen_format_and_the_suffix_follows(tmp_path, fmt, magic):
+    style.use_format(fmt)
+    try:
+        fig, ax = style.figure()
+        ax.plot([0, 1], [0, 1])
+        path = style.save(fig, tmp_path / "f.png")
+    finally:
+        style.use_format("png")
+    assert path == tmp_path / f"f.{fmt}" and path.read_bytes().startswith(magic)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]     # no temp file left behind
+
+
+def test_same_figure_saves_to_the_same_bytes(tmp_path):
+    paths = []
+    for name in ("a", "b"):
+        fig, ax = style.figure()
+        ax.plot([0, 1, 2], [1, 0, 2])
+        paths.append(style.save(fig, tmp_path / f"{name}.png"))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_format_option_is_on_every_drawing_command_and_rejects_others(capsys):
+    from learning_dynamics.validate.ldyn import build_parser, main
+
+    parser = build_parser()
+    for argv in (["tour"], ["sim", "logits"], ["sim", "digits"], ["sim", "lm"], ["validate", "report", "d"],
+                 ["validate", "run", "--out", "d"], ["validate", "check", "--first-order", "--out", "d"]):
+        assert parser.parse_args(argv + ["--format", "svg"]).format == "svg"
+    with pytest.raises(SystemExit) as exit_:
+        main(["sim", "lm", "--format", "jpg"])
+    assert exit_.value.code == 2 and "--format" in capsys.readouterr().err
+
+
+def test_every_algorithm_and_probe_has_its_own_colour():
+    from learning_dynamics.sim.logits import ALGORITHMS as SIM_ALGORITHMS
+    from learning_dynamics.sim.probe_plots import PANELS
+    from learning_dynamics.validate.algorithms import ALGORITHMS
+
+    names = set(SIM_ALGORITHMS) | set(ALGORITHMS)
+    assert names <= set(style.ALGORITHM_COLORS) and names <= set(style.ALGORITHM_LABELS)
+    assert len({style.algorithm_color(a) for a in names}) == len(names)
+    probes = [key for key, _ in PANELS]
+    assert set(probes) <= set(style.PROBES)
+    assert len({style.probe_color(k) for k in probes}) == len(probes)
+    with pytest.raises(Exception, match="--format"):
+        style.use_format("jpg")
