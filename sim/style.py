@@ -46,29 +46,45 @@ ALGORITHM_LABELS = {
 PROBES = {
     "logps/chosen": (r"$y^+$ (chosen)", BLUE),
     "logps/chosen_rephrase": (r"$y^+$ rephrased", SKY),
-    "logps/chosen_format": (r"$y^+$ format, other meaning", TEAL),
+    "logps/chosen_format": (r"$y^+$'s format, new meaning", TEAL),
     "logps/rejected": (r"$y^-$ (rejected)", VERMILION),
     "logps/rejected_rephrase": (r"$y^-$ rephrased", ORANGE),
-    "logps/rejected_format": (r"$y^-$ format, other meaning", ROSE),
-    "logps/other_chosen": (r"$y_{j\neq i}$ (another prompt's $y^+$)", GREEN),
+    "logps/rejected_format": (r"$y^-$'s format, new meaning", ROSE),
+    "logps/other_chosen": (r"$y_{j\neq i}$ (other prompt's $y^+$)", GREEN),
     "logps/test_response": (r"test prompt's response", OLIVE),
     "logps/irrelevant": (r"fluent irrelevant", GREY),
     "logps/chosen_shuffled": (r"$y^+$ words shuffled", INDIGO),
     "logps/random_tokens": (r"random tokens", "#997700"),
-    "logps/initial_sample": (r"sample of the initial model", WINE),
-    "logps/greedy": (r"$y^*$ (argmax on $y^+$'s prefixes)", PURPLE),
+    "logps/initial_sample": (r"initial model's sample", WINE),
+    "logps/greedy": (r"$y^*$ (argmax after $y^+$'s prefixes)", PURPLE),
     "entropy/chosen": (r"token entropy on $y^+$", BLACK),
 }
 VERDICT_COLORS = {"holds": GREEN, "fails": VERMILION, "inconclusive": GREY}
 
 # y-axis label of a tracked quantity, by its key's prefix
 UNITS = {
-    "logps/": "log-probability (nats)", "entropy/": "entropy (nats)", "argmax/": "log-probability (nats)",
+    "logps/": "log-prob. (nats)", "entropy/": "entropy (nats)", "argmax/": "log-prob. (nats)",
     "argmax_per_token/": "log-prob. per token (nats)", "gen/distinct2": "distinct 2-gram fraction",
     "gen/rep4": "repeated 4-gram fraction",
 }
 
 _format = "png"
+
+
+# the catalogue's plain-text claims, in the figures' mathtext
+_MATH = (
+    (r"y_\{j != i\}", r"$y_{j\\neq i}$"), (r"\blog pi\(", r"$\\log\\pi$("), (r"\bx_i\b", r"$x_i$"),
+    (r"\by\+", r"$y^+$"), (r"\by-(?![A-Za-z])", r"$y^-$"), (r"\by\*", r"$y^*$"), (r"(?<![\\\w])pi\b", r"$\\pi$"),
+)
+
+
+def math_text(text: str) -> str:
+    """'log pi(y+) of y_{j != i}' -> '$\\log\\pi$($y^+$) of $y_{j\\neq i}$' (a plain $ is escaped first)."""
+    import re
+    text = text.replace("$", r"\$")
+    for pattern, replacement in _MATH:
+        text = re.sub(pattern, replacement, text)
+    return text
 
 
 def use_format(fmt: str) -> None:
@@ -124,17 +140,16 @@ def figure(width: float = COLUMN, height: float = 2.4, **kwargs):
 
 def grid(n_panels: int, max_cols: int = 4, width: float = WIDTH, row_height: float = 1.6):
     """`n_panels` axes in rows of equal width and no empty slot: 14 panels in rows of 4 become 4+4+3+3
-    (a short row's panels are wider) instead of a 4x4 grid with two blank cells."""
+    (a short row's panels are wider) instead of a 4x4 grid with two blank cells. Each row is a
+    subfigure, so that constrained layout aligns the panels of a row without coupling the rows."""
     plt = pyplot()
     rows = int(np.ceil(n_panels / max_cols))
     per_row = [n_panels // rows + (r < n_panels % rows) for r in range(rows)]
-    columns = int(np.lcm.reduce(per_row))
     fig = plt.figure(figsize=(width, row_height * rows), layout="constrained")
-    spec = fig.add_gridspec(rows, columns)
+    subfigures = fig.subfigures(rows, 1, squeeze=False)[:, 0]
     axes = []
-    for r, k in enumerate(per_row):
-        span = columns // k
-        axes += [fig.add_subplot(spec[r, c * span:(c + 1) * span]) for c in range(k)]
+    for subfigure, k in zip(subfigures, per_row):
+        axes += list(subfigure.subplots(1, k, squeeze=False)[0])
     return fig, axes
 
 

@@ -8,15 +8,18 @@ from learning_dynamics.sim import style
                                                (5, 3, [3, 2])])
 def test_grid_fills_every_row_without_blank_cells(n, max_cols, rows):
     fig, axes = style.grid(n, max_cols=max_cols)
-    assert len(axes) == len(fig.axes) == n
-    tops = sorted({round(ax.get_subplotspec().rowspan.start) for ax in axes})
-    assert [sum(ax.get_subplotspec().rowspan.start == r for ax in axes) for r in tops] == rows
-    # panels of a row share the row's whole width
-    columns = axes[0].get_subplotspec().get_gridspec().ncols
-    for r in tops:
-        spans = [ax.get_subplotspec().colspan for ax in axes if ax.get_subplotspec().rowspan.start == r]
-        assert spans[0].start == 0 and spans[-1].stop == columns
+    assert len(axes) == len(fig.get_axes()) == n
+    assert [sum(ax.get_figure() is row for ax in axes) for row in fig.subfigs] == rows
+    for ax in axes:          # each row's panels fill its whole grid: no blank cell
+        spec = ax.get_subplotspec()
+        assert spec.get_gridspec().ncols == sum(other.get_figure() is ax.get_figure() for other in axes)
     style.pyplot().close(fig)
+
+
+def test_claims_read_in_mathtext():
+    assert style.math_text("log pi(y+) falls; y_{j != i} rises under x_i; y- and y* too") == (
+        r"$\log\pi$($y^+$) falls; $y_{j\neq i}$ rises under $x_i$; $y^-$ and $y^*$ too")
+    assert style.math_text("y-shaped, costs $5") == r"y-shaped, costs \$5"
 
 
 @pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG"), ("pdf", b"%PDF"), ("svg", b"<?xml")])
