@@ -93,7 +93,7 @@ def test_user_data_in_trl_chat_format(tmp_path):
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert run(tmp_path / "run", "--algo", "sft", "--data", str(data)) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["data"] == str(data) and {r["id"] for r in report["predictions"]} >= {"P12d", "P12a"}
+    assert report["data"] == data.name and {r["id"] for r in report["predictions"]} >= {"P12d", "P12a"}
 
 
 def one_line_error(capsys, argv):

@@ -17,10 +17,12 @@ N_SQUEEZE_PAIRS = {"smoke": 3, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 
 
-def run_checks(settings: dict, out, quiet: bool = False, progress=print) -> dict:
+def run_checks(settings: dict, out, quiet: bool = False, progress=print, command=("validate", "check")) -> dict:
+    """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's)."""
     import torch
     from learning_dynamics.validate import first_order, token_squeeze
     from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate import provenance
     from learning_dynamics.validate.model import load_model
     from learning_dynamics.validate.probes import build_probe_set, probe_sequences
     from learning_dynamics.validate.run import _device, _examples, _tokenize_pairs
@@ -65,7 +67,11 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print) -> dict
         "error_slope": float(np.mean([negative["error_slope"], positive["error_slope"]])),
         "etas": {k: v["etas"] for k, v in steps.items()},
         "steps": {k: {kk: vv for kk, vv in v.items() if kk not in ("predicted", "actual")} for k, v in steps.items()},
-        "figures": [f.name for f in figures]})
+        "figures": [f.name for f in figures], "settings": provenance.public_settings(settings),
+        **(provenance.safely(provenance.check_command, settings, out) if command == ("validate", "check") else
+           provenance.safely(provenance.run_command, settings, out, first_order=True)),
+        "fingerprints": provenance.fingerprints(settings["data"], settings["model"]),
+        "versions": provenance.versions()})
     result_all = {"first_order": result, "token_squeeze": _clean(squeeze)}
     result["token_squeeze"] = result_all["token_squeeze"]
     atomic_write_json(out / "first_order.json", result)

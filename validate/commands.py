@@ -1,5 +1,6 @@
 """The `ldyn validate` commands: run, check, report. Heavy imports happen in the handlers."""
 import argparse
+import sys
 from pathlib import Path
 
 from learning_dynamics.sim.io import writable_folder
@@ -41,16 +42,21 @@ def add_run(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args) -> int:
+def run_settings(args) -> dict:
+    """The settings `ldyn validate run` trains with, from its parsed flags (provenance reads them back)."""
     from learning_dynamics.validate.presets import OVERRIDABLE, settings_for
-    from learning_dynamics.validate.run import run
     overrides = {k: getattr(args, k) for k in OVERRIDABLE if getattr(args, k, None) is not None}
-    settings = settings_for(args.preset, **overrides)
+    return settings_for(args.preset, **overrides)
+
+
+def _run(args) -> int:
+    from learning_dynamics.validate.run import run
+    settings = run_settings(args)
     out = writable_folder(args.out)
-    report = run(settings, out, fresh=args.fresh, quiet=args.quiet)
+    report = run(settings, out, fresh=args.fresh, quiet=args.quiet, first_order=args.first_order)
     if args.first_order:
         from learning_dynamics.validate.check import run_checks
-        run_checks(settings, out, quiet=args.quiet)
+        run_checks(settings, out, quiet=args.quiet, command=("validate", "run"))
         from learning_dynamics.validate.report import write_report
         report = write_report(out)
     _print_verdicts(report, out)
@@ -84,11 +90,15 @@ def add_check(sub) -> None:
     p.set_defaults(func=_check)
 
 
+def check_settings(args) -> dict:
+    """The settings `ldyn validate check` uses, from its parsed flags (provenance reads them back)."""
+    from learning_dynamics.validate.presets import settings_for
+    return settings_for(args.preset, **{k: getattr(args, k) for k in ("model", "device", "seed")})
+
+
 def _check(args) -> int:
     from learning_dynamics.validate.check import run_checks
-    from learning_dynamics.validate.presets import settings_for
-    settings = settings_for(args.preset, **{k: getattr(args, k) for k in ("model", "device", "seed")})
-    result = run_checks(settings, writable_folder(args.out), quiet=args.quiet)
+    result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet)
     fo = result["first_order"]
     print(f"first-order check on {fo['model']}: Pearson r {fo['pearson_r']:.4f}, error slope "
           f"{fo['error_slope']:.2f} (theory 2) over eta {fo['etas']}; results in {args.out}")
@@ -120,6 +130,8 @@ def _report(args) -> int:
             write_report(d)
     out = writable_folder(args.out or Path(args.runs[0]).resolve().parent)
     merged = merge(args.runs, out)
+    if merged.get("warning"):
+        print(f"ldyn: warning: {merged['warning']}", file=sys.stderr)
     print(f"{len(merged['predictions'])} verdicts from {len(args.runs)} runs: {out}/summary.md")
     return 0
 

@@ -7,7 +7,6 @@ vs DPO) across run directories.
 """
 import json
 import math
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ from learning_dynamics.sim.io import atomic_write_json, atomic_write_text
 from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate import provenance
 
-VERSIONED = ("torch", "transformers", "numpy", "sympy", "scipy")
 
 
 def _clean(obj):
@@ -31,17 +30,6 @@ def _clean(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
-
-
-def versions() -> dict:
-    from importlib import metadata
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _read_json(path: Path, default=None):
@@ -83,13 +71,19 @@ def write_report(run_dir) -> dict:
     if first_order:
         figures += [f for f in first_order.get("figures", [])]
     complete = bool(len(steps)) and int(steps[-1]) >= settings["steps"] and bool(info)
+    shown = provenance.public_settings(settings)
+    # the command and fingerprints are those of the code that trained (run_info.json), not of a later rebuild
+    made = {"reproduce": info["reproduce"]} if "reproduce" in info else \
+        provenance.safely(provenance.run_command, settings, run_dir, first_order=bool(first_order))
     report = _clean({
         "complete": complete,
         "model": info.get("model", settings["model"]), "device": info.get("device", settings["device"]),
-        "algo": algo, "data": settings["data"] or "default (chatterbot-corpus pairs)", "settings": settings,
-        "seed": settings["seed"],
+        "algo": algo, "data": shown["data"] or provenance.DEFAULT_DATA, "settings": shown,
+        "seed": settings["seed"], **made, "fingerprints": info.get("fingerprints"),
         # a report rebuilt later on another machine keeps the versions of the machine that trained
-        "versions": info.get("versions") or versions(), "run": info, "steps": steps.tolist(),
+        "versions": info.get("versions") or provenance.versions(),
+        "run": {k: v for k, v in info.items() if k not in ("fingerprints", "reproduce")},
+        "steps": steps.tolist(),
         "first_order": first_order, "predictions": rows, "figures": figures,
         "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
@@ -115,6 +109,15 @@ def prediction_table(rows, with_algo: bool = False) -> str:
     return "\n".join(lines)
 
 
+def reproduce_line(report: dict) -> str:
+    """report.md's account of how to make the report again: the command, then the fingerprints."""
+    command = (f"Reproduce: `{report['reproduce']}`" if report.get("reproduce") else
+               f"Reproduce: not expressible as one command ({report.get('reproduce_error', 'unknown settings')})")
+    prints = report.get("fingerprints")
+    return command + ("\n\n" + provenance.describe(prints) if prints else
+                      "\n\nFingerprints: none recorded (a run made before they existed).")
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     run = report.get("run") or {}
@@ -126,8 +129,7 @@ def markdown(report: dict) -> str:
              *([] if report.get("complete", True) else [
                  f"**Incomplete run:** tracked to step {report['steps'][-1]} of {s['steps']}; the process stopped "
                  "before the end (verdicts below are over the steps it reached).", ""]),
-             f"Reproduce: `ldyn validate run --preset {s['preset']} --algo {report['algo']} --model {s['model']}"
-             f" --steps {s['steps']} --seed {report['seed']} --out DIR`", "",
+             reproduce_line(report), "",
              "## Predictions", "", prediction_table(report["predictions"]) if report["predictions"] else
              "(no run-level prediction of the catalogue concerns this algorithm)", ""]
     fo = report.get("first_order")
@@ -139,6 +141,11 @@ def markdown(report: dict) -> str:
     return "\n".join(parts)
 
 
+def _merge_warning(prints: dict):
+    differ = provenance.differing_fingerprints(prints)
+    return f"merging runs made with {differ}" if differ else None
+
+
 def merge(run_dirs, out) -> dict:
     """One report over several runs: each run's verdicts plus the two-run comparisons."""
     runs, checks = {}, []
@@ -148,6 +155,10 @@ def merge(run_dirs, out) -> dict:
             continue
         report = _read_json(d / "report.json") or write_report(d)
         runs[report["algo"]] = (d, report)
+    prints = {d.name: rep.get("fingerprints") or {} for d, rep in runs.values()}
+    for d in map(Path, run_dirs):
+        if not (d / "settings.json").exists() and (d / "first_order.json").exists():
+            prints[d.name] = _read_json(d / "first_order.json").get("fingerprints") or {}
     if not runs:
         raise UserError("no run directory among the arguments (each needs settings.json and tracking/)")
     series_by_algo = {algo: load_series(d)[0] for algo, (d, _) in runs.items()}
@@ -160,7 +171,8 @@ def merge(run_dirs, out) -> dict:
     devices = {rep["device"] for _, rep in runs.values()}
     out = Path(out)
     merged = _clean({"runs": {a: str(d) for a, (d, _) in runs.items()}, "predictions": rows,
-                     "first_order": first_order, "versions": versions(),
+                     "first_order": first_order, "versions": provenance.versions(), "fingerprints": prints,
+                     "warning": _merge_warning(prints),
                      "model": sorted({rep["model"] for _, rep in runs.values()}),
                      "device": sorted(devices - {"cuda"} if devices - {"cuda", "cpu"} else devices)})
     atomic_write_json(out / "summary.json", merged)

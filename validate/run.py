@@ -253,15 +253,20 @@ def _write_log(out: Path, log) -> None:
 
 # --------------------------------------------------------------------------- the command
 
-def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=print) -> dict:
-    """Train, track, and write the report; returns report.json's content."""
+def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=print,
+        first_order: bool = False) -> dict:
+    """Train, track, and write the report; returns report.json's content.
+
+    first_order: the caller runs the first-order check on this run afterwards (it joins the reproduce command).
+    """
     import contextlib
 
     import torch
     from learning_dynamics.validate import probes as probe_set
     from learning_dynamics.validate.encode import Encoder
     from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.report import versions, write_report
+    from learning_dynamics.validate import provenance
+    from learning_dynamics.validate.report import write_report
 
     out = Path(out)
     device = _device(settings["device"])
@@ -297,6 +302,8 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "load_seconds": round(load_seconds, 2), "train_tokens_per_second": round(ctx["tokens_per_second"], 1),
             "wall_seconds": round(time.perf_counter() - started, 2), "n_train_pairs": len(pairs),
-            "n_probe_prompts": len(probes), "versions": versions()}
+            "n_probe_prompts": len(probes), "versions": provenance.versions(),
+            "fingerprints": provenance.fingerprints(settings["data"], settings["model"]),
+            **provenance.safely(provenance.run_command, settings, out, first_order=first_order)}
     atomic_write_json(out / "run_info.json", info)
     return write_report(out)
