@@ -61,7 +61,7 @@ def test_every_run_flag_reads_back_to_the_same_settings(preset):
 def test_the_preset_alone_gives_the_shortest_command():
     settings = settings_for("default")
     assert provenance.run_command(settings, "/somewhere/dpo") == \
-        "ldyn validate run --preset default --out dpo-repro"
+        "ldyn validate run --preset default --algo dpo --out dpo-repro"
 
 
 def test_every_run_flag_is_a_setting_so_none_escapes_the_command():
@@ -161,7 +161,7 @@ def reproduced(tmp_path_factory):
 def test_the_reproduce_command_names_every_changed_setting(reproduced):
     _, _, first, _ = reproduced
     argv = shlex.split(first["reproduce"])
-    assert argv[:5] == ["ldyn", "validate", "run", "--preset", "smoke"]
+    assert argv[:7] == ["ldyn", "validate", "run", "--preset", "smoke", "--algo", "ipo"]
     for flag, value in zip(FLAGS[::2], FLAGS[1::2]):
         assert argv[argv.index(flag) + 1] == value, flag
     assert argv[argv.index("--data") + 1] == "pairs.jsonl"  # the file's name, not the path it had here

@@ -63,12 +63,12 @@ def _text(value) -> str:
     return str(value)
 
 
-def reproduce_argv(command, values, defaults, out: str) -> list:
+def reproduce_argv(command, values, defaults, out: str, always=("preset",)) -> list:
     """`ldyn <command> --flag value ... --out OUT` that gives back `values`.
 
     values: the settings of the report (a dict or a dataclass); a store_true flag is written when its dest is
     True in values, a required one always. defaults: what the command falls back to for a flag left out (the
-    preset). `--preset` is always written.
+    preset). The flags of `always` are written even when they equal their fallback.
     """
     values, defaults = _as_dict(values), _as_dict(defaults)
     argv, flagged = [PROGRAM, *command], set()
@@ -85,7 +85,7 @@ def reproduce_argv(command, values, defaults, out: str) -> list:
             continue
         value = values[action.dest]
         fallback = action.default if action.default is not None else defaults.get(action.dest)
-        if value == fallback and action.dest != "preset":
+        if value == fallback and action.dest not in always:
             continue
         if value is None:
             raise NotReproducible(f"{action.dest} is None but `{flag}` falls back to {fallback!r}")
@@ -100,8 +100,8 @@ def reproduce_argv(command, values, defaults, out: str) -> list:
     return argv + ["--out", out]
 
 
-def reproduce_command(command, values, defaults, out: str) -> str:
-    return shlex.join(reproduce_argv(command, values, defaults, out))
+def reproduce_command(command, values, defaults, out: str, always=("preset",)) -> str:
+    return shlex.join(reproduce_argv(command, values, defaults, out, always))
 
 
 def reproduce_out(run_dir) -> str:
@@ -277,7 +277,9 @@ def describe(prints: dict) -> str:
     model_hash = model.get("sha256") or model.get("config_sha256")
     return (f"Code: {PROJECT} {short_code(code)}. Data: {data.get('name', '?')}, {data.get('n_pairs', '?')} pairs, "
             f"sha256 `{(data.get('sha256') or '?')[:16]}`. Model: {model.get('name', '?')}"
-            f"{' (' + model['file'] + ')' if model.get('file') else ''}, sha256 `{(model_hash or '?')[:16]}`.")
+            f"{' (' + model['file'] + ')' if model.get('file') else ''}, sha256 `{(model_hash or '?')[:16]}`." +
+            (" Reconstructed after the run (report.json: fingerprints.reconstructed)." if "reconstructed" in prints
+             else ""))
 
 
 # --------------------------------------------------------------------------- comparing runs
@@ -312,7 +314,8 @@ def run_command(settings, run_dir, first_order: bool = False) -> str:
     from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
     values.update(data=Path(values["data"]).name if values.get("data") else None, first_order=first_order)
-    return reproduce_command(("validate", "run"), values, PRESETS[values["preset"]], reproduce_out(run_dir))
+    return reproduce_command(("validate", "run"), values, PRESETS[values["preset"]], reproduce_out(run_dir),
+                             always=("preset", "algo"))  # the algorithm is named even when it is the preset's
 
 
 def check_command(settings, out) -> str:
