@@ -118,6 +118,27 @@ def test_differing_fingerprints_is_one_line_naming_what_differs():
     assert "33333333" in line and "old: unknown" in line and "different model" in line
 
 
+def test_records_in_memory_and_a_loaded_model_have_fingerprints(tmp_path):
+    """What a trainer callback holds (a dataset, a model object) fingerprints like files do."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 3
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    in_memory = provenance.data_fingerprint(rows)
+    assert in_memory["n_pairs"] == 3 and in_memory["sha256"] == provenance.data_fingerprint(path)["sha256"]
+    config = LlamaConfig(hidden_size=8, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1)
+    hub = provenance.model_fingerprint(SimpleNamespace(config=config))
+    assert hub["sha256"] is None and len(hub["config_sha256"]) == 64
+    (tmp_path / "ckpt").mkdir()
+    config.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"weights")
+    config._name_or_path = str(tmp_path / "ckpt")
+    local = provenance.model_fingerprint(SimpleNamespace(config=config))
+    assert local["weight_files"] == ["model.safetensors"] and local == provenance.model_fingerprint(tmp_path / "ckpt")
+
+
 # --------------------------------------------------------------------------- end to end
 
 FLAGS = ["--algo", "ipo", "--steps", "3", "--lr", "0.0007", "--beta", "0.2", "--batch-pairs", "3",

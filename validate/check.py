@@ -20,9 +20,8 @@ SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y
 def run_checks(settings: dict, out, quiet: bool = False, progress=print, command=("validate", "check")) -> dict:
     """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's)."""
     import torch
-    from learning_dynamics.validate import first_order, token_squeeze
+    from learning_dynamics.validate import first_order, provenance, token_squeeze
     from learning_dynamics.validate.encode import Encoder
-    from learning_dynamics.validate import provenance
     from learning_dynamics.validate.model import load_model
     from learning_dynamics.validate.probes import build_probe_set, probe_sequences
     from learning_dynamics.validate.run import _device, _examples, _tokenize_pairs

@@ -16,6 +16,7 @@ new flag is reproduced as soon as it exists.
 """
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -167,15 +168,26 @@ def _sha256_lines(records) -> str:
 def data_fingerprint(data=None, n_pairs: int | None = None) -> dict:
     """name (file name only), sha256 and number of pairs of the preference data a run read.
 
-    A file is hashed byte for byte. The built-in dataset is hashed as the JSONL lines (validate.data.write_jsonl's
-    format) of its train and test pairs, which is what runs draw from; its probe pairs are training pairs.
+    A file is hashed byte for byte. The built-in dataset (data None) is hashed as the JSONL lines
+    (validate.data.write_jsonl's format) of its train and test pairs, which is what runs draw from; its probe
+    pairs are training pairs. Records in memory (a list of dicts, a `datasets.Dataset`) are hashed the same way.
     """
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        records = [dict(r) for r in data]
+        return {"name": f"in memory ({type(data).__name__})", "sha256": _sha256_lines(records),
+                "n_pairs": len(records)}
     if data:
         path = Path(data)
         if n_pairs is None:
             from learning_dynamics.validate.data import load_preference_jsonl
             n_pairs = len(load_preference_jsonl(path))
         return {"name": path.name, "sha256": sha256_file(path, cache=False), "n_pairs": n_pairs}
+    return dict(_default_data_fingerprint())
+
+
+@functools.lru_cache(maxsize=1)
+def _default_data_fingerprint() -> dict:
+    """Building the dataset takes ~1 s; it depends only on the installed corpus, so once per process is enough."""
     from learning_dynamics.validate import data as data_module
     dataset = data_module.default_dataset(seed=0)
     records = dataset["train"] + dataset["test"]
@@ -187,8 +199,18 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def model_fingerprint(model=None) -> dict:
-    """A GGUF file's sha256; for a checkpoint folder, its config.json's sha256 and one sha256 over its weight files."""
+    """A GGUF file's sha256; for a checkpoint folder, its config.json's sha256 and one sha256 over its weight files.
+
+    model: what --model takes, or a loaded transformers model (a trainer's): the folder it was read from when that
+    is local, else the sha256 of its config (its weights are not hashed: they are being trained).
+    """
     from learning_dynamics.validate import model as model_module
+    if hasattr(model, "config"):
+        source = getattr(model.config, "_name_or_path", None) or getattr(model.config, "name_or_path", None)
+        if source and Path(source).is_dir() and (Path(source) / "config.json").is_file():
+            return model_fingerprint(source)
+        return {"name": source or type(model).__name__, "sha256": None,
+                "config_sha256": hashlib.sha256(model.config.to_json_string().encode()).hexdigest()}
     spec = model_module.DEFAULT_MODEL if model in (None, "", "default") else str(model)
     if spec == model_module.DEFAULT_MODEL:
         path = model_module.default_gguf_path()

@@ -18,7 +18,6 @@ from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate import provenance
 
 
-
 def _clean(obj):
     """JSON without NaN: a missing number is null."""
     if isinstance(obj, dict):
@@ -73,7 +72,7 @@ def write_report(run_dir) -> dict:
     complete = bool(len(steps)) and int(steps[-1]) >= settings["steps"] and bool(info)
     shown = provenance.public_settings(settings)
     # the command and fingerprints are those of the code that trained (run_info.json), not of a later rebuild
-    made = {"reproduce": info["reproduce"]} if "reproduce" in info else \
+    made = {k: info[k] for k in ("reproduce", "reproduce_error") if k in info} if "reproduce" in info else \
         provenance.safely(provenance.run_command, settings, run_dir, first_order=bool(first_order))
     report = _clean({
         "complete": complete,
@@ -82,7 +81,7 @@ def write_report(run_dir) -> dict:
         "seed": settings["seed"], **made, "fingerprints": info.get("fingerprints"),
         # a report rebuilt later on another machine keeps the versions of the machine that trained
         "versions": info.get("versions") or provenance.versions(),
-        "run": {k: v for k, v in info.items() if k not in ("fingerprints", "reproduce")},
+        "run": {k: v for k, v in info.items() if k not in ("fingerprints", "reproduce", "reproduce_error")},
         "steps": steps.tolist(),
         "first_order": first_order, "predictions": rows, "figures": figures,
         "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
