@@ -16,7 +16,8 @@ from learning_dynamics.validate.ldyn import build_parser, main
 from learning_dynamics.validate.presets import PRESETS, settings_for
 
 # flags of `validate run` that are not settings: where to write and how to behave, not what to compute
-RUN_FLAGS_NOT_SETTINGS = {"help", "out", "preset", "fresh", "quiet", "first_order"}
+# (--format is not a setting but is reproduced: run_command reads it from sim.style)
+RUN_FLAGS_NOT_SETTINGS = {"help", "out", "preset", "fresh", "quiet", "first_order", "format"}
 
 
 def changed(key, value):
@@ -62,6 +63,13 @@ def test_the_preset_alone_gives_the_shortest_command():
     settings = settings_for("default")
     assert provenance.run_command(settings, "/somewhere/dpo") == \
         "ldyn validate run --preset default --algo dpo --out dpo-repro"
+
+
+def test_the_figure_format_is_part_of_the_command(monkeypatch):
+    from learning_dynamics.sim import style
+    monkeypatch.setattr(style, "_format", "svg")
+    assert "--format svg" in provenance.run_command(settings_for("smoke"), "r")
+    assert "--format svg" in provenance.check_command(settings_for("smoke"), "r")
 
 
 def test_every_run_flag_is_a_setting_so_none_escapes_the_command():

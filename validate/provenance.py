@@ -331,11 +331,18 @@ def differing_fingerprints(prints_by_run: dict) -> str | None:
 
 # --------------------------------------------------------------------------- ldyn's own commands
 
+def _figure_format() -> str:
+    """The --format ldyn's main applied to sim.style for this process (figures are part of a report)."""
+    from learning_dynamics.sim import style
+    return getattr(style, "_format", "png")
+
+
 def run_command(settings, run_dir, first_order: bool = False) -> str:
     """`ldyn validate run ...` that trains `settings` again (into a fresh folder beside `run_dir`)."""
     from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
     values.update(data=Path(values["data"]).name if values.get("data") else None, first_order=first_order)
+    values.setdefault("format", _figure_format())
     return reproduce_command(("validate", "run"), values, PRESETS[values["preset"]], reproduce_out(run_dir),
                              always=("preset", "algo"))  # the algorithm is named even when it is the preset's
 
@@ -344,6 +351,7 @@ def check_command(settings, out) -> str:
     """`ldyn validate check --first-order ...` that repeats a check with `settings`."""
     from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
+    values.setdefault("format", _figure_format())
     return reproduce_command(("validate", "check"), values, PRESETS[values["preset"]], reproduce_out(out))
 
 
