@@ -9,6 +9,11 @@ check uses (validate.factored_jvp), with their largest relative difference.
 Target: the check's jvp under 3x the forward. The jvp needs SDPA's math kernel;
 the forward is timed with it and with the default (fused) kernels.
 
+The k-step check (validate.trajectory) predicts k AdamW steps with the frozen
+step-0 kernel: the sum of the per-step jvps along each update is one jvp along
+theta_k - theta_0, a dense tangent (Adam's update is not low-rank), so its cost
+is the dense jvp's, once per evaluated k whatever k is; the last line states it.
+
     python benchmarks/bench_jvp.py [--model smollm2] [--device cuda] [--n-probe 24] [--repeats 5]
 """
 import argparse
@@ -77,6 +82,9 @@ def main() -> None:
     print(f"  the two jvps differ by at most {differ:.1e} of the largest prediction")
     print(f"  check's jvp / forward (same kernel): {factored_time / math_forward:.2f}x; / fused forward: "
           f"{factored_time / fused:.2f}x (target < 3x)")
+    print(f"  k-step frozen-kernel prediction: one dense jvp per evaluated k, whatever k: {dense_jvp / math_forward:.2f}x "
+          f"the forward (k = 1, 5, 20, 50: {4 * dense_jvp / math_forward:.1f} forwards in all; summing one jvp per "
+          f"step instead: {50 * dense_jvp / math_forward:.0f})")
 
 
 if __name__ == "__main__":

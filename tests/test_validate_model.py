@@ -92,15 +92,37 @@ def test_the_real_gguf_model_prefers_the_right_answer():
 
 
 def test_first_order_check_on_the_smoke_preset(tmp_path):
+    from learning_dynamics.theory.predictions import VERDICTS
     from learning_dynamics.validate.ldyn import main
+    from learning_dynamics.validate.trajectory import K_STEPS
     assert main(["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu", "--quiet",
                  "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "first_order.json").read_text())
     assert result["pearson_r"] > 0.999
-    for kind in ("positive", "negative"):
-        assert abs(result["steps"][kind]["error_slope"] - 2.0) < 0.2, result["steps"][kind]
-        assert result["steps"][kind]["jvp_methods_max_rel_diff"] < 1e-10  # factored jvp == torch.func.jvp
+    for kind in ("positive", "negative", "dpo"):
+        step = result["steps"][kind]
+        assert abs(step["error_slope"] - 2.0) < 0.2, step
+        assert step["jvp_methods_max_rel_diff"] < 1e-10  # factored jvp == torch.func.jvp
+        errors = [row["relative_error"] for row in step["per_eta"]]
+        assert errors == sorted(errors) and errors[0] < 1e-2   # error grows with eta from the linear regime
+        assert (step["breaks_at"] is not None) == (errors[-1] > 1.0)   # the sweep stops where it breaks
+        assert all(0 <= row["sign_agreement"] <= 1 for row in step["per_eta"])
+    shares = result["steps"]["dpo"]["push_shares"]
+    assert 0 <= shares["negative_share_mean"] <= 1 and set(shares["by_probe"]) >= {"chosen", "rejected"}
+    run = result["trajectory"]
+    assert [row["k"] for row in run["k_step"]] == list(K_STEPS["smoke"]) and len(run["train_log"]) == K_STEPS["smoke"][-1]
+    assert run["adamw_first_step"]["pearson_r"] == run["k_step"][0]["pearson_r"]   # k = 1 is AdamW's first step
+    assert run["adamw_mid_step"]["step"] == K_STEPS["smoke"][-2]
+    assert all(-1 <= row["pearson_r"] <= 1 and row["relative_error"] >= 0 for row in run["k_step"])
+    p20 = result["P20"]
+    assert p20["verdict"] in VERDICTS and p20["ci"][0] <= p20["effect"] <= p20["ci"][1]
+    assert p20["similarity"][0] == pytest.approx(1.0) and len(p20["similarity"]) == len(K_STEPS["smoke"]) + 1
     squeeze = result["token_squeeze"]["rejected_only"]
-    assert squeeze["positions"] > 0 and 0 <= squeeze["precision"] <= 1
+    assert squeeze["positions"] > 0 and 0 <= squeeze["precision"] <= 1 and 0 <= squeeze["top"]["precision"] <= 1
+    assert squeeze["top"]["n"] <= 50 * squeeze["positions"] < squeeze["n"]
+    assert result["token_squeeze"]["shared"]["equal_shift"]["median_spread"] >= 0
+    report = (tmp_path / "report.md").read_text()
+    assert "breaks" in report and "P20" in report and "| k |" in report
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 5_000
+        assert f"({name})" in report

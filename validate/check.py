@@ -1,26 +1,37 @@
-"""`ldyn validate check --first-order`: checks 1 (eNTK first order) and 2 (token-level squeeze).
+"""`ldyn validate check --first-order`: how far the first-order (AKG) picture carries on a real model.
 
-Writes first_order.json (read by validate.report) and three figures into the
-run directory: the predicted-vs-actual scatter, the error-vs-eta slope, and the
-token-level rising-set picture.
+Writes first_order.json (read by validate.report), report.md and figures into --out:
+
+1. one plain SGD step on a training pair, swept over eta until the relative
+   error passes 100%, for the y+ push, the y- push and the DPO step (their sum;
+   validate.first_order): per eta Pearson r, relative error, sign agreement, and
+   the error slope in the eta^2 regime;
+2. the token-level squeeze after a DPO-shaped step (validate.token_squeeze),
+   pooled over the whole vocabulary and over the top tokens, and the
+   equal-shift test at shared-prefix positions;
+3. AdamW's real update, k steps with a frozen kernel and the kernel's drift
+   (P20) along a short training run (validate.trajectory).
+
+Parts 1-2 run in float64; part 3 in float32, as a CPU training run would.
 """
 import time
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json
-from learning_dynamics.validate.report import _clean
+from learning_dynamics.sim.io import atomic_write_json, atomic_write_text
+from learning_dynamics.validate.report import _clean, _fmt
 
-N_PROBE_PROMPTS = {"smoke": 4, "default": 24}   # prompts whose probes the jvp covers
+N_PROBE_PROMPTS = {"smoke": 2, "default": 24}   # prompts whose probes the jvp covers
 N_SQUEEZE_PAIRS = {"smoke": 3, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 
 
-def run_checks(settings: dict, out, quiet: bool = False, progress=print, command=("validate", "check")) -> dict:
+def run_checks(settings: dict, out, quiet: bool = False, progress=print, command=("validate", "check"),
+               n_probe=None, squeeze_pairs=None, k_steps=None, report_name="report.md") -> dict:
     """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's)."""
     import torch
-    from learning_dynamics.validate import first_order, provenance, token_squeeze
+    from learning_dynamics.validate import first_order, provenance, token_squeeze, trajectory
     from learning_dynamics.validate.encode import Encoder
     from learning_dynamics.validate.model import load_model
     from learning_dynamics.validate.probes import build_probe_set, probe_sequences
@@ -29,52 +40,157 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(settings["device"])
+    preset = settings["preset"]
+    n_probe = n_probe or N_PROBE_PROMPTS[preset]
+    squeeze_pairs = squeeze_pairs or N_SQUEEZE_PAIRS[preset]
+    k_steps = sorted(set(k_steps or trajectory.K_STEPS[preset]))
+    # the check's own sizes, by the names of the flags that set them (provenance writes them back)
+    sizes = {"n_probe": n_probe, "squeeze_pairs": squeeze_pairs, "k_steps": ",".join(map(str, k_steps))}
     started = time.perf_counter()
+    seconds = {}
+
+    def lap(name):
+        seconds[name] = round(time.perf_counter() - sum(seconds.values()) - started, 1)
+
     loaded = load_model(settings["model"], device=str(device), dtype=torch.float64,
                         attn_implementation="sdpa", progress=progress)
     model, tokenizer = loaded.model, loaded.tokenizer
-    preset = settings["preset"]
     encoder = Encoder(tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
-    train, probe_examples, test = _examples(dict(settings, n_probe=max(N_PROBE_PROMPTS[preset],
-                                                                       N_SQUEEZE_PAIRS[preset])))
+    train, probe_examples, test = _examples(dict(settings, n_probe=max(n_probe, squeeze_pairs)))
     pad_id = tokenizer.pad_token_id
+    batch = min(settings["eval_batch"], 64)
+    lap("load")
     with first_order.exact_math(model):
-        probes = build_probe_set(model, tokenizer, encoder, probe_examples[:N_PROBE_PROMPTS[preset]], train,
-                                 test, settings, progress=progress)
+        probes = build_probe_set(model, tokenizer, encoder, probe_examples[:n_probe], train, test, settings,
+                                 progress=progress)
         flat = probe_sequences(probes)
         sequences = [(p_ids, r_ids) for _, _, p_ids, r_ids in flat]
         names = [name for _, name, _, _ in flat]
-        pairs = _tokenize_pairs(encoder, probe_examples[:N_SQUEEZE_PAIRS[preset]])
-        batch = min(settings["eval_batch"], 64)
-        steps = {kind: first_order.check_step(model, pairs[0], kind, sequences, pad_id, device, batch)
-                 for kind in first_order.STEP_KINDS}
-        progress(f"first order: r {steps['positive']['pearson_r']:.4f} / {steps['negative']['pearson_r']:.4f}, "
-                 f"slope {steps['positive']['error_slope']:.2f} / {steps['negative']['error_slope']:.2f} "
-                 "(positive / negative step); factored and dense jvp differ by "
-                 f"{max(s['jvp_methods_max_rel_diff'] for s in steps.values()):.1e}")
+        pairs = _tokenize_pairs(encoder, probe_examples[:squeeze_pairs])
+        lap("probes")
+        steps = first_order.check_pair_steps(model, pairs[0], sequences, names, pad_id, device, batch,
+                                             progress=None if quiet else progress)
+        progress("first order: r " + " / ".join(f"{steps[k]['pearson_r']:.4f}" for k in first_order.STEP_KINDS)
+                 + ", slope " + " / ".join(f"{steps[k]['error_slope']:.2f}" for k in first_order.STEP_KINDS)
+                 + f" ({' / '.join(first_order.STEP_KINDS)} step); factored and dense jvp differ by "
+                 f"{steps['positive']['jvp_methods_max_rel_diff']:.1e}")
+        lap("eta_sweep")
+        partial = out / "first_order.partial.json"   # a crash later keeps the sweep; replaced by the full result
+        atomic_write_json(partial, _clean({"steps": steps, "seconds_by_part": seconds, "probe_names": names}))
         records = [token_squeeze.check_pair(model, pair, SQUEEZE_NATS, pad_id, device) for pair in pairs]
+        lap("token_squeeze")
+        model.float()   # the training run in float32, as on a CPU
+        run = trajectory.run_trajectory(model, _tokenize_pairs(encoder, train), sequences, names, settings,
+                                        pad_id, device, batch, k_steps, progress=progress)
+        lap("trajectory")
     squeeze = token_squeeze.summarise(records)
     figures = [_plot_scatter(steps, names, out / "first_order_scatter.png"),
-               _plot_slope(steps, out / "first_order_slope.png"),
-               _plot_token_squeeze(records, squeeze, out / "token_squeeze.png")]
-    negative, positive = steps["negative"], steps["positive"]
+               _plot_sweep(steps, out / "first_order_slope.png"),
+               _plot_token_squeeze(records, squeeze, out / "token_squeeze.png"),
+               _plot_k_steps(run, out / "k_step_curves.png"),
+               _plot_kernel(run["P20"], out / "kernel_drift.png")]
+    headline = [steps[k] for k in first_order.PUSHES]
     result = _clean({
         "model": loaded.name, "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-        "dtype": "float64", "n_probe_sequences": len(sequences), "seconds": time.perf_counter() - started,
-        # headline numbers: the mean over the two step kinds
-        "pearson_r": float(np.mean([negative["pearson_r"], positive["pearson_r"]])),
-        "error_slope": float(np.mean([negative["error_slope"], positive["error_slope"]])),
+        "dtype": "float64", "n_probe_prompts": n_probe, "n_probe_sequences": len(sequences),
+        "n_squeeze_pairs": len(pairs), "seconds": time.perf_counter() - started, "seconds_by_part": seconds,
+        # headline numbers: the mean over the positive and negative pushes, in the linear regime
+        "pearson_r": float(np.mean([s["pearson_r"] for s in headline])),
+        "error_slope": float(np.mean([s["error_slope"] for s in headline])),
         "etas": {k: v["etas"] for k, v in steps.items()},
         "steps": {k: {kk: vv for kk, vv in v.items() if kk not in ("predicted", "actual")} for k, v in steps.items()},
+        "probe_names": names, "trajectory": run, "P20": run["P20"],
         "figures": [f.name for f in figures], "settings": provenance.public_settings(settings),
-        **(provenance.safely(provenance.check_command, settings, out) if command == ("validate", "check") else
+        "check_sizes": sizes,
+        **(provenance.safely(provenance.check_command, dict(settings, **sizes), out)
+           if command == ("validate", "check") else
            provenance.safely(provenance.run_command, settings, out, first_order=True)),
         "fingerprints": provenance.fingerprints(settings["data"], settings["model"]),
         "versions": provenance.versions()})
-    result_all = {"first_order": result, "token_squeeze": _clean(squeeze)}
-    result["token_squeeze"] = result_all["token_squeeze"]
+    result["token_squeeze"] = _clean(squeeze)
     atomic_write_json(out / "first_order.json", result)
-    return result_all
+    atomic_write_text(out / report_name, report_markdown(result))
+    partial.unlink(missing_ok=True)
+    return {"first_order": result, "token_squeeze": result["token_squeeze"]}
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.3g}%"
+
+
+def report_markdown(r: dict) -> str:
+    """report.md of a check: every table the JSON holds, in words a reader can scan."""
+    lines = [f"# How far the first-order picture carries: {r['model']} ({r['device']})", "",
+             f"Reproduce: `{r.get('reproduce') or r.get('reproduce_error')}`", "",
+             f"{r['n_probe_sequences']} probe responses ({r['n_probe_prompts']} probe prompts); "
+             f"{r['seconds']:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in r['seconds_by_part'].items())}).",
+             "", "## 1. One SGD step, swept over eta until it breaks (float64)", "",
+             "Step sizes in units of the largest predicted probe change (target nats); the sweep stops after the "
+             "first eta whose relative error (mean |actual - predicted| / mean |actual|) passes 100%.", ""]
+    for kind, s in r["steps"].items():
+        broke = s.get("breaks_at")
+        lines += [f"### {kind} step", "",
+                  f"Error slope {_fmt(s['error_slope'])} (theory 2) over the {len(s['eta2_regime_etas'])} etas "
+                  f"with relative error < 10%; " + (f"breaks (relative error {_pct(broke['relative_error'])}) at "
+                                                    f"eta {broke['eta']:.3g} ({broke['target_nats']:g} nats)."
+                                                    if broke else "does not break within the grid."), "",
+                  "| eta | target nats | Pearson r | relative error | sign agreement | mean abs change |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {e['eta']:.3g} | {e['target_nats']:g} | {_fmt(e['pearson_r'], 6)} | "
+                  f"{_pct(e['relative_error'])} | {_fmt(e['sign_agreement'], 3)} | {_fmt(e['mean_abs_actual'], 3)} |"
+                  for e in s["per_eta"]]
+        lines.append("")
+    shares = r["steps"]["dpo"]["push_shares"]
+    lines += ["### Each push's share of the DPO step's predicted change", "",
+              f"Mean share of the y- push |j-|/(|j+|+|j-|): {_fmt(shares['negative_share_mean'], 3)}; the y- push "
+              f"dominates for {_pct(shares['negative_dominates'])} of probes; the two pushes agree in sign for "
+              f"{_pct(shares['pushes_agree_in_sign'])}.", "",
+              "| probe | y- push share | pushes agree in sign |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(v['negative_share'], 3)} | {_pct(v['same_sign'])} |"
+              for name, v in shares["by_probe"].items()]
+    t = r["trajectory"]
+    lines += ["", f"## 2. Along a real AdamW run ({t['algo']}, lr {t['lr']}, {t['batch_pairs']} pairs a step, "
+              f"{t['dtype']})", "",
+              "Prediction = jvp along the optimizer's actual update Delta theta (not -grad L).", "",
+              "| step | Pearson r | relative error | sign agreement | mean abs change | update norm |",
+              "|---|---|---|---|---|---|"]
+    for label, row in (("first step (0 -> 1)", t["adamw_first_step"]),
+                       (f"mid-run step ({(t['adamw_mid_step'] or {}).get('step')} -> "
+                        f"{(t['adamw_mid_step'] or {}).get('step', 0) + 1}, warm state)", t["adamw_mid_step"])):
+        if row:
+            lines.append(f"| {label} | {_fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
+                         f"{_fmt(row['sign_agreement'], 3)} | {_fmt(row['mean_abs_actual'], 3)} | "
+                         f"{_fmt(row['update_norm'], 3)} |")
+    lines += ["", "### k steps with the frozen step-0 kernel", "",
+              "Prediction for k steps = sum of the per-step jvps at theta_0 along each actual update "
+              "= one jvp at theta_0 along theta_k - theta_0.", "",
+              "| k | Pearson r | relative error | sign agreement | mean abs change |", "|---|---|---|---|---|"]
+    lines += [f"| {row['k']} | {_fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
+              f"{_fmt(row['sign_agreement'], 3)} | {_fmt(row['mean_abs_actual'], 3)} |" for row in t["k_step"]]
+    p20 = r["P20"]
+    lines += ["", "![k-step curves](k_step_curves.png)", "", "### Kernel drift (P20)", "",
+              f"**{p20['verdict']}**: {p20['effect_unit']} = {_fmt(p20['effect'], 4)}, 95% CI "
+              f"[{_fmt(p20['ci'][0], 4)}, {_fmt(p20['ci'][1], 4)}] (bootstrap over the {p20['n']} probe rows, "
+              f"scipy.stats.bootstrap; threshold {p20['threshold']}). {p20['detail']}.", "",
+              "| step | " + " | ".join(map(str, p20["steps"])) + " |", "|---" * (len(p20["steps"]) + 1) + "|",
+              "| cosine with step 0 | " + " | ".join(_fmt(x, 4) for x in p20["similarity"]) + " |",
+              "| norm ratio to step 0 | " + " | ".join(_fmt(x, 3) for x in p20["norm_ratio"]) + " |", "",
+              "![kernel drift](kernel_drift.png)", "", "## 3. Token level (one DPO-shaped step, float64)", "",
+              f"{r['n_squeeze_pairs']} pairs. Rising set: theory's threshold set against the tokens that rose, over "
+              "the whole vocabulary and over the top tokens of each position.", "",
+              "| positions | n | argmax rises | precision (all) | recall (all) | precision (top) | recall (top) | "
+              "equal shift: median spread / rms |", "|---|---|---|---|---|---|---|---|"]
+    for kind, s in r["token_squeeze"].items():
+        if s["positions"]:
+            lines.append(f"| {kind} | {s['positions']} | {_fmt(s['argmax_rises'], 3)} | {_fmt(s['precision'], 3)} | "
+                         f"{_fmt(s['recall'], 3)} | {_fmt(s['top']['precision'], 3)} | {_fmt(s['top']['recall'], 3)} | "
+                         f"{_fmt(s['equal_shift']['median_spread_over_rms'], 3)} |")
+    lines += ["", "Equal shift (P08 on free logits): at shared-prefix positions every token other than the trained "
+              "ones should move by the same log amount: spread / rms = std / sqrt(mean^2 + std^2) of their changes "
+              "over the top tokens is 0 for one equal shift and 1 for no common shift; rejected-only positions are "
+              "the control.", "", *[f"![{f}]({f})" for f in r["figures"] if f not in ("k_step_curves.png",
+                                                                                    "kernel_drift.png")], ""]
+    return "\n".join(lines)
 
 
 def _plt():
@@ -87,28 +203,88 @@ def _plt():
 def _plot_scatter(steps, names, path):
     from learning_dynamics.sim.io import atomic_savefig
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, (kind, s) in zip(axes, steps.items()):
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 4))
+    for ax, (kind, s) in zip(np.atleast_1d(axes), steps.items()):
         pred, act = np.array(s["predicted"]), np.array(s["actual"])
         ax.scatter(pred, act, s=10, alpha=0.7)
         lim = [min(pred.min(), act.min()), max(pred.max(), act.max())]
         ax.plot(lim, lim, color="0.5", lw=0.8, ls="--")
         ax.set_xlabel("predicted change of log pi (jvp = -eta A K G)")
         ax.set_ylabel("actual change after the step")
-        ax.set_title(f"{kind} step: r = {s['pearson_r']:.4f}", fontsize=10)
+        ax.set_title(f"{kind} step, {s['target_nats']:g} nats: r = {s['pearson_r']:.4f}", fontsize=10)
     fig.suptitle(f"first-order check: {len(names)} probe responses, one SGD step", fontsize=10)
     return atomic_savefig(fig, path)
 
 
-def _plot_slope(steps, path):
+def _plot_sweep(steps, path):
+    """Relative error and Pearson r against eta for each step kind, up to where the prediction breaks."""
     from learning_dynamics.sim.io import atomic_savefig
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
     for kind, s in steps.items():
-        ax.loglog(s["etas"], s["mean_abs_error"], "o-", label=f"{kind} step (slope {s['error_slope']:.2f})")
+        etas = [e["eta"] for e in s["per_eta"]]
+        ax.loglog(etas, [e["relative_error"] for e in s["per_eta"]], "o-",
+                  label=f"{kind} (slope {s['error_slope']:.2f} in the eta^2 regime)")
+        ax_r.semilogx(etas, [e["pearson_r"] if e["pearson_r"] is not None else np.nan for e in s["per_eta"]],
+                      "o-", label=kind)
+    ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
+    ax.axhline(0.1, color="0.7", lw=0.8, ls=":")
     ax.set_xlabel("step size eta")
-    ax.set_ylabel("mean |actual - predicted|")
-    ax.set_title("first-order error shrinks as eta^2 (theory: slope 2)", fontsize=10)
+    ax.set_ylabel("relative error  mean|actual - predicted| / mean|actual|")
+    ax.set_title("first-order error against eta (dashed: 100%, dotted: 10%)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax_r.set_xlabel("step size eta")
+    ax_r.set_ylabel("Pearson r (predicted, actual) over probes")
+    ax_r.set_title("correlation against eta", fontsize=10)
+    ax_r.legend(fontsize=8)
+    return atomic_savefig(fig, path)
+
+
+def _plot_k_steps(run, path):
+    """Actual vs frozen-kernel predicted change after k AdamW steps, mean per probe type, and r per k."""
+    from learning_dynamics.sim.io import atomic_savefig
+    plt = _plt()
+    names = np.array(run["probe_names"])
+    ks = [0] + [row["k"] for row in run["k_step"]]
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, name in enumerate(dict.fromkeys(names)):
+        pick = names == name
+        color = f"C{i % 10}"
+        ax.plot(ks, [0] + [np.mean(np.array(row["actual"])[pick]) for row in run["k_step"]], "o-", color=color,
+                label=name)
+        ax.plot(ks, [0] + [np.mean(np.array(row["predicted"])[pick]) for row in run["k_step"]], "x--",
+                color=color)
+    ax.set_xlabel("AdamW steps k")
+    ax.set_ylabel("change of log pi (mean over probe prompts)")
+    ax.set_title("actual (solid) vs frozen step-0 kernel prediction (dashed)", fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+    rows = run["k_step"]
+    ax_r.plot([r["k"] for r in rows], [r["pearson_r"] if r["pearson_r"] is not None else np.nan for r in rows],
+              "o-", label="Pearson r")
+    ax_r.plot([r["k"] for r in rows], [r["relative_error"] for r in rows], "s-", label="relative error")
+    ax_r.axhline(1.0, color="0.6", lw=0.8, ls="--")
+    ax_r.set_xscale("log")
+    ax_r.set_xlabel("AdamW steps k")
+    ax_r.set_ylabel("agreement over probes")
+    ax_r.set_title(f"k-step prediction ({run['algo']}, lr {run['lr']:g})", fontsize=10)
+    ax_r.legend(fontsize=8)
+    return atomic_savefig(fig, path)
+
+
+def _plot_kernel(p20, path):
+    from learning_dynamics.sim.io import atomic_savefig
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(p20["steps"], p20["similarity"], "o-", label="cosine(K_t, K_0)")
+    ax.plot(p20["steps"], p20["norm_ratio"], "s--", label="||K_t|| / ||K_0||")
+    ax.axhline(p20["threshold"], color="0.5", lw=0.8, ls=":", label=f"P20 threshold {p20['threshold']}")
+    if np.all(np.isfinite(np.asarray(p20["ci"], dtype=float))):
+        ax.errorbar([p20["steps"][-1]], [p20["effect"]], yerr=[[p20["effect"] - p20["ci"][0]],
+                                                               [p20["ci"][1] - p20["effect"]]],
+                    fmt="none", ecolor="k", capsize=4, label="95% CI (bootstrap over probes)")
+    ax.set_xlabel("AdamW step")
+    ax.set_ylabel("kernel similarity to step 0")
+    ax.set_title(f"eNTK drift (P20: {p20['verdict']})", fontsize=10)
     ax.legend(fontsize=8)
     return atomic_savefig(fig, path)
 

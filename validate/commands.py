@@ -53,10 +53,15 @@ def _run(args) -> int:
     from learning_dynamics.validate.run import run
     settings = run_settings(args)
     out = writable_folder(args.out)
+    if args.first_order:
+        from learning_dynamics.validate.trajectory import TRAJECTORY_ALGOS
+        if settings["algo"] not in TRAJECTORY_ALGOS:  # refused before training, not after it
+            raise UserError(f"--first-order trains a short {settings['algo']} run of its own, which needs "
+                            f"--algo one of {', '.join(TRAJECTORY_ALGOS)}; run `ldyn validate check` separately")
     report = run(settings, out, fresh=args.fresh, quiet=args.quiet, first_order=args.first_order)
     if args.first_order:
         from learning_dynamics.validate.check import run_checks
-        run_checks(settings, out, quiet=args.quiet, command=("validate", "run"))
+        run_checks(settings, out, quiet=args.quiet, command=("validate", "run"), report_name="first_order.md")
         from learning_dynamics.validate.report import write_report
         report = write_report(out)
     _print_verdicts(report, out)
@@ -74,38 +79,80 @@ def _print_verdicts(report, out) -> None:
 
 def add_check(sub) -> None:
     p = sub.add_parser(
-        "check", help="first-order (eNTK) accuracy and the token-level squeeze, on their own",
-        description="One plain SGD step on training pairs: the jvp prediction of every probe's change against "
-                    "the actual change over several step sizes (Pearson r, error slope), and the token-level "
-                    "rising set after a negative step against theory's threshold.",
-        epilog="example: ldyn validate check --first-order --device cuda --out runs/first-order")
-    p.add_argument("--first-order", action="store_true", required=True, help="run checks 1 and 2")
+        "check", help="how far the first-order (eNTK) picture carries: eta sweep, AdamW update, k steps, P20",
+        description="One plain SGD step on a training pair (y+ push, y- push, DPO step), swept over eta until the "
+                    "jvp prediction's relative error passes 100%%; the prediction along AdamW's real update (first "
+                    "and mid-run step); k AdamW steps predicted with the frozen step-0 kernel; the kernel's drift "
+                    "(P20, bootstrap CI); the token-level rising set after a DPO-shaped step. Writes "
+                    "first_order.json, report.md and figures into --out.",
+        epilog="example: ldyn validate check --first-order --device cuda --out runs/first-order\n"
+               "         ldyn validate check --first-order --device cpu --n-probe 4 --batch-pairs 2 --out runs/fo-cpu",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--first-order", action="store_true", required=True, help="run the checks")
     p.add_argument("--out", required=True)
     add_format_option(p)
     p.add_argument("--model", help="as for `run` (default smollm2)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--preset", default="default", help="smoke or default: sizes of the probe set")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--algo", help="the k-step run's loss: sft, dpo (default), ipo or simpo")
+    p.add_argument("--lr", type=float, help="the k-step run's AdamW learning rate (preset's default)")
+    p.add_argument("--batch-pairs", type=int, help="the k-step run's pairs per step (preset's default)")
+    p.add_argument("--n-probe", type=int, help="probe prompts (12 probe responses each)")
+    p.add_argument("--squeeze-pairs", type=int, help="pairs in the token-level check")
+    p.add_argument("--k-steps", help="AdamW steps to predict with the frozen kernel (default 1,5,20,50)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_check)
+
+
+def _int_list(text: str) -> list:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--k-steps takes comma-separated integers such as 1,5,20,50, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"--k-steps takes positive integers, got {text!r}")
+    return values
 
 
 def check_settings(args) -> dict:
     """The settings `ldyn validate check` uses, from its parsed flags (provenance reads them back)."""
     from learning_dynamics.validate.presets import settings_for
-    return settings_for(args.preset, **{k: getattr(args, k) for k in ("model", "device", "seed")})
+    return settings_for(args.preset, **{k: getattr(args, k) for k in ("model", "device", "seed", "algo", "lr",
+                                                                       "batch_pairs")})
 
 
 def _check(args) -> int:
     from learning_dynamics.validate.check import run_checks
-    result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet)
+    for key in ("n_probe", "squeeze_pairs"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+    k_steps = _int_list(args.k_steps) if args.k_steps is not None else None
+    result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet, n_probe=args.n_probe,
+                        squeeze_pairs=args.squeeze_pairs, k_steps=k_steps)
     fo = result["first_order"]
-    print(f"first-order check on {fo['model']}: Pearson r {fo['pearson_r']:.4f}, error slope "
-          f"{fo['error_slope']:.2f} (theory 2) over eta {fo['etas']}; results in {args.out}")
-    ts = result["token_squeeze"]
-    print(f"token-level squeeze: argmax rises at {ts['rejected_only']['argmax_rises']:.2f} of rejected-only "
-          f"positions; threshold precision {ts['rejected_only']['precision']:.2f}, "
-          f"recall {ts['rejected_only']['recall']:.2f}")
+    print(f"first-order check on {fo['model']}: results in {args.out}/report.md")
+    for kind, s in fo["steps"].items():
+        broke = s["breaks_at"]
+        print(f"  {kind:8s} step: r {s['pearson_r']:.6f} at {s['headline_target_nats']:g} nats, error slope "
+              f"{s['error_slope']:.2f} (theory 2); " + (f"relative error passes 100% at eta {broke['eta']:.3g} "
+                                                       f"({broke['target_nats']:g} nats)" if broke else
+                                                       "does not break within the grid"))
+    t = fo["trajectory"]
+    for row in ([t["adamw_first_step"]] if t["adamw_first_step"] else []) + ([t["adamw_mid_step"]] if
+                                                                             t["adamw_mid_step"] else []):
+        label = "first" if row is t["adamw_first_step"] else f"mid-run ({row['step']})"
+        print(f"  AdamW {label} step: r {row['pearson_r']:.4f}, relative error {row['relative_error']:.3g}")
+    print("  k-step frozen kernel: " + ", ".join(f"k={r['k']} r {r['pearson_r']:.4f} err {r['relative_error']:.3g}"
+                                                 for r in t["k_step"]))
+    p20 = fo["P20"]
+    print(f"  P20 {p20['verdict']}: kernel cosine {p20['effect']:.4f} [{p20['ci'][0]}, {p20['ci'][1]}] "
+          f"(threshold {p20['threshold']})")
+    ts = result["token_squeeze"]["rejected_only"]
+    if ts["positions"]:
+        print(f"  token-level squeeze: argmax rises at {ts['argmax_rises']:.2f} of rejected-only positions; "
+              f"threshold precision/recall {ts['precision']:.2f}/{ts['recall']:.2f} over the vocabulary, "
+              f"{ts['top']['precision']:.2f}/{ts['top']['recall']:.2f} over the top {ts['top']['tokens_per_position']}")
     return 0
 
 

@@ -11,7 +11,12 @@ re-scoring after the step (then the weights are restored). Theory predicts
 Pearson r -> 1 at small eta and an error |actual - predicted| = O(eta^2): a
 log-log slope of 2. Step sizes are set in units of the predicted change (so
 they mean the same thing for any model): the largest probe moves by
-TARGET_NATS nats.
+TARGET_NATS nats. The grid runs on until the relative error passes 100%, so
+the check shows where the linear picture stops, not only that it holds for
+tiny steps. Three step kinds: a positive push on y+ (SFT), a negative push on
+y- and the DPO-shaped step that is their sum; the jvp is linear in the
+direction, so the DPO step's prediction is the sum of the two pushes' and each
+push's share of every probe's predicted change is reported.
 
 The jvp is validate.factored_jvp's (through the kernel's factors, fewer matmuls);
 torch.func.jvp on dense tangents recomputes the first batch of probes and the
@@ -29,8 +34,15 @@ from torch.func import jvp
 from learning_dynamics.validate import factored_jvp
 from learning_dynamics.validate.forward import make_batch, probe_logps, sequence_logps
 
-TARGET_NATS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # the largest predicted probe change at each eta
-STEP_KINDS = {"positive": ("chosen", -1.0), "negative": ("rejected", 1.0)}  # L = sign * log pi(response)
+# The largest predicted probe change at each eta, from well inside the linear regime to far past it;
+# the grid stops after the first eta whose relative error passes BREAK_RELATIVE_ERROR.
+TARGET_NATS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+BREAK_RELATIVE_ERROR = 1.0
+ETA2_REGIME = 0.1          # the error slope is fitted over the etas whose relative error is below this
+HEADLINE_NATS = 0.1        # Pearson r reported as the step kind's headline: well inside the linear regime
+DENSE_CHECK_SEQUENCES = 16  # probes whose jvp torch.func.jvp recomputes, holding the factored jvp to it
+PUSHES = {"positive": ("chosen", -1.0), "negative": ("rejected", 1.0)}  # L = sign * log pi(response)
+STEP_KINDS = (*PUSHES, "dpo")  # dpo: L = log pi(y-) - log pi(y+), the sum of the two pushes
 
 
 def _rms_norm_in_input_dtype(module):
@@ -99,32 +111,103 @@ def stepped(model, direction, eta):
 
 
 def error_slope(etas, errors) -> float:
-    """Least-squares slope of log(mean abs error) on log(eta)."""
-    return float(np.polyfit(np.log(etas), np.log(errors), 1)[0])
+    """Least-squares slope of log(mean abs error) on log(eta); nan with fewer than two points."""
+    etas, errors = np.asarray(etas, dtype=float), np.asarray(errors, dtype=float)
+    keep = (errors > 0) & np.isfinite(errors)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(etas[keep]), np.log(errors[keep]), 1)[0])
 
 
-def check_step(model, pair, kind, sequences, pad_id, device, batch_size) -> dict:
-    """One pair, one step kind: predicted vs actual change of every probe over several etas."""
-    key, sign = STEP_KINDS[kind]
-    with factored_jvp.capture(model) as factors:
-        direction = sgd_direction(model, (pair["prompt"], pair[key]), sign, pad_id, device)
+def agreement(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    """How well one eta's predicted changes match the actual ones, over probes."""
+    errors = np.abs(actual - predicted)
+    finite = np.all(np.isfinite(actual))
+    r = float(np.corrcoef(predicted, actual)[0, 1]) if finite and np.std(actual) > 0 and np.std(predicted) > 0 \
+        else float("nan")
+    return {"pearson_r": r, "mean_abs_error": float(errors.mean()),
+            "relative_error": float(errors.mean() / max(np.abs(actual).mean(), 1e-300)),
+            "sign_agreement": float(np.mean(np.sign(predicted) == np.sign(actual))),
+            "mean_abs_actual": float(np.abs(actual).mean())}
+
+
+def sweep(model, direction, per_eta, sequences, before, pad_id, device, batch_size, progress=None) -> dict:
+    """Step theta along `direction` with growing eta until the relative error passes 100%."""
+    scale = float(per_eta.abs().max())
+    predicted_unit = per_eta.cpu().numpy()
+    rows, kept = [], None
+    for nats in TARGET_NATS:
+        eta = nats / scale
+        with stepped(model, direction, eta), torch.no_grad():
+            actual = (probe_logps(model, sequences, pad_id, device, batch_size) - before).cpu().numpy()
+        predicted = eta * predicted_unit
+        rows.append({"target_nats": nats, "eta": eta, **agreement(predicted, actual)})
+        if nats == HEADLINE_NATS or kept is None:
+            kept = {"predicted": predicted.tolist(), "actual": actual.tolist(), "target_nats": nats}
+        if progress:
+            progress(f"  eta {eta:.3g} ({nats:g} nats): r {rows[-1]['pearson_r']:.4f}, "
+                     f"relative error {rows[-1]['relative_error']:.3g}")
+        if not np.all(np.isfinite(actual)) or rows[-1]["relative_error"] > BREAK_RELATIVE_ERROR:
+            break
+    return summarise_sweep(rows, kept)
+
+
+def summarise_sweep(rows, kept) -> dict:
+    """Per-eta rows plus the numbers a reader asks first: the slope in the eta^2 regime, where it breaks."""
+    linear = [r for r in rows if r["relative_error"] < ETA2_REGIME]
+    broken = next((r for r in rows if not r["relative_error"] <= BREAK_RELATIVE_ERROR), None)
+    headline = next((r for r in rows if r["target_nats"] == HEADLINE_NATS), rows[0])
+    return {"per_eta": rows, "etas": [r["eta"] for r in rows],
+            "relative_error": [r["relative_error"] for r in rows],
+            "mean_abs_error": [r["mean_abs_error"] for r in rows],
+            "error_slope": error_slope([r["eta"] for r in linear], [r["mean_abs_error"] for r in linear]),
+            "eta2_regime_etas": [r["eta"] for r in linear],
+            "pearson_r": headline["pearson_r"], "headline_target_nats": headline["target_nats"],
+            "breaks_at": None if broken is None else {k: broken[k] for k in ("eta", "target_nats",
+                                                                              "relative_error")},
+            "last_within_10pct": None if not linear else {k: linear[-1][k] for k in ("eta", "target_nats")},
+            **kept}
+
+
+def push_shares(j_positive: np.ndarray, j_negative: np.ndarray, names) -> dict:
+    """Each push's share of the DPO step's predicted change of every probe: |j-| / (|j+| + |j-|)."""
+    total = np.abs(j_positive) + np.abs(j_negative)
+    negative_share = np.abs(j_negative) / np.where(total > 0, total, 1.0)
+    by_probe = {}
+    for name in dict.fromkeys(names):
+        pick = np.array([n == name for n in names])
+        by_probe[name] = {"negative_share": float(negative_share[pick].mean()),
+                          "same_sign": float(np.mean(np.sign(j_positive[pick]) == np.sign(j_negative[pick])))}
+    return {"negative_share_mean": float(negative_share.mean()),
+            "negative_dominates": float(np.mean(negative_share > 0.5)),
+            "pushes_agree_in_sign": float(np.mean(np.sign(j_positive) == np.sign(j_negative))),
+            "by_probe": by_probe, "negative_share": negative_share.tolist()}
+
+
+def check_pair_steps(model, pair, sequences, names, pad_id, device, batch_size, progress=None) -> dict:
+    """One training pair: the y+ push, the y- push and the DPO step (their sum), each swept over eta."""
+    directions, per_eta, methods_differ = {}, {}, []
+    for kind, (key, sign) in PUSHES.items():
+        with factored_jvp.capture(model) as factors:
+            directions[kind] = sgd_direction(model, (pair["prompt"], pair[key]), sign, pad_id, device)
+        per_eta[kind] = factored_jvp.predicted_per_unit_eta(model, sequences, directions[kind], factors, pad_id,
+                                                            device, batch_size)
+        n_dense = min(batch_size, len(sequences), DENSE_CHECK_SEQUENCES)
+        dense = predicted_per_unit_eta(model, sequences[:n_dense], directions[kind], pad_id, device, batch_size)
+        methods_differ.append(float((per_eta[kind][:n_dense] - dense).abs().max()
+                                    / dense.abs().max().clamp_min(1e-300)))
+    directions["dpo"] = {k: directions["positive"][k] + directions["negative"][k] for k in directions["positive"]}
+    per_eta["dpo"] = per_eta["positive"] + per_eta["negative"]
     with torch.no_grad():
         before = probe_logps(model, sequences, pad_id, device, batch_size)
-    per_eta = factored_jvp.predicted_per_unit_eta(model, sequences, direction, factors, pad_id, device, batch_size)
-    dense = predicted_per_unit_eta(model, sequences[:batch_size], direction, pad_id, device, batch_size)
-    methods_differ = float((per_eta[:len(dense)] - dense).abs().max() / dense.abs().max().clamp_min(1e-300))
-    scale = float(per_eta.abs().max())
-    etas = [nats / scale for nats in TARGET_NATS]
-    predicted, actual = [], []
-    for eta in etas:
-        with stepped(model, direction, eta), torch.no_grad():
-            actual.append((probe_logps(model, sequences, pad_id, device, batch_size) - before).cpu().numpy())
-        predicted.append((eta * per_eta).cpu().numpy())
-    predicted, actual = np.array(predicted), np.array(actual)
-    errors = np.abs(actual - predicted).mean(axis=1)
-    mid = len(etas) // 2
-    return {"kind": kind, "etas": etas, "target_nats": list(TARGET_NATS), "mean_abs_error": errors.tolist(),
-            "relative_error": (errors / np.abs(actual).mean(axis=1)).tolist(),
-            "error_slope": error_slope(etas, errors), "jvp_methods_max_rel_diff": methods_differ,
-            "pearson_r": float(np.corrcoef(predicted[mid], actual[mid])[0, 1]),
-            "predicted": predicted[mid].tolist(), "actual": actual[mid].tolist()}
+    steps = {}
+    for kind in STEP_KINDS:
+        if progress:
+            progress(f"{kind} step:")
+        steps[kind] = dict(sweep(model, directions[kind], per_eta[kind], sequences, before, pad_id, device,
+                                 batch_size, progress), kind=kind,
+                           jvp_methods_max_rel_diff=max(methods_differ))
+    steps["dpo"]["push_shares"] = push_shares(per_eta["positive"].cpu().numpy(), per_eta["negative"].cpu().numpy(),
+                                              names)
+    return steps
+

@@ -15,9 +15,23 @@ gives them). Along y-'s positions theory distinguishes two kinds of context:
 The real model couples positions and tokens through its eNTK, so the free-logit
 rule is a prediction to test, not a given: we report how often the argmax rises
 and the precision/recall of the threshold's rising set against the measured one.
+
+Pooled over the whole vocabulary, precision and recall are dominated by tens of
+thousands of tokens with probability ~1e-9 whose changes are noise-sized and
+matter for nothing; they are also reported over the tokens that carry the
+mass: the TOP_TOKENS most likely at each position (before the step). At
+shared-prefix positions the free-logit theory (P08) says every other token
+shifts by the same log amount; the equal-shift test measures, per position,
+the spread (standard deviation) of the change over the top tokens other than
+the trained ones as a share of its root mean square (0 when all shift
+equally, 1 when there is no common shift at all), with the
+rejected-only positions (where theory predicts a squeeze, not an equal shift)
+as the control.
 """
 import numpy as np
 import torch
+
+TOP_TOKENS = 50     # tokens per position that "carry the mass" for the pooled precision/recall
 
 from learning_dynamics.theory.predictions import precision_recall
 from learning_dynamics.theory.squeeze import threshold
@@ -70,10 +84,26 @@ def check_pair(model, pair, nats, pad_id, device) -> dict:
     top = masked.argmax(axis=1)
     rows = np.arange(len(tokens))
     predicted = pi > threshold(pi, tokens, sign=-1)[:, None]
+    top_k = min(TOP_TOKENS, pi.shape[1])
+    top_mask = np.zeros_like(others)
+    np.put_along_axis(top_mask, np.argpartition(-logp, top_k - 1, axis=1)[:, :top_k], True, axis=1)
+    untrained = others.copy()                 # neither y-'s nor y+'s token at that position
+    shared_rows = rows[rows < len(pair["chosen"])]
+    untrained[shared_rows, np.array(pair["chosen"])[shared_rows]] = False
+    spread, shift = _equal_shift(change, top_mask & untrained)
     return {"kind": np.where(rows <= d, "shared", "rejected_only"),
             "argmax_rises": change[rows, top] > 0, "argmax_change": change[rows, top],
             "target_change": change[rows, tokens],
-            "predicted": predicted & others, "measured": (change > 0) & others}
+            "predicted": predicted & others, "measured": (change > 0) & others, "top": top_mask & others,
+            "spread": spread, "shift": shift}
+
+
+def _equal_shift(change, mask):
+    """Per position: std and |mean| of the change over the masked tokens."""
+    counts = np.maximum(mask.sum(axis=1), 1)
+    mean = np.where(mask, change, 0.0).sum(axis=1) / counts
+    var = np.where(mask, (change - mean[:, None]) ** 2, 0.0).sum(axis=1) / counts
+    return np.sqrt(var), np.abs(mean)
 
 
 def summarise(records) -> dict:
@@ -83,11 +113,20 @@ def summarise(records) -> dict:
         n = int(sum(m.sum() for _, m in picks))
         if n == 0:
             out[kind] = {"positions": 0, "argmax_rises": None, "precision": None, "recall": None,
-                         "mean_abs_argmax_change": None, "target_falls": None}
+                         "mean_abs_argmax_change": None, "target_falls": None, "top": None, "equal_shift": None}
             continue
         cat = lambda key: np.concatenate([r[key][m] for r, m in picks])  # noqa: E731
         scores = precision_recall(cat("predicted").ravel(), cat("measured").ravel())
+        top = cat("top")
+        top_scores = precision_recall(cat("predicted")[top], cat("measured")[top])
+        spread, shift = cat("spread"), cat("shift")
+        ratio = spread / np.maximum(np.hypot(spread, shift), 1e-300)   # 0: one equal shift; 1: no common shift
         out[kind] = {"positions": n, "argmax_rises": float(cat("argmax_rises").mean()),
                      "mean_abs_argmax_change": float(np.abs(cat("argmax_change")).mean()),
-                     "target_falls": float((cat("target_change") < 0).mean()), **scores}
+                     "target_falls": float((cat("target_change") < 0).mean()), **scores,
+                     "top": dict(top_scores, tokens_per_position=TOP_TOKENS),
+                     "equal_shift": {"median_spread": float(np.median(spread)),
+                                     "median_abs_shift": float(np.median(shift)),
+                                     "median_spread_over_rms": float(np.median(ratio)),
+                                     "fraction_spread_below_shift": float(np.mean(spread < shift))}}
     return out

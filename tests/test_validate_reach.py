@@ -1,0 +1,71 @@
+"""The statistics behind `ldyn validate check`'s reach of the first-order picture: where a sweep breaks,
+each push's share, P20's verdict from the kernel's drift; and the frozen-kernel k-step prediction is the sum
+of the per-step jvps (one jvp along theta_k - theta_0)."""
+import numpy as np
+import pytest
+import torch
+
+from learning_dynamics.validate import first_order, trajectory
+
+
+def _row(nats, error):
+    return {"target_nats": nats, "eta": nats * 1e-3, "relative_error": error, "mean_abs_error": error * nats,
+            "pearson_r": 1.0, "sign_agreement": 1.0, "mean_abs_actual": nats}
+
+
+def test_sweep_summary_finds_the_break_and_fits_only_the_eta2_regime():
+    etas = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
+    errors = [0.001, 0.01, 0.099, 0.6, 3.0]   # relative error ~ eta, so mean abs error ~ eta^2, below 10%
+    rows = [dict(_row(e, r), eta=e, mean_abs_error=r * e) for e, r in zip(etas, errors)]
+    summary = first_order.summarise_sweep(rows, {"predicted": [], "actual": [], "target_nats": 0.1})
+    assert summary["breaks_at"]["target_nats"] == 100.0
+    assert summary["last_within_10pct"]["target_nats"] == 1.0 and len(summary["eta2_regime_etas"]) == 3
+    assert summary["error_slope"] == pytest.approx(2.0, abs=0.05)
+    unbroken = first_order.summarise_sweep(rows[:3], {"predicted": [], "actual": [], "target_nats": 0.1})
+    assert unbroken["breaks_at"] is None
+
+
+def test_agreement_scores_sign_and_error():
+    predicted = np.array([1.0, -2.0, 3.0, -0.5])
+    good = first_order.agreement(predicted, predicted * 1.01)
+    assert good["pearson_r"] == pytest.approx(1.0) and good["sign_agreement"] == 1.0
+    assert good["relative_error"] == pytest.approx(0.01 / 1.01)
+    flipped = first_order.agreement(predicted, -predicted)
+    assert flipped["sign_agreement"] == 0.0 and flipped["pearson_r"] == pytest.approx(-1.0)
+    assert flipped["relative_error"] == pytest.approx(2.0)
+
+
+def test_push_shares():
+    shares = first_order.push_shares(np.array([1.0, 1.0, 0.0]), np.array([3.0, -1.0, 2.0]), ["a", "b", "a"])
+    assert shares["negative_share"] == pytest.approx([0.75, 0.5, 1.0])
+    assert shares["by_probe"]["a"]["negative_share"] == pytest.approx(0.875)
+    assert shares["by_probe"]["b"]["same_sign"] == 0.0 and shares["negative_dominates"] == pytest.approx(2 / 3)
+
+
+def test_p20_holds_for_a_stable_kernel_and_fails_for_a_new_one():
+    rng = np.random.default_rng(0)
+    k0 = rng.normal(size=(12, 4)) + 3.0
+    stable = {0: k0, 5: k0 * 1.3 + 0.01 * rng.normal(size=k0.shape)}   # rescaled: the same kernel
+    assert trajectory.kernel_drift(stable)["verdict"] == "holds"
+    drifted = {0: k0, 5: rng.normal(size=k0.shape)}
+    out = trajectory.kernel_drift(drifted)
+    assert out["verdict"] == "fails" and out["ci"][0] <= out["effect"] <= out["ci"][1] < 0.9
+    assert out["similarity"][0] == pytest.approx(1.0) and out["norm_ratio"][0] == pytest.approx(1.0)
+
+
+def test_frozen_kernel_k_step_prediction_is_the_sum_of_per_step_jvps():
+    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.encode import Encoder
+    loaded = load_model("tiny-random", dtype=torch.float64)
+    model, pad = loaded.model, loaded.tokenizer.pad_token_id
+    enc = Encoder(loaded.tokenizer, 64, 16)
+    probes = [(enc.prompt_ids("Who wrote Hamlet?"), enc.response_ids("Shakespeare.")),
+              (enc.prompt_ids("Hi"), enc.response_ids("Hello there."))]
+    torch.manual_seed(0)
+    updates = [{k: 1e-3 * torch.randn_like(v) for k, v in model.named_parameters()} for _ in range(3)]
+    total = {k: sum(u[k] for u in updates) for k in updates[0]}
+    with first_order.exact_math(model):
+        per_step = sum(first_order.predicted_per_unit_eta(model, probes, u, pad, "cpu", 2) for u in updates)
+        at_once = first_order.predicted_per_unit_eta(model, probes, total, pad, "cpu", 2)
+    torch.testing.assert_close(per_step, at_once, rtol=1e-10, atol=1e-12)
+    assert at_once.abs().max() > 0
