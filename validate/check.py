@@ -120,6 +120,7 @@ def _pct(x) -> str:
 
 def report_markdown(r: dict) -> str:
     """report.md of a check: every table the JSON holds, in words a reader can scan."""
+    figure = {Path(f).stem: f for f in r["figures"]}   # the suffix follows --format
     lines = [f"# How far the first-order picture carries: {r['model']} ({r['device']})", "",
              f"Reproduce: `{r.get('reproduce') or r.get('reproduce_error')}`", "",
              f"{r['n_probe_sequences']} probe responses ({r['n_probe_prompts']} probe prompts); "
@@ -168,14 +169,14 @@ def report_markdown(r: dict) -> str:
     lines += [f"| {row['k']} | {_fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
               f"{_fmt(row['sign_agreement'], 3)} | {_fmt(row['mean_abs_actual'], 3)} |" for row in t["k_step"]]
     p20 = r["P20"]
-    lines += ["", "![k-step curves](k_step_curves.png)", "", "### Kernel drift (P20)", "",
+    lines += ["", f"![k-step curves]({figure['k_step_curves']})", "", "### Kernel drift (P20)", "",
               f"**{p20['verdict']}**: {p20['effect_unit']} = {_fmt(p20['effect'], 4)}, 95% CI "
               f"[{_fmt(p20['ci'][0], 4)}, {_fmt(p20['ci'][1], 4)}] (bootstrap over the {p20['n']} probe rows, "
               f"scipy.stats.bootstrap; threshold {p20['threshold']}). {p20['detail']}.", "",
               "| step | " + " | ".join(map(str, p20["steps"])) + " |", "|---" * (len(p20["steps"]) + 1) + "|",
               "| cosine with step 0 | " + " | ".join(_fmt(x, 4) for x in p20["similarity"]) + " |",
               "| norm ratio to step 0 | " + " | ".join(_fmt(x, 3) for x in p20["norm_ratio"]) + " |", "",
-              "![kernel drift](kernel_drift.png)", "", "## 3. Token level (one DPO-shaped step, float64)", "",
+              f"![kernel drift]({figure['kernel_drift']})", "", "## 3. Token level (one DPO-shaped step, float64)", "",
               f"{r['n_squeeze_pairs']} pairs. Rising set: theory's threshold set against the tokens that rose, over "
               "the whole vocabulary and over the top tokens of each position.", "",
               "| positions | n | argmax rises | precision (all) | recall (all) | precision (top) | recall (top) | "
@@ -188,95 +189,97 @@ def report_markdown(r: dict) -> str:
     lines += ["", "Equal shift (P08 on free logits): at shared-prefix positions every token other than the trained "
               "ones should move by the same log amount: spread / rms = std / sqrt(mean^2 + std^2) of their changes "
               "over the top tokens is 0 for one equal shift and 1 for no common shift; rejected-only positions are "
-              "the control.", "", *[f"![{f}]({f})" for f in r["figures"] if f not in ("k_step_curves.png",
-                                                                                    "kernel_drift.png")], ""]
+              "the control.", "", *[f"![{stem}]({f})" for stem, f in figure.items()
+                                     if stem not in ("k_step_curves", "kernel_drift")], ""]
     return "\n".join(lines)
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+KIND_COLORS = {"positive": "sft", "negative": "negative", "dpo": "dpo"}   # sim.style's colours for the pushes
+
+
+def _style():
+    from learning_dynamics.sim import style
+    return style
 
 
 def _plot_scatter(steps, names, path):
     from learning_dynamics.sim.io import atomic_savefig
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(steps), figsize=(4.5 * len(steps), 4))
+    style = _style()
+    fig, axes = style.figure(style.WIDTH, 2.6, ncols=len(steps))
     for ax, (kind, s) in zip(np.atleast_1d(axes), steps.items()):
         pred, act = np.array(s["predicted"]), np.array(s["actual"])
-        ax.scatter(pred, act, s=10, alpha=0.7)
+        ax.scatter(pred, act, s=6, alpha=0.7, color=style.algorithm_color(KIND_COLORS[kind]))
         lim = [min(pred.min(), act.min()), max(pred.max(), act.max())]
         ax.plot(lim, lim, color="0.5", lw=0.8, ls="--")
         ax.set_xlabel("predicted change of log pi (jvp = -eta A K G)")
         ax.set_ylabel("actual change after the step")
-        ax.set_title(f"{kind} step, {s['target_nats']:g} nats: r = {s['pearson_r']:.4f}", fontsize=10)
-    fig.suptitle(f"first-order check: {len(names)} probe responses, one SGD step", fontsize=10)
+        ax.set_title(f"{kind} step, {s['target_nats']:g} nats: r = {s['pearson_r']:.4f}")
+    fig.suptitle(f"first-order check: {len(names)} probe responses, one SGD step")
     return atomic_savefig(fig, path)
 
 
 def _plot_sweep(steps, path):
     """Relative error and Pearson r against eta for each step kind, up to where the prediction breaks."""
     from learning_dynamics.sim.io import atomic_savefig
-    plt = _plt()
-    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    style = _style()
+    fig, (ax, ax_r) = style.figure(style.WIDTH, 2.8, ncols=2)
     for kind, s in steps.items():
-        etas = [e["eta"] for e in s["per_eta"]]
-        ax.loglog(etas, [e["relative_error"] for e in s["per_eta"]], "o-",
+        nats = [e["target_nats"] for e in s["per_eta"]]
+        color = style.algorithm_color(KIND_COLORS[kind])
+        ax.loglog(nats, [e["relative_error"] for e in s["per_eta"]], "o-", ms=3, color=color,
                   label=f"{kind} (slope {s['error_slope']:.2f} in the eta^2 regime)")
-        ax_r.semilogx(etas, [e["pearson_r"] if e["pearson_r"] is not None else np.nan for e in s["per_eta"]],
-                      "o-", label=kind)
-    ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
-    ax.axhline(0.1, color="0.7", lw=0.8, ls=":")
-    ax.set_xlabel("step size eta")
-    ax.set_ylabel("relative error  mean|actual - predicted| / mean|actual|")
-    ax.set_title("first-order error against eta (dashed: 100%, dotted: 10%)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax_r.set_xlabel("step size eta")
-    ax_r.set_ylabel("Pearson r (predicted, actual) over probes")
-    ax_r.set_title("correlation against eta", fontsize=10)
-    ax_r.legend(fontsize=8)
+        ax_r.semilogx(nats, [e["pearson_r"] if e["pearson_r"] is not None else np.nan for e in s["per_eta"]],
+                      "o-", ms=3, color=color, label=kind)
+    style.reference_line(ax, 1.0)
+    style.reference_line(ax, 0.1, ls=":")
+    ax.set_xlabel("step size: largest predicted probe change (nats)")
+    ax.set_ylabel("relative error of the prediction")
+    ax.set_title("mean|actual - predicted| / mean|actual| (dashed 100%, dotted 10%)")
+    ax.legend()
+    ax_r.set_xlabel("step size: largest predicted probe change (nats)")
+    ax_r.set_ylabel("Pearson r over probes")
+    ax_r.set_title("correlation of predicted and actual changes")
+    ax_r.legend()
     return atomic_savefig(fig, path)
 
 
 def _plot_k_steps(run, path):
     """Actual vs frozen-kernel predicted change after k AdamW steps, mean per probe type, and r per k."""
     from learning_dynamics.sim.io import atomic_savefig
-    plt = _plt()
+    style = _style()
     names = np.array(run["probe_names"])
     ks = [0] + [row["k"] for row in run["k_step"]]
-    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, name in enumerate(dict.fromkeys(names)):
+    fig, (ax, ax_r) = style.figure(style.WIDTH, 3.2, ncols=2)
+    for name in dict.fromkeys(names):
         pick = names == name
-        color = f"C{i % 10}"
-        ax.plot(ks, [0] + [np.mean(np.array(row["actual"])[pick]) for row in run["k_step"]], "o-", color=color,
-                label=name)
-        ax.plot(ks, [0] + [np.mean(np.array(row["predicted"])[pick]) for row in run["k_step"]], "x--",
+        color = style.probe_color(f"logps/{name}")
+        ax.plot(ks, [0] + [np.mean(np.array(row["actual"])[pick]) for row in run["k_step"]], "o-", ms=3, color=color,
+                label=style.probe_label(f"logps/{name}"))
+        ax.plot(ks, [0] + [np.mean(np.array(row["predicted"])[pick]) for row in run["k_step"]], "x--", ms=3,
                 color=color)
     ax.set_xlabel("AdamW steps k")
     ax.set_ylabel("change of log pi (mean over probe prompts)")
-    ax.set_title("actual (solid) vs frozen step-0 kernel prediction (dashed)", fontsize=10)
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("actual (solid) vs frozen step-0 kernel prediction (dashed)")
+    ax.legend(ncol=2, fontsize=5)
     rows = run["k_step"]
     ax_r.plot([r["k"] for r in rows], [r["pearson_r"] if r["pearson_r"] is not None else np.nan for r in rows],
-              "o-", label="Pearson r")
-    ax_r.plot([r["k"] for r in rows], [r["relative_error"] for r in rows], "s-", label="relative error")
+              "o-", ms=3, label="Pearson r")
+    ax_r.plot([r["k"] for r in rows], [r["relative_error"] for r in rows], "s-", ms=3, label="relative error")
     ax_r.axhline(1.0, color="0.6", lw=0.8, ls="--")
     ax_r.set_xscale("log")
     ax_r.set_xlabel("AdamW steps k")
     ax_r.set_ylabel("agreement over probes")
-    ax_r.set_title(f"k-step prediction ({run['algo']}, lr {run['lr']:g})", fontsize=10)
-    ax_r.legend(fontsize=8)
+    ax_r.set_title(f"k-step prediction ({run['algo']}, lr {run['lr']:g})")
+    ax_r.legend()
     return atomic_savefig(fig, path)
 
 
 def _plot_kernel(p20, path):
     from learning_dynamics.sim.io import atomic_savefig
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot(p20["steps"], p20["similarity"], "o-", label="cosine(K_t, K_0)")
-    ax.plot(p20["steps"], p20["norm_ratio"], "s--", label="||K_t|| / ||K_0||")
+    style = _style()
+    fig, ax = style.figure(style.COLUMN, 2.6)
+    ax.plot(p20["steps"], p20["similarity"], "o-", ms=3, label="cosine(K_t, K_0)")
+    ax.plot(p20["steps"], p20["norm_ratio"], "s--", ms=3, label="||K_t|| / ||K_0||")
     ax.axhline(p20["threshold"], color="0.5", lw=0.8, ls=":", label=f"P20 threshold {p20['threshold']}")
     if np.all(np.isfinite(np.asarray(p20["ci"], dtype=float))):
         ax.errorbar([p20["steps"][-1]], [p20["effect"]], yerr=[[p20["effect"] - p20["ci"][0]],
@@ -284,16 +287,16 @@ def _plot_kernel(p20, path):
                     fmt="none", ecolor="k", capsize=4, label="95% CI (bootstrap over probes)")
     ax.set_xlabel("AdamW step")
     ax.set_ylabel("kernel similarity to step 0")
-    ax.set_title(f"eNTK drift (P20: {p20['verdict']})", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title(f"eNTK drift (P20: {p20['verdict']})")
+    ax.legend()
     return atomic_savefig(fig, path)
 
 
 def _plot_token_squeeze(records, summary, path):
     from learning_dynamics.sim.io import atomic_savefig
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, color in (("shared", "tab:blue"), ("rejected_only", "tab:red")):
+    style = _style()
+    fig, ax = style.figure(style.COLUMN * 1.4, 2.6)
+    for kind, color in (("shared", style.BLUE), ("rejected_only", style.VERMILION)):
         changes = np.concatenate([r["argmax_change"][r["kind"] == kind] for r in records])
         if changes.size:
             ax.hist(changes, bins=40, alpha=0.6, color=color,
@@ -303,7 +306,8 @@ def _plot_token_squeeze(records, summary, path):
     ax.set_ylabel("positions")
     s = summary["rejected_only"]
     if s["positions"]:
-        ax.set_title(f"token-level squeeze: threshold precision {s['precision']:.2f}, recall {s['recall']:.2f}",
-                     fontsize=10)
-    ax.legend(fontsize=8)
+        ax.set_title(f"rejected-only positions: threshold precision / recall {s['precision']:.2f} / "
+                     f"{s['recall']:.2f} (vocabulary), {s['top']['precision']:.2f} / {s['top']['recall']:.2f} "
+                     f"(top {s['top']['tokens_per_position']})")
+    ax.legend()
     return atomic_savefig(fig, path)
