@@ -12,7 +12,8 @@ Writes first_order.json (read by validate.report), report.md and figures into --
 3. AdamW's real update, k steps with a frozen kernel and the kernel's drift
    (P20) along a short training run (validate.trajectory).
 
-Parts 1-2 run in float64; part 3 in float32, as a CPU training run would.
+Parts 1-2 run in float64 (--dtype float32 trades their small-eta floor for half the time); part 3 in
+float32, as a CPU training run would.
 """
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y
 
 
 def run_checks(settings: dict, out, quiet: bool = False, progress=print, command=("validate", "check"),
-               n_probe=None, squeeze_pairs=None, k_steps=None, report_name="report.md") -> dict:
+               n_probe=None, squeeze_pairs=None, k_steps=None, report_name="report.md", dtype="float64") -> dict:
     """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's)."""
     import torch
     from learning_dynamics.validate import first_order, provenance, token_squeeze, trajectory
@@ -45,14 +46,15 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
     squeeze_pairs = squeeze_pairs or N_SQUEEZE_PAIRS[preset]
     k_steps = sorted(set(k_steps or trajectory.K_STEPS[preset]))
     # the check's own sizes, by the names of the flags that set them (provenance writes them back)
-    sizes = {"n_probe": n_probe, "squeeze_pairs": squeeze_pairs, "k_steps": ",".join(map(str, k_steps))}
+    sizes = {"n_probe": n_probe, "squeeze_pairs": squeeze_pairs, "k_steps": ",".join(map(str, k_steps)),
+             "dtype": dtype}
     started = time.perf_counter()
     seconds = {}
 
     def lap(name):
         seconds[name] = round(time.perf_counter() - sum(seconds.values()) - started, 1)
 
-    loaded = load_model(settings["model"], device=str(device), dtype=torch.float64,
+    loaded = load_model(settings["model"], device=str(device), dtype=getattr(torch, dtype),
                         attn_implementation="sdpa", progress=progress)
     model, tokenizer = loaded.model, loaded.tokenizer
     encoder = Encoder(tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
@@ -92,7 +94,7 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
     headline = [steps[k] for k in first_order.PUSHES]
     result = _clean({
         "model": loaded.name, "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-        "dtype": "float64", "n_probe_prompts": n_probe, "n_probe_sequences": len(sequences),
+        "dtype": dtype, "n_probe_prompts": n_probe, "n_probe_sequences": len(sequences),
         "n_squeeze_pairs": len(pairs), "seconds": time.perf_counter() - started, "seconds_by_part": seconds,
         # headline numbers: the mean over the positive and negative pushes, in the linear regime
         "pearson_r": float(np.mean([s["pearson_r"] for s in headline])),
@@ -125,7 +127,7 @@ def report_markdown(r: dict) -> str:
              f"Reproduce: `{r.get('reproduce') or r.get('reproduce_error')}`", "",
              f"{r['n_probe_sequences']} probe responses ({r['n_probe_prompts']} probe prompts); "
              f"{r['seconds']:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in r['seconds_by_part'].items())}).",
-             "", "## 1. One SGD step, swept over eta until it breaks (float64)", "",
+             "", f"## 1. One SGD step, swept over eta until it breaks ({r['dtype']})", "",
              "Step sizes in units of the largest predicted probe change (target nats); the sweep stops after the "
              "first eta whose relative error (mean |actual - predicted| / mean |actual|) passes 100%.", ""]
     for kind, s in r["steps"].items():
@@ -176,7 +178,7 @@ def report_markdown(r: dict) -> str:
               "| step | " + " | ".join(map(str, p20["steps"])) + " |", "|---" * (len(p20["steps"]) + 1) + "|",
               "| cosine with step 0 | " + " | ".join(_fmt(x, 4) for x in p20["similarity"]) + " |",
               "| norm ratio to step 0 | " + " | ".join(_fmt(x, 3) for x in p20["norm_ratio"]) + " |", "",
-              f"![kernel drift]({figure['kernel_drift']})", "", "## 3. Token level (one DPO-shaped step, float64)", "",
+              f"![kernel drift]({figure['kernel_drift']})", "", f"## 3. Token level (one DPO-shaped step, {r['dtype']})", "",
               f"{r['n_squeeze_pairs']} pairs. Rising set: theory's threshold set against the tokens that rose, over "
               "the whole vocabulary and over the top tokens of each position.", "",
               "| positions | n | argmax rises | precision (all) | recall (all) | precision (top) | recall (top) | "

@@ -100,6 +100,9 @@ def add_check(sub) -> None:
     p.add_argument("--batch-pairs", type=int, help="the k-step run's pairs per step (preset's default)")
     p.add_argument("--n-probe", type=int, help="probe prompts (12 probe responses each)")
     p.add_argument("--squeeze-pairs", type=int, help="pairs in the token-level check")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="precision of the eta sweep and the token-level check (float32: faster, with a "
+                        "rounding floor under the smallest steps' error)")
     p.add_argument("--k-steps", help="AdamW steps to predict with the frozen kernel (default 1,5,20,50)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_check)
@@ -129,7 +132,7 @@ def _check(args) -> int:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
     k_steps = _int_list(args.k_steps) if args.k_steps is not None else None
     result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet, n_probe=args.n_probe,
-                        squeeze_pairs=args.squeeze_pairs, k_steps=k_steps)
+                        squeeze_pairs=args.squeeze_pairs, k_steps=k_steps, dtype=args.dtype)
     fo = result["first_order"]
     print(f"first-order check on {fo['model']}: results in {args.out}/report.md")
     for kind, s in fo["steps"].items():
