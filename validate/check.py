@@ -178,7 +178,8 @@ def report_markdown(r: dict) -> str:
               "| step | " + " | ".join(map(str, p20["steps"])) + " |", "|---" * (len(p20["steps"]) + 1) + "|",
               "| cosine with step 0 | " + " | ".join(_fmt(x, 4) for x in p20["similarity"]) + " |",
               "| norm ratio to step 0 | " + " | ".join(_fmt(x, 3) for x in p20["norm_ratio"]) + " |", "",
-              f"![kernel drift]({figure['kernel_drift']})", "", f"## 3. Token level (one DPO-shaped step, {r['dtype']})", "",
+              f"![kernel drift]({figure['kernel_drift']})", "",
+              f"## 3. Token level (one DPO-shaped step, {r['dtype']})", "",
               f"{r['n_squeeze_pairs']} pairs. Rising set: theory's threshold set against the tokens that rose, over "
               "the whole vocabulary and over the top tokens of each position.", "",
               "| positions | n | argmax rises | precision (all) | recall (all) | precision (top) | recall (top) | "
