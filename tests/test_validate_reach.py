@@ -23,6 +23,9 @@ def test_sweep_summary_finds_the_break_and_fits_only_the_eta2_regime():
     assert summary["error_slope"] == pytest.approx(2.0, abs=0.05)
     unbroken = first_order.summarise_sweep(rows[:3], {"predicted": [], "actual": [], "target_nats": 0.1})
     assert unbroken["breaks_at"] is None
+    floored = [dict(_row(0.001, 0.05), eta=0.001, mean_abs_error=0.05 * 0.001)] + rows   # a rounding floor
+    with_floor = first_order.summarise_sweep(floored, {"predicted": [], "actual": [], "target_nats": 0.1})
+    assert with_floor["error_slope"] == pytest.approx(2.0, abs=0.05) and len(with_floor["eta2_regime_etas"]) == 3
 
 
 def test_agreement_scores_sign_and_error():
