@@ -123,7 +123,7 @@ def test_differing_fingerprints_is_one_line_naming_what_differs():
     b = dict(a, data={"sha256": "33" * 32})
     line = provenance.differing_fingerprints({"dpo": a, "sft": b, "old": {}})
     assert "\n" not in line and line.startswith("different code") and "different data" in line
-    assert "33333333" in line and "old: unknown" in line and "different model" in line
+    assert "(11111111: dpo; 33333333: sft; unknown: old)" in line and "different model" in line
 
 
 def test_records_in_memory_and_a_loaded_model_have_fingerprints(tmp_path):

@@ -323,9 +323,11 @@ def differing_fingerprints(prints_by_run: dict) -> str | None:
     blocks = {name: (p.get("fingerprints", p) if isinstance(p, dict) else {}) for name, p in prints_by_run.items()}
     parts = []
     for kind in ("code", "data", "model"):
-        seen = {name: _identity(block, kind) for name, block in blocks.items()}
-        if len(set(seen.values())) > 1:
-            parts.append(f"different {kind} (" + ", ".join(f"{n}: {v or 'unknown'}" for n, v in seen.items()) + ")")
+        groups = {}
+        for name, block in blocks.items():
+            groups.setdefault(_identity(block, kind) or "unknown", []).append(name)
+        if len(groups) > 1:
+            parts.append(f"different {kind} (" + "; ".join(f"{v}: {', '.join(n)}" for v, n in groups.items()) + ")")
     return "; ".join(parts) or None
 
 
