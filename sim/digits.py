@@ -19,6 +19,7 @@ import sys
 from learning_dynamics.sim.io import writable_folder
 from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory import arguments as arg
 
 DEFAULT_OUT = "ldyn-out/sim/digits"
 CLASSES = 10
@@ -449,8 +450,7 @@ def validate_settings(settings: dict, seed: int) -> None:
             raise UserError(f"{flag} must be an integer from 1 to {most} (got {value!r})")
     if settings["n_eta"] < 2:
         raise UserError("--n-eta must be at least 2: the error slope needs two step sizes")
-    if not isinstance(seed, int) or seed < 0:
-        raise UserError(f"--seed must be a non-negative integer (got {seed!r})")
+    arg.check_seed(seed)
 
 
 
@@ -466,14 +466,14 @@ def add_parser(subparsers) -> None:
                     "and summary.json to --out.",
         epilog="example: ldyn sim digits --out ./ldyn-out/sim/digits --seed 0 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
+    p.add_argument("--out", type=arg.path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
     add_format_option(p)
-    p.add_argument("--seed", type=int, default=0, help="model init and batch order (default 0)")
+    p.add_argument("--seed", type=arg.SEED, default=0, help="model init and batch order (default 0)")
     p.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run of the same code (tests)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 40; quick 15)")
-    p.add_argument("--n-ntk", type=int, help="images per side of the eNTK comparison (default 64)")
-    p.add_argument("--n-squeeze", type=int, help="held-out images given a negative step (default 540)")
+    p.add_argument("--epochs", type=arg.POSITIVE_INT, help="training epochs (default 40; quick 15)")
+    p.add_argument("--n-ntk", type=arg.POSITIVE_INT, help="images per side of the eNTK comparison (default 64)")
+    p.add_argument("--n-squeeze", type=arg.POSITIVE_INT, help="held-out images given a negative step (default 540)")
     p.set_defaults(func=handle)
 
 

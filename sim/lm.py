@@ -43,6 +43,7 @@ import numpy as np
 from learning_dynamics.sim.io import writable_folder
 from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory import arguments as arg
 
 ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
 PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "chosen_format", "rejected_rephrase",
@@ -501,9 +502,9 @@ def add_parser(subparsers) -> None:
                     "DPO, on-policy DPO and 'extend' (SFT on y+ and y-, then DPO), tracking every probe "
                     "type; evaluate the paper's predictions and draw one panel per probe type.",
         epilog="example: ldyn sim lm --out ./ldyn-out/sim/lm --seed 0 --json")
-    p.add_argument("--out", default="ldyn-out/sim/lm", help="output folder (default ./ldyn-out/sim/lm)")
+    p.add_argument("--out", type=arg.path, default="ldyn-out/sim/lm", help="output folder (default ./ldyn-out/sim/lm)")
     add_format_option(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=arg.SEED, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
     p.add_argument("--algo", nargs="+", choices=ALGOS, default=list(ALGOS), metavar="ALGO",
                    help=f"runs to make, any of {', '.join(ALGOS)} (default: all)")
@@ -513,8 +514,7 @@ def add_parser(subparsers) -> None:
 
 
 def _check_args(args) -> Path:
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    arg.check_seed(args.seed)
     return writable_folder(args.out)
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from learning_dynamics.sim.io import writable_folder
 from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory import arguments as arg
 
 DEFAULT_OUT = "ldyn-out/sim/logits"
 PRESETS = {
@@ -943,8 +944,7 @@ def validate_settings(settings, seed, lr, beta):
         raise UserError(f"--vocab must be at least 3: y+, y- and y* are distinct labels (got {settings['vocab']})")
     if settings["runs"] * settings["vocab"] > 50_000_000:
         raise UserError("--runs x --vocab must be at most 5e7 (memory); lower one of them")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"--seed must be a non-negative integer (got {seed!r})")
+    arg.check_seed(seed)
     for flag, value in (("--lr", lr), ("--beta", beta)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1e3:
             raise UserError(f"{flag} must be a finite number in (0, 1000] (got {value!r})")
@@ -964,14 +964,14 @@ def add_parser(subparsers):
                     "summary.json to --out.",
         epilog="example: ldyn sim logits --out ./ldyn-out/sim/logits --seed 0 --runs 1000 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
+    p.add_argument("--out", type=arg.path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
     add_format_option(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--runs", type=int, help="random starting distributions / theorem cases (default 1000; quick 200)")
-    p.add_argument("--vocab", type=int, help="number of labels V (default 50; quick 30)")
-    p.add_argument("--steps", type=int, help="steps per algorithm (default 200; quick 60)")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"step size eta (default {DEFAULT_LR})")
-    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"DPO/IPO beta (default {DEFAULT_BETA})")
+    p.add_argument("--seed", type=arg.SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--runs", type=arg.POSITIVE_INT, help="random starting distributions / theorem cases (default 1000; quick 200)")
+    p.add_argument("--vocab", type=arg.POSITIVE_INT, help="number of labels V (default 50; quick 30)")
+    p.add_argument("--steps", type=arg.POSITIVE_INT, help="steps per algorithm (default 200; quick 60)")
+    p.add_argument("--lr", type=arg.LR, default=DEFAULT_LR, help=f"step size eta (default {DEFAULT_LR})")
+    p.add_argument("--beta", type=arg.BETA, default=DEFAULT_BETA, help=f"DPO/IPO beta (default {DEFAULT_BETA})")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run of the same code (tests)")
     p.set_defaults(func=handle)

@@ -96,18 +96,42 @@ class TrackingTable:
 
 
 def read_chunk(path) -> list:
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ValueError(f"{path}: columns {reader.fieldnames} are not the tracking schema {COLUMNS}")
-        return [_typed(row) for row in reader]
+    """One chunk's rows; a truncated, garbled or empty chunk raises CorruptFile naming it and the line."""
+    from learning_dynamics.theory.errors import CorruptFile
+
+    step = int(_CHUNK.match(Path(path).name).group(1)) if _CHUNK.match(Path(path).name) else None
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None:
+                raise CorruptFile(path, "empty")
+            if tuple(reader.fieldnames) != COLUMNS:
+                raise CorruptFile(path, f"its header is not the tracking schema {','.join(COLUMNS)}")
+            rows = []
+            for row in reader:
+                try:
+                    rows.append(_typed(row, step))
+                except (TypeError, ValueError) as err:
+                    raise CorruptFile(path, f"line {reader.line_num}: {err}") from None
+            return rows
+    except UnicodeDecodeError:
+        raise CorruptFile(path, "not UTF-8 text") from None
+    except csv.Error as err:
+        raise CorruptFile(path, f"not CSV: {err}") from None
 
 
-def _typed(row: dict) -> dict:
+def _typed(row: dict, step=None) -> dict:
+    if None in row or None in row.values():
+        raise ValueError(f"{len(row) - (None in row)} cells where {len(COLUMNS)} belong (a truncated row?)")
     out = {"step": int(row["step"]), "prompt_id": row["prompt_id"], "probe": row["probe"],
            "n_tokens": int(row["n_tokens"])}
+    if step is not None and out["step"] != step:
+        raise ValueError(f"step {out['step']} in the chunk of step {step}")
     for column in FLOAT_COLUMNS:
-        out[column] = float(row[column])
+        try:
+            out[column] = float(row[column])
+        except ValueError:
+            raise ValueError(f"{column} {row[column]!r} is not a number") from None
     return out
 
 

@@ -22,7 +22,8 @@ def test_json_contract(capsys):
                          "--lr", "0.5", "--json")
     assert code == 0 and err == ""
     doc = json.loads(out)
-    assert set(doc) == {"threshold", "labels"}
+    assert set(doc) == {"label", "sign", "eta", "threshold", "labels"}
+    assert (doc["label"], doc["sign"], doc["eta"]) == (3, "negative", 0.5)
     assert doc["threshold"] == pytest.approx(0.405)
     assert [set(row) for row in doc["labels"]] == [KEYS] * 4
     assert [row["rises_exact"] for row in doc["labels"]] == [True, False, False, False]
@@ -67,9 +68,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
 
 
 def test_argparse_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["theory", "squeeze", "--probs", "0.5,0.5"])
-    assert exc.value.code == 2
+    assert main(["theory", "squeeze", "--probs", "0.5,0.5"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 

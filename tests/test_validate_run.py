@@ -1,6 +1,7 @@
 """`ldyn validate run/report` on the smoke preset: a tiny random Llama with the real tokenizer and
 chat template, through the same code path as a GPU run (2 CPU cores, seconds per run)."""
 import json
+import os
 
 import pytest
 
@@ -36,6 +37,10 @@ def test_every_algorithm_writes_a_complete_report(runs, algo):
     for row in report["predictions"]:
         assert row["verdict"] in VERDICTS and set(row) >= {"id", "claim", "verdict", "effect", "ci"}
     assert (root / algo / "curves.png").stat().st_size > 10_000
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("report.json", "report.md", "settings.json", "tracking/step_000000000.csv", "curves.png"):
+        assert (root / algo / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # the user's umask
     assert "| id | prediction | verdict |" in (root / algo / "report.md").read_text() or not report["predictions"]
 
 
@@ -79,6 +84,7 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(runs, tmp_path, monkeypa
     resumed = TrackingTable(tmp_path / "tracking").read()
     straight = TrackingTable(runs[0] / "dpo" / "tracking").read()
     key = lambda r: (r["step"], r["prompt_id"], r["probe"])  # noqa: E731
+    assert [key(r) for r in resumed] == [key(r) for r in straight]  # rows keep their order after a resume
     resumed, straight = {key(r): r for r in resumed}, {key(r): r for r in straight}
     assert resumed.keys() == straight.keys()
     for k, row in resumed.items():
@@ -124,11 +130,18 @@ def test_changed_settings_on_an_existing_run_are_refused(runs, capsys):
     assert "--fresh" in err
 
 
-def test_divergence_stops_with_one_line_and_keeps_the_logs(tmp_path, capsys):
-    err = one_line_error(capsys, ["validate", "run", "--preset", "smoke", "--quiet", "--algo", "sft",
-                                  "--out", str(tmp_path), "--lr", "1e30"])
-    assert "logs kept" in err
-    assert (tmp_path / "train_log.json").exists() and list((tmp_path / "tracking").glob("step_*.csv"))
+def test_collapse_stops_with_one_line_keeps_the_logs_and_no_verdict_is_drawn(tmp_path, capsys):
+    argv = ["validate", "run", "--preset", "smoke", "--quiet", "--algo", "sft", "--out", str(tmp_path), "--lr", "1000"]
+    err = one_line_error(capsys, argv)
+    assert "collapsed to a uniform distribution at step 2" in err and "logs kept" in err and "--fresh" in err
+    assert [r["step"] for r in json.loads((tmp_path / "train_log.json").read_text())] == [0, 1]
+    assert len(list((tmp_path / "tracking").glob("step_*.csv"))) == 2
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stopped"]["step"] == 2 and not report["complete"] and report["predictions"]
+    for row in report["predictions"]:
+        assert row["verdict"] == "inconclusive" and "collapsed" in row["inconclusive_reason"]
+    assert "Stopped at step 2" in (tmp_path / "report.md").read_text()
+    assert one_line_error(capsys, argv) == err  # the same command again says the same, without training
 
 
 def test_rerunning_a_finished_run_rebuilds_its_report_without_training(runs, monkeypatch):

@@ -3,6 +3,7 @@
 Heavy imports (sympy) happen inside the handlers so that `ldyn --help` stays fast.
 """
 import argparse
+from learning_dynamics.theory import arguments as arg
 
 
 def register(subparsers) -> None:
@@ -25,11 +26,12 @@ def register(subparsers) -> None:
         epilog="example: ldyn theory squeeze --probs 0.6,0.3,0.05,0.05 --negative 3 --lr 0.5")
     source = squeeze.add_mutually_exclusive_group(required=True)
     source.add_argument("--probs", metavar="P1,P2,...", help="probabilities (sum to 1 within 1e-6)")
-    source.add_argument("--logits", metavar="Z1,Z2,...", help="logits (any finite reals)")
+    source.add_argument("--logits", metavar="Z1,Z2,...", help="logits (any finite reals; negative ones too: --logits -1,2)")
     direction = squeeze.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--negative", type=int, metavar="K", help="push label K down (0-based)")
-    direction.add_argument("--positive", type=int, metavar="K", help="pull label K up (0-based)")
-    squeeze.add_argument("--lr", type=float, default=0.1, metavar="ETA", help="step size (default 0.1)")
+    direction.add_argument("--negative", type=arg.NON_NEGATIVE_INT, metavar="K", help="push label K down (0-based)")
+    direction.add_argument("--positive", type=arg.NON_NEGATIVE_INT, metavar="K", help="pull label K up (0-based)")
+    squeeze.add_argument("--lr", type=arg.STEP_SIZE, default=0.1, metavar="ETA",
+                         help="step size, any finite eta > 0 (default 0.1)")
     squeeze.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     squeeze.set_defaults(func=_squeeze)
 

@@ -128,7 +128,10 @@ def exact_dlogp(p, k, eta, sign=-1):
     Shifting by d_k makes label k's own change -log1p(sum_j pi_j expm1(x_j)), a
     sum of same-signed terms for a negative step, so its sign is exact even when
     it is 1e-30; for small steps this log1p/expm1 path keeps relative precision.
-    Large steps switch to a max-shifted log-sum-exp (no overflow at eta = 1e3+).
+    Large steps switch to a log-sum-exp shifted by the dominant label m, with every
+    x_j - x_m formed from p_j - p_m (never as a difference of two huge x's), so the
+    result is correct to relative precision for any finite eta; a change whose size
+    exceeds float64 (|dlog pi| > ~1.8e308) comes out as -inf.
     """
     p = _f64(p)
     s = _sign(sign)
@@ -146,10 +149,11 @@ def exact_dlogp(p, k, eta, sign=-1):
         small = np.min(x, axis=-1) >= -_EXPM1_MAX_POS
     if small.all():
         return _finish_expm1(p, x)
+    large = functools.partial(_finish_log_space, p, idx, pk, eta, s, f)
     if not small.any():
-        return _finish_exp(p, x)
+        return large()
     with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(small[..., None], _finish_expm1(p, x.copy()), _finish_exp(p, x))
+        return np.where(small[..., None], _finish_expm1(p, x.copy()), large())
 
 
 def _finish_expm1(p, x):
@@ -158,17 +162,37 @@ def _finish_expm1(p, x):
     return np.subtract(x, log_z[..., None], out=e)
 
 
-def _finish_exp(p, x):
-    # log sum_j p_j exp(x_j) as a log-sum-exp of x_j + log p_j: labels with p_j ~ 0
-    # (underflowed) drop out instead of making every term underflow at large eta
-    with np.errstate(divide="ignore"):
-        a = np.log(p)
-    a += x
-    log_z = np.max(a, axis=-1, keepdims=True)
-    a -= log_z
-    np.exp(a, out=a)
-    log_z += np.log(np.sum(a, axis=-1, keepdims=True))
-    return np.subtract(x, log_z, out=a)
+def _finish_log_space(p, idx, pk, eta, s, f):
+    """dlog pi_i = d_i - log sum_j pi_j exp(d_j) with d = x - x_m, m the label of largest pi_m exp(x_m).
+
+    x is affine in pi with one slope for every j != k (x_k = 0), so x_j - x_m = slope (pi_j - pi_m)
+    for j, m != k, and x_k - x_m = -x_m: no difference of two large numbers is ever taken. Labels
+    with pi_j = 0 drop out of the sum. m is found on x / eta (the same argmax, no overflow).
+    """
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        log_p = np.log(p)
+        unit = p * _row(f["x_slope"](1.0, s), p) + _row(f["x_intercept"](pk, 1.0, s), p)
+        _put(unit, idx, 0.0)
+        slope, intercept = _row(f["x_slope"](eta, s), p), _row(f["x_intercept"](pk, eta, s), p)
+        m = np.argmax(log_p / _row(eta, p) + unit, axis=-1)[..., None]
+        d = _shift(p, idx, m, slope, intercept)
+        # x / eta rounds labels with pi_j within ~1e-16 of each other to a tie; the differences d do not
+        better = np.argmax(np.where(p > 0, log_p + d, -np.inf), axis=-1)[..., None]
+        if np.any(better != m):
+            d = _shift(p, idx, better, slope, intercept)
+        a = np.where(p > 0, log_p + d, -np.inf)  # pi_j = 0 drops out even where d_j overflowed to inf
+        top = np.max(a, axis=-1, keepdims=True)
+        log_z = top + np.log(np.sum(np.exp(a - top), axis=-1, keepdims=True))
+        return d - log_z
+
+
+def _shift(p, idx, m, slope, intercept):
+    """x - x_m for every label, from pi_j - pi_m (j, m != k) and x_m itself (for label k)."""
+    p_m = np.take_along_axis(p, m, axis=-1)
+    m_is_k = m == idx
+    d = np.where(m_is_k, p * slope + intercept, slope * (p - p_m))
+    _put(d, idx, np.where(m_is_k[..., 0], 0.0, -(p_m * slope + intercept)[..., 0]))
+    return d
 
 
 def threshold(p, k, sign=-1):

@@ -53,15 +53,30 @@ def _distribution(args) -> np.ndarray:
     raise UserError("give --probs or --logits")
 
 
+OVERFLOW = ("the change exceeds the float64 range (|dlog p| > 1.8e308) at this eta; "
+            "its sign (rises_*) is still exact")
+
+
 def compute(p: np.ndarray, k: int, eta: float, sign: int) -> dict:
+    """Strict-JSON-ready: a change too large for float64 is None, and `null_reason` says why."""
     from learning_dynamics.theory import squeeze
 
-    first = squeeze.first_order_dlogp(p, k, eta, sign)
-    exact = squeeze.exact_dlogp(p, k, eta, sign)
-    labels = [{"index": i, "p": float(p[i]), "dlogp_first_order": float(first[i]),
-               "dlogp_exact": float(exact[i]), "rises_first_order": bool(first[i] > 0),
+    with np.errstate(all="ignore"):  # overflow at eta ~ 1e308 is reported as null, not warned about
+        first = squeeze.first_order_dlogp(p, k, eta, sign)
+        exact = squeeze.exact_dlogp(p, k, eta, sign)
+        threshold = float(squeeze.threshold(p, k, sign))
+    labels = [{"index": i, "p": float(p[i]), "dlogp_first_order": _finite(first[i]),
+               "dlogp_exact": _finite(exact[i]), "rises_first_order": bool(first[i] > 0),
                "rises_exact": bool(exact[i] > 0)} for i in range(p.size)]
-    return {"threshold": float(squeeze.threshold(p, k, sign)), "labels": labels}
+    result = {"label": k, "sign": "negative" if sign < 0 else "positive", "eta": eta,
+              "threshold": threshold, "labels": labels}
+    if not (np.all(np.isfinite(first)) and np.all(np.isfinite(exact))):
+        result["null_reason"] = OVERFLOW
+    return result
+
+
+def _finite(x):
+    return float(x) if math.isfinite(x) else None
 
 
 def squeeze_command(args) -> int:
@@ -77,7 +92,7 @@ def squeeze_command(args) -> int:
         raise UserError(f"--lr must be a finite number > 0, got {eta}")
     result = compute(p, k, eta, sign)
     if getattr(args, "json", False):
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
         return 0
     direction = "negative" if sign < 0 else "positive"
     side = ">" if sign < 0 else "<"
@@ -86,8 +101,14 @@ def squeeze_command(args) -> int:
           f"order iff p_i {side} threshold")
     print("  ".join(f"{c:>18}" for c in COLUMNS))
     for row in result["labels"]:
-        cells = [f"{row['index']:>18d}", f"{row['p']:>18.6g}", f"{row['dlogp_first_order']:>18.6g}",
-                 f"{row['dlogp_exact']:>18.6g}", f"{str(row['rises_first_order']):>18}",
+        cells = [f"{row['index']:>18d}", f"{row['p']:>18.6g}", _cell(row['dlogp_first_order']),
+                 _cell(row['dlogp_exact']), f"{str(row['rises_first_order']):>18}",
                  f"{str(row['rises_exact']):>18}"]
         print("  ".join(cells))
+    if "null_reason" in result:
+        print(f"overflow: {result['null_reason']} (null in --json)")
     return 0
+
+
+def _cell(value) -> str:
+    return f"{'overflow':>18}" if value is None else f"{value:>18.6g}"

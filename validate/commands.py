@@ -6,6 +6,7 @@ from pathlib import Path
 from learning_dynamics.sim.io import writable_folder
 from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory import arguments as arg
 
 
 def add_run(sub) -> None:
@@ -19,23 +20,23 @@ def add_run(sub) -> None:
         epilog="example: ldyn validate run --preset default --algo dpo --out runs/dpo\n"
                "         ldyn validate run --preset smoke --algo sft --out /tmp/smoke",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
+    p.add_argument("--out", type=arg.path, required=True, help="run directory (created; an existing one is resumed)")
     add_format_option(p)
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),
                    help="smoke: tiny random Llama on the CPU in <1 min; default: SmolLM2 on a GPU")
     p.add_argument("--algo", choices=ALGORITHMS, help="training algorithm (default dpo)")
     p.add_argument("--model", help="'smollm2' (default), 'tiny-random', a local HF folder, a .gguf file, or a hub id")
-    p.add_argument("--data", help="TRL preference JSONL (prompt/chosen/rejected, plain or chat); "
+    p.add_argument("--data", type=arg.path, help="TRL preference JSONL (prompt/chosen/rejected, plain or chat); "
                                   "default: the built-in chatterbot-corpus pairs")
-    p.add_argument("--steps", type=int, help="training steps (after extend's SFT phase)")
+    p.add_argument("--steps", type=arg.POSITIVE_INT, help="training steps (after extend's SFT phase)")
     p.add_argument("--device", help="cuda or cpu (preset's default)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate")
-    p.add_argument("--beta", type=float, help="DPO/IPO beta")
-    p.add_argument("--batch-pairs", type=int, help="pairs per step")
-    p.add_argument("--eval-every", type=int, help="steps between probe evaluations")
-    p.add_argument("--n-probe", type=int, help="probe prompts")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int, help="evaluations between checkpoints (0: at the end only)")
+    p.add_argument("--lr", type=arg.LR, help="AdamW learning rate")
+    p.add_argument("--beta", type=arg.BETA, help="DPO/IPO beta")
+    p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="pairs per step")
+    p.add_argument("--eval-every", type=arg.POSITIVE_INT, help="steps between probe evaluations")
+    p.add_argument("--n-probe", type=arg.POSITIVE_INT, help="probe prompts")
+    p.add_argument("--seed", type=arg.SEED, help="random seed, 0 to 2**32-1 (preset default 0)")
+    p.add_argument("--checkpoint-every", type=arg.NON_NEGATIVE_INT, help="evaluations between checkpoints (0: at the end only)")
     p.add_argument("--fresh", action="store_true", help="discard an earlier run in --out instead of resuming")
     p.add_argument("--first-order", action="store_true", help="also run the first-order and token-level checks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -89,17 +90,17 @@ def add_check(sub) -> None:
                "         ldyn validate check --first-order --device cpu --n-probe 4 --batch-pairs 2 --out runs/fo-cpu",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--first-order", action="store_true", required=True, help="run the checks")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=arg.path, required=True)
     add_format_option(p)
     p.add_argument("--model", help="as for `run` (default smollm2)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--preset", default="default", help="smoke or default: sizes of the probe set")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arg.SEED, default=0, help="random seed, 0 to 2**32-1 (default 0)")
     p.add_argument("--algo", help="the k-step run's loss: sft, dpo (default), ipo or simpo")
-    p.add_argument("--lr", type=float, help="the k-step run's AdamW learning rate (preset's default)")
-    p.add_argument("--batch-pairs", type=int, help="the k-step run's pairs per step (preset's default)")
-    p.add_argument("--n-probe", type=int, help="probe prompts (12 probe responses each)")
-    p.add_argument("--squeeze-pairs", type=int, help="pairs in the token-level check")
+    p.add_argument("--lr", type=arg.LR, help="the k-step run's AdamW learning rate (preset's default)")
+    p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="the k-step run's pairs per step (preset's default)")
+    p.add_argument("--n-probe", type=arg.POSITIVE_INT, help="probe prompts (12 probe responses each)")
+    p.add_argument("--squeeze-pairs", type=arg.POSITIVE_INT, help="pairs in the token-level check")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the eta sweep and the token-level check (float32: faster, with a "
                         "rounding floor under the smallest steps' error)")
@@ -165,8 +166,8 @@ def add_report(sub) -> None:
         description="Rebuild each run's report.json/report.md from its logs, then write summary.md and "
                     "summary.json with every run's verdicts and the two-run comparisons.",
         epilog="example: ldyn validate report runs/dpo runs/onpolicy-dpo runs/extend --out runs")
-    p.add_argument("runs", nargs="+", metavar="DIR")
-    p.add_argument("--out", help="where summary.md goes (default: the first DIR's parent)")
+    p.add_argument("runs", nargs="+", metavar="DIR", type=arg.path)
+    p.add_argument("--out", type=arg.path, help="where summary.md goes (default: the first DIR's parent)")
     add_format_option(p)
     p.set_defaults(func=_report)
 
@@ -178,7 +179,7 @@ def _report(args) -> int:
             raise UserError(f"no run directory {d}")
         if (Path(d) / "settings.json").exists():
             write_report(d)
-    out = writable_folder(args.out or Path(args.runs[0]).resolve().parent)
+    out = writable_folder(args.out if args.out is not None else Path(args.runs[0]).resolve().parent)
     merged = merge(args.runs, out)
     if merged.get("warning"):
         print(f"ldyn: warning: {merged['warning']}", file=sys.stderr)

@@ -38,10 +38,8 @@ always the assistant's text. "source" is kept when it is a string.
 """
 import importlib.util
 import json
-import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -290,23 +288,9 @@ def load_preference_jsonl(path) -> list:
 
 
 def write_jsonl(examples, path) -> None:
-    """Write one JSON object per line, atomically (temporary file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for ex in examples:
-                f.write(json.dumps(ex, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write one JSON object per line, atomically (sim.io's one atomic writer)."""
+    from learning_dynamics.sim.io import atomic_write_text
+    atomic_write_text(path, "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
 
 
 # --------------------------------------------------------------------------- encoding

@@ -143,7 +143,38 @@ def resolve(spec) -> Path:
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise UserError(f"no model at {spec!r}: give a local Hugging Face folder, a .gguf file, "
                         f"a hub id, or '{DEFAULT_MODEL}' (install it with: {GET_DEFAULT})")
-    return Path(spec)  # a hub id: transformers fetches it if a hub is reachable
+    return _hub_model(spec)
+
+
+HUB_TIMEOUT_S = 3.0
+
+
+def _hub_model(repo_id: str) -> Path:
+    """A hub id: its cached snapshot if there is one, else the id itself once the hub answers.
+
+    Checked before transformers is called: offline, its download retries for most of a
+    minute before it gives up, and the user should hear in seconds what to do instead.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        pass
+    advice = (f"download it where there is a network (huggingface-cli download {repo_id} --local-dir DIR) "
+              "and pass --model DIR")
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {advice}")
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=HUB_TIMEOUT_S).close()
+    except OSError:
+        raise UserError(f"{repo_id!r} is not in the local Hugging Face cache and the hub "
+                        f"({endpoint.hostname}) cannot be reached; {advice}") from None
+    return Path(repo_id)  # transformers fetches it
 
 
 def load_model(spec=None, device: str = "cpu", dtype=None, attn_implementation: str = "sdpa",

@@ -4,8 +4,8 @@ smoke   the tests' preset: a tiny random Llama (real tokenizer and chat template
         2 CPU cores, the whole code path in well under a minute.
 default one algorithm on SmolLM2-135M-Instruct on one GPU in a few minutes.
 """
-import math
 
+from learning_dynamics.theory.arguments import LR_MAX, check_seed
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.algorithms import ALGORITHMS
 
@@ -45,14 +45,15 @@ def _positive_int(settings, key):
 
 
 def check(settings: dict) -> None:
+    check_seed(settings["seed"])
     if settings["algo"] not in ALGORITHMS:
         raise UserError(f"unknown --algo {settings['algo']!r}; choose one of {', '.join(ALGORITHMS)}")
     for key in ("steps", "batch_pairs", "eval_every", "n_probe", "eval_batch", "gen_tokens"):
         _positive_int(settings, key)
     for key in ("lr", "beta"):
         value = settings[key]
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise UserError(f"--{key} must be a positive finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= LR_MAX:
+            raise UserError(f"--{key} must be a number in (0, {LR_MAX:g}], got {value!r}")
     if settings["device"] not in ("cpu", "cuda") and not str(settings["device"]).startswith("cuda:"):
         raise UserError(f"--device must be cpu or cuda, got {settings['device']!r}")
     if settings["checkpoint_every"] < 0:

@@ -5,16 +5,15 @@ supports is evaluated on the tracked curves (effect, bootstrap CI over prompts,
 verdict). `merge` adds the two-run comparisons (on-policy vs off-policy, extend
 vs DPO) across run directories.
 """
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json, atomic_write_text
+from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, read_json
 from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
-from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import provenance
 
 
@@ -31,8 +30,8 @@ def _clean(obj):
     return obj
 
 
-def _read_json(path: Path, default=None):
-    return json.loads(path.read_text()) if path.exists() else default
+from learning_dynamics.theory.errors import CorruptFile, UserError
+from learning_dynamics.validate import provenance
 
 
 def load_series(run_dir: Path):
@@ -40,13 +39,28 @@ def load_series(run_dir: Path):
     rows = TrackingTable(run_dir / "tracking").read()
     if not rows:
         raise UserError(f"{run_dir} has no tracking table (tracking/step_*.csv); is it a run directory?")
-    series = series_from_table(rows)
+    try:
+        series = series_from_table(rows)
+    except ValueError as err:  # a chunk lost rows or prompts: the table does not add up
+        raise CorruptFile(run_dir / "tracking", str(err).split(";")[0]) from None
     steps = steps_of(rows)
-    generations = [_read_json(run_dir / "generations" / f"step_{int(s):09d}.json") for s in steps]
+    paths = [run_dir / "generations" / f"step_{int(s):09d}.json" for s in steps]
+    generations = [_read_json(path, expect=list) for path in paths]
     if all(g for g in generations):
+        odd = next((path for path, g in zip(paths, generations) if len(g) != len(generations[0])), None)
+        if odd is not None:
+            raise CorruptFile(odd, f"holds another number of generations than {paths[0].name}")
         for key in ("distinct2", "rep4"):
-            series[f"gen/{key}"] = np.array([[r[key] for r in g] for g in generations], dtype=np.float64)
+            series[f"gen/{key}"] = np.stack([_generation_stat(path, g, key) for path, g in zip(paths, generations)])
     return series, steps
+
+
+def _generation_stat(path, records, key) -> np.ndarray:
+    try:
+        values = np.array([float(r[key]) for r in records], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise CorruptFile(path, f"a generation record has no numeric {key!r}") from None
+    return values
 
 
 def _figures(run_dir: Path, series, steps, algo: str) -> list:
@@ -56,26 +70,54 @@ def _figures(run_dir: Path, series, steps, algo: str) -> list:
     return [path.name]
 
 
+def read_stopped(run_dir) -> dict:
+    """{"step", "reason"} of a run that stopped because it diverged or collapsed, else None."""
+    path = Path(run_dir) / "stopped.json"
+    stopped = read_json(path, expect=dict)
+    if stopped is not None and not (isinstance(stopped.get("reason"), str) and isinstance(stopped.get("step"), int)):
+        raise CorruptFile(path, "no step and reason")
+    return stopped
+
+
+def _inconclusive(rows, stopped) -> list:
+    """A stopped run's numbers are kept, but no verdict is drawn from a diverged or collapsed model."""
+    why = f"run stopped: {stopped['reason']}"
+    return [dict(r, verdict="inconclusive", inconclusive_reason=why,
+                 detail=f"{why}; {r['detail']}" if r.get("detail") else why) for r in rows]
+
+
+def _unevaluated_rows(algo) -> list:
+    nan = float("nan")
+    return [{"id": p.id, "claim": p.claim, "verdict": "inconclusive", "effect": nan, "ci": [nan, nan], "n": 0,
+             "unit": p.effect_unit, "detail": ""} for p in predictions.CATALOGUE
+            if p.scope == "run" and algo in p.applies_to and "llm" in p.levels]
+
+
 def write_report(run_dir) -> dict:
     run_dir = Path(run_dir)
-    settings = _read_json(run_dir / "settings.json")
-    if settings is None:
-        raise UserError(f"{run_dir} has no settings.json; is it a run directory?")
+    settings = load_settings(run_dir)
     info = _read_json(run_dir / "run_info.json", {})
-    series, steps = load_series(run_dir)
+    stopped = read_stopped(run_dir)
     algo = settings["algo"]
-    rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"])
-    figures = _figures(run_dir, series, steps, algo)
+    if stopped and not list((run_dir / "tracking").glob("step_*.csv")):
+        series, steps, rows, figures = {}, np.array([], dtype=np.int64), _unevaluated_rows(algo), []
+    else:
+        series, steps = load_series(run_dir)
+        with np.errstate(all="ignore"):  # a stopped run's last evaluation may hold non-finite log-probs
+            rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"])
+        figures = _figures(run_dir, series, steps, algo)
+    if stopped:
+        rows = _inconclusive(rows, stopped)
     first_order = _read_json(run_dir / "first_order.json")
     if first_order:
-        figures += [f for f in first_order.get("figures", [])]
-    complete = bool(len(steps)) and int(steps[-1]) >= settings["steps"] and bool(info)
+        figures += [f for f in first_order.get("figures", []) if isinstance(f, str)]
+    complete = bool(len(steps)) and int(steps[-1]) >= settings["steps"] and bool(info) and not stopped
     shown = provenance.public_settings(settings)
     # the command and fingerprints are those of the code that trained (run_info.json), not of a later rebuild
     made = {k: info[k] for k in ("reproduce", "reproduce_error") if k in info} if "reproduce" in info else \
         provenance.safely(provenance.run_command, settings, run_dir, first_order=bool(first_order))
     report = _clean({
-        "complete": complete,
+        "complete": complete, "stopped": stopped,
         "model": info.get("model", settings["model"]), "device": info.get("device", settings["device"]),
         "algo": algo, "data": shown["data"] or provenance.DEFAULT_DATA, "settings": shown,
         "seed": settings["seed"], **made, "fingerprints": info.get("fingerprints"),
@@ -125,7 +167,10 @@ def markdown(report: dict) -> str:
              f"lr {s['lr']}, beta {s['beta']}, seed {report['seed']}; "
              f"{run.get('n_train_pairs', '?')} training pairs, {run.get('n_probe_prompts', '?')} probe prompts; "
              f"training throughput {run.get('train_tokens_per_second', '?')} tokens/s.", "",
-             *([] if report.get("complete", True) else [
+             *([] if not report.get("stopped") else [
+                 f"**Stopped at step {report['stopped']['step']}:** {report['stopped']['reason']}. Every verdict "
+                 "below is inconclusive: a diverged or collapsed model tests no prediction.", ""]),
+             *([] if report.get("complete", True) or report.get("stopped") else [
                  f"**Incomplete run:** tracked to step {report['steps'][-1]} of {s['steps']}; the process stopped "
                  "before the end (verdicts below are over the steps it reached).", ""]),
              reproduce_line(report), "",
@@ -152,7 +197,8 @@ def merge(run_dirs, out) -> dict:
         if not (d / "settings.json").exists() and (d / "first_order.json").exists():
             checks.append(dict(_read_json(d / "first_order.json"), algo=f"check ({d.name})"))
             continue
-        report = _read_json(d / "report.json") or write_report(d)
+        runs_report = _read_json(d / "report.json")
+        report = runs_report if runs_report and "predictions" in runs_report else write_report(d)
         runs[report["algo"]] = (d, report)
     prints = {d.name: rep.get("fingerprints") or {} for d, rep in runs.values()}
     for d in map(Path, run_dirs):

@@ -7,27 +7,32 @@ A run directory holds everything, written atomically as it is made:
     generations/step_*.json greedy generations and their repetition statistics
     train_log.json         per-step losses and metrics under TRL's names
     state/checkpoint.pt    model, optimizer and data state, to resume
+    stopped.json           only when training diverged or collapsed (validate.health): step and reason
     curves.png, report.json, report.md   (validate.report)
 """
 import copy
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json
-from learning_dynamics.sim.tracking import TrackingTable
-from learning_dynamics.theory.errors import UserError
+from learning_dynamics.sim.io import atomic_write_json, read_json
+from learning_dynamics.sim.tracking import TrackingTable, read_chunk
+from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import algorithms as algos
+from learning_dynamics.validate import health
 
 PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "rejected_rephrase", "chosen_format", "rejected_format",
                "other_chosen", "test_response", "irrelevant", "chosen_shuffled", "random_tokens", "initial_sample")
 
 
 class RunStopped(UserError):
-    """Training diverged: one line, non-zero exit, the logs stay on disk."""
+    """Training diverged or collapsed: one line, non-zero exit, the logs stay on disk."""
+
+    def __init__(self, out, stopped: dict):
+        super().__init__(f"{stopped['reason']}; stopped, logs kept in {out}, every verdict in its report is "
+                         "inconclusive (lower --lr or check the data, then rerun with --fresh)")
 
 
 # --------------------------------------------------------------------------- setup
@@ -43,7 +48,7 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "settings.json"
     if path.exists() and not fresh:
-        previous = json.loads(path.read_text())
+        previous = read_json(path, expect=dict)
         from learning_dynamics.validate.presets import RESUMABLE_CHANGES
         changed = sorted(k for k in set(previous) | set(settings)
                          if previous.get(k) != settings.get(k) and k not in RESUMABLE_CHANGES)
@@ -55,7 +60,7 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
         for sub in ("tracking", "generations", "state"):
             for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
                 f.unlink()
-        for name in ("train_log.json", "probes.json", "report.json", "report.md"):
+        for name in ("train_log.json", "probes.json", "report.json", "report.md", "stopped.json"):
             (out / name).unlink(missing_ok=True)
     atomic_write_json(path, settings)
 
@@ -73,11 +78,35 @@ def _examples(settings: dict):
     else:  # its probe prompts are training prompts (the paper's D_prob)
         dataset = data.default_dataset(seed=0, n_probe=max(settings["n_probe"], 1))
         train, probe, test = dataset["train"], dataset["probe"], dataset["test"]
+    if len({str(e["prompt"]) for e in train}) == 1 and len(train) > 1:
+        import sys
+        print(f"ldyn: warning: all {len(train)} training pairs share one prompt, so the probes that need "
+              "other prompts (other_chosen, test_response: P09a vs P09d) measure the same thing; "
+              "use data with several prompts", file=sys.stderr)
     if settings.get("n_train"):  # a subset that still holds every probe pair
         probe_prompts = {str(e["prompt"]) for e in probe}
         rest = [e for e in train if str(e["prompt"]) not in probe_prompts]
         train = probe + rest[:max(settings["n_train"] - len(probe), 0)]
     return train, probe, test
+
+
+def _read_probes(path: Path, vocab: int) -> list:
+    """probes.json read back and checked: a damaged one is named (with --fresh as the way out)."""
+    probes = read_json(path, expect=list)
+    for i, p in enumerate(probes):
+        ok = (isinstance(p, dict) and isinstance(p.get("prompt_id"), str) and isinstance(p.get("ids"), dict)
+              and _token_list(p.get("prompt_ids"), vocab) and isinstance(p.get("texts"), dict)
+              and all(_token_list(ids, vocab) and ids for ids in p["ids"].values()))
+        if not ok:
+            raise CorruptFile(path, f"probe prompt {i} is not a probe record")
+    if not probes:
+        raise CorruptFile(path, "no probe prompts")
+    return probes
+
+
+def _token_list(ids, vocab: int) -> bool:
+    return isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                                         for t in ids)
 
 
 def _tokenize_pairs(encoder, examples) -> list:
@@ -112,6 +141,9 @@ def evaluate(model, step, ctx) -> None:
                        ctx["autocast"])
     bad = [r for r in rows if not math.isfinite(r["logp_sum"])]
     ctx["table"].append(step, rows)
+    gap = health.entropy_gap(rows, ctx["log_vocab"])
+    if step == 0 or ctx.get("initial_gap") is None:
+        ctx["initial_gap"] = _initial_gap(ctx) if step else gap
     gen_prompts = ctx["gen_prompts"]
     with ctx["autocast"]():
         new = generate(model, [p["prompt_ids"] for p in gen_prompts], ctx["eos"], ctx["pad_id"],
@@ -121,7 +153,31 @@ def evaluate(model, step, ctx) -> None:
     atomic_write_json(ctx["out"] / "generations" / f"step_{step:09d}.json", records)
     model.train()
     if bad:
-        raise RunStopped(f"probe log-probs became non-finite at step {step}; logs kept in {ctx['out']}")
+        _stop(ctx, step, f"probe log-probs became non-finite at step {step}")
+    if step:
+        reason = health.uniform(step, gap, ctx["initial_gap"], ctx["log_vocab"])
+        if reason:
+            _stop(ctx, step, reason)
+
+
+def _initial_gap(ctx):
+    """The entropy gap of the first evaluation, read back when a run resumed past it."""
+    first = ctx["table"].directory / "step_000000000.csv"
+    return health.entropy_gap(read_chunk(first), ctx["log_vocab"]) if first.exists() else None
+
+
+def _stop(ctx, step, reason, log=None) -> None:
+    """Keep every log, record why, write the report (all verdicts inconclusive), and stop with one line."""
+    from learning_dynamics.validate.report import write_report
+    out = ctx["out"]
+    log = ctx.get("log") if log is None else log
+    if log is not None:
+        _write_log(out, log)
+    stopped = {"step": int(step), "reason": reason}
+    atomic_write_json(out / "stopped.json", stopped)
+    if list((out / "tracking").glob("step_*.csv")):
+        write_report(out)
+    raise RunStopped(out, stopped)
 
 
 # --------------------------------------------------------------------------- training
@@ -192,13 +248,11 @@ def train(ctx, model, ref_model, pairs) -> None:
     state_path = out / "state" / "checkpoint.pt"
     start, log = 0, []
     if state_path.exists():
-        state = torch.load(state_path, map_location=ctx["device"], weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, log, pairs[:] = state["step"], state["log"], state["pairs"]
+        start, log = _load_state(state_path, model, optimizer, pairs, ctx["device"])
         ctx["progress"](f"resuming {out} at step {start} of {total}")
     elif s["algo"] in algos.NEEDS_REFERENCE and s["algo"] != "extend":
         _reference_logps(ref_model, pairs, ("chosen", "rejected"), ctx)
+    ctx["log"] = log
     done = set(ctx["table"].completed_steps())
     tracked = lambda step: step - sft_steps  # noqa: E731  (extend tracks its DPO phase from 0)
     model.train()
@@ -221,15 +275,23 @@ def train(ctx, model, ref_model, pairs) -> None:
         with ctx["autocast"]():
             loss, metrics, n_tokens = algos.step_loss(s["algo"], phase, model, [pairs[i] for i in indices], s,
                                                       ctx["pad_id"], ctx["device"])
-        if not torch.isfinite(loss):
-            _write_log(out, log)
-            raise RunStopped(f"loss became {loss.item()} at step {step}; logs kept in {out} "
-                             "(lower --lr or check the data)")
+        reason = health.diverged(step, loss.item())
+        if reason:
+            _stop(ctx, step, reason, log)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # max_norm=inf: the total norm, nothing clipped; a non-finite one stops before the weights take it
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+        reason = health.diverged(step, loss.item(), grad_norm)
+        if reason:
+            _stop(ctx, step, reason, log)
         optimizer.step()
         tokens += n_tokens
-        log.append({"step": step, "phase": phase, **{k: round(v, 6) for k, v in metrics.items()}})
+        log.append({"step": step, "phase": phase, **{k: round(v, 6) for k, v in metrics.items()},
+                    "grad_norm": round(grad_norm, 6)})
+        reason = health.frozen(log)
+        if reason:
+            _stop(ctx, step, reason, log)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens / (time.perf_counter() - clock):.0f}")
     if tracked(total) not in done:
         evaluate(model, tracked(total), ctx)
@@ -237,6 +299,23 @@ def train(ctx, model, ref_model, pairs) -> None:
     if s["checkpoint_every"] or state_path.exists():
         _save_state(state_path, model, optimizer, total, "done", pairs, log)
     ctx["tokens_per_second"] = tokens / max(time.perf_counter() - clock, 1e-9)
+
+
+def _load_state(path: Path, model, optimizer, pairs, device):
+    """Restore a checkpoint in place; (step, log). A damaged one is named, never an unpickling traceback."""
+    import torch
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, log, saved_pairs = int(state["step"]), list(state["log"]), list(state["pairs"])
+    except Exception as err:  # noqa: BLE001  (torch.load raises a dozen unrelated types for a damaged file)
+        problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise CorruptFile(path, f"cannot restore it: {problem}") from None
+    if len(saved_pairs) != len(pairs):
+        raise CorruptFile(path, f"holds {len(saved_pairs)} training pairs, the run has {len(pairs)}")
+    pairs[:] = saved_pairs
+    return start, log
 
 
 def _maybe_checkpoint(ctx, path, model, optimizer, step, phase, pairs, log):
@@ -271,9 +350,18 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
     out = Path(out)
     device = _device(settings["device"])
     _prepare_out(out, settings, fresh)
-    done = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    try:
+        done = read_json(out / "report.json", {}, expect=dict)
+    except CorruptFile:  # report.json is rebuilt from the logs; a damaged one is not worth a stop
+        done = {}
     if done.get("complete"):  # the same command again: nothing to train, the report is rebuilt from the logs
         return write_report(out)
+    from learning_dynamics.validate.report import read_stopped
+    stopped = read_stopped(out)
+    if stopped:  # the same command again would stop the same way
+        if list((out / "tracking").glob("step_*.csv")):
+            write_report(out)
+        raise RunStopped(out, stopped)
     torch.manual_seed(settings["seed"])
     started = time.perf_counter()
     train_examples, probe_examples, test_examples = _examples(settings)  # bad data fails before the slow load
@@ -286,16 +374,17 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
     encoder = Encoder(tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
     probes_path = out / "probes.json"
     if probes_path.exists():
-        probes = json.loads(probes_path.read_text())
+        probes = _read_probes(probes_path, model.get_input_embeddings().weight.shape[0])
     else:
         with autocast():
             probes = probe_set.build_probe_set(model, tokenizer, encoder, probe_examples, train_examples,
                                                test_examples, settings, progress=progress)
-        atomic_write_json(probes_path, probes)
+        atomic_write_json(probes_path, probes, sort_keys=False)  # the probe order is the tracking row order
     ctx = {"settings": settings, "out": out, "device": device, "pad_id": tokenizer.pad_token_id,
            "tokenizer": tokenizer, "eos": probe_set.eos_ids(tokenizer), "autocast": autocast,
            "table": TrackingTable(out / "tracking"), "sequences": probe_set.probe_sequences(probes),
-           "gen_prompts": probes[:settings["gen_prompts"]], "quiet": quiet, "progress": progress}
+           "gen_prompts": probes[:settings["gen_prompts"]], "quiet": quiet, "progress": progress,
+           "log_vocab": math.log(model.get_output_embeddings().weight.shape[0])}
     pairs = _tokenize_pairs(encoder, train_examples)
     train(ctx, model, ref_model, pairs)
     info = {"model": loaded.name, "model_source": loaded.source, "n_params": loaded.n_params,
