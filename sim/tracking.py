@@ -121,8 +121,11 @@ def read_chunk(path) -> list:
 
 
 def _typed(row: dict, step=None) -> dict:
-    if None in row or None in row.values():
-        raise ValueError(f"{len(row) - (None in row)} cells where {len(COLUMNS)} belong (a truncated row?)")
+    if None in row:
+        raise ValueError(f"more cells than the {len(COLUMNS)} columns")
+    if None in row.values():
+        filled = sum(v is not None for v in row.values())
+        raise ValueError(f"{filled} of {len(COLUMNS)} cells (a truncated row?)")
     out = {"step": int(row["step"]), "prompt_id": row["prompt_id"], "probe": row["probe"],
            "n_tokens": int(row["n_tokens"])}
     if step is not None and out["step"] != step:

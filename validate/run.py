@@ -311,7 +311,7 @@ def _load_state(path: Path, model, optimizer, pairs, device):
         start, log, saved_pairs = int(state["step"]), list(state["log"]), list(state["pairs"])
     except Exception as err:  # noqa: BLE001  (torch.load raises a dozen unrelated types for a damaged file)
         problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CorruptFile(path, f"cannot restore it: {problem}") from None
+        raise CorruptFile(path, "empty" if path.stat().st_size == 0 else f"cannot restore it: {problem}") from None
     if len(saved_pairs) != len(pairs):
         raise CorruptFile(path, f"holds {len(saved_pairs)} training pairs, the run has {len(pairs)}")
     pairs[:] = saved_pairs
