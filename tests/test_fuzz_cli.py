@@ -40,10 +40,11 @@ def _would_run(*args, **kwargs):
 @pytest.fixture
 def stubbed(monkeypatch, tmp_path_factory):
     from learning_dynamics.sim import digits, lm, logits, tour
-    from learning_dynamics.validate import model
+    from learning_dynamics.validate import model, report
     for module, name in ((logits, "make_problem"), (digits, "load_split"), (lm, "run_experiment"),
                          (tour, "print_key_derivations"), (model, "load_model")):
         monkeypatch.setattr(module, name, _would_run)
+    monkeypatch.setattr(report, "_figures", lambda *a, **k: [])  # figures are written, never read back
     work = tmp_path_factory.mktemp("fuzz-cwd")
     monkeypatch.chdir(work)  # "." and relative paths land here, never in the repository
     return work

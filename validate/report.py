@@ -30,8 +30,28 @@ def _clean(obj):
     return obj
 
 
-from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import provenance
+def _read_json(path: Path, default=None, expect=dict):
+    return read_json(path, default, expect)
+
+
+REQUIRED_SETTINGS = ("algo", "seed", "steps", "model", "device", "data", "lr", "beta", "batch_pairs")
+
+
+def load_settings(run_dir: Path) -> dict:
+    """settings.json of a run, checked as a run's settings (a garbled one is named, not a KeyError)."""
+    from learning_dynamics.validate.presets import PRESETS, check
+    path = Path(run_dir) / "settings.json"
+    settings = read_json(path, expect=dict)
+    if settings is None:
+        raise UserError(f"{run_dir} has no settings.json; is it a run directory?")
+    missing = [k for k in REQUIRED_SETTINGS if k not in settings]
+    if missing or settings.get("preset") not in PRESETS:
+        raise CorruptFile(path, f"no {missing[0] if missing else 'known preset'}")
+    try:  # settings added after this run was made fall back to its preset
+        check({**PRESETS[settings["preset"]], **settings})
+    except (UserError, TypeError, KeyError) as err:
+        raise CorruptFile(path, str(err).replace("--", "")) from None
+    return settings
 
 
 def load_series(run_dir: Path):
