@@ -77,7 +77,8 @@ LISTS = ["0.5,0.5", "0.6,0.3,0.05,0.05", "-1,2", "-1,-2,3e-1", "0,1", "1,0,0", "
          "1,inf", "0.7,0.7", "", ",", "1,,2", "-0.2,1.2", "1e-320,1", "1e308,-1e308", "0.5, 0.5", "-.5,.5",
          "1e-3,0.999", "-1e3,1e3", "0.25,0.25,0.25,0.25"]
 WORDS = ["", " ", "x", "dpo", "sft", "smoke", "default", "cpu", "cuda", "cuda:7", "tiny-random", "smollm2",
-         "org/name", "-", "--fresh", "é", "../..", "/dev/null", "/proc/nope/x", "png", "pdf", "svg", "jpg"]
+         "org/name", "-", "--fresh", "é", "../..", "/dev/null", "/proc/nope/x", "png", "pdf", "svg", "jpg",
+         "float32", "float64"]
 PATHS = ["{tmp}/out", "{tmp}/afile", "{tmp}/missing/deep/dir", "{tmp}/bad.jsonl", "{tmp}/empty.jsonl",
          "{tmp}/one-prompt.jsonl", "/proc/nope", "", " ", ".", "{tmp}/afile/sub", "{run}"]
 
@@ -97,7 +98,9 @@ FLAGS = {  # subcommand -> {flag: kind}; a kind of None is a switch
                           "--n-probe": "number", "--seed": "number", "--checkpoint-every": "number",
                           "--fresh": None, "--first-order": None, "--quiet": None},
     ("validate", "check"): {"--first-order": None, "--out": "path", "--format": "word", "--model": "word", "--device": "word",
-                            "--preset": "word", "--seed": "number", "--quiet": None},
+                            "--preset": "word", "--seed": "number", "--quiet": None, "--algo": "word",
+                            "--lr": "number", "--batch-pairs": "number", "--n-probe": "number",
+                            "--squeeze-pairs": "number", "--dtype": "word", "--k-steps": "list"},
     ("validate", "report"): {"DIR": "path", "--out": "path", "--format": "word"},
 }
 POOLS = {"number": NUMBERS, "list": LISTS, "word": WORDS, "path": PATHS}
