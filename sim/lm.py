@@ -464,9 +464,9 @@ def _rounded(obj, digits=4):
 def draw_figures(out: Path, series, steps) -> list:
     from learning_dynamics.sim.probe_plots import plot_comparison, plot_probe_curves
 
-    titles = {"sft": "SFT on y+ (toy LM)", "dpo": "off-policy DPO (toy LM)",
-              "onpolicy-dpo": "on-policy DPO: y- sampled from the policy (toy LM)",
-              "extend": "extend: DPO after SFT on y+ and y- (toy LM)"}
+    titles = {"sft": "SFT on $y^+$ (toy LM)", "dpo": "off-policy DPO (toy LM)",
+              "onpolicy-dpo": "on-policy DPO: $y^-$ sampled from the policy (toy LM)",
+              "extend": "extend: DPO after SFT on $y^+$ and $y^-$ (toy LM)"}
     figures = []
     for run in [r for r in ("sft", "dpo") if r in series]:  # the other runs: comparison.png
         path = plot_probe_curves(series[run], out / f"probes_{run}.png", titles[run], steps=steps[run])

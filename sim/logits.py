@@ -793,69 +793,70 @@ def squeeze_example(vocab=12):
 
 
 def plot_squeeze_bars(path, eta=2.0):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from learning_dynamics.sim.io import atomic_savefig
+    from learning_dynamics.sim import style
     from learning_dynamics.theory.squeeze import threshold
 
     z = squeeze_example()
     vocab = len(z)
     p = np.exp(log_softmax(z))
-    panels = [("valley", int(p.argmin())), ("peak", int(p.argmax()))]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    panels = [("an unlikely label", int(p.argmin())), ("the peak", int(p.argmax()))]
+    fig, axes = style.figure(style.WIDTH, 2.6, ncols=2)
     labels = np.arange(vocab)
     for ax, (kind, k) in zip(axes, panels):
         new = z - eta * (one_hot(np.array(k), vocab) - p)
         after = np.exp(log_softmax(new))
-        ax.bar(labels - 0.2, p, width=0.4, label="before", color="tab:blue")
-        colors = ["tab:green" if a > b else "tab:red" for a, b in zip(after, p)]
-        ax.bar(labels + 0.2, after, width=0.4, label="after (green: rose, red: fell)", color=colors)
+        rose = after > p
+        ax.bar(labels - 0.2, p, width=0.4, color=style.GREY, label="before")
+        ax.bar((labels + 0.2)[rose], after[rose], width=0.4, color=style.GREEN, label="after: rose")
+        ax.bar((labels + 0.2)[~rose], after[~rose], width=0.4, color=style.VERMILION, label="after: fell")
         thr = float(threshold(p, k, -1))
-        ax.axhline(thr, color="grey", ls="--", lw=0.9, label=f"theory: i rises iff pi_i > ||pi||^2 - pi_k = {thr:.3f}")
-        ax.annotate("pushed\ndown", (k, max(p[k], after[k])), xytext=(0, 14), textcoords="offset points",
-                    ha="center", fontsize=8, arrowprops=dict(arrowstyle="->", lw=0.7))
+        if thr > 0:   # a negative threshold (k is the peak) means every other label rises: no line to draw
+            ax.axhline(thr, color=style.BLACK, ls="--", lw=0.8,
+                       label=r"theory: $i$ rises iff $\pi_i > \|\pi\|^2 - \pi_k$")
+        ax.annotate("pushed\ndown", (k + 0.2, after[k]), xytext=(0, 12), textcoords="offset points",
+                    ha="center", fontsize=7, arrowprops=dict(arrowstyle="->", lw=0.7))
         ax.set_xticks(labels)
-        ax.set_xlabel("label")
-        ax.set_title(f"negative step on a {kind} label (k={k}, pi_k={p[k]:.3f}, eta={eta})", fontsize=10)
-        ax.legend(fontsize=7, loc="upper right")
-    axes[0].set_ylabel("pi(label)")
-    fig.suptitle("The squeezing effect: pushing down an unlikely label moves mass into the peak; "
-                 "pushing down a likely one spreads it", fontsize=11)
-    return atomic_savefig(fig, path)
+        ax.set_xlabel("label $i$")
+        ax.set_title(f"negative step on {kind}, $k={k}$ ($\\pi_k={p[k]:.3f}$, $\\eta={eta:g}$)"
+                     + ("" if thr > 0 else f"\n$\\|\\pi\\|^2 - \\pi_k = {thr:.2f} < 0$: every other label rises"))
+        ax.set_ylabel(r"probability $\pi_i$")
+        ax.legend(loc="upper right")
+    top = max(ax.get_ylim()[1] for ax in axes)
+    for ax in axes:          # one scale for both panels, from zero (a negative threshold is not drawn)
+        ax.set_ylim(0, top)
+    fig.suptitle("The squeezing effect: pushing down an unlikely label moves mass into the peak;\n"
+                 "pushing down the peak spreads it")
+    return style.save(fig, path)
 
 
 def plot_curves(path, curves):
     """Two rows: pure negative gradients (off- vs on-policy), then the DPO family."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from learning_dynamics.sim.io import atomic_savefig
+    from learning_dynamics.sim import style
 
-    keys = [("plus", "log pi(y+)  (chosen context)"), ("minus", "log pi(y-)  (rejected context)"),
-            ("ystar", "log pi(y*)  (where the negative acts)"), ("entropy", "entropy (where the negative acts)")]
-    rows = [{"negative": ("off-policy negative gradient on a valley y-", "tab:red", "-"),
-             "negative-onpolicy": ("on-policy negative gradient (y- ~ pi each step)", "tab:orange", "--")},
-            {"dpo": ("off-policy DPO (two contexts, kernel-coupled)", "tab:blue", "-"),
-             "onpolicy-dpo": ("on-policy DPO (y- ~ pi each step)", "tab:cyan", "--"),
-             "extend": ("extend: SFT on y+ and y-, then DPO", "tab:green", ":")}]
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
+    keys = [("plus", r"$\log\pi(y^+)$"), ("minus", r"$\log\pi(y^-)$"), ("ystar", r"$\log\pi(y^*)$"),
+            ("entropy", "entropy")]
+    rows = [{"negative": "-", "negative-onpolicy": "--"}, {"dpo": "-", "onpolicy-dpo": "--", "extend": ":"}]
+    fig, axes = style.figure(style.WIDTH, 4.4, nrows=2, ncols=4)
     for row, styles in zip(axes, rows):
         for ax, (key, title) in zip(row, keys):
-            for name, (label, color, ls) in styles.items():
+            for name, ls in styles.items():
                 if name in curves:
                     series = curves[name][key]
-                    ax.plot(series.mean(axis=1) - series[0].mean(), label=label, color=color, ls=ls)
-            ax.axhline(0, color="black", lw=0.5)
-            ax.set_title(title, fontsize=10)
-        row[0].set_ylabel("change from the start\n(mean over runs)")
-        row[-1].legend(fontsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel("step (extend: steps of its DPO phase)")
-    fig.suptitle("Off-policy negatives squeeze (y* up, entropy down); on-policy negatives and 'extend' "
-                 "squeeze much less", fontsize=11)
-    fig.tight_layout()
-    return atomic_savefig(fig, path)
+                    ax.plot(series.mean(axis=1) - series[0].mean(), color=style.algorithm_color(name), ls=ls,
+                            label=style.algorithm_label(name))
+            style.reference_line(ax, 0.0, ls="-", lw=0.5)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.set_ylabel(r"$\Delta$ from step 0 (nats)")
+    handles, labels = [], []
+    for ax in axes[:, 0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.append(handle), labels.append(label)
+    fig.legend(handles, labels, loc="outside lower center", ncols=3)
+    fig.suptitle("Off-policy negatives squeeze ($y^*$ up, entropy down); on-policy ones and extend much less\n"
+                 "free logits, mean over runs; $y^+$ at its context, the rest where the negative acts; "
+                 "extend: its DPO phase")
+    return style.save(fig, path)
 
 
 # =========================================================================== the experiment

@@ -1,30 +1,23 @@
-"""Probe curves in the paper's style: one panel per probe type, log-prob over training.
+"""Probe curves in the paper's style: one panel per probe type, log-probability over training.
 
 Shared by `ldyn sim lm` and validate's real-model runs; both pass the `series`
 of sim.tracking.series_from_table (key -> [n_evals, n_prompts]). Each panel
 shows the mean over prompts and a band of +-1 standard error of that mean, so
 a reader sees both the direction and whether it stands out of the prompt noise.
+Labels, colours and units come from sim.style.
 """
 import numpy as np
 
-# Panel order and labels follow the paper's probe taxonomy (paper-notes 4.3).
-PANELS = (
-    ("logps/chosen", "y+ (chosen)"),
-    ("logps/chosen_rephrase", "y+ rephrased"),
-    ("logps/chosen_format", "y+ format, other meaning"),
-    ("logps/rejected", "y- (rejected)"),
-    ("logps/rejected_rephrase", "y- rephrased"),
-    ("logps/rejected_format", "y- format, other meaning"),
-    ("logps/other_chosen", "y_{j != i} (other prompt's y+)"),
-    ("logps/test_response", "test prompt's response"),
-    ("logps/irrelevant", "fluent irrelevant"),
-    ("logps/chosen_shuffled", "y+ words shuffled"),
-    ("logps/random_tokens", "random tokens"),
-    ("logps/initial_sample", "sample of the initial model"),
-    ("logps/greedy", "y* (argmax on y+'s prefixes)"),
-    ("entropy/chosen", "mean token entropy on y+"),
-)
+from learning_dynamics.sim import style
+
+# Panel order follows the paper's probe taxonomy (paper-notes 4.3); labels live in sim.style.PROBES.
+PANELS = tuple((key, label) for key, (label, _color) in style.PROBES.items())
 LABELS = dict(PANELS)
+
+# the toy LM's position classes (sim.lm.POSITION_CLASSES), as panel titles
+POSITION_LABELS = {
+    "pos:shared": "shared prefix of $y^+$ and $y^-$", "pos:diverge": "first position where they differ",
+    "pos:chosen_after": "$y^+$ after the divergence", "pos:rejected_after": "$y^-$ after the divergence"}
 
 
 def _mean_band(curve):
@@ -35,71 +28,69 @@ def _mean_band(curve):
     return mean, mean - sem, mean + sem
 
 
-def _grid(n_panels, panel_size=(3.0, 2.3)):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(4, n_panels)
-    rows = int(np.ceil(n_panels / cols))
-    # fixed spacing instead of tight_layout: laying out 14 panels twice per save is slow
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_size[0] * cols, panel_size[1] * rows), squeeze=False,
-                             gridspec_kw={"hspace": 0.55, "wspace": 0.3, "top": 1 - 0.75 / rows})
-    for ax in axes.ravel()[n_panels:]:
-        ax.set_visible(False)
-    return fig, axes.ravel()
-
-
 def _steps(steps, n_evals):
     return np.arange(n_evals) if steps is None else np.asarray(steps)
 
 
+def panel_title(key: str) -> str:
+    if key in style.PROBES:
+        return style.probe_label(key)
+    kind, _, cls = key.partition("/")
+    if cls in POSITION_LABELS:
+        what = {"entropy": "entropy", "argmax_per_token": "top-token log-prob."}.get(kind, kind)
+        return f"{what}: {POSITION_LABELS[cls]}"
+    return key
+
+
+def _label_axes(ax, key):
+    ax.set_title(panel_title(key))
+    ax.set_xlabel("step")
+    ax.set_ylabel(style.unit_label(key))
+
+
 def plot_probe_curves(series, path, title, steps=None, keys=None):
     """One panel per tracked probe type (those of PANELS present in `series`), saved atomically."""
-    from learning_dynamics.sim.io import atomic_savefig
-
     keys = [k for k in (keys or [k for k, _ in PANELS]) if k in series]
     if not keys:
         raise ValueError("no probe curves to plot: series has none of the known keys")
-    fig, axes = _grid(len(keys))
+    fig, axes = style.grid(len(keys))
     for ax, key in zip(axes, keys):
         x = _steps(steps, np.asarray(series[key]).shape[0])
         mean, lo, hi = _mean_band(series[key])
-        rising = mean[-1] > mean[0]
-        color = "tab:green" if rising else "tab:red"
-        ax.plot(x, mean, color=color, lw=1.8)
+        color = style.probe_color(key)
+        ax.plot(x, mean, color=color)
         ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0)
-        ax.axhline(mean[0], color="0.6", lw=0.8, ls="--")
-        ax.set_title(LABELS.get(key, key), fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("step", fontsize=7, labelpad=1)
-    fig.suptitle(f"{title}\n(mean over prompts, band = +-1 s.e.; green = ends above its start)", fontsize=10)
-    return atomic_savefig(fig, path)
+        style.reference_line(ax, mean[0])
+        _label_axes(ax, key)
+    fig.suptitle(f"{title}\nmean over probe prompts; band: $\\pm$1 s.e.; dashed: value at step 0")
+    return style.save(fig, path)
 
 
 def plot_comparison(series_by_run, path, title, keys, steps_by_run=None, derived=None):
-    """Several runs overlaid, one panel per key (probe log-prob, entropy, ...).
+    """Several runs overlaid, one panel per key (probe log-prob, entropy, ...), one legend below.
 
     `derived(series, key)` supplies curves for keys that are not stored in a
-    series (e.g. a per-token ratio of two stored keys).
+    series (e.g. a per-token ratio of two stored keys). A key no run has is left out.
     """
-    from learning_dynamics.sim.io import atomic_savefig
+    def curve_of(series, key):
+        return series[key] if key in series else (derived(series, key) if derived else None)
 
-    fig, axes = _grid(len(keys))
-    colors = ("tab:red", "tab:blue", "tab:purple", "tab:green", "tab:orange")
+    keys = [k for k in keys if any(curve_of(s, k) is not None for s in series_by_run.values())]
+    if not keys:
+        raise ValueError("no curves to compare: no run has any of the keys")
+    fig, axes = style.grid(len(keys), max_cols=3 if len(keys) <= 6 else 4)
     for ax, key in zip(axes, keys):
-        for color, (run, series) in zip(colors, series_by_run.items()):
-            curve = series[key] if key in series else (derived(series, key) if derived else None)
+        for run, series in series_by_run.items():
+            curve = curve_of(series, key)
             if curve is None:
                 continue
             x = _steps((steps_by_run or {}).get(run), np.asarray(curve).shape[0])
             mean, lo, hi = _mean_band(curve)
-            ax.plot(x, mean, color=color, lw=1.6, label=run)
+            color = style.algorithm_color(run)
+            ax.plot(x, mean, color=color, label=style.algorithm_label(run))
             ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-        ax.set_title(LABELS.get(key, key), fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("step", fontsize=7, labelpad=1)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{title}\n(mean over prompts, band = +-1 s.e.)", fontsize=10)
-    return atomic_savefig(fig, path)
+        _label_axes(ax, key)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    fig.suptitle(f"{title}\nmean over probe prompts; band: $\\pm$1 s.e.")
+    return style.save(fig, path)

@@ -15,3 +15,19 @@ def model_cache(tmp_path_factory):
         os.environ.pop("LDYN_CACHE", None)
     else:
         os.environ["LDYN_CACHE"] = saved
+
+
+@pytest.fixture(autouse=True)
+def figures_meet_the_style(monkeypatch):
+    """Every figure any test draws passes tests/figure_audit.py before it is saved: no empty panel, every
+    axis labelled, legends that match the plotted lines, no text past the edge, constrained layout."""
+    from figure_audit import check
+    from learning_dynamics.sim import style
+
+    save = style.save
+
+    def audited_save(fig, path):
+        check(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(style, "save", audited_save)

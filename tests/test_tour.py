@@ -8,13 +8,14 @@ matplotlib.use("Agg")
 
 def test_tour_writes_its_figures(tmp_path, capsys, monkeypatch):
     from learning_dynamics.sim import digits as sim_digits, tour as sim_tour
-    from learning_dynamics.sim.io import atomic_savefig
+    from learning_dynamics.sim import style
 
     def fake_digits(out, preset="default", progress=True, **_):
-        import matplotlib.pyplot as plt
         assert preset == "quick"
-        fig, _ax = plt.subplots()
-        atomic_savefig(fig, out / "akg_predicted_vs_actual.png")
+        fig, ax = style.figure()
+        ax.plot([0, 1], [0, 1])
+        ax.set_xlabel("predicted"), ax.set_ylabel("actual")
+        style.save(fig, out / "akg_predicted_vs_actual.png")
         return {"figures": {"akg": "akg_predicted_vs_actual.png"}, "test_accuracy": 0.97,
                 "ntk_max_rel_diff": 1e-15, "akg_pearson_r": 0.9999, "akg_error_slope": 2.0,
                 "squeeze_top_rises": 1.0, "squeeze_precision": 1.0, "squeeze_recall": 0.7}

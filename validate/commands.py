@@ -163,8 +163,9 @@ def _check(args) -> int:
 def add_report(sub) -> None:
     p = sub.add_parser(
         "report", help="merge run directories (and first-order check directories) into one verdict table",
-        description="Rebuild each run's report.json/report.md from its logs, then write summary.md and "
-                    "summary.json with every run's verdicts and the two-run comparisons.",
+        description="Rebuild each run's report.json/report.md and curves figure from its logs (no training), "
+                    "then write summary.md, summary.json and verdicts.png (every verdict as a forest plot) with "
+                    "every run's verdicts and the two-run comparisons.",
         epilog="example: ldyn validate report runs/dpo runs/onpolicy-dpo runs/extend --out runs")
     p.add_argument("runs", nargs="+", metavar="DIR", type=arg.path)
     p.add_argument("--out", type=arg.path, help="where summary.md goes (default: the first DIR's parent)")
@@ -183,7 +184,8 @@ def _report(args) -> int:
     merged = merge(args.runs, out)
     if merged.get("warning"):
         print(f"ldyn: warning: {merged['warning']}", file=sys.stderr)
-    print(f"{len(merged['predictions'])} verdicts from {len(args.runs)} runs: {out}/summary.md")
+    print(f"{len(merged['predictions'])} verdicts from {len(args.runs)} runs: {out}/summary.md "
+          "(forest plot: verdicts.png)")
     return 0
 
 

@@ -85,8 +85,9 @@ def _generation_stat(path, records, key) -> np.ndarray:
 
 def _figures(run_dir: Path, series, steps, algo: str) -> list:
     from learning_dynamics.sim.probe_plots import plot_probe_curves
-    path = plot_probe_curves(series, run_dir / "curves.png", f"{algo}: log-probability of each probe type",
-                             steps=steps)
+    from learning_dynamics.sim.style import algorithm_label
+    path = plot_probe_curves(series, run_dir / "curves.png",
+                             f"{algorithm_label(algo)}: log-probability of each probe type", steps=steps)
     return [path.name]
 
 
@@ -201,13 +202,22 @@ def markdown(report: dict) -> str:
         parts += ["## First-order (eNTK) check", "",
                   f"Pearson r {_fmt(fo.get('pearson_r'), 4)}, error slope {_fmt(fo.get('error_slope'))} "
                   f"(theory: 2) over eta {fo.get('etas')}", ""]
-    parts += ["## Probe curves", "", "![probe curves](curves.png)", ""]
+    curves = next((f for f in report.get("figures", []) if f.startswith("curves.")), "curves.png")
+    parts += ["## Probe curves", "", f"![probe curves]({curves})", ""]
     return "\n".join(parts)
 
 
 def _merge_warning(prints: dict):
     differ = provenance.differing_fingerprints(prints)
     return f"merging runs made with {differ}" if differ else None
+
+
+def _verdict_figure(rows, out: Path):
+    """The forest plot of every verdict beside summary.md (None when no row has an effect)."""
+    from learning_dynamics.validate.verdict_figure import plot_verdicts
+    if not any(r.get("effect") is not None for r in rows):
+        return None
+    return plot_verdicts(rows, out / "verdicts.png")
 
 
 def merge(run_dirs, out) -> dict:
@@ -241,8 +251,11 @@ def merge(run_dirs, out) -> dict:
                      "model": sorted({rep["model"] for _, rep in runs.values()}),
                      "device": sorted(devices - {"cuda"} if devices - {"cuda", "cpu"} else devices)})
     atomic_write_json(out / "summary.json", merged)
+    figure = _verdict_figure(rows, out)
     lines = ["# Verdicts over all runs", "", f"Model: {', '.join(merged['model'])}; device: "
              f"{', '.join(merged['device'])}.", "", prediction_table(rows, with_algo=True), ""]
+    if figure:
+        lines += [f"![every verdict: effect and 95% CI per run]({figure.name})", ""]
     for fo in first_order:
         lines.append(f"First-order check, {fo['algo']}: Pearson r {_fmt(fo.get('pearson_r'), 6)}, "
                      f"error slope {_fmt(fo.get('error_slope'))} (theory: 2), on {fo.get('n_probe_sequences')} "
