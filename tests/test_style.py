@@ -28,6 +28,7 @@ def test_save_writes_the_chosen_format_and_the_suffix_follows(tmp_path, fmt, mag
     try:
         fig, ax = style.figure()
         ax.plot([0, 1], [0, 1])
+        ax.set_xlabel("step"), ax.set_ylabel("log-prob. (nats)")
         path = style.save(fig, tmp_path / "f.png")
     finally:
         style.use_format("png")
@@ -40,6 +41,7 @@ def test_same_figure_saves_to_the_same_bytes(tmp_path):
     for name in ("a", "b"):
         fig, ax = style.figure()
         ax.plot([0, 1, 2], [1, 0, 2])
+        ax.set_xlabel("step"), ax.set_ylabel("log-prob. (nats)")
         paths.append(style.save(fig, tmp_path / f"{name}.png"))
     assert paths[0].read_bytes() == paths[1].read_bytes()
 
