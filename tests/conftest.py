@@ -24,6 +24,7 @@ def figures_meet_the_style(monkeypatch):
     from figure_audit import check
     from learning_dynamics.sim import style
 
+    style.use_format("png")      # `ldyn ... --format pdf` in one test sets it for the process
     save = style.save
 
     def audited_save(fig, path):
