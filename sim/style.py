@@ -51,7 +51,7 @@ PROBES = {
     "logps/rejected_rephrase": (r"$y^-$ rephrased", ORANGE),
     "logps/rejected_format": (r"$y^-$'s format, new meaning", ROSE),
     "logps/other_chosen": (r"$y_{j\neq i}$ (other prompt's $y^+$)", GREEN),
-    "logps/test_response": (r"test prompt's response", OLIVE),
+    "logps/test_response": (r"test response", OLIVE),
     "logps/irrelevant": (r"fluent irrelevant", GREY),
     "logps/chosen_shuffled": (r"$y^+$ words shuffled", INDIGO),
     "logps/random_tokens": (r"random tokens", "#997700"),
