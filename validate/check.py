@@ -214,8 +214,8 @@ def _plot_scatter(steps, names, path):
         ax.scatter(pred, act, s=6, alpha=0.7, color=style.algorithm_color(KIND_COLORS[kind]))
         lim = [min(pred.min(), act.min()), max(pred.max(), act.max())]
         ax.plot(lim, lim, color="0.5", lw=0.8, ls="--")
-        ax.set_xlabel("predicted change of log pi (jvp = -eta A K G)")
-        ax.set_ylabel("actual change after the step")
+        ax.set_xlabel(r"predicted $\Delta\log\pi$ ($-\eta AKG$, nats)")
+        ax.set_ylabel(r"actual $\Delta\log\pi$ (nats)")
         ax.set_title(f"{kind} step, {s['target_nats']:g} nats: r = {s['pearson_r']:.4f}")
     fig.suptitle(f"first-order check: {len(names)} probe responses, one SGD step")
     return atomic_savefig(fig, path)
@@ -309,7 +309,7 @@ def _plot_token_squeeze(records, summary, path):
     ax.set_ylabel("positions")
     s = summary["rejected_only"]
     if s["positions"]:
-        ax.set_title(f"rejected-only positions: threshold precision / recall {s['precision']:.2f} / "
+        ax.set_title(f"$y^-$-only positions: threshold precision / recall\n{s['precision']:.2f} / "
                      f"{s['recall']:.2f} (vocabulary), {s['top']['precision']:.2f} / {s['top']['recall']:.2f} "
                      f"(top {s['top']['tokens_per_position']})")
     ax.legend()
