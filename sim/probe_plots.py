@@ -15,9 +15,8 @@ PANELS = tuple((key, label) for key, (label, _color) in style.PROBES.items())
 LABELS = dict(PANELS)
 
 # the toy LM's position classes (sim.lm.POSITION_CLASSES), as panel titles
-POSITION_LABELS = {
-    "pos:shared": "shared prefix of $y^+$ and $y^-$", "pos:diverge": "first position where they differ",
-    "pos:chosen_after": "$y^+$ after the divergence", "pos:rejected_after": "$y^-$ after the divergence"}
+POSITION_LABELS = {"pos:shared": "shared prefix", "pos:diverge": "first difference",
+                   "pos:chosen_after": "$y^+$ after it", "pos:rejected_after": "$y^-$ after it"}
 
 
 def _mean_band(curve):
@@ -37,7 +36,7 @@ def panel_title(key: str) -> str:
         return style.probe_label(key)
     kind, _, cls = key.partition("/")
     if cls in POSITION_LABELS:
-        what = {"entropy": "entropy", "argmax_per_token": "top-token log-prob."}.get(kind, kind)
+        what = {"entropy": "entropy", "argmax_per_token": "top token"}.get(kind, kind)
         return f"{what}: {POSITION_LABELS[cls]}"
     return key
 
