@@ -71,3 +71,19 @@ def test_installs_beside_configobj_which_owns_a_top_level_validate(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "learning_dynamics.validate.ldyn"
+
+
+def test_modules_import_the_layers_by_their_installed_names():
+    """A bare `from theory...` works only from the checkout's root and makes a second UserError class."""
+    bare = {}
+    for layer in ("theory", "sim", "validate"):
+        for f in sorted((ROOT / layer).rglob("*.py")):
+            names = set()
+            for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+            if names & {"theory", "sim", "validate"}:
+                bare[str(f.relative_to(ROOT))] = sorted(names & {"theory", "sim", "validate"})
+    assert not bare, f"import the layers as learning_dynamics.<layer>: {bare}"
