@@ -422,8 +422,9 @@ def evaluate_claims(series, seed=0) -> list:
 
     claims = []
     for algo in ("sft", "dpo"):
-        if algo in series:
-            claims += [dict(row, run=algo) for row in evaluate_run(series[algo], algo, level="lm", seed=seed)]
+        if algo in series:  # the DPO run is judged against SFT on the same pairs where a claim needs a control
+            claims += [dict(row, run=algo) for row in evaluate_run(series[algo], algo, level="lm", seed=seed,
+                                                                   control=series.get("sft"))]
     pairs = {k: v for k, v in series.items() if k in ("dpo", "onpolicy-dpo", "extend")}
     claims += [dict(row, run=" vs ".join(k for k in ("dpo", "onpolicy-dpo", "extend") if k in pairs))
                for row in evaluate_comparison(pairs, level="lm", seed=seed)]

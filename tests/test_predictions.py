@@ -53,24 +53,59 @@ def verdicts(rows):
     return {r["id"]: r["verdict"] for r in rows}
 
 
-def test_a_dpo_like_run_satisfies_the_dpo_predictions():
-    got = verdicts(P.evaluate_run(make_series(DPO_LIKE), "dpo"))
+SFT_LIKE = {"chosen": 6.0, "rejected": -1.0, "greedy": 1.0, "entropy": -0.1, **{p: 1.0 for p in P.OTHER_PROBES}}
+
+
+def test_a_dpo_like_run_satisfies_the_dpo_predictions_against_its_sft_control():
+    control = make_series(SFT_LIKE, seed=5)
+    got = verdicts(P.evaluate_run(make_series(DPO_LIKE), "dpo", control=control))
     for pid in ("P09a", "P09b", "P09c", "P09d", "P10"):
         assert got[pid] == "holds", (pid, got)
     assert got["P17"] == "inconclusive"  # generations were not tracked
 
 
+def test_without_a_control_the_squeeze_and_entropy_claims_are_not_judged():
+    rows = {r["id"]: r for r in P.evaluate_run(make_series(DPO_LIKE), "dpo")}
+    for pid in ("P09c", "P10"):
+        assert rows[pid]["verdict"] == "inconclusive" and not rows[pid]["control"]
+        assert rows[pid]["effect"] > 0 and "no SFT control" in rows[pid]["detail"]
+
+
+def test_a_squeeze_no_larger_than_sfts_is_not_a_squeeze():
+    """SFT raises y* by as much as the run does: against the control the effect is ~0, not 'holds'."""
+    same = dict(DPO_LIKE, greedy=SFT_LIKE["greedy"])
+    row = next(r for r in P.evaluate_run(make_series(same), "dpo", control=make_series(SFT_LIKE, seed=5))
+               if r["id"] == "P09c")
+    assert row["verdict"] != "holds" and row["control"]
+    assert row["ci"][0] <= 0 <= row["ci"][1] or row["ci"][1] < 0
+
+
 def test_the_opposite_run_fails_them():
     flipped = {k: -v for k, v in DPO_LIKE.items()}
-    got = verdicts(P.evaluate_run(make_series(flipped), "dpo"))
+    got = verdicts(P.evaluate_run(make_series(flipped), "dpo", control=make_series({}, seed=5)))
     for pid in ("P09a", "P09c", "P09d", "P10"):
         assert got[pid] == "fails", (pid, got)
+
+
+def test_p09b_needs_both_to_fall():
+    """An SFT-like run raises y+ and lowers y-: the gap is positive, but y+ does not fall."""
+    row = next(r for r in P.evaluate_run(make_series(SFT_LIKE), "dpo") if r["id"] == "P09b")
+    assert row["verdict"] == "fails" and "fall of y+" in row["detail"].split(";")[0]
+    assert row["ci"][1] < 0   # the printed interval is the failing part's
 
 
 def test_one_probe_that_rises_fails_the_all_probes_claim():
     drifts = dict(DPO_LIKE, irrelevant=+3.0)
     row = next(r for r in P.evaluate_run(make_series(drifts), "dpo") if r["id"] == "P09d")
-    assert row["verdict"] == "fails" and "irrelevant" in row["detail"]
+    assert row["verdict"] == "fails" and "decided by irrelevant" in row["detail"]
+    assert row["ci"][1] < 0
+
+
+def test_the_printed_interval_is_the_one_that_decided_the_verdict():
+    drifts = dict(DPO_LIKE, irrelevant=0.0)   # one probe does not move: inconclusive, decided by it
+    row = next(r for r in P.evaluate_run(make_series(drifts), "dpo") if r["id"] == "P09d")
+    assert row["verdict"] == "inconclusive" and "decided by irrelevant" in row["detail"]
+    assert row["ci"][0] <= 0 <= row["ci"][1]
 
 
 def test_noise_alone_is_inconclusive():
@@ -92,14 +127,73 @@ def test_rise_then_fall_needs_an_interior_peak():
     assert row["verdict"] == "fails"
 
 
+def _rows(rows, basis):
+    return {r["id"]: r for r in rows if r["basis"] == basis}
+
+
 def test_comparison_is_paired_and_directional():
     strong = make_series(DPO_LIKE, seed=1)
     weak = make_series({k: v / 4 for k, v in DPO_LIKE.items()}, seed=2)
-    rows = {r["id"]: r for r in P.evaluate_comparison({"dpo": strong, "onpolicy-dpo": weak, "extend": strong})}
-    assert rows["P14"]["verdict"] == "holds" and rows["P14"]["effect"] > 0
-    assert rows["P15"]["verdict"] == "inconclusive"  # same squeeze in both runs
-    rows = {r["id"]: r for r in P.evaluate_comparison({"dpo": weak, "onpolicy-dpo": strong})}
-    assert rows["P14"]["verdict"] == "fails"
+    rows = P.evaluate_comparison({"dpo": strong, "onpolicy-dpo": weak, "extend": strong})
+    steps = _rows(rows, "equal steps")
+    assert steps["P14"]["verdict"] == "holds" and steps["P14"]["effect"] > 0
+    assert steps["P15"]["verdict"] == "inconclusive"  # same squeeze in both runs
+    assert _rows(rows, "matched margin")["P15"]["verdict"] == "inconclusive"
+    rows = P.evaluate_comparison({"dpo": weak, "onpolicy-dpo": strong})
+    assert _rows(rows, "equal steps")["P14"]["verdict"] == "fails"
+
+
+def test_matched_margin_can_reverse_an_equal_steps_comparison():
+    """The other run barely moves (margin 1/8 of the reference's) but squeezes hard for its margin: at
+    equal steps the reference squeezes more, at the margin both reach the other squeezes more."""
+    reference = make_series(DPO_LIKE, n_evals=9, seed=1)
+    slow = {k: v / 8 for k, v in DPO_LIKE.items()}
+    slow["greedy"] = 2.0
+    other = make_series(slow, n_evals=9, seed=2)
+    for s in (reference, other):
+        for probe in list(P.PROBES) + ["chosen"]:
+            s[f"n_tokens/{probe}"] = np.full_like(s["logps/chosen"], 1.0)
+        s["argmax/chosen"] = s["logps/greedy"]
+    rows = P.evaluate_comparison({"dpo": reference, "extend": other})
+    assert _rows(rows, "equal steps")["P15"]["verdict"] == "holds"
+    matched = _rows(rows, "matched margin")["P15"]
+    assert matched["verdict"] == "fails" and "margin first reaches" in matched["detail"]
+
+
+def test_dose_response_reads_the_initial_dose():
+    rng = np.random.default_rng(3)
+    n = 60
+    series = make_series(DPO_LIKE, n_prompts=n)
+    for probe in list(P.PROBES):
+        series[f"n_tokens/{probe}"] = np.full_like(series["logps/chosen"], 10.0)
+    series["argmax/chosen"] = series["logps/greedy"]
+    dose = rng.normal(-3.0, 1.0, n)                       # initial per-token log pi(y-)
+    series["logp_mean/rejected"] = np.tile(dose, (5, 1))
+    series["entropy/rejected"] = np.tile(rng.normal(2.0, 0.3, n), (5, 1))
+    ramp = np.linspace(0, 1, 5)[:, None]
+    series["argmax/chosen"] = series["argmax/chosen"] + ramp * (-20.0 * dose)[None, :]  # smaller pi(y-): more y*
+    rows = {r["id"]: r for r in P.evaluate_run(series, "dpo")}
+    assert rows["P06r"]["verdict"] == "holds" and rows["P06r"]["effect"] > 0.5
+    assert rows["P05r"]["verdict"] == "inconclusive"   # entropy unrelated to the squeeze here
+    series["argmax/chosen"] = series["argmax/chosen"] - 2 * ramp * (-20.0 * dose)[None, :]
+    assert {r["id"]: r for r in P.evaluate_run(series, "dpo")}["P06r"]["verdict"] == "fails"
+
+
+def test_shared_prefix_and_top_token_mass():
+    n = 30
+    series = make_series(DPO_LIKE, n_prompts=n)
+    ramp = np.linspace(0, 1, 5)[:, None]
+    series["n_tokens/shared_prefix"] = np.tile(np.r_[np.full(20, 2.0), np.zeros(10)], (5, 1))
+    series["n_tokens/rejected"] = np.full((5, n), 10.0)
+    series["entropy/shared_prefix"] = 2.0 + 0.01 * np.random.default_rng(0).normal(size=(5, n))
+    series["entropy/rejected"] = (2.0 * 2 + 8 * (2.0 - ramp)) / 10   # only y-'s own positions sharpen
+    series["mass/tv"] = ramp * np.full(n, 0.4)
+    series["mass/top_gain"] = ramp * np.full(n, 0.3) + 0.01 * np.random.default_rng(1).normal(size=(5, n))
+    rows = {r["id"]: r for r in P.evaluate_run(series, "dpo")}
+    assert rows["P08r"]["verdict"] == "holds" and rows["P08r"]["n"] == 20
+    assert rows["P18r"]["verdict"] == "holds" and abs(rows["P18r"]["effect"] - 0.25) < 0.02
+    series["mass/top_gain"] = ramp * np.full(n, 0.05)
+    assert {r["id"]: r for r in P.evaluate_run(series, "dpo")}["P18r"]["verdict"] == "fails"
 
 
 @settings(max_examples=40, deadline=None)

@@ -34,3 +34,16 @@ def test_every_readme_figure_names_the_command_that_made_it():
         assert (ROOT / match.group(1)).exists(), f"README figure missing: {match.group(1)}"
         after = text[match.end():match.end() + 400]
         assert "ldyn " in after, f"no command given under the figure {match.group(1)}"
+
+
+def test_readme_coverage_table_is_the_catalogues():
+    from learning_dynamics.theory.predictions import coverage_table
+    assert coverage_table() in (ROOT / "README.md").read_text()
+
+
+def test_every_theorem_test_named_by_the_catalogue_exists():
+    from learning_dynamics.theory.predictions import THEOREM_TESTS
+    for pid, tests in THEOREM_TESTS.items():
+        for test in tests:
+            path, name = test.split("::")
+            assert f"def {name}(" in (ROOT / path).read_text(), (pid, test)

@@ -39,7 +39,7 @@ def test_dataset_is_deterministic_and_seeded(dataset):
 
 
 def test_dataset_sizes_and_provenance(dataset):
-    assert len(dataset["train"]) >= 1000
+    assert len(dataset["train"]) >= 600
     assert len(dataset["probe"]) >= 200
     assert 20 <= len(dataset["test"]) <= 200
     assert dataset["counts"]["train"] == len(dataset["train"])
@@ -85,6 +85,24 @@ def test_trivia_rejected_is_another_trivia_answer(dataset):
     assert len(trivia) > 100
     for ex in trivia:
         assert _norm(ex["rejected"]) in trivia_answers and _norm(ex["rejected"]) != _norm(ex["chosen"])
+
+
+def test_clean_design_rejected_and_irrelevant_are_never_training_targets(dataset):
+    chosen = {_norm(e["chosen"]) for split in ("train", "test") for e in dataset[split]}
+    targets = chosen | {_norm(e["rejected"]) for e in dataset["train"]}
+    assert not {_norm(e["rejected"]) for split in ("train", "probe", "test") for e in dataset[split]} & chosen
+    assert dataset["irrelevant"] and not {_norm(p["text"]) for p in dataset["irrelevant"]} & targets
+    # every probe pair's y- is its own: no other training pair trains on it
+    probe_rejected = [_norm(e["rejected"]) for e in dataset["probe"]]
+    assert len(set(probe_rejected)) == len(probe_rejected)
+    others = [e for e in dataset["train"] if e not in dataset["probe"]]
+    assert not set(probe_rejected) & {_norm(e["rejected"]) for e in others}
+    # and its y+ is no other pair's target
+    counts = {}
+    for e in dataset["train"]:
+        for k in ("chosen", "rejected"):
+            counts[_norm(e[k])] = counts.get(_norm(e[k]), 0) + 1
+    assert all(counts[_norm(e["chosen"])] == 1 for e in dataset["probe"])
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -226,9 +244,12 @@ def test_probe_text_constructions(dataset, probe_rows):
     test_chosen = {e["chosen"] for e in dataset["test"]}
     for row in probe_rows:
         words = row["chosen"].split()
-        assert sorted(row["chosen_shuffled"].split()) == sorted(words)
         if len(set(words)) > 1:
+            assert sorted(row["chosen_shuffled"].split()) == sorted(words)
             assert row["chosen_shuffled"].split() != words
+        else:  # one word: its letters shuffled, never y+ itself
+            assert sorted(row["chosen_shuffled"]) == sorted(row["chosen"].strip())
+            assert row["chosen_shuffled"] != row["chosen"].strip() or len(set(row["chosen"].strip())) < 2
         for probe, base in (("chosen_format", "chosen"), ("rejected_format", "rejected")):
             assert len(row[probe].split()) == len(row[base].split())
             assert row[probe] != row[base]

@@ -89,6 +89,11 @@ def test_the_real_gguf_model_prefers_the_right_answer():
     scores = score_batch(loaded.model, batch)
     assert scores["logp_sum"][0] > scores["logp_sum"][1] + 3.0
     assert scores["argmax_logp_sum"][0] >= scores["logp_sum"][0]  # y* is at least as likely as any response
+    # the end of turn comes from the chat template: <|im_end|> (id 2), never <|im_start|> (id 1)
+    from learning_dynamics.validate.probes import end_of_turn_ids
+    assert end_of_turn_ids(loaded.tokenizer) == [2]
+    assert loaded.tokenizer.convert_ids_to_tokens(2) == "<|im_end|>"
+    assert enc.response_ids("Paris.")[-1:] == [2]
 
 
 def test_first_order_check_on_the_smoke_preset(tmp_path):

@@ -12,6 +12,7 @@ from learning_dynamics.validate.presets import PRESETS
 
 SMOKE = PRESETS["smoke"]
 N_PROBES = 12  # probe types with a response (y* is scored from y+)
+N_TRACKED = N_PROBES + 1  # and the shared prefix of y+ and y- (P08r; may be empty)
 
 
 def run(out, *extra):
@@ -41,16 +42,35 @@ def test_every_algorithm_writes_a_complete_report(runs, algo):
     os.umask(umask)
     for name in ("report.json", "report.md", "settings.json", "tracking/step_000000000.csv", "curves.png"):
         assert (root / algo / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # the user's umask
-    assert "| id | prediction | verdict |" in (root / algo / "report.md").read_text() or not report["predictions"]
+    assert "| id | prediction | judged | verdict |" in (root / algo / "report.md").read_text() or not report["predictions"]
 
 
 def test_tracking_table_has_every_step_prompt_and_probe(runs):
     from learning_dynamics.sim.tracking import TrackingTable
     rows = TrackingTable(runs[0] / "dpo" / "tracking").read()
     evals = SMOKE["steps"] // SMOKE["eval_every"] + 1
-    assert len(rows) == evals * SMOKE["n_probe"] * N_PROBES
+    assert len(rows) == evals * SMOKE["n_probe"] * N_TRACKED
     assert {r["step"] for r in rows} == set(range(0, SMOKE["steps"] + 1, SMOKE["eval_every"]))
-    assert all(r["logp_sum"] < 0 and r["n_tokens"] > 0 for r in rows)
+    assert all(r["logp_sum"] < 0 and r["n_tokens"] > 0 for r in rows if r["probe"] != "shared_prefix")
+
+
+def test_every_response_ends_with_the_templates_end_of_turn(runs):
+    """Random-token probes and on-policy samples end with <|im_end|> (id 2), like every other probe."""
+    import torch
+    root, _ = runs
+    probes = json.loads((root / "dpo" / "probes.json").read_text())
+    assert {tuple(p["ids"][k][-1:]) for p in probes for k in p["ids"]} == {(2,)}
+    pairs = torch.load(root / "onpolicy-dpo" / "state" / "checkpoint.pt", weights_only=False)["pairs"]
+    samples = [p["sample"] for p in pairs if "sample" in p]
+    assert samples and all(s[-1] == 2 and 1 not in s[-1:] for s in samples)
+
+
+def test_the_run_measures_probe_target_overlap(runs):
+    root, _ = runs
+    report = json.loads((root / "dpo" / "report.json").read_text())
+    overlap = {p: c["any"] for p, c in report["design"]["overlap"].items() if c["any"]}
+    assert overlap == {"other_chosen": SMOKE["n_probe"]}    # only the probe that is a target by design
+    assert "## Data design" in (root / "dpo" / "report.md").read_text() and not report["caveats"]
 
 
 def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, tmp_path):
@@ -58,10 +78,26 @@ def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, t
     ids = {r["id"] for r in json.loads((root / "dpo" / "report.json").read_text())["predictions"]}
     assert {"P09a", "P09b", "P09c", "P09d", "P10", "P17"} <= ids
     assert main(["validate", "report", str(root / "dpo"), str(root / "onpolicy-dpo"), str(root / "extend"),
+                 str(root / "sft"), "--out", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "summary.json").read_text())
+    compared = {(r["id"], r["basis"]) for r in merged["predictions"] if " vs " in r["algo"]}
+    assert compared == {(p, b) for p in ("P14", "P15") for b in ("matched margin", "equal steps")}
+    assert merged["controls"] == {"dpo": "sft", "onpolicy-dpo": "sft", "extend": "sft"}
+    p09c = next(r for r in merged["predictions"] if r["run"] == "dpo" and r["id"] == "P09c")
+    assert p09c["control"] and "minus in the SFT control" in p09c["detail"]
+
+
+def test_the_merge_keys_runs_by_directory_not_algorithm(runs, tmp_path):
+    """Two runs of one algorithm (here the same run under two names) both keep their verdicts."""
+    import shutil
+    root, _ = runs
+    for name in ("a", "b"):
+        shutil.copytree(root / "dpo", tmp_path / name / "dpo")
+    assert main(["validate", "report", str(tmp_path / "a" / "dpo"), str(tmp_path / "b" / "dpo"),
                  "--out", str(tmp_path)]) == 0
     merged = json.loads((tmp_path / "summary.json").read_text())
-    compared = {r["id"] for r in merged["predictions"] if " vs " in r["algo"]}
-    assert compared == {"P14", "P15"}
+    assert set(merged["runs"]) == {"a/dpo", "b/dpo"}
+    assert {r["run"] for r in merged["predictions"]} == {"a/dpo", "b/dpo"}
 
 
 def test_an_interrupted_run_resumes_to_the_same_numbers(runs, tmp_path, monkeypatch):

@@ -79,20 +79,21 @@ class Prediction:
 
 def bootstrap_ci(statistic: Callable, arrays, n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95):
-    """Point estimate and percentile CI of `statistic(*arrays)`, resampling prompts.
+    """Point estimate and percentile CI of `statistic(*arrays)`, resampling prompts (scipy.stats.bootstrap).
 
     Every array has prompts on axis -1 and is resampled with the same indices
     (paired: two runs on the same probe prompts keep their pairing).
     """
+    from scipy import stats
+
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-    n = arrays[0].shape[-1]
     point = float(statistic(*arrays))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    stats = np.array([statistic(*(a[..., i] for a in arrays)) for i in idx])
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
-    return point, (float(lo), float(hi))
+    if arrays[0].shape[-1] < 2 or not np.isfinite(point):
+        return point, (float("nan"), float("nan"))
+    result = stats.bootstrap(arrays, lambda *a: statistic(*a), n_resamples=n_boot, paired=True,
+                             vectorized=False, axis=-1, confidence_level=level, method="percentile",
+                             rng=np.random.default_rng(seed))
+    return point, (float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
 def verdict_from_ci(ci) -> str:
@@ -174,32 +175,75 @@ def _falls(key: str):
     return evaluate
 
 
+def _all_of(outcomes: Mapping, what: str) -> Outcome:
+    """An intersection-union test: holds only if every part holds, fails if any part fails.
+
+    The effect and interval reported are those of the part that decided the
+    verdict: a failing part (the worst), else an inconclusive one (the lowest
+    lower bound), else, when all hold, the part with the lowest lower bound.
+    """
+    verdicts = {o.verdict for o in outcomes.values()}
+    verdict = "fails" if "fails" in verdicts else ("holds" if verdicts == {"holds"} else "inconclusive")
+    pool = {k: o for k, o in outcomes.items() if o.verdict == verdict} or outcomes
+    low = lambda k: pool[k].ci[0] if np.isfinite(pool[k].ci[0]) else -np.inf  # noqa: E731
+    decider = min(pool, key=(lambda k: pool[k].ci[1]) if verdict == "fails" else low)
+    d = pool[decider]
+    detail = f"decided by {decider} ({what}); " + ", ".join(
+        f"{k} {o.effect:+.3g} [{o.ci[0]:.3g}, {o.ci[1]:.3g}]" for k, o in outcomes.items())
+    return Outcome(verdict, d.effect, d.ci, d.n, detail)
+
+
 def _rejected_falls_more(series, seed=0):
+    """Both y+ and y- fall, and y- falls more (an SFT run, where y+ rises, must not pass)."""
     keys = ["logps/chosen", "logps/rejected"]
-    return _missing(series, keys) or _outcome(
-        lambda c, r: np.mean(c) - np.mean(r),
-        [_change(series, keys[0]), _change(series, keys[1])],
-        "change of log pi(y+) minus change of log pi(y-)", seed)
+    missing = _missing(series, keys)
+    if missing:
+        return missing
+    c, r = _change(series, keys[0]), _change(series, keys[1])
+    parts = {"fall of y+": _outcome(lambda a: -np.mean(a), [c], "", seed),
+             "fall of y-": _outcome(lambda a: -np.mean(a), [r], "", seed),
+             "change of y+ minus change of y-": _outcome(lambda a, b: np.mean(a) - np.mean(b), [c, r], "", seed)}
+    return _all_of(parts, "all three must be above 0")
 
 
 def _all_other_probes_fall(series, seed=0):
-    """Every probe type must fall: an intersection-union test over probe types.
-
-    Each probe gets its own bootstrap; the claim holds only if every probe's
-    interval lies below zero, fails if any lies above. The reported effect and
-    interval are those of the probe that fell least.
-    """
+    """Every probe type must fall: an intersection-union test over probe types."""
     keys = [f"logps/{p}" for p in OTHER_PROBES if f"logps/{p}" in series]
     if not keys:
         return _missing(series, [f"logps/{OTHER_PROBES[0]}"])
-    outcomes = {k[6:]: _falls(k)(series, seed=seed) for k in keys}
-    weakest = min(outcomes, key=lambda p: outcomes[p].effect)
-    verdicts = {o.verdict for o in outcomes.values()}
-    verdict = "fails" if "fails" in verdicts else ("holds" if verdicts == {"holds"} else "inconclusive")
-    w = outcomes[weakest]
-    detail = f"probe that fell least: {weakest}; " + ", ".join(
-        f"{p} {o.effect:+.3g}" for p, o in outcomes.items())
-    return Outcome(verdict, w.effect, w.ci, w.n, detail)
+    return _all_of({k[6:]: _falls(k)(series, seed=seed) for k in keys}, "every probe's fall must be above 0")
+
+
+def _against_control(key: str, sign: float, what: str):
+    """Change of `key` in the run minus its change in the SFT control (same pairs, seed and probes),
+    paired over prompts; sign +1: predicted to rise more than under SFT, -1: to fall more.
+
+    Without a control the raw change is shown and the verdict is inconclusive: SFT alone moves
+    these quantities too (it raises y* and lowers the entropy), so the raw change is no evidence.
+    """
+    def evaluate(series, seed=0, control=None):
+        missing = _missing(series, [key])
+        if missing:
+            return missing
+        run = _change(series, key)
+        if control is None:
+            point, ci = bootstrap_ci(lambda a: sign * np.mean(a), [run], seed=seed)
+            return Outcome("inconclusive", point, ci, int(run.size),
+                           f"no SFT control: raw {what} shown, not judged (SFT alone moves it too)")
+        missing = _missing(control, [key])
+        if missing:
+            return missing
+        base = _change(control, key)
+        if base.shape != run.shape:
+            return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                           "the run and its SFT control do not share the same probe prompts")
+        out = _outcome(lambda a, b: sign * (np.mean(a) - np.mean(b)), [run, base],
+                       f"{what} in this run minus in the SFT control (paired over prompts); "
+                       f"run {sign * np.mean(run):+.3g}, control {sign * np.mean(base):+.3g}", seed)
+        return out
+    evaluate.controlled = True
+    evaluate.needs_control = True
+    return evaluate
 
 
 def _gains_more_than(first: str, second: str):
@@ -235,30 +279,146 @@ def _rise_then_fall(probe: str):
     return evaluate
 
 
-def squeeze_index(series: Mapping) -> np.ndarray:
-    """Per prompt: how much y* gained relative to the other probes (nats).
+def per_token(series: Mapping, probe: str) -> np.ndarray:
+    """Mean per-token log-prob of a probe [n_evals, n_prompts]; y* ("greedy") is scored on y+'s tokens."""
+    if probe == "greedy":
+        if "argmax/chosen" in series and "n_tokens/chosen" in series:
+            return np.asarray(series["argmax/chosen"]) / np.maximum(np.asarray(series["n_tokens/chosen"]), 1)
+        return np.asarray(series["logps/greedy"]) / np.maximum(np.asarray(series["n_tokens/chosen"]), 1)
+    return np.asarray(series[f"logps/{probe}"]) / np.maximum(np.asarray(series[f"n_tokens/{probe}"]), 1)
 
-    change(log pi(y*)) minus the mean change over the other probe types; a
-    squeeze moves mass into y* and out of everything else, so it is large.
+
+def squeeze_index_curve(series: Mapping) -> np.ndarray:
+    """[n_evals, n_prompts]: per-token gain of y* since the start minus the mean per-token change of the
+    other probe types (nats per token), so that long probes do not dominate.
+
+    Series without token counts (older tables) fall back to summed log-probs.
     """
-    keys = [f"logps/{p}" for p in OTHER_PROBES if f"logps/{p}" in series]
-    others = np.mean([_change(series, k) for k in keys], axis=0)
-    return _change(series, "logps/greedy") - others
+    keys = [p for p in OTHER_PROBES if f"logps/{p}" in series]
+    if all(f"n_tokens/{p}" in series for p in keys + ["chosen"]):
+        curve = {p: per_token(series, p) for p in keys + ["greedy"]}
+    else:
+        curve = {p: np.asarray(series[f"logps/{p}"], dtype=np.float64) for p in keys + ["greedy"]}
+    delta = {p: c - c[0] for p, c in curve.items()}
+    return delta["greedy"] - np.mean([delta[p] for p in keys], axis=0)
 
 
-def _squeezes_less(series_reference: Mapping, series_other: Mapping, seed=0) -> Outcome:
-    """The other run's squeeze index is smaller than the reference run's (paired over prompts)."""
+def squeeze_index(series: Mapping) -> np.ndarray:
+    """Per prompt, end of the run: squeeze_index_curve's last row."""
+    return squeeze_index_curve(series)[-1]
+
+
+def margin_curve(series: Mapping) -> np.ndarray:
+    """[n_evals, n_prompts]: the preference margin on the probe pairs, change of log pi(y+) minus change
+    of log pi(y-) since the start (nats; DPO's implicit reward margin divided by beta)."""
+    c, r = (np.asarray(series[f"logps/{k}"], dtype=np.float64) for k in ("chosen", "rejected"))
+    return (c - c[0]) - (r - r[0])
+
+
+def at_margin(series: Mapping, target: float):
+    """The squeeze index per prompt where the mean probe margin first reaches `target`, linearly
+    interpolated between evaluations; None if it never does."""
+    margin = margin_curve(series).mean(axis=1)
+    index = squeeze_index_curve(series)
+    above = np.nonzero(margin >= target)[0]
+    if not above.size:
+        return None
+    i = int(above[0])
+    if i == 0:
+        return index[0]
+    w = (target - margin[i - 1]) / (margin[i] - margin[i - 1])
+    return index[i - 1] + w * (index[i] - index[i - 1])
+
+
+def _squeezes_less(series_reference: Mapping, series_other: Mapping, seed=0, basis="matched margin") -> Outcome:
+    """The other run squeezes less than the reference run (paired over prompts), compared where both
+    reach the same preference margin on the probe pairs (the largest both reach), or at equal steps."""
     for s in (series_reference, series_other):
-        missing = _missing(s, ["logps/greedy", "logps/chosen"])
+        missing = _missing(s, ["logps/greedy", "logps/chosen", "logps/rejected"])
         if missing:
             return missing
     a, b = squeeze_index(series_reference), squeeze_index(series_other)
     if a.shape != b.shape:
         return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
                        "the two runs do not share the same probe prompts")
+    what = "per-token squeeze index (y* gain minus the mean probe change) of the reference run minus the other's"
+    if basis == "equal steps":
+        return _outcome(lambda x, y: np.mean(x) - np.mean(y), [a, b], what + ", at the end of each run", seed)
+    ends = [margin_curve(s).mean(axis=1) for s in (series_reference, series_other)]
+    target = min(float(e.max()) for e in ends)
+    if target <= 0:
+        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                       "one of the runs never raises the probe margin above 0: nothing to match")
+    a, b = at_margin(series_reference, target), at_margin(series_other, target)
     return _outcome(lambda x, y: np.mean(x) - np.mean(y), [a, b],
-                    "squeeze index (y* gain minus the mean probe change) of the reference run "
-                    "minus that of the other run", seed)
+                    what + f", each where its mean probe margin first reaches {target:.3g} nats "
+                    f"(final margins {ends[0][-1]:.3g} and {ends[1][-1]:.3g})", seed)
+
+
+def _spearman(x, y) -> float:
+    from scipy import stats
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def _dose_response(dose_key: str, dose_name: str, sign: float):
+    """Does the squeeze grow with the dose across prompts? effect = sign * Spearman rho between the
+    prompt's initial dose and its squeeze index (against the SFT control's when one is given)."""
+    def evaluate(series, seed=0, control=None):
+        missing = _missing(series, [dose_key, "logps/greedy", "n_tokens/chosen"])
+        if missing:
+            return missing
+        dose = np.asarray(series[dose_key], dtype=np.float64)[0]
+        strength = squeeze_index(series)
+        against = "raw squeeze index (no SFT control given)"
+        if control is not None and squeeze_index(control).shape == strength.shape:
+            strength = strength - squeeze_index(control)
+            against = "squeeze index minus the SFT control's"
+        thirds = np.array_split(np.argsort(dose), 3)
+        bins = ", ".join(f"{dose[t].mean():.3g}: {strength[t].mean():+.3g}" for t in thirds if t.size)
+        return _outcome(lambda d, st: sign * _spearman(d, st), [dose, strength],
+                        f"{'-' if sign < 0 else ''}Spearman rho of the initial {dose_name} and the {against}, "
+                        f"per token; tertiles (mean dose: mean squeeze) {bins}", seed)
+    evaluate.controlled = True
+    return evaluate
+
+
+def _shared_prefix_does_not_squeeze(series, seed=0):
+    """At the positions y+ and y- share (the same context, pushed up and down at once) the entropy falls
+    less per token than at y-'s own positions: effect = per-token entropy fall at rejected-only positions
+    minus at shared-prefix positions, over the prompts whose y+ and y- share a prefix."""
+    keys = ["entropy/shared_prefix", "n_tokens/shared_prefix", "entropy/rejected", "n_tokens/rejected"]
+    missing = _missing(series, keys)
+    if missing:
+        return missing
+    n_shared = np.asarray(series["n_tokens/shared_prefix"])[0]
+    n_rej = np.asarray(series["n_tokens/rejected"])[0]
+    keep = (n_shared > 0) & (n_rej > n_shared)
+    if keep.sum() < 2:
+        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, int(keep.sum()),
+                       f"only {int(keep.sum())} probe prompts have y+ and y- with a shared prefix")
+    total_shared = np.asarray(series["entropy/shared_prefix"]) * n_shared
+    total_rej = np.asarray(series["entropy/rejected"]) * n_rej
+    only = (total_rej - total_shared)[:, keep] / (n_rej - n_shared)[keep]
+    shared = np.asarray(series["entropy/shared_prefix"])[:, keep]
+    fall_only, fall_shared = only[0] - only[-1], shared[0] - shared[-1]
+    return _outcome(lambda a, b: np.mean(a) - np.mean(b), [fall_only, fall_shared],
+                    f"per-token entropy fall at rejected-only positions ({np.mean(fall_only):+.3g}) minus at "
+                    f"shared-prefix positions ({np.mean(fall_shared):+.3g}), {int(keep.sum())} prompts with a "
+                    f"shared prefix ({int(n_shared[keep].sum())} shared tokens)", seed)
+
+
+def _mass_into_top_token(series, seed=0):
+    """Of the probability mass that moved on y+'s contexts (total variation from the reference), the share
+    the reference's top token gained; effect = share - 1/2 (most of it)."""
+    missing = _missing(series, ["mass/tv", "mass/top_gain"])
+    if missing:
+        return missing
+    tv, gain = np.asarray(series["mass/tv"])[-1], np.asarray(series["mass/top_gain"])[-1]
+    return _outcome(lambda t, g: np.mean(g) / max(np.mean(t), 1e-12) - 0.5, [tv, gain],
+                    f"share of the moved mass (mean total variation {np.mean(tv):.3g}) that went into the "
+                    "initial top token, minus 1/2", seed)
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -333,33 +493,111 @@ CATALOGUE = (
     Prediction("P09a", "Off-policy DPO ends with log pi(y+) below its start.",
                "theory.squeeze + two-context coupling (X04)", "9", "run", ("lm", "llm"), DPO_FAMILY,
                "nats", _falls("logps/chosen")),
-    Prediction("P09b", "Off-policy DPO lowers log pi(y-) faster than log pi(y+).",
+    Prediction("P09b", "Off-policy DPO lowers both log pi(y+) and log pi(y-), y- faster.",
                "theory.residuals (equal and opposite coefficients, valley of y-)", "9", "run",
                ("lm", "llm"), DPO_FAMILY, "nats", _rejected_falls_more),
-    Prediction("P09c", "Negative gradients on unlikely responses raise y* (the squeeze).",
+    Prediction("P09c", "Negative gradients on unlikely responses raise y* (the squeeze) more than SFT "
+               "on the same pairs does.",
                "theory.squeeze (P02 at rejected-only positions)", "9", "run", ("lm", "llm"),
-               DPO_FAMILY + ("pg",), "nats", _rises("logps/greedy")),
+               DPO_FAMILY + ("pg",), "nats", _against_control("logps/greedy", +1.0, "rise of log pi(y*)")),
     Prediction("P09d", "Off-policy DPO lowers every other probe response.",
                "theory.squeeze.threshold (labels below ||pi||^2 - pi_k fall)", "9", "run",
                ("lm", "llm"), DPO_FAMILY, "nats", _all_other_probes_fall),
     Prediction("P10", "Negative gradients make the model peakier: the mean token entropy on y+'s "
-               "contexts falls.", "theory.flow (replicator sharpening)", "10", "run", ("lm", "llm"),
-               DPO_FAMILY + ("pg",), "nats of entropy", _falls("entropy/chosen")),
-    Prediction("P17", "Long off-policy DPO raises repetition in greedy generations.",
+               "contexts falls more than under SFT on the same pairs.", "theory.flow (replicator sharpening)",
+               "10", "run", ("lm", "llm"), DPO_FAMILY + ("pg",), "nats of entropy",
+               _against_control("entropy/chosen", -1.0, "fall of the mean token entropy")),
+    Prediction("P17", "Long off-policy DPO raises repetition in greedy generations (fixed-length "
+               "continuations, against the SFT control).",
                "theory.flow (mass piles onto the argmax)", "17", "run", ("llm",), ("dpo",),
-               "repeated 4-gram fraction", _rises("gen/rep4")),
+               "repeated 4-gram fraction", _against_control("gen/rep4_fixed", +1.0,
+                                                            "rise of the repeated 4-gram fraction")),
+    Prediction("P05r", "Dose-response: prompts whose y- sits in a peakier distribution (lower initial "
+               "entropy on y-'s contexts) squeeze harder.", "theory.squeeze.threshold (grows with ||pi||^2)",
+               "5", "run", ("llm",), DPO_FAMILY, "Spearman rho",
+               _dose_response("entropy/rejected", "mean token entropy on y-'s contexts", -1.0)),
+    Prediction("P06r", "Dose-response: prompts whose y- is less likely (lower initial per-token "
+               "log pi(y-)) squeeze harder.", "theory.squeeze.threshold = ||pi||^2 - pi_k", "6", "run",
+               ("llm",), DPO_FAMILY, "Spearman rho",
+               _dose_response("logp_mean/rejected", "per-token log pi(y-)", -1.0)),
+    Prediction("P08r", "At the positions y+ and y- share, DPO's two pushes cancel: the entropy falls "
+               "less there than at y-'s own positions.", "theory.squeeze (shared-context DPO step)", "8",
+               "run", ("llm",), ("dpo", "ipo"), "nats of entropy per token", _shared_prefix_does_not_squeeze),
+    Prediction("P18r", "Mass conservation directs the squeeze: most of the probability mass that moves on "
+               "y+'s contexts goes into the initial top token.", "theory.softmax.apply_A (A v = v - pi.v)",
+               "18", "run", ("llm",), DPO_FAMILY, "share of moved mass - 1/2",
+               _mass_into_top_token),
 
     # ---- two runs on the same probe prompts
     Prediction("P14", "On-policy negatives squeeze less than off-policy ones.",
                "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
-               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats of squeeze index", _squeezes_less),
+               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of squeeze index", _squeezes_less),
     Prediction("P15", "SFT on y+ and y- before DPO ('extend') squeezes less during DPO.",
                "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
-               ("lm", "llm"), ("dpo", "extend"), "nats of squeeze index", _squeezes_less),
+               ("lm", "llm"), ("dpo", "extend"), "nats per token of squeeze index", _squeezes_less),
 )
 
 
 BY_ID = {p.id: p for p in CATALOGUE}
+
+_SQUEEZE_PROBES = ("chosen",) + OTHER_PROBES     # the squeeze index reads y* (on y+) and every other probe
+# the probe responses each run-level verdict reads: a verdict whose probes are training targets carries a caveat
+PROBES_USED = {
+    "P12d": ("chosen",), "P11": ("chosen",), "P12a": ("other_chosen",), "P12b": ("other_chosen", "irrelevant"),
+    "P12c": ("random_tokens",), "P13a": ("rejected",), "P13b": ("chosen_rephrase",),
+    "P09a": ("chosen",), "P09b": ("chosen", "rejected"), "P09c": ("chosen",), "P09d": OTHER_PROBES,
+    "P10": ("chosen",), "P17": (), "P05r": ("rejected",) + _SQUEEZE_PROBES,
+    "P06r": ("rejected",) + _SQUEEZE_PROBES, "P08r": ("chosen", "rejected"), "P18r": ("chosen",),
+    "P14": _SQUEEZE_PROBES, "P15": _SQUEEZE_PROBES,
+}
+
+
+# property tests (hypothesis, over extreme inputs too) that prove a step-level claim as a theorem
+THEOREM_TESTS = {
+    "P01": ("tests/test_theory_squeeze.py::test_P01_target_always_falls",),
+    "P02": ("tests/test_theory_squeeze.py::test_P02_runner_up_always_rises",),
+    "P03": ("tests/test_theory_squeeze.py::test_exact_and_first_order_agree_to_second_order",),
+    "P04": ("tests/test_theory_squeeze.py::test_P04_first_order_rising_set_is_the_threshold_set",
+            "tests/test_theory_squeeze.py::test_P04_no_squeeze_when_target_is_peaky"),
+    "P05": ("tests/test_theory_squeeze.py::test_P05_peakier_squeezes_harder",),
+    "P06": ("tests/test_theory_squeeze.py::test_P06_smaller_target_squeezes_harder_but_y_star_gains_less",),
+    "P06b": ("tests/test_theory_squeeze.py::test_P06_smaller_target_squeezes_harder_but_y_star_gains_less",
+             "tests/test_theory_squeeze.py::test_P06b_paper_numbers"),
+    "P08": ("tests/test_theory_squeeze.py::test_P08_shared_context_dpo_does_not_squeeze",),
+    "P16": ("tests/test_losses_vs_theory.py::test_dpo_coefficient_is_beta_sigma_minus_u",),
+    "P18": ("tests/test_theory_softmax.py::test_mass_conservation_is_second_order",),
+    "P19": ("tests/test_theory_decomposition.py::test_first_order_error_is_second_order",),
+    "X01": ("tests/test_theory_squeeze.py::test_X01_rising_set_is_a_top_set",),
+    "X02": ("tests/test_theory_squeeze.py::test_X02_one_hot_limit",),
+    "X03": ("tests/test_theory_flow.py::test_flow_concentrates_on_y_star_within_the_time_bound",
+            "tests/test_theory_flow.py::test_replicator_flow_from_near_zero_target_converges_to_argmax"),
+    "X04": ("tests/test_theory_squeeze.py::test_X04_two_context_dpo_matches_simulation",),
+}
+SIMULATION_LEVELS = ("logits", "digits", "lm")
+
+
+def coverage(prediction: Prediction) -> dict:
+    """Where a claim is checked: theorem (property tests), simulation (free logits, digits, toy LM) and
+    real model (a real-model verdict: the claim's own llm level, or a run-level variant of the same item,
+    e.g. P05 -> P05r)."""
+    real = [p.id for p in CATALOGUE if "llm" in p.levels and
+            (p.id == prediction.id or (p.id == prediction.id + "r"))]
+    if prediction.id.endswith("r") and prediction.id[:-1] in BY_ID:
+        real = [prediction.id]
+    return {"theorem": list(THEOREM_TESTS.get(prediction.id, ())),
+            "simulation": [lvl for lvl in prediction.levels if lvl in SIMULATION_LEVELS],
+            "real model": real}
+
+
+def coverage_table() -> str:
+    """Markdown: every prediction of the catalogue and the levels at which it is checked."""
+    lines = ["| id | claim | theorem (property test) | simulation | real model |", "|---|---|---|---|---|"]
+    for p in CATALOGUE:
+        c = coverage(p)
+        theorem = "yes (" + ", ".join(t.split("::")[1] for t in c["theorem"]) + ")" if c["theorem"] else "-"
+        lines.append(f"| {p.id} | {p.claim} | {theorem} | {', '.join(c['simulation']) or '-'} | "
+                     f"{', '.join(c['real model']) or '-'} |")
+    return "\n".join(lines)
 
 
 def get(prediction_id: str) -> Prediction:
@@ -376,12 +614,27 @@ def _row(prediction: Prediction, outcome: Outcome) -> dict:
             "unit": prediction.effect_unit, "detail": outcome.detail}
 
 
-def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0) -> list:
-    """Every run-level prediction about `algo` at this level, as report rows."""
+def _accepts_control(evaluate) -> bool:
+    return getattr(evaluate, "controlled", False)
+
+
+def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, control: Mapping = None) -> list:
+    """Every run-level prediction about `algo` at this level, as report rows.
+
+    control: the series of the SFT control run (same pairs, seed and probe prompts); predictions
+    that something else could also cause are judged as the difference against it.
+    """
     rows = []
     for prediction in CATALOGUE:
         if prediction.scope == "run" and algo in prediction.applies_to and level in prediction.levels:
-            rows.append(_row(prediction, prediction.evaluate(series, seed=seed)))
+            if _accepts_control(prediction.evaluate):
+                ctrl = control if algo != "sft" else None
+                row = _row(prediction, prediction.evaluate(series, seed=seed, control=ctrl))
+                row["control"] = ctrl is not None
+                row["needs_control"] = getattr(prediction.evaluate, "needs_control", False)
+            else:
+                row = _row(prediction, prediction.evaluate(series, seed=seed))
+            rows.append(row)
     return rows
 
 
@@ -389,7 +642,9 @@ def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int =
     """Every two-run prediction whose two algorithms are both in `series_by_algo`.
 
     `applies_to` is (reference, other): the other run is predicted to squeeze
-    less. For "extend", pass the series of its DPO phase only.
+    less. Each comparison gives two rows: at matched preference margin (the
+    verdict) and at equal steps ("basis"). For "extend", pass the series of its
+    DPO phase only.
     """
     rows = []
     for prediction in CATALOGUE:
@@ -397,6 +652,8 @@ def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int =
             continue
         reference, other = prediction.applies_to
         if reference in series_by_algo and other in series_by_algo:
-            outcome = prediction.evaluate(series_by_algo[reference], series_by_algo[other], seed=seed)
-            rows.append(_row(prediction, outcome))
+            for basis in ("matched margin", "equal steps"):
+                outcome = prediction.evaluate(series_by_algo[reference], series_by_algo[other], seed=seed,
+                                              basis=basis)
+                rows.append(dict(_row(prediction, outcome), basis=basis))
     return rows

@@ -23,8 +23,8 @@ import numpy as np
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text
 from learning_dynamics.validate.report import _clean, _fmt
 
-N_PROBE_PROMPTS = {"smoke": 2, "default": 24}   # prompts whose probes the jvp covers
-N_SQUEEZE_PAIRS = {"smoke": 3, "default": 48}
+N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
+N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 
 
@@ -58,13 +58,13 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
                         attn_implementation="sdpa", progress=progress)
     model, tokenizer = loaded.model, loaded.tokenizer
     encoder = Encoder(tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
-    train, probe_examples, test = _examples(dict(settings, n_probe=max(n_probe, squeeze_pairs)))
+    train, probe_examples, test, irrelevant = _examples(dict(settings, n_probe=max(n_probe, squeeze_pairs)))
     pad_id = tokenizer.pad_token_id
     batch = min(settings["eval_batch"], 64)
     lap("load")
     with first_order.exact_math(model):
         probes = build_probe_set(model, tokenizer, encoder, probe_examples[:n_probe], train, test, settings,
-                                 progress=progress)
+                                 progress=progress, irrelevant=irrelevant)
         flat = probe_sequences(probes)
         sequences = [(p_ids, r_ids) for _, _, p_ids, r_ids in flat]
         names = [name for _, name, _, _ in flat]

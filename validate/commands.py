@@ -163,7 +163,8 @@ def _check(args) -> int:
 def add_report(sub) -> None:
     p = sub.add_parser(
         "report", help="merge run directories (and first-order check directories) into one verdict table",
-        description="Rebuild each run's report.json/report.md and curves figure from its logs (no training), "
+        description="Rebuild each run's report.json/report.md and curves figure from its logs (no training; each "
+                    "judged against the SFT control among the DIRs that shares its pairs, probes and seed), "
                     "then write summary.md, summary.json and verdicts.png (every verdict as a forest plot) with "
                     "every run's verdicts and the two-run comparisons.",
         epilog="example: ldyn validate report runs/dpo runs/onpolicy-dpo runs/extend --out runs")
@@ -174,12 +175,10 @@ def add_report(sub) -> None:
 
 
 def _report(args) -> int:
-    from learning_dynamics.validate.report import merge, write_report
+    from learning_dynamics.validate.report import merge
     for d in args.runs:
         if not Path(d).is_dir():
             raise UserError(f"no run directory {d}")
-        if (Path(d) / "settings.json").exists():
-            write_report(d)
     out = writable_folder(args.out if args.out is not None else Path(args.runs[0]).resolve().parent)
     merged = merge(args.runs, out)
     if merged.get("warning"):

@@ -40,6 +40,7 @@ import importlib.util
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +52,7 @@ GET_CORPUS = "pip install chatterbot-corpus==1.3.3"
 MAX_RESPONSE_CHARS = 400
 N_PROBE = 200
 N_TEST = 64
+HELD_FRACTION = 0.4   # prompts held apart: their answers are the rejected and irrelevant pools
 
 LICENCE = ("chatterbot-corpus (user-contributed dialog data by Gunther Cox and contributors) is released under "
            "the BSD 3-Clause licence (PyPI classifier: License :: OSI Approved :: BSD License); redistribution of "
@@ -63,11 +65,13 @@ PROVENANCE = (
     "Pairs: in each conversation every utterance is the prompt of the next (the corpus's own convention); "
     "whitespace collapsed, empty responses and responses over " + str(MAX_RESPONSE_CHARS) + " characters dropped, "
     "duplicate (prompt, response) pairs removed case-insensitively. "
-    "chosen = the corpus's real response; rejected = the real response to another prompt of the same category "
-    "file (for trivia, another trivia answer: a wrong answer of the same type), drawn with a seeded RNG from that "
-    "file's training responses and never equal to a real response of the prompt. "
-    "Splits by unique prompt with a seeded shuffle: a held-out test split, a training split, and a probe set of "
-    "training prompts (as in Ren & Sutherland's D_prob) with one pair each."
+    "chosen = the corpus's real response; rejected = the real response to a held-apart prompt (never trained on) "
+    "of the same category file when there is one (for trivia, another trivia answer: a wrong answer of the same "
+    "type), drawn with a seeded RNG and never equal to any training or test answer; each probe pair's rejected "
+    "answer is its own. Irrelevant sentences come from other held-apart prompts. "
+    "Splits by unique prompt with a seeded shuffle: a held-out test split, the held-apart prompts, a training "
+    "split, and a probe set of training prompts (as in Ren & Sutherland's D_prob) with one pair each, whose "
+    "chosen answer no other prompt shares."
 )
 
 
@@ -142,14 +146,22 @@ def _kind(text: str) -> str:
     return "number" if re.fullmatch(r"[\d.,]+", text.strip(" .")) else "text"
 
 
-def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST, probe_from: str = "train") -> dict:
-    """The offline preference dataset: dict(train, probe, test, provenance, counts).
+def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST, probe_from: str = "train",
+                    held_fraction: float = HELD_FRACTION) -> dict:
+    """The offline preference dataset: dict(train, probe, test, irrelevant, provenance, counts).
 
     train/probe/test: lists of {"prompt", "chosen", "rejected", "source"}; the
     same seed gives the same data. probe_from: "train" (probe prompts are
     training prompts, the paper's D_prob) or "heldout" (removed from train).
-    Seed 0 gives 1,160 corpus pairs over 1,000 unique prompts: train 1,086 pairs
-    (936 prompts), probe 200, test 64; with "heldout", train has 868 pairs.
+
+    Clean design: a `held_fraction` of the prompts is held apart and never
+    trained on; their answers are the only source of rejected answers (three
+    quarters) and of irrelevant sentences (the rest), and any of them that
+    equals a training or test answer is dropped. So no rejected answer is ever
+    a chosen answer, no irrelevant sentence is a training target, and each
+    probe pair gets a rejected answer of its own that no other pair uses; a
+    probe prompt's y+ is a text that no other training pair has as a target.
+    `irrelevant` is the pool of fluent sentences for the irrelevant probe.
     """
     if probe_from not in ("train", "heldout"):
         raise UserError(f"probe_from must be 'train' or 'heldout', not {probe_from!r}")
@@ -158,55 +170,92 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
     for pair in pairs:
         by_prompt.setdefault(_key(pair["prompt"]), []).append(pair)
     prompts = list(by_prompt)
-    if n_probe < 1 or n_test < 1 or n_probe + n_test >= len(prompts):
+    n_held = int(round(held_fraction * len(prompts)))
+    if n_probe < 1 or n_test < 1 or n_probe + n_test + n_held >= len(prompts):
         raise UserError(f"n_probe={n_probe} and n_test={n_test} must be positive and leave training prompts "
-                        f"(the corpus has {len(prompts)} unique prompts)")
+                        f"(the corpus has {len(prompts)} unique prompts, {n_held} of them held apart)")
     rng = random.Random(f"ldyn-default-dataset-{seed}")
     rng.shuffle(prompts)
-    test_keys, rest = prompts[:n_test], prompts[n_test:]
-    probe_keys = rest[:n_probe]
-    train_keys = rest if probe_from == "train" else rest[n_probe:]
+    test_keys, held_keys, rest = prompts[:n_test], prompts[n_test:n_test + n_held], prompts[n_test + n_held:]
+    n_rejected = (3 * n_held) // 4                   # a probe pair needs a rejected answer of its own
+    rejected_keys, irrelevant_keys = held_keys[:n_rejected], held_keys[n_rejected:]
 
-    real = {k: {_key(p["response"]) for p in by_prompt[k]} for k in prompts}
-    pools = {}                                     # (category file, kind) -> training responses
-    for k in train_keys:
-        for p in by_prompt[k]:
-            pools.setdefault((p["source"], _kind(p["response"])), {}).setdefault(_key(p["response"]), p["response"])
-    pools = {s: sorted(d.items()) for s, d in pools.items()}
-    by_source = {}
+    answers = Counter(_key(p["response"]) for k in rest + test_keys for p in by_prompt[k])
+    # probe prompts: a single real answer that no other prompt shares, so y+ is a target of its own pair only
+    unique = [k for k in rest if len(by_prompt[k]) == 1 and answers[_key(by_prompt[k][0]["response"])] == 1]
+    if len(unique) < n_probe:
+        raise UserError(f"n_probe={n_probe} is more than the {len(unique)} prompts with an answer of their own")
+    probe_keys = unique[:n_probe]
+    probe_set = set(probe_keys)
+    train_keys = rest if probe_from == "train" else [k for k in rest if k not in probe_set]
+
+    def held_answers(keys):
+        seen, out = set(), []
+        for k in keys:
+            for p in by_prompt[k]:
+                key = _key(p["response"])
+                if key not in answers and key not in seen:
+                    seen.add(key)
+                    out.append(p)
+        return out
+
+    rejected_answers = held_answers(rejected_keys)
+    if len(rejected_answers) <= n_probe:
+        raise UserError(f"n_probe={n_probe} needs more than the {len(rejected_answers)} held-apart rejected answers")
+    pools = {}                                     # (category file, kind) -> held-apart answers
+    for p in rejected_answers:
+        pools.setdefault((p["source"], _kind(p["response"])), []).append((_key(p["response"]), p["response"]))
+    by_source, global_pool = {}, []
     for (source, _), pool in sorted(pools.items()):
         by_source.setdefault(source, []).extend(pool)
-    global_pool = sorted(item for pool in pools.values() for item in pool)
+        global_pool.extend(pool)
+    global_pool.sort()
 
-    def example(pair, pick_rng):
-        forbidden = real[_key(pair["prompt"])]
-        rejected = None
-        for pool in (pools.get((pair["source"], _kind(pair["response"]))), by_source.get(pair["source"])):
-            if pool and rejected is None:
-                rejected = _pick_rejected(pick_rng, pool, forbidden)
-        if rejected is None:
-            rejected = _pick_rejected(pick_rng, global_pool, forbidden)
+    def pick(pair, pick_rng, reserved, take):
+        """A rejected answer for the pair; take=True removes it (a probe pair's own), else avoid `reserved`."""
+        for pool in (pools.get((pair["source"], _kind(pair["response"]))), by_source.get(pair["source"]),
+                     global_pool):
+            allowed = [item for item in pool or () if item[0] not in reserved]
+            if allowed:
+                key, text = allowed[pick_rng.randrange(len(allowed))]
+                if take:
+                    reserved.add(key)
+                return text
+        raise UserError("the held-apart rejected answers ran out; lower n_probe")
+
+    def example(pair, rejected):
         return {"prompt": pair["prompt"], "chosen": pair["response"], "rejected": rejected, "source": pair["source"]}
 
-    train, first_train = [], {}
+    reserved = set()
+    probe = [example(by_prompt[k][0], pick(by_prompt[k][0], rng, reserved, take=True)) for k in probe_keys]
+    probe_by_key = dict(zip(probe_keys, probe))
+    train = []
     for k in train_keys:                             # shuffled order, deterministic
         for pair in by_prompt[k]:
-            ex = example(pair, rng)
-            first_train.setdefault(k, ex)
-            train.append(ex)
-    if probe_from == "train":
-        probe = [first_train[k] for k in probe_keys]
-    else:
-        probe = [example(by_prompt[k][0], rng) for k in probe_keys]
-    test = [example(by_prompt[k][0], rng) for k in test_keys]
+            train.append(probe_by_key[k] if k in probe_by_key else example(pair, pick(pair, rng, reserved, False)))
+    test = [example(by_prompt[k][0], pick(by_prompt[k][0], rng, reserved, False)) for k in test_keys]
+    rejected_texts = {_key(p["response"]) for p in rejected_answers}
+    irrelevant = [{"text": p["response"], "source": p["source"]} for p in held_answers(irrelevant_keys)
+                  if is_fluent(p["response"]) and _key(p["response"]) not in rejected_texts]
     counts = {"corpus_pairs": len(pairs), "unique_prompts": len(prompts), "train": len(train),
-              "train_prompts": len(train_keys), "probe": len(probe), "test": len(test)}
+              "train_prompts": len(train_keys), "probe": len(probe), "test": len(test),
+              "held_apart_prompts": n_held, "rejected_pool": len(rejected_answers), "irrelevant_pool": len(irrelevant)}
     provenance = (PROVENANCE + f" Counts (seed {seed}): {counts['corpus_pairs']} pairs over "
-                  f"{counts['unique_prompts']} unique prompts; train {counts['train']} pairs "
-                  f"({counts['train_prompts']} prompts), probe {counts['probe']} prompts "
+                  f"{counts['unique_prompts']} unique prompts; {n_held} prompts held apart (never trained on) give "
+                  f"{counts['rejected_pool']} rejected answers and {counts['irrelevant_pool']} irrelevant sentences; "
+                  f"train {counts['train']} pairs ({counts['train_prompts']} prompts), probe {counts['probe']} prompts "
                   f"({'training prompts' if probe_from == 'train' else 'held out of training'}), "
                   f"test {counts['test']} prompts.")
-    return {"train": train, "probe": probe, "test": test, "provenance": provenance, "counts": counts}
+    return {"train": train, "probe": probe, "test": test, "irrelevant": irrelevant, "provenance": provenance,
+            "counts": counts}
+
+
+_FLUENT = re.compile(r"[A-Z][^\n`{}<>|#=_*\\]*[.!?]")
+
+
+def is_fluent(text: str, min_words: int = 5, max_words: int = 40) -> bool:
+    """One line starting with a capital and ending with . ! or ?, min..max words, no code characters."""
+    return bool(_FLUENT.fullmatch(text)) and min_words <= len(text.split()) <= max_words
 
 
 # --------------------------------------------------------------------------- JSONL

@@ -142,3 +142,32 @@ def score_batch(model, batch: Batch) -> dict:
             "entropy_mean": (per_row(stats["entropy"]) / safe).cpu(),
             "sqnorm_mean": (per_row(stats["sqnorm"]) / safe).cpu(),
             "argmax_logp_sum": per_row(stats["argmax_logp"]).cpu()}
+
+
+@torch.no_grad()
+def mass_shift(model, reference, batch: Batch) -> dict:
+    """Per row, averaged over response positions: how far the next-token distribution moved from the
+    reference model's (total variation) and how much of it the reference's top token gained.
+
+    tv_mean        mean of 1/2 sum_v |pi(v) - pi_0(v)|
+    top_gain_mean  mean of pi(top_0) - pi_0(top_0), top_0 = the reference's argmax
+    The share of the moved mass that went into the top token is top_gain / tv
+    (P18 on a real model). Chunked over tokens, float32, never [B, T, V].
+    """
+    logits, _, rows = response_logits(model, batch)
+    ref_logits, _, _ = response_logits(reference, batch)
+    tv, gain = [], []
+    for start in range(0, logits.shape[0], STATS_CHUNK):
+        p = torch.softmax(_upcast(logits[start:start + STATS_CHUNK]).float(), dim=-1)
+        p0 = torch.softmax(_upcast(ref_logits[start:start + STATS_CHUNK]).float(), dim=-1)
+        tv.append(0.5 * (p - p0).abs().sum(-1))
+        top = p0.argmax(-1, keepdim=True)
+        gain.append((p.gather(-1, top) - p0.gather(-1, top)).squeeze(-1))
+    n_rows = batch.input_ids.shape[0]
+
+    def per_row(values):
+        return torch.zeros(n_rows, device=rows.device).index_add(0, rows, values.float())
+
+    tv, gain = (torch.cat(v) if v else logits.new_zeros(0).float() for v in (tv, gain))
+    counts = per_row(torch.ones_like(tv)).clamp_min(1)
+    return {"tv_mean": (per_row(tv) / counts).cpu(), "top_gain_mean": (per_row(gain) / counts).cpu()}

@@ -4,8 +4,11 @@ import torch
 
 @torch.no_grad()
 def generate(model, prompts, eos_ids, pad_id: int, max_new_tokens: int, sample: bool = False,
-             seed: int = 0, temperature: float = 1.0, batch_size: int = 64) -> list:
+             seed: int = 0, temperature: float = 1.0, batch_size: int = 64, fixed_length: bool = False) -> list:
     """Continue each prompt (a list of token ids); returns the new ids, cut at the first eos.
+
+    fixed_length: the eos ids are suppressed and every continuation has exactly
+    max_new_tokens tokens (so repetition statistics compare equal lengths).
 
     Left-padded batches through `model.generate`; sampling is seeded per call so a
     resumed run draws the same samples.
@@ -28,9 +31,10 @@ def generate(model, prompts, eos_ids, pad_id: int, max_new_tokens: int, sample: 
                 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
             new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, eos_token_id=list(eos_ids),
-                                 pad_token_id=pad_id, **options)[:, width:]
+                                 pad_token_id=pad_id, **options,
+                                 **({"min_new_tokens": max_new_tokens} if fixed_length else {}))[:, width:]
             for row in new.tolist():
-                cut = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
+                cut = len(row) if fixed_length else next((i for i, t in enumerate(row) if t in eos_ids), len(row))
                 out.append(row[:cut])
     finally:
         torch.random.set_rng_state(generator_state)

@@ -12,7 +12,7 @@ that are plain text (TEXT_PROBES):
     irrelevant             a fluent sentence from another category file of the corpus,
                            of about y+'s length
     chosen_shuffled        y+'s words in a different order (guaranteed whenever
-                           y+ has more than one distinct word)
+                           y+ has more than one distinct word; one word: its letters)
 The probes that need the model (MODEL_PROBES: rephrases, random tokens, an
 initial-model sample, y*) are built elsewhere; REPHRASE_INSTRUCTION and
 random_token_ids are the fixed ingredients for two of them.
@@ -99,17 +99,28 @@ def format_probe(text: str, pool, rng) -> str:
     return "".join(out)
 
 
-def shuffled_words(text: str, rng) -> str:
-    """The words of `text` (split on whitespace) in a different order when there are 2+ distinct words."""
-    words = text.split()
-    if len(set(words)) < 2:
-        return " ".join(words)
+def _permuted(items, rng):
+    """A different order of `items` (which has 2+ distinct elements)."""
     for _ in range(32):
-        order = words[:]
+        order = list(items)
         rng.shuffle(order)
-        if order != words:
-            return " ".join(order)
-    return " ".join(words[1:] + words[:1])        # a rotation differs when 2+ distinct words
+        if order != list(items):
+            return order
+    return list(items[1:]) + list(items[:1])      # a rotation differs when 2+ distinct elements
+
+
+def shuffled_words(text: str, rng) -> str:
+    """The words of `text` (split on whitespace) in a different order when there are 2+ distinct words.
+
+    A one-word text has its characters shuffled instead, so that the probe is never y+ itself
+    (which would make it a training target).
+    """
+    words = text.split()
+    if len(set(words)) >= 2:
+        return " ".join(_permuted(words, rng))
+    if len(set(text.strip())) >= 2:
+        return "".join(_permuted(list(text.strip()), rng))
+    return " ".join(words)
 
 
 def random_token_ids(tokenizer_vocab_size: int, length: int, rng, exclude=()) -> list:
@@ -130,23 +141,18 @@ def random_token_ids(tokenizer_vocab_size: int, length: int, rng, exclude=()) ->
     return ids
 
 
-_FLUENT = re.compile(r"[A-Z][^\n`{}<>|#=_*\\]*[.!?]")
-
-
-def irrelevant_pool(min_words: int = 5, max_words: int = 40) -> list:
+def irrelevant_pool(min_words: int = 5, max_words: int = 40, exclude=()) -> list:
     """Fluent sentences of the corpus: dicts text, source (chatterbot-corpus/<file>), deterministic order.
 
-    A response qualifies when it is one line starting with a capital and ending
-    with . ! or ?, has min_words..max_words words and no code characters.
+    A response qualifies when validate.data.is_fluent says so; `exclude` holds
+    normalised texts to leave out (a user dataset's training targets).
     """
-    from learning_dynamics.validate.data import corpus_pairs, _key
+    from learning_dynamics.validate.data import corpus_pairs, is_fluent, _key
 
-    seen, pool = set(), []
+    seen, pool = set(exclude), []
     for pair in corpus_pairs():
         text = pair["response"]
-        if not _FLUENT.fullmatch(text) or not (min_words <= len(text.split()) <= max_words):
-            continue
-        if _key(text) in seen:
+        if not is_fluent(text, min_words, max_words) or _key(text) in seen:
             continue
         seen.add(_key(text))
         pool.append({"text": text, "source": pair["source"]})
@@ -176,11 +182,28 @@ def _choose_other(rng, examples, prompt_key, avoid):
                 return ex
 
 
+def _untrained(make, targets, tries: int = 16) -> str:
+    """make() again while it gives a training target (a short year can turn into another trivia answer)."""
+    text = make()
+    for _ in range(tries):
+        if _norm(text) not in targets:
+            break
+        text = make()
+    return text
+
+
+def training_targets(train_examples) -> set:
+    """Normalised texts of every response a training pair trains on (chosen and rejected)."""
+    return {_norm(ex[k]) for ex in train_examples for k in ("chosen", "rejected")}
+
+
 def build_probe_texts(probe_examples, train_examples, test_examples, irrelevant_pool, seed: int = 0) -> list:
     """One dict per probe example: prompt, source, the TEXT_PROBES responses, and meta.
 
     irrelevant_pool: strings or dicts with "text" (and optional "source"); an
     irrelevant sentence comes from another source file than the probe's when it can.
+    The irrelevant sentence and the test response avoid training targets when they
+    can (validate.design measures what is left).
     """
     if not probe_examples:
         raise ValueError("no probe examples")
@@ -190,12 +213,15 @@ def build_probe_texts(probe_examples, train_examples, test_examples, irrelevant_
     pool = [{"text": p, "source": ""} if isinstance(p, str) else {"text": p["text"], "source": p.get("source", "")}
             for p in irrelevant_pool]
     words = content_word_pool([ex["chosen"] for ex in train_examples] + [ex["rejected"] for ex in train_examples])
+    targets = training_targets(train_examples)
+    pool = [p for p in pool if _norm(p["text"]) not in targets] or pool
+    untrained_tests = [ex for ex in test_examples if _norm(ex["chosen"]) not in targets] or test_examples
     rows = []
     for ex in probe_examples:
         key, chosen, rejected = _norm(ex["prompt"]), ex["chosen"], ex["rejected"]
         avoid = {_norm(chosen), _norm(rejected)}
         other = _choose_other(rng, train_examples, key, avoid)
-        test = _choose_other(rng, test_examples, key, avoid)
+        test = _choose_other(rng, untrained_tests, key, avoid)
         n_words = len(chosen.split())
         source = ex.get("source", "")
         candidates = [p for p in pool if _norm(p["text"]) not in avoid and (not source or p["source"] != source)] \
@@ -207,8 +233,8 @@ def build_probe_texts(probe_examples, train_examples, test_examples, irrelevant_
             "source": source,
             "chosen": chosen,
             "rejected": rejected,
-            "chosen_format": format_probe(chosen, words, rng),
-            "rejected_format": format_probe(rejected, words, rng),
+            "chosen_format": _untrained(lambda: format_probe(chosen, words, rng), targets),
+            "rejected_format": _untrained(lambda: format_probe(rejected, words, rng), targets),
             "other_chosen": other["chosen"],
             "test_response": test["chosen"],
             "irrelevant": irrelevant["text"],

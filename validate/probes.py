@@ -19,9 +19,25 @@ def special_ids(tokenizer) -> set:
     return set(tokenizer.all_special_ids)
 
 
+def end_of_turn_ids(tokenizer) -> list:
+    """The chat template's own end of an assistant turn, as token ids (SmolLM2: [2], <|im_end|>).
+
+    Taken from the template (an empty assistant turn, its tail kept), never from the
+    tokenizer's eos list, whose order varies with the transformers version.
+    """
+    from learning_dynamics.validate import data
+    ids = data.response_ids(tokenizer, "")
+    if not ids:
+        raise ValueError("the tokenizer has neither a chat template end of turn nor an eos token")
+    return ids
+
+
 def eos_ids(tokenizer) -> list:
-    """The ids that end an assistant turn (ChatML's <|im_end|> and the tokenizer's eos)."""
-    ids = {tokenizer.eos_token_id}
+    """The ids at which generation stops: the template's end of turn, ChatML's <|im_end|> and the eos.
+
+    A set to stop on, not an order: to end a response use end_of_turn_ids.
+    """
+    ids = {tokenizer.eos_token_id, end_of_turn_ids(tokenizer)[0]}
     for token in ("<|im_end|>", "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id:
@@ -30,13 +46,19 @@ def eos_ids(tokenizer) -> list:
 
 
 def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, test_examples, settings,
-                    progress=print) -> list:
-    """A list of {"prompt_id", "prompt", "texts": {probe: str}, "ids": {probe: [int]}, "prompt_ids"}."""
+                    progress=print, irrelevant=None) -> list:
+    """A list of {"prompt_id", "prompt", "texts": {probe: str}, "ids": {probe: [int]}, "prompt_ids"}.
+
+    irrelevant: the pool of irrelevant sentences (default: the corpus's fluent
+    sentences that are not training targets).
+    """
     seed = settings["seed"]
-    probes = probe_texts.build_probe_texts(probe_examples, train_examples, test_examples,
-                                           probe_texts.irrelevant_pool(), seed)
+    if not irrelevant:
+        irrelevant = probe_texts.irrelevant_pool(exclude=probe_texts.training_targets(train_examples))
+    probes = probe_texts.build_probe_texts(probe_examples, train_examples, test_examples, irrelevant, seed)
     pad_id = tokenizer.pad_token_id
     stop = eos_ids(tokenizer)
+    end = end_of_turn_ids(tokenizer)
     n_new = settings["max_response_tokens"]
     rephrase_prompts = [encoder.prompt_ids(probe_texts.REPHRASE_INSTRUCTION.format(text=p[key]))
                         for key in ("chosen", "rejected") for p in probes]
@@ -56,16 +78,34 @@ def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, t
         texts["initial_sample"] = tokenizer.decode(samples[i], skip_special_tokens=True).strip()
         tokens = {k: encoder.response_ids(v) for k, v in texts.items()}
         tokens["random_tokens"] = [int(t) for t in probe_texts.random_token_ids(
-            vocab, max(len(tokens["chosen"]) - 1, 1), rng, exclude=special_ids(tokenizer))] + [stop[0]]
+            vocab, max(len(tokens["chosen"]) - 1, 1), rng, exclude=special_ids(tokenizer))] + end
         texts["random_tokens"] = tokenizer.decode(tokens["random_tokens"])
         for key, value in tokens.items():
             if not value:  # an empty generation still needs an end of turn to be scored
-                tokens[key] = [stop[0]]
+                tokens[key] = list(end)
         out.append({"prompt_id": str(i), "prompt": probe["prompt"], "prompt_ids": ids, "texts": texts,
-                    "ids": tokens})
+                    "ids": tokens, "aux_ids": {"shared_prefix": shared_prefix(tokens["chosen"], tokens["rejected"])}})
     return out
 
 
+def shared_prefix(chosen, rejected) -> list:
+    """The tokens y+ and y- share from the start (often none): P08's shared-context positions."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    return list(chosen[:n])
+
+
 def probe_sequences(probe_set) -> list:
-    """Flatten to (prompt_id, probe, prompt_ids, response_ids), the unit the tracker scores."""
+    """Flatten to (prompt_id, probe, prompt_ids, response_ids), the unit the checks score."""
     return [(p["prompt_id"], name, p["prompt_ids"], ids) for p in probe_set for name, ids in p["ids"].items()]
+
+
+def tracked_sequences(probe_set) -> list:
+    """probe_sequences plus the auxiliary ones a run tracks (the shared prefix of y+ and y-, maybe empty).
+
+    The rejected-only positions of y- are y- minus its shared prefix: the sums of
+    the tracking table are additive over positions.
+    """
+    return probe_sequences(probe_set) + [(p["prompt_id"], name, p["prompt_ids"], ids) for p in probe_set
+                                         for name, ids in p.get("aux_ids", {}).items()]

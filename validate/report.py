@@ -70,9 +70,26 @@ def load_series(run_dir: Path):
         odd = next((path for path, g in zip(paths, generations) if len(g) != len(generations[0])), None)
         if odd is not None:
             raise CorruptFile(odd, f"holds another number of generations than {paths[0].name}")
-        for key in ("distinct2", "rep4"):
-            series[f"gen/{key}"] = np.stack([_generation_stat(path, g, key) for path, g in zip(paths, generations)])
+        for key in ("distinct2", "rep4", "n_tokens", "distinct2_fixed", "rep4_fixed"):
+            if key in ("distinct2", "rep4") or all(key in r for g in generations for r in g):
+                series[f"gen/{key}"] = np.stack([_generation_stat(path, g, key)
+                                                 for path, g in zip(paths, generations)])
+    mass = [_read_json(run_dir / "mass" / f"step_{int(s):09d}.json", expect=list) for s in steps]
+    if all(mass):
+        order = {p: i for i, p in enumerate(_prompt_order(rows))}
+        for key in ("tv_mean", "top_gain_mean"):
+            table = np.full((len(steps), len(order)), np.nan)
+            for i, records in enumerate(mass):
+                for r in records:
+                    table[i, order[str(r["prompt_id"])]] = r[key]
+            series[f"mass/{key[:-5]}"] = table
     return series, steps
+
+
+def _prompt_order(rows) -> list:
+    """Prompt ids in the order of series_from_table's columns."""
+    from learning_dynamics.sim.tracking import _prompt_sort_key
+    return sorted({str(r["prompt_id"]) for r in rows}, key=_prompt_sort_key)
 
 
 def _generation_stat(path, records, key) -> np.ndarray:
@@ -114,7 +131,33 @@ def _unevaluated_rows(algo) -> list:
             if p.scope == "run" and algo in p.applies_to and "llm" in p.levels]
 
 
-def write_report(run_dir) -> dict:
+# settings a control run must share with the run it controls: the same pairs, probes, seed and length
+CONTROL_MATCH = ("model", "data", "seed", "n_train", "n_probe", "max_prompt_tokens", "max_response_tokens",
+                 "steps", "batch_pairs", "eval_every", "gen_prompts", "gen_tokens")
+
+
+def is_control_for(control_settings: dict, settings: dict) -> bool:
+    """An SFT run on the same pairs, probe prompts and seed, as long, evaluated at the same steps."""
+    return control_settings.get("algo") == "sft" and settings.get("algo") != "sft" and all(
+        control_settings.get(k) == settings.get(k) for k in CONTROL_MATCH)
+
+
+def _caveats(rows, design_info) -> list:
+    """One line per verdict whose probes are also training targets (validate.design)."""
+    from learning_dynamics.validate.design import overlapping
+    lines = []
+    for r in rows:
+        hits = overlapping(design_info, predictions.PROBES_USED.get(r["id"], ()))
+        if hits:
+            n = design_info["n_probe_prompts"]
+            lines.append(f"- {r['id']}: " + ", ".join(f"{p} is a training target for {c} of {n} probe prompts"
+                                                     for p, c in hits.items()))
+    return lines
+
+
+def write_report(run_dir, control=None) -> dict:
+    """control: the run directory of this run's SFT control (P09c, P10, P17, P05r, P06r are judged
+    against it)."""
     run_dir = Path(run_dir)
     settings = load_settings(run_dir)
     info = _read_json(run_dir / "run_info.json", {})
@@ -125,10 +168,13 @@ def write_report(run_dir) -> dict:
     else:
         series, steps = load_series(run_dir)
         with np.errstate(all="ignore"):  # a stopped run's last evaluation may hold non-finite log-probs
-            rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"])
+            control_series = load_series(Path(control))[0] if control else None
+            rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"],
+                                            control=control_series)
         figures = _figures(run_dir, series, steps, algo)
     if stopped:
         rows = _inconclusive(rows, stopped)
+    design_info = _read_json(run_dir / "design.json")
     first_order = _read_json(run_dir / "first_order.json")
     if first_order:
         figures += [f for f in first_order.get("figures", []) if isinstance(f, str)]
@@ -147,6 +193,8 @@ def write_report(run_dir) -> dict:
         "run": {k: v for k, v in info.items() if k not in ("fingerprints", "reproduce", "reproduce_error")},
         "steps": steps.tolist(),
         "first_order": first_order, "predictions": rows, "figures": figures,
+        "control": str(control) if control else None, "design": design_info,
+        "caveats": _caveats(rows, design_info),
         "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
     })
@@ -159,16 +207,42 @@ def _fmt(x, digits=3):
     return "n/a" if x is None else f"{x:.{digits}g}"
 
 
+def _judged(r) -> str:
+    if r.get("basis"):
+        return r["basis"]
+    if r.get("control"):
+        return "vs SFT control"
+    if r.get("needs_control"):
+        return "no control: not judged"
+    return "this run"
+
+
 def prediction_table(rows, with_algo: bool = False) -> str:
-    head = "| " + ("run | " if with_algo else "") + "id | prediction | verdict | effect | 95% CI |"
+    head = "| " + ("run | " if with_algo else "") + "id | prediction | judged | verdict | effect | 95% CI |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         ci = r.get("ci") or [None, None]
         unit = f" {r['unit']}" if r.get("unit") else ""
-        lines.append("| " + (f"{r['algo']} | " if with_algo else "") +
-                     f"{r['id']} | {r['claim']} | **{r['verdict']}** | {_fmt(r['effect'])}{unit} | "
+        lines.append("| " + (f"{r['run']} | " if with_algo else "") +
+                     f"{r['id']} | {r['claim']} | {_judged(r)} | **{r['verdict']}** | {_fmt(r['effect'])}{unit} | "
                      f"[{_fmt(ci[0])}, {_fmt(ci[1])}] |")
     return "\n".join(lines)
+
+
+def _design_lines(report) -> list:
+    d = report.get("design")
+    if not d:
+        return ["## Data design", "", "No design.json: this run was made before probe/target overlap was measured.", ""]
+    overlap = {p: c["any"] for p, c in d["overlap"].items() if c["any"]}
+    lines = ["## Data design", "",
+             f"Probe texts that are also training targets ({d['n_probe_prompts']} probe prompts, "
+             f"{d['n_train_pairs']} training pairs; y+ and y- of the probe's own pair excepted; "
+             f"{', '.join(d['by_design'])} is a training target by design): " +
+             (", ".join(f"{p} {c}" for p, c in sorted(overlap.items())) or "none") + ".", ""]
+    if report.get("caveats"):
+        lines += ["Verdicts whose probes are training targets (read them with that in mind):", "",
+                  *report["caveats"], ""]
+    return lines
 
 
 def reproduce_line(report: dict) -> str:
@@ -195,8 +269,13 @@ def markdown(report: dict) -> str:
                  f"**Incomplete run:** tracked to step {report['steps'][-1]} of {s['steps']}; the process stopped "
                  "before the end (verdicts below are over the steps it reached).", ""]),
              reproduce_line(report), "",
-             "## Predictions", "", prediction_table(report["predictions"]) if report["predictions"] else
-             "(no run-level prediction of the catalogue concerns this algorithm)", ""]
+             "## Predictions", "",
+             (f"Control: `{report['control']}` (SFT on the same pairs, probes and seed)." if report.get("control")
+              else "No SFT control given: claims that SFT could also cause are shown but not judged "
+                   "(`ldyn validate report RUN CONTROL` judges them)."), "",
+             prediction_table(report["predictions"]) if report["predictions"] else
+             "(no run-level prediction of the catalogue concerns this algorithm)", "",
+             *_design_lines(report)]
     fo = report.get("first_order")
     if fo:
         parts += ["## First-order (eNTK) check", "",
@@ -221,41 +300,65 @@ def _verdict_figure(rows, out: Path):
 
 
 def merge(run_dirs, out) -> dict:
-    """One report over several runs: each run's verdicts plus the two-run comparisons."""
-    runs, checks = {}, []
+    """One report over several run directories: each run's verdicts (judged against its SFT control
+    when one of the directories is one) plus the two-run comparisons. Runs are keyed by directory, so
+    two runs of one algorithm both count."""
+    runs, checks, settings_of = {}, [], {}
     for d in map(Path, run_dirs):
         if not (d / "settings.json").exists() and (d / "first_order.json").exists():
             checks.append(dict(_read_json(d / "first_order.json"), algo=f"check ({d.name})"))
             continue
-        runs_report = _read_json(d / "report.json")
-        report = runs_report if runs_report and "predictions" in runs_report else write_report(d)
-        runs[report["algo"]] = (d, report)
-    prints = {d.name: rep.get("fingerprints") or {} for d, rep in runs.values()}
+        if not (d / "settings.json").exists():
+            raise UserError(f"{d} has no settings.json; is it a run directory?")
+        settings_of[str(d)] = load_settings(d)
+    if not settings_of:
+        raise UserError("no run directory among the arguments (each needs settings.json and tracking/)")
+    names = _labels(list(settings_of))
+    for d, s in settings_of.items():
+        control = next((c for c, cs in settings_of.items() if is_control_for(cs, s)), None)
+        runs[d] = (write_report(d, control=control), control)
+    series = {d: load_series(Path(d))[0] for d in runs}
+    prints = {names[d]: rep.get("fingerprints") or {} for d, (rep, _) in runs.items()}
     for d in map(Path, run_dirs):
         if not (d / "settings.json").exists() and (d / "first_order.json").exists():
             prints[d.name] = _read_json(d / "first_order.json").get("fingerprints") or {}
-    if not runs:
-        raise UserError("no run directory among the arguments (each needs settings.json and tracking/)")
-    series_by_algo = {algo: load_series(d)[0] for algo, (d, _) in runs.items()}
-    seed = next(iter(runs.values()))[1]["seed"]
-    compare = predictions.evaluate_comparison(series_by_algo, level="llm", seed=seed)
-    rows = [dict(r, algo=algo) for algo, (_, rep) in runs.items() for r in rep["predictions"]]
-    rows += [dict(r, algo=" vs ".join(predictions.get(r["id"]).applies_to)) for r in compare]
-    first_order = checks + [dict(rep["first_order"], algo=algo) for algo, (_, rep) in runs.items()
+    rows = [dict(r, run=names[d], algo=rep["algo"]) for d, (rep, _) in runs.items() for r in rep["predictions"]]
+    for prediction in predictions.CATALOGUE:
+        if prediction.scope != "compare":
+            continue
+        reference, other = prediction.applies_to
+        for a, sa in settings_of.items():
+            for b, sb in settings_of.items():
+                if sa["algo"] == reference and sb["algo"] == other and all(
+                        sa.get(k) == sb.get(k) for k in ("model", "data", "seed", "n_train", "n_probe")):
+                    for r in predictions.evaluate_comparison({reference: series[a], other: series[b]},
+                                                             level="llm", seed=sa["seed"]):
+                        if r["id"] == prediction.id:
+                            rows.append(dict(r, run=f"{names[a]} vs {names[b]}", algo=f"{reference} vs {other}"))
+    first_order = checks + [dict(rep["first_order"], algo=names[d]) for d, (rep, _) in runs.items()
                             if rep.get("first_order")]
-    devices = {rep["device"] for _, rep in runs.values()}
+    devices = {rep["device"] for rep, _ in runs.values()}
     out = Path(out)
-    merged = _clean({"runs": {a: str(d) for a, (d, _) in runs.items()}, "predictions": rows,
-                     "first_order": first_order, "versions": provenance.versions(), "fingerprints": prints,
-                     "warning": _merge_warning(prints),
-                     "model": sorted({rep["model"] for _, rep in runs.values()}),
-                     "device": sorted(devices - {"cuda"} if devices - {"cuda", "cpu"} else devices)})
+    merged = _clean({"runs": {names[d]: d for d in runs},
+                     "controls": {names[d]: names[c] for d, (_, c) in runs.items() if c},
+                     "predictions": rows, "first_order": first_order, "versions": provenance.versions(),
+                     "fingerprints": prints, "warning": _merge_warning(prints),
+                     "model": sorted({rep["model"] for rep, _ in runs.values()}),
+                     "device": sorted(devices - {"cuda"} if devices - {"cuda", "cpu"} else devices),
+                     "design": {names[d]: rep.get("design") for d, (rep, _) in runs.items()},
+                     "caveats": {names[d]: rep.get("caveats") for d, (rep, _) in runs.items() if rep.get("caveats")}})
     atomic_write_json(out / "summary.json", merged)
-    figure = _verdict_figure(rows, out)
+    figure = _verdict_figure([dict(r, algo=r["run"] + (f" ({r['basis']})" if r.get("basis") else ""))
+                              for r in rows], out)
     lines = ["# Verdicts over all runs", "", f"Model: {', '.join(merged['model'])}; device: "
-             f"{', '.join(merged['device'])}.", "", prediction_table(rows, with_algo=True), ""]
+             f"{', '.join(merged['device'])}.", ""]
+    for run, control in merged["controls"].items():
+        lines.append(f"- `{run}` is judged against the SFT control `{control}` (same pairs, probes and seed).")
+    lines += ["", prediction_table(rows, with_algo=True), ""]
     if figure:
         lines += [f"![every verdict: effect and 95% CI per run]({figure.name})", ""]
+    for run, caveats in merged["caveats"].items():
+        lines += [f"Caveats for `{run}` (probes that are training targets):", *caveats, ""]
     for fo in first_order:
         lines.append(f"First-order check, {fo['algo']}: Pearson r {_fmt(fo.get('pearson_r'), 6)}, "
                      f"error slope {_fmt(fo.get('error_slope'))} (theory: 2), on {fo.get('n_probe_sequences')} "
@@ -270,3 +373,14 @@ def merge(run_dirs, out) -> dict:
                          f"{_fmt(squeeze['recall'], 2)} against the measured one.")
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return merged
+
+
+def _labels(dirs) -> dict:
+    """A short unique name per run directory: its folder name, with parents added where two clash."""
+    paths = {d: Path(d).resolve() for d in dirs}
+    depth = 1
+    while True:
+        names = {d: "/".join(p.parts[-depth:]) for d, p in paths.items()}
+        if len(set(names.values())) == len(names) or depth > 8:
+            return names
+        depth += 1

@@ -4,7 +4,9 @@ A run directory holds everything, written atomically as it is made:
     settings.json          what was asked (a resumed run must ask the same)
     probes.json            the probe set (texts and token ids)
     tracking/step_*.csv    one chunk per evaluation (sim.tracking's schema)
-    generations/step_*.json greedy generations and their repetition statistics
+    generations/step_*.json greedy generations (natural and fixed length) and their repetition statistics
+    mass/step_*.json       per probe prompt, how far y+'s next-token distributions moved and into the top token
+    design.json            which probe texts are also training targets (validate.design)
     train_log.json         per-step losses and metrics under TRL's names
     state/checkpoint.pt    model, optimizer and data state, to resume
     stopped.json           only when training diverged or collapsed (validate.health): step and reason
@@ -23,6 +25,7 @@ from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import algorithms as algos
 from learning_dynamics.validate import health
 
+MASS_BATCH = 8          # sequences per batch when comparing with the reference (two [N, V] logits at once)
 PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "rejected_rephrase", "chosen_format", "rejected_format",
                "other_chosen", "test_response", "irrelevant", "chosen_shuffled", "random_tokens", "initial_sample")
 
@@ -57,7 +60,7 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
             raise UserError(f"{out} holds a run with other settings ({k}: {previous.get(k)!r} there, "
                             f"{settings.get(k)!r} now); use another --out or pass --fresh")
     elif fresh:
-        for sub in ("tracking", "generations", "state"):
+        for sub in ("tracking", "generations", "mass", "state"):
             for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
                 f.unlink()
         for name in ("train_log.json", "probes.json", "report.json", "report.md", "stopped.json"):
@@ -66,8 +69,10 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
 
 
 def _examples(settings: dict):
-    """(train, probe, test) lists of {"prompt", "chosen", "rejected"}; probe prompts are trained on."""
+    """(train, probe, test, irrelevant): lists of {"prompt", "chosen", "rejected"} (probe prompts are trained
+    on) and the irrelevant-sentence pool (None: chosen from the corpus later)."""
     from learning_dynamics.validate import data
+    irrelevant = None
     if settings["data"]:
         rows = data.load_preference_jsonl(settings["data"])
         n_test = max(1, min(len(rows) // 10, 50))
@@ -78,6 +83,7 @@ def _examples(settings: dict):
     else:  # its probe prompts are training prompts (the paper's D_prob)
         dataset = data.default_dataset(seed=0, n_probe=max(settings["n_probe"], 1))
         train, probe, test = dataset["train"], dataset["probe"], dataset["test"]
+        irrelevant = dataset["irrelevant"]
     if len({str(e["prompt"]) for e in train}) == 1 and len(train) > 1:
         import sys
         print(f"ldyn: warning: all {len(train)} training pairs share one prompt, so the probes that need "
@@ -87,7 +93,7 @@ def _examples(settings: dict):
         probe_prompts = {str(e["prompt"]) for e in probe}
         rest = [e for e in train if str(e["prompt"]) not in probe_prompts]
         train = probe + rest[:max(settings["n_train"] - len(probe), 0)]
-    return train, probe, test
+    return train, probe, test, irrelevant
 
 
 def _read_probes(path: Path, vocab: int) -> list:
@@ -148,9 +154,15 @@ def evaluate(model, step, ctx) -> None:
     with ctx["autocast"]():
         new = generate(model, [p["prompt_ids"] for p in gen_prompts], ctx["eos"], ctx["pad_id"],
                        ctx["settings"]["gen_tokens"], sample=False, batch_size=ctx["settings"]["eval_batch"])
+        fixed = generate(model, [p["prompt_ids"] for p in gen_prompts], ctx["eos"], ctx["pad_id"],
+                         ctx["settings"]["gen_tokens"], sample=False, batch_size=ctx["settings"]["eval_batch"],
+                         fixed_length=True)
     records = [{"prompt_id": p["prompt_id"], "text": ctx["tokenizer"].decode(ids, skip_special_tokens=True),
-                "n_tokens": len(ids), **repetition_stats(ids)} for p, ids in zip(gen_prompts, new)]
+                "n_tokens": len(ids), **repetition_stats(ids),
+                **{f"{k}_fixed": v for k, v in repetition_stats(f).items()}}
+               for p, ids, f in zip(gen_prompts, new, fixed)]
     atomic_write_json(ctx["out"] / "generations" / f"step_{step:09d}.json", records)
+    _track_mass(model, step, ctx)
     model.train()
     if bad:
         _stop(ctx, step, f"probe log-probs became non-finite at step {step}")
@@ -178,6 +190,17 @@ def _stop(ctx, step, reason, log=None) -> None:
     if list((out / "tracking").glob("step_*.csv")):
         write_report(out)
     raise RunStopped(out, stopped)
+
+
+def _track_mass(model, step, ctx) -> None:
+    """P18's data: on y+'s contexts, how far each prompt's next-token distributions moved from the
+    reference (the initial model; for extend the model after its SFT phase) and how much the top token gained."""
+    from learning_dynamics.validate.forward import mass_shift
+    chosen = [seq for seq in ctx["sequences"] if seq[1] == "chosen"]
+    rows = _score_rows(model, chosen, ctx["pad_id"], ctx["device"], MASS_BATCH, ctx["autocast"],
+                       scorer=lambda m, batch: mass_shift(m, ctx["ref_model"], batch))
+    atomic_write_json(ctx["out"] / "mass" / f"step_{step:09d}.json",
+                      [{k: r[k] for k in ("prompt_id", "tv_mean", "top_gain_mean")} for r in rows])
 
 
 # --------------------------------------------------------------------------- training
@@ -215,11 +238,11 @@ def _draw_samples(model, ref_model, pairs, indices, step, ctx) -> None:
     prompts = [pairs[i]["prompt"] for i in indices for _ in range(k)]
     model.eval()
     with ctx["autocast"]():
-        new = generate(model, prompts, ctx["eos"], ctx["pad_id"], s["max_response_tokens"] - 1, sample=True,
+        new = generate(model, prompts, ctx["eos"], ctx["pad_id"], max(s["max_response_tokens"] - len(ctx["end_of_turn"]), 1), sample=True,
                        seed=s["seed"] * 100003 + step, batch_size=s["eval_batch"])
     model.train()
     for n, i in enumerate(indices):
-        responses = [tuple(r) + (ctx["eos"][0],) for r in new[n * k:(n + 1) * k]]
+        responses = [tuple(r) + tuple(ctx["end_of_turn"]) for r in new[n * k:(n + 1) * k]]
         pairs[i]["samples"] = responses
         pairs[i]["sample"] = responses[0]
     if s["algo"] == "onpolicy-dpo":
@@ -341,6 +364,7 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
     import contextlib
 
     import torch
+    from learning_dynamics.validate import design
     from learning_dynamics.validate import probes as probe_set
     from learning_dynamics.validate.encode import Encoder
     from learning_dynamics.validate.model import load_model
@@ -364,7 +388,7 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
         raise RunStopped(out, stopped)
     torch.manual_seed(settings["seed"])
     started = time.perf_counter()
-    train_examples, probe_examples, test_examples = _examples(settings)  # bad data fails before the slow load
+    train_examples, probe_examples, test_examples, irrelevant = _examples(settings)  # bad data fails before the slow load
     loaded = load_model(settings["model"], device=str(device), progress=progress)
     model, tokenizer = loaded.model, loaded.tokenizer
     load_seconds = time.perf_counter() - started
@@ -378,11 +402,14 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
     else:
         with autocast():
             probes = probe_set.build_probe_set(model, tokenizer, encoder, probe_examples, train_examples,
-                                               test_examples, settings, progress=progress)
+                                               test_examples, settings, progress=progress, irrelevant=irrelevant)
         atomic_write_json(probes_path, probes, sort_keys=False)  # the probe order is the tracking row order
+    atomic_write_json(out / "design.json", design.measure(probes, train_examples))
     ctx = {"settings": settings, "out": out, "device": device, "pad_id": tokenizer.pad_token_id,
-           "tokenizer": tokenizer, "eos": probe_set.eos_ids(tokenizer), "autocast": autocast,
-           "table": TrackingTable(out / "tracking"), "sequences": probe_set.probe_sequences(probes),
+           "tokenizer": tokenizer, "eos": probe_set.eos_ids(tokenizer),
+           "end_of_turn": probe_set.end_of_turn_ids(tokenizer), "autocast": autocast,
+           "table": TrackingTable(out / "tracking"), "sequences": probe_set.tracked_sequences(probes),
+           "ref_model": ref_model,
            "gen_prompts": probes[:settings["gen_prompts"]], "quiet": quiet, "progress": progress,
            "log_vocab": math.log(model.get_output_embeddings().weight.shape[0])}
     pairs = _tokenize_pairs(encoder, train_examples)
