@@ -36,7 +36,8 @@ def frozen(log: list):
 
 def entropy_gap(rows, log_vocab: float) -> float:
     """log V minus the mean next-token entropy over every scored probe sequence."""
-    return log_vocab - float(np.mean([r["entropy_mean"] for r in rows]))
+    # an empty sequence (a y+/y- pair with no shared prefix) has no positions and no entropy
+    return log_vocab - float(np.mean([r["entropy_mean"] for r in rows if r.get("n_tokens", 1) > 0]))
 
 
 def uniform(step: int, gap: float, initial_gap: float, log_vocab: float):
