@@ -121,7 +121,23 @@ def test_theory_evaluates_the_series_of_a_table(tmp_path):
         table.append(step, rows)
     rows = {r["id"]: r for r in evaluate_run(series_from_table(table.read()), "dpo", level="lm")}
     assert rows["P09a"]["verdict"] == "fails"   # y+ rose: "y+ ends lower" is refuted
-    assert rows["P09b"]["verdict"] == "holds"   # y- fell faster
+    assert rows["P09b"]["verdict"] == "fails"   # y- fell faster, but P09b needs both to fall
+
+
+def test_theory_evaluates_a_table_where_both_fall_y_minus_faster(tmp_path):
+    from learning_dynamics.theory.predictions import evaluate_run
+
+    table = TrackingTable(tmp_path)
+    prompts = [str(i) for i in range(12)]
+    for step in range(3):
+        rows = make_rows(step, prompts=prompts, probes=("chosen", "rejected"))
+        for r in rows:
+            drift = -1.0 * step if r["probe"] == "chosen" else -5.0 * step
+            r["logp_sum"] = -10.0 + drift + 0.1 * int(r["prompt_id"])
+        table.append(step, rows)
+    rows = {r["id"]: r for r in evaluate_run(series_from_table(table.read()), "dpo", level="lm")}
+    assert rows["P09a"]["verdict"] == "holds"
+    assert rows["P09b"]["verdict"] == "holds"
 
 
 def test_probe_plot_writes_one_panel_per_probe(tmp_path):

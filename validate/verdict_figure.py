@@ -14,6 +14,8 @@ from learning_dynamics.sim import style
 
 ROW_HEIGHT = 0.16     # inches per run row
 HEADER_ROWS = 1.0     # a prediction's header takes one row
+# characters of "id: claim" that fit one line of 6.5 pt bold beside the run labels at style.WIDTH
+HEADER_CHARS = 80
 
 
 def _unit(row) -> str:
@@ -45,7 +47,7 @@ def plot_verdicts(rows, path, title="Every prediction: effect and 95% CI per run
         y, ticks, ticklabels = 0.0, [], []
         for number, (pid, claim, members) in enumerate(groups):
             header = y
-            ax.text(0.0, header, style.math_text(textwrap.shorten(f"{pid}: {claim}", 115)),
+            ax.text(0.0, header, style.math_text(textwrap.shorten(f"{pid}: {claim}", HEADER_CHARS)),
                     transform=ax.get_yaxis_transform(), ha="left", va="center", fontsize=6.5, fontweight="bold")
             if number % 2:
                 ax.axhspan(header - 0.5, header + len(members) + 0.5, color="0.95", zorder=0, lw=0)
