@@ -107,8 +107,8 @@ def test_a_missing_cell_is_an_error_unless_asked_to_keep_nan(tmp_path):
     assert np.isnan(series["logps/other_chosen"][1, 1]) and not np.isnan(series["logps/chosen"]).any()
 
 
-def test_theory_evaluates_the_series_of_a_table(tmp_path):
-    """End to end: a table whose y- falls and y+ rises gives the verdicts that say so."""
+def _dpo_verdicts_of_a_table(tmp_path, chosen_drift, rejected_drift):
+    """DPO verdicts of a tracking table whose y+ and y- move linearly by the given nats per step."""
     from learning_dynamics.theory.predictions import evaluate_run
 
     table = TrackingTable(tmp_path)
@@ -116,28 +116,23 @@ def test_theory_evaluates_the_series_of_a_table(tmp_path):
     for step in range(3):
         rows = make_rows(step, prompts=prompts, probes=("chosen", "rejected"))
         for r in rows:
-            drift = 2.0 * step if r["probe"] == "chosen" else -5.0 * step
+            drift = (chosen_drift if r["probe"] == "chosen" else rejected_drift) * step
             r["logp_sum"] = -10.0 + drift + 0.1 * int(r["prompt_id"])
         table.append(step, rows)
-    rows = {r["id"]: r for r in evaluate_run(series_from_table(table.read()), "dpo", level="lm")}
-    assert rows["P09a"]["verdict"] == "fails"   # y+ rose: "y+ ends lower" is refuted
-    assert rows["P09b"]["verdict"] == "fails"   # y- fell faster, but P09b needs both to fall
+    return {r["id"]: r["verdict"] for r in evaluate_run(series_from_table(table.read()), "dpo", level="lm")}
+
+
+def test_theory_evaluates_the_series_of_a_table(tmp_path):
+    """End to end: a table whose y- falls and y+ rises gives the verdicts that say so."""
+    verdicts = _dpo_verdicts_of_a_table(tmp_path, chosen_drift=2.0, rejected_drift=-5.0)
+    assert verdicts["P09a"] == "fails"   # y+ rose: "y+ ends lower" is refuted
+    assert verdicts["P09b"] == "fails"   # y- fell faster, but P09b needs both to fall
 
 
 def test_theory_evaluates_a_table_where_both_fall_y_minus_faster(tmp_path):
-    from learning_dynamics.theory.predictions import evaluate_run
-
-    table = TrackingTable(tmp_path)
-    prompts = [str(i) for i in range(12)]
-    for step in range(3):
-        rows = make_rows(step, prompts=prompts, probes=("chosen", "rejected"))
-        for r in rows:
-            drift = -1.0 * step if r["probe"] == "chosen" else -5.0 * step
-            r["logp_sum"] = -10.0 + drift + 0.1 * int(r["prompt_id"])
-        table.append(step, rows)
-    rows = {r["id"]: r for r in evaluate_run(series_from_table(table.read()), "dpo", level="lm")}
-    assert rows["P09a"]["verdict"] == "holds"
-    assert rows["P09b"]["verdict"] == "holds"
+    verdicts = _dpo_verdicts_of_a_table(tmp_path, chosen_drift=-1.0, rejected_drift=-5.0)
+    assert verdicts["P09a"] == "holds"
+    assert verdicts["P09b"] == "holds"
 
 
 def test_probe_plot_writes_one_panel_per_probe(tmp_path):
