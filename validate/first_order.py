@@ -95,19 +95,30 @@ def sgd_direction(model, pair_sequence, sign, pad_id, device) -> dict:
     return direction
 
 
+def snapshot(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
 @contextlib.contextmanager
-def stepped(model, direction, eta):
-    """theta + eta * direction inside the block; the exact old weights after it."""
-    saved = {k: v.detach().clone() for k, v in model.named_parameters()}
-    with torch.no_grad():
-        for k, v in model.named_parameters():
-            v.add_(direction[k], alpha=eta)
+def restoring(model):
+    """Whatever the block does to the weights, the exact old ones come back after it."""
+    saved = snapshot(model)
     try:
         yield
     finally:
         with torch.no_grad():
             for k, v in model.named_parameters():
                 v.copy_(saved[k])
+
+
+@contextlib.contextmanager
+def stepped(model, direction, eta):
+    """theta + eta * direction inside the block; the exact old weights after it."""
+    with restoring(model):
+        with torch.no_grad():
+            for k, v in model.named_parameters():
+                v.add_(direction[k], alpha=eta)
+        yield
 
 
 def error_slope(etas, errors) -> float:

@@ -28,7 +28,8 @@ import torch
 
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.first_order import agreement, predicted_per_unit_eta, sgd_direction
+from learning_dynamics.validate.first_order import (agreement, predicted_per_unit_eta, restoring, sgd_direction,
+                                                     snapshot)
 from learning_dynamics.validate.forward import probe_logps
 
 K_STEPS = {"smoke": (1, 3, 6), "default": (1, 5, 20, 50)}
@@ -38,10 +39,6 @@ P20_THRESHOLD = 0.9          # paper-notes item 20: "relatively stable" = cosine
 TRAJECTORY_ALGOS = ("sft", "dpo", "ipo", "simpo")   # losses needing no samples from the policy
 
 
-def _snapshot(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-
 def _difference(model, since: dict) -> dict:
     return {k: v.detach() - since[k] for k, v in model.named_parameters()}
 
@@ -49,16 +46,11 @@ def _difference(model, since: dict) -> dict:
 @contextlib.contextmanager
 def holding(model, params: dict):
     """The model's weights are `params` inside the block and its own again after it."""
-    saved = _snapshot(model)
-    with torch.no_grad():
-        for k, v in model.named_parameters():
-            v.copy_(params[k])
-    try:
-        yield
-    finally:
+    with restoring(model):
         with torch.no_grad():
             for k, v in model.named_parameters():
-                v.copy_(saved[k])
+                v.copy_(params[k])
+        yield
 
 
 def kernel_matrix(model, probes, trains, pad_id, device, batch_size) -> np.ndarray:
@@ -140,13 +132,13 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
         with torch.no_grad():
             return probe_logps(model, sequences, pad_id, device, batch_size)
 
-    theta0 = _snapshot(model)
+    theta0 = snapshot(model)
     scored = {0: logps()}
     kernels = {0: kernel_matrix(model, kernel_probes, trains, pad_id, device, batch_size)}
     deltas, log, theta_mid, mid_step = {}, [], None, None
     for t in range(k_max):
         if t == mid:
-            theta_mid = _snapshot(model)
+            theta_mid = snapshot(model)
         loss, metrics, _ = algos.step_loss(algo, "main", model, [pairs[i] for i in batches[t]], settings, pad_id,
                                            device)
         if not torch.isfinite(loss):
