@@ -1,26 +1,52 @@
-"""Atomic file writes (a crash mid-write never leaves a half-written log or summary) and output folders."""
+"""File writing shared by every layer above theory/: atomic writes (a crash mid-write never leaves a
+half-written log, checkpoint or figure under the real name), JSON-ready numbers, output folders."""
 import json
+import math
 import os
 import secrets
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path, directory: bool = False):
+    """Yield a temporary path beside `path` to write; on success it replaces `path` in one step.
+
+    With `directory=True` the temporary is a folder, and an existing target folder is kept
+    (another process finished first: both wrote the same content).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.tmp"))
+    else:
+        fd, name = _create_temp(path)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and path.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_text(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def _create_temp(path: Path):
@@ -43,11 +69,45 @@ def atomic_write_json(path, obj, sort_keys: bool = True) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n")
 
 
+def atomic_torch_save(obj, path) -> Path:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
 def atomic_savefig(fig, path) -> Path:
     """Save a matplotlib figure through a temp file in the chosen format (sim.style.save), then close it."""
     from learning_dynamics.sim.style import save
 
     return save(fig, path)
+
+
+def json_ready(obj, significant=None, decimals=None, drop=()):
+    """Plain-Python JSON values: numpy scalars unwrapped, NaN/inf as null, keys in `drop` removed.
+
+    `significant` rounds floats to that many significant digits (last-bit differences between
+    BLAS paths are not results), `decimals` to that many decimals (readable summaries).
+    """
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in drop}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, (np.bool_, bool)):
+            return bool(value)
+        if isinstance(value, (np.integer, int)):
+            return int(value)
+        if isinstance(value, (np.floating, float)):
+            value = float(value)
+            if not math.isfinite(value):
+                return None
+            if significant is not None:
+                return float(f"{value:.{significant}g}")
+            return round(value, decimals) if decimals is not None else value
+        return value
+    return clean(obj)
 
 
 def writable_folder(out) -> Path:

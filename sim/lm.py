@@ -40,12 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.io import atomic_torch_save, json_ready, writable_folder
 from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory import arguments as arg
 
+# The paper's four runs, made by default; this order (then the registry's) fixes each run's random stream.
 ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
+# Every registry algorithm the toy LM trains: one response or one (y+, y-) pair per prompt.
+SUPPORTED = ALGOS + tuple(name for name, a in registry.REGISTRY.items()
+                          if name not in ALGOS and a.data in ("chosen", "pair", "unpaired"))
 PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "chosen_format", "rejected_rephrase",
                "rejected_format", "other_chosen", "test_response", "irrelevant", "chosen_shuffled",
                "random_tokens", "initial_sample")
@@ -89,25 +94,20 @@ def pack(prompts, responses, pad_id):
     exactly on labels that are response tokens; response position l of row b
     sits at column offsets[b] + l.
     """
-    import torch
+    from learning_dynamics.sim.batches import right_pad, span_mask
 
-    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width - 1))
-    offsets = []
-    for row, (prompt, response) in enumerate(zip(prompts, responses)):
-        tokens[row, :len(prompt) + len(response)] = torch.tensor(list(prompt) + list(response))
-        mask[row, len(prompt) - 1:len(prompt) + len(response) - 1] = 1.0
-        offsets.append(len(prompt) - 1)
+    tokens, lengths = right_pad([list(p) + list(r) for p, r in zip(prompts, responses)], pad_id)
+    offsets = [len(p) - 1 for p in prompts]
+    mask = span_mask(tokens.shape[1] - 1, offsets, lengths - 1).float()
     return tokens[:, :-1], tokens[:, 1:], mask, offsets
 
 
 def response_logps(model, prompts, responses, pad_id):
     """Summed log pi(response | prompt) per row (differentiable)."""
-    from learning_dynamics.sim.losses import sequence_logps
+    from learning_dynamics.sim.losses import masked_logp_sums
 
     inputs, labels, mask, _ = pack(prompts, responses, pad_id)
-    return sequence_logps(model(inputs), labels, mask)[0]
+    return masked_logp_sums(model(inputs), labels, mask)[0]
 
 
 def encode_prompt(language, example):
@@ -121,14 +121,11 @@ def encode_response(language, words):
 # --------------------------------------------------------------------------- pretraining
 
 def pretraining_corpus(language, n_documents: int, seed: int):
-    import torch
+    from learning_dynamics.sim.batches import right_pad
 
     rng = np.random.default_rng(seed + 1)
     documents = [language.encode(language.pretraining_document(rng)) for _ in range(n_documents)]
-    tokens = torch.full((n_documents, max(len(d) for d in documents)), language.pad_id, dtype=torch.long)
-    for row, doc in enumerate(documents):
-        tokens[row, :len(doc)] = torch.tensor(doc)
-    return tokens
+    return right_pad(documents, language.pad_id)[0]
 
 
 def pretrain(language, config: LMConfig, seed: int, progress):
@@ -185,10 +182,7 @@ def pretrained_model(language, config: LMConfig, seed: int, cache_dir: Path, pro
         model.load_state_dict(saved["state_dict"])
         return model, float(saved["final_loss"])
     model, final_loss = pretrain(language, config, seed, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "final_loss": final_loss}, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    atomic_torch_save({"state_dict": model.state_dict(), "final_loss": final_loss}, path)
     return model, final_loss
 
 
@@ -239,9 +233,9 @@ class ProbeSet:
 
     @staticmethod
     def _stats(logits, labels, mask):
-        from learning_dynamics.sim.losses import sequence_logps, token_stats
+        from learning_dynamics.sim.losses import masked_logp_sums, token_stats
 
-        logp_sum, n_tokens = sequence_logps(logits, labels, mask)
+        logp_sum, n_tokens = masked_logp_sums(logits, labels, mask)
         return logp_sum, n_tokens, token_stats(logits, mask)
 
     def _rows(self, probe, logp_sum, n_tokens, stats):
@@ -269,27 +263,29 @@ class ProbeSet:
 class Finetuner:
     """One finetuning run: a loss, a policy, a frozen reference, a tracking table.
 
-    `algo` is one of "sft", "sft-extend" (y+ and y- as SFT targets), "dpo",
-    "onpolicy-dpo". Every run draws its batches and samples from its own seeded
-    generators (seeded by `seed` and the run's `stream` number), so a run's
-    curves do not depend on which other runs were made.
+    `algorithm` is an entry of theory.algorithms (what it trains on, its loss, whether
+    it needs a reference or samples); `warmup=True` runs its SFT warm-up phase
+    instead (y+ and y- as SFT targets). Every run draws its batches and samples
+    from its own seeded generators (seeded by `seed` and the run's `stream`
+    number), so a run's curves do not depend on which other runs were made.
     """
 
-    def __init__(self, language, policy, reference, algo, config: LMConfig, seed: int, stream: int,
-                 progress):
+    def __init__(self, language, policy, reference, algorithm, config: LMConfig, seed: int, stream: int,
+                 progress, warmup: bool = False):
         import torch
 
         self.language, self.policy, self.reference = language, policy, reference
-        self.algo, self.config, self.progress = algo, config, progress
+        self.algorithm, self.warmup, self.config, self.progress = algorithm, warmup, config, progress
+        self.sft_like = warmup or algorithm.data == "chosen"
         examples = language.train
         self.prompts = [encode_prompt(language, ex) for ex in examples]
         self.chosen = [encode_response(language, ex.chosen) for ex in examples]
         self.rejected = [encode_response(language, ex.rejected) for ex in examples]
         self.rng = np.random.default_rng([seed, stream])
         self.generator = torch.Generator().manual_seed(1000 * seed + stream)
-        lr = config.sft_lr if algo.startswith("sft") else config.dpo_lr
+        lr = config.sft_lr if self.sft_like else config.dpo_lr
         self.optimizer = torch.optim.SGD(policy.parameters(), lr=lr)
-        if algo in ("dpo", "onpolicy-dpo"):
+        if algorithm.requires_reference and not warmup:
             self.reference_chosen = self._reference_logps(self.chosen)
             self.reference_rejected = self._reference_logps(self.rejected)
 
@@ -306,29 +302,34 @@ class Finetuner:
         self.reference_rejected = self._reference_logps(self.rejected)
 
     def loss(self, batch):
-        from learning_dynamics.sim.losses import dpo_loss, sft_loss
+        import torch
+        from learning_dynamics.sim.losses import loss_call, sft_loss
 
         pad = self.language.pad_id
         prompts = [self.prompts[i] for i in batch]
         chosen = [self.chosen[i] for i in batch]
         rejected = [self.rejected[i] for i in batch]
-        if self.algo == "sft":
+        if self.sft_like and not self.warmup:
             return sft_loss(response_logps(self.policy, prompts, chosen, pad))[0].mean()
-        if self.algo == "sft-extend":
-            logps = response_logps(self.policy, prompts + prompts, chosen + rejected, pad)
-            return sft_loss(logps)[0].mean()
         logps = response_logps(self.policy, prompts + prompts, chosen + rejected, pad)
+        if self.warmup:
+            return sft_loss(logps)[0].mean()
         n = len(batch)
-        losses, _ = dpo_loss(logps[:n], logps[n:], self.reference_chosen[batch],
-                             self.reference_rejected[batch], beta=self.config.beta)
-        return losses.mean()
+        inputs = {"logp_chosen": logps[:n], "logp_rejected": logps[n:],
+                  "len_chosen": torch.tensor([float(len(r)) for r in chosen]),
+                  "len_rejected": torch.tensor([float(len(r)) for r in rejected])}
+        if self.algorithm.requires_reference:
+            inputs.update(ref_chosen=self.reference_chosen[batch], ref_rejected=self.reference_rejected[batch])
+        hyper = registry.hyper_parameters(self.algorithm.name, kl_beta=self.config.beta)
+        return loss_call(self.algorithm, inputs, hyper)[0].mean()
 
     def run(self, steps, probes=None, table=None):
         """Train for `steps`; with a probe set and table, evaluate at 0, every eval_every, and the end."""
         if table is not None:
             table.append(0, probes.evaluate(self.policy))
-        for step in self.progress(range(1, steps + 1), desc=self.algo):
-            if self.algo == "onpolicy-dpo" and (step - 1) % self.config.onpolicy_refresh == 0:
+        desc = f"{self.algorithm.name} (warm-up)" if self.warmup else self.algorithm.name
+        for step in self.progress(range(1, steps + 1), desc=desc):
+            if self.algorithm.negative == "policy" and (step - 1) % self.config.onpolicy_refresh == 0:
                 self._refresh_onpolicy_rejected()
             batch = self.rng.choice(len(self.prompts), size=self.config.batch, replace=False)
             loss = self.loss(batch)
@@ -358,15 +359,15 @@ def run_experiment(out: Path, seed: int, algos, config: LMConfig, progress):
     series, steps = {}, {}
     for algo in algos:
         table = TrackingTable(out / "tracking" / algo, fresh=True)
-        stream = ALGOS.index(algo)
+        stream = SUPPORTED.index(algo)
+        algorithm = registry.get(algo)
         policy, reference = copy.deepcopy(base), base
-        if algo == "extend":
-            Finetuner(language, policy, base, "sft-extend", config, seed, 10 + stream,
-                      progress).run(config.extend_sft_steps)
+        if algorithm.warmup:
+            Finetuner(language, policy, base, algorithm, config, seed, 10 + stream, progress,
+                      warmup=True).run(config.extend_sft_steps)
             reference = copy.deepcopy(policy)
-        loss = {"sft": "sft", "onpolicy-dpo": "onpolicy-dpo"}.get(algo, "dpo")
-        trainer = Finetuner(language, policy, reference, loss, config, seed, stream, progress)
-        trainer.run(config.sft_steps if algo == "sft" else config.dpo_steps, probes, table)
+        trainer = Finetuner(language, policy, reference, algorithm, config, seed, stream, progress)
+        trainer.run(config.sft_steps if algorithm.data == "chosen" else config.dpo_steps, probes, table)
         rows = table.read()
         table.write_merged(out / "tracking" / f"{algo}.csv")
         series[algo], steps[algo] = series_from_table(rows), steps_of(rows)
@@ -449,17 +450,6 @@ def run_summary(series, steps) -> dict:
     return summary
 
 
-def _rounded(obj, digits=4):
-    """Round floats for a readable, stable JSON (NaN becomes null)."""
-    if isinstance(obj, float):
-        return None if not np.isfinite(obj) else round(obj, digits)
-    if isinstance(obj, dict):
-        return {k: _rounded(v, digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_rounded(v, digits) for v in obj]
-    return obj
-
-
 # --------------------------------------------------------------------------- figures
 
 def draw_figures(out: Path, series, steps) -> list:
@@ -507,8 +497,8 @@ def add_parser(subparsers) -> None:
     add_format_option(p)
     p.add_argument("--seed", type=arg.SEED, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
-    p.add_argument("--algo", nargs="+", choices=ALGOS, default=list(ALGOS), metavar="ALGO",
-                   help=f"runs to make, any of {', '.join(ALGOS)} (default: all)")
+    p.add_argument("--algo", nargs="+", choices=SUPPORTED, default=list(ALGOS), metavar="ALGO",
+                   help=f"runs to make, any of {', '.join(SUPPORTED)} (default: {' '.join(ALGOS)})")
     p.add_argument("--quick", action="store_true",
                    help="fewer pretraining and finetuning steps (the tests' setting, same code path)")
     p.set_defaults(func=handle)
@@ -525,12 +515,12 @@ def handle(args) -> int:
     from learning_dynamics.sim.io import atomic_write_json
 
     out = _check_args(args)
-    algos = [a for a in ALGOS if a in args.algo]  # canonical order, no duplicates
+    algos = [a for a in SUPPORTED if a in args.algo]  # canonical order, no duplicates
     config = QUICK if args.quick else LMConfig()
     series, steps, pretrain_info = run_experiment(out, args.seed, algos, config, _progress)
     claims = evaluate_claims(series, seed=args.seed)
     figures = draw_figures(out, series, steps)
-    summary = _rounded({
+    summary = json_ready(decimals=4, obj={
         "experiment": "sim lm", "seed": args.seed, "quick": bool(args.quick), "algos": algos,
         "config": asdict(config), "model": pretrain_info, "claims": claims,
         "counts": {v: sum(c["verdict"] == v for c in claims) for v in ("holds", "fails", "inconclusive")},

@@ -37,8 +37,9 @@ import sys
 
 import numpy as np
 
-from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.io import json_ready, writable_folder
 from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory import arguments as arg
 
@@ -50,14 +51,19 @@ PRESETS = {
 LIMITS = {"runs": 1_000_000, "vocab": 1_000_000, "steps": 100_000}
 DEFAULT_LR = 0.5
 DEFAULT_BETA = 0.5
-SIMPO_BETA, SIMPO_GAMMA = 2.0, 1.0
 EPS = np.finfo(np.float64).eps
 # Round-off allowance on a change of log pi: 256 eps per unit of logit magnitude.
 # A case whose predicted effect is smaller than this cannot be resolved in float64:
 # it is counted as "excluded", never as held.
 ROUNDOFF = 256 * EPS
-ALGORITHMS = ("sft", "negative", "negative-onpolicy", "dpo-shared", "pg", "dpo", "ipo", "simpo", "onpolicy-dpo", "extend")
-PAIR_ALGORITHMS = ("dpo", "ipo", "simpo", "onpolicy-dpo", "extend")
+# Raw-gradient experiments of the simulator, not training algorithms: a negative step on y-, on a
+# sample of pi, and DPO's two coefficients on one shared context.
+GRADIENT_EXPERIMENTS = ("negative", "negative-onpolicy", "dpo-shared")
+# The first runs keep this order (it fixes each run's random stream); every other registry algorithm follows.
+_FIRST = ("sft", "negative", "negative-onpolicy", "dpo-shared", "pg", "dpo", "ipo", "simpo", "onpolicy-dpo", "extend")
+ALGORITHMS = _FIRST + tuple(a for a in registry.ALGORITHMS if a not in _FIRST)
+# Runs on two kernel-coupled contexts: y+ at the chosen-only one, y- at the rejected-only one.
+PAIR_ALGORITHMS = tuple(a for a in ALGORITHMS if a in registry.REGISTRY and registry.get(a).data in ("pair", "unpaired"))
 
 
 # =========================================================================== the simulator
@@ -143,14 +149,18 @@ def _residual(pi, token, coef):
     return residual(pi, token, coef)
 
 
-def pair_coefficients(loss, logp_c, logp_r, ref_c, ref_r, beta):
-    """(chosen, rejected) coefficients of (e_token - pi) for the pairwise losses."""
-    if loss == "simpo":
-        c = _coefficients("simpo", logp_chosen=logp_c, logp_rejected=logp_r, beta=SIMPO_BETA,
-                          gamma=SIMPO_GAMMA, len_chosen=1, len_rejected=1)
-    else:
-        c = _coefficients(loss, logp_chosen=logp_c, logp_rejected=logp_r, ref_chosen=ref_c,
-                          ref_rejected=ref_r, beta=beta)
+def pair_coefficients(algo, logp_c, logp_r, ref_c, ref_r, beta):
+    """(chosen, rejected) coefficients of (e_token - pi) for a pairwise registry algorithm; one label
+    per response, so a length-normalised loss sees lengths of 1; `beta` is the KL strength of the
+    reference-based losses (a reference-free one keeps the registry's beta)."""
+    from learning_dynamics.theory.residuals import loss_inputs
+
+    algorithm = registry.get(algo)
+    wrt, others = loss_inputs(algorithm.loss)
+    available = {"logp_chosen": logp_c, "logp_rejected": logp_r, "ref_chosen": ref_c, "ref_rejected": ref_r,
+                 "len_chosen": 1, "len_rejected": 1}
+    inputs = {k: v for k, v in available.items() if k in wrt + others}
+    c = _coefficients(algorithm.loss, **inputs, **registry.hyper_parameters(algo, kl_beta=beta))
     return np.asarray(c["logp_chosen"], dtype=np.float64), np.asarray(c["logp_rejected"], dtype=np.float64)
 
 
@@ -188,7 +198,8 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
         kernel = problem["kernel"]
     else:                                    # one context (the chosen one), free logits K = I
         z, kernel = z[:, :1].copy(), np.ones((runs, 1, 1))
-    if name == "extend":                     # SFT on y+ (context 0) and y- (context 1) first
+    algorithm = registry.REGISTRY.get(name)   # None for the gradient experiments
+    if algorithm is not None and algorithm.warmup:  # SFT on y+ (context 0) and y- (context 1) first
         ext = min(steps, max(1, steps // 2))
         for _ in range(ext):
             logp = log_softmax(z)
@@ -220,28 +231,28 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
         measure(logp, pi)
         if step == steps:
             break
-        if name == "sft":
-            grad = _residual(pi[:, 0], plus, -np.ones(runs))[:, None]
+        if algorithm is not None and algorithm.data == "chosen":
+            coef = _coefficients(algorithm.loss, logp_chosen=take(logp[:, 0], plus))["logp_chosen"]
+            grad = _residual(pi[:, 0], plus, coef)[:, None]
         elif name == "negative":
             grad = _residual(pi[:, 0], minus, np.ones(runs))[:, None]
         elif name == "negative-onpolicy":
             grad = _residual(pi[:, 0], sample(rng, pi[:, 0]), np.ones(runs))[:, None]
-        elif name == "pg":
+        elif algorithm is not None and algorithm.data == "group":  # one sample, reward [y = y+], baseline pi(y+)
             y = sample(rng, pi[:, 0])
             advantage = (y == plus) - take(pi[:, 0], plus)
-            coef = _coefficients("pg", logp=take(logp[:, 0], y), advantages=advantage)["logp"]
+            coef = _coefficients(algorithm.loss, logp=take(logp[:, 0], y), advantages=advantage)["logp"]
             grad = _residual(pi[:, 0], y, coef)[:, None]
         elif name == "dpo-shared":
             cc, cr = pair_coefficients("dpo", take(logp[:, 0], plus), take(logp[:, 0], minus),
                                        ref_c, take(ref[:, 0], minus), beta)
             grad = (_residual(pi[:, 0], plus, cc) + _residual(pi[:, 0], minus, cr))[:, None]
         else:
-            loss = "dpo" if name in ("onpolicy-dpo", "extend") else name
             neg, ref_r = minus, ref_r_fixed
-            if name == "onpolicy-dpo":
+            if algorithm.negative == "policy":
                 neg = sample(rng, pi[:, 1])
                 ref_r = take(ref[:, 1], neg)
-            cc, cr = pair_coefficients(loss, take(logp[:, 0], plus), take(logp[:, 1], neg), ref_c, ref_r, beta)
+            cc, cr = pair_coefficients(name, take(logp[:, 0], plus), take(logp[:, 1], neg), ref_c, ref_r, beta)
             grad = np.stack([_residual(pi[:, 0], plus, cc), _residual(pi[:, 1], neg, cr)], axis=1)
         z = kernel_step(z, kernel, grad, eta)
     series = {key: np.array(value) for key, value in curves.items()}       # [steps + 1, runs]
@@ -895,8 +906,8 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
     off, on = algorithms["dpo"], algorithms["onpolicy-dpo"]
     summary = {
         "experiment": "logits", "seed": seed, "preset": preset,
-        "settings": {**settings, "lr": lr, "beta": beta, "simpo_beta": SIMPO_BETA, "simpo_gamma": SIMPO_GAMMA,
-                     "dtype": "float64"},
+        "settings": {**settings, "lr": lr, "beta": beta, "dtype": "float64",
+                     "hyper_parameters": {a: registry.hyper_parameters(a, kl_beta=beta) for a in registry.ALGORITHMS}},
         "algorithms": algorithms,
         "squeeze_onpolicy_vs_offpolicy": {
             "ystar_gain_offpolicy": off["dlogp_ystar"], "ystar_gain_onpolicy": on["dlogp_ystar"],
@@ -916,24 +927,8 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
 
 
 def _deterministic(summary):
-    """The JSON is the same for the same seed: drop wall-clock fields and round floats to 12
-    significant digits (last-bit differences between BLAS paths are not results)."""
-    def clean(obj):
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items() if k != "elapsed_s"}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        if isinstance(obj, (np.floating, float)):
-            value = float(obj)
-            if not math.isfinite(value):
-                return None
-            return float(f"{value:.12g}")
-        if isinstance(obj, np.integer):
-            return int(obj)
-        if isinstance(obj, np.bool_):
-            return bool(obj)
-        return obj
-    return clean(summary)
+    """The JSON is the same for the same seed: no wall-clock fields, floats to 12 significant digits."""
+    return json_ready(summary, significant=12, drop=("elapsed_s",))
 
 
 def validate_settings(settings, seed, lr, beta):

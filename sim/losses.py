@@ -35,7 +35,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return torch.stack(rows)
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor):
+def masked_logp_sums(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor):
     """Summed log-prob of `labels` under teacher forcing, and the token count.
 
     `logits[:, t]` predicts `labels[:, t]` (the caller has shifted them); `mask`
@@ -161,6 +161,22 @@ def pg_loss(logp, advantages):
     """Policy gradient with a signed advantage: a negative advantage is a negative gradient."""
     losses = -advantages.detach() * logp
     return losses, _metrics(losses, logp)
+
+
+# theory.residuals' loss name -> its torch form (tests/test_losses_vs_theory.py checks each against sympy)
+LOSS_FUNCTIONS = {"sft": sft_loss, "dpo": dpo_loss, "onpolicy-dpo": dpo_loss, "spin": dpo_loss, "ipo": ipo_loss,
+                  "simpo": simpo_loss, "slic": slic_loss, "dpop": dpop_loss, "sppo": sppo_loss, "pg": pg_loss}
+
+
+def loss_call(algorithm, available: dict, hyper: dict):
+    """(losses, metrics) of a theory.algorithms entry: its loss, called with the inputs that the loss's
+    definition in theory.residuals names (lengths only for length-normalised algorithms)."""
+    from learning_dynamics.theory.residuals import loss_inputs
+
+    wrt, others = loss_inputs(algorithm.loss)
+    kwargs = {k: v for k, v in available.items()
+              if k in wrt + others and (algorithm.length_normalised or not k.startswith("len_"))}
+    return LOSS_FUNCTIONS[algorithm.loss](**kwargs, **hyper)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

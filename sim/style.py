@@ -7,7 +7,6 @@ paper's symbols in mathtext, and gives each algorithm and each probe the same
 colour-blind-safe colour in every figure. `save` writes PNG, or PDF/SVG after
 `use_format` (the `--format` option of every command that draws).
 """
-import os
 from pathlib import Path
 
 import numpy as np
@@ -164,15 +163,13 @@ def save(fig, path) -> Path:
     """Write `fig` atomically in the chosen format (the suffix of `path` follows it) and close it."""
     import matplotlib.pyplot as plt
 
+    from learning_dynamics.sim.io import atomic_path
+
     path = Path(path).with_suffix(f".{_format}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        fig.savefig(tmp, format=_format, dpi=DPI, metadata=_metadata())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=_format, dpi=DPI, metadata=_metadata())
     finally:
-        if tmp.exists():
-            tmp.unlink()
         plt.close(fig)
     return path
 

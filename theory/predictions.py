@@ -26,6 +26,8 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
+from learning_dynamics.theory import algorithms
+
 PROBES = {
     "chosen": "y+ (the chosen response)",
     "rejected": "y- (the rejected response)",
@@ -46,7 +48,10 @@ PROBES = {
 OTHER_PROBES = tuple(p for p in PROBES if p not in ("chosen", "rejected", "greedy"))
 
 VERDICTS = ("holds", "fails", "inconclusive")
-DPO_FAMILY = ("dpo", "ipo", "simpo", "extend")
+# Which algorithms a prediction concerns is read from the registry's traits, never listed by name.
+DPO_FAMILY = algorithms.having("offpolicy-negative")   # negative gradients on the dataset's unlikely y-
+SQUEEZING = algorithms.having("squeezes")              # negative gradients on unlikely responses anywhere
+POSITIVE_ONLY = algorithms.having("positive-only")     # SFT-like: every coefficient pushes its response up
 
 
 @dataclass(frozen=True)
@@ -115,22 +120,22 @@ def fraction_outcome(held: np.ndarray, detail: str = "") -> Outcome:
     n = held.size
     if n == 0:
         return Outcome("inconclusive", float("nan"), (float("nan"), float("nan")), 0, "no cases")
-    frac = held.mean()
-    z = 1.959963984540054
-    centre = (frac + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(frac * (1 - frac) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(held.sum()), n).proportion_ci(confidence_level=0.95, method="wilson")
     verdict = "holds" if held.all() else "fails"
-    return Outcome(verdict, float(frac), (float(centre - half), float(centre + half)), n, detail)
+    return Outcome(verdict, float(held.mean()), (float(ci.low), float(ci.high)), n, detail)
 
 
 def precision_recall(predicted: np.ndarray, actual: np.ndarray) -> dict:
     """How well a predicted boolean set (e.g. theory's rising set) matches the measured one."""
+    from sklearn.metrics import accuracy_score, precision_score, recall_score
+
     predicted = np.asarray(predicted, dtype=bool).ravel()
     actual = np.asarray(actual, dtype=bool).ravel()
-    tp = np.sum(predicted & actual)
-    precision = tp / max(np.sum(predicted), 1)
-    recall = tp / max(np.sum(actual), 1)
-    accuracy = np.mean(predicted == actual) if predicted.size else float("nan")
+    precision = precision_score(actual, predicted, zero_division=0) if predicted.size else 0.0
+    recall = recall_score(actual, predicted, zero_division=0) if predicted.size else 0.0
+    accuracy = accuracy_score(actual, predicted) if predicted.size else float("nan")
     return {"precision": float(precision), "recall": float(recall), "accuracy": float(accuracy),
             "n": int(predicted.size), "n_predicted": int(predicted.sum()), "n_actual": int(actual.sum())}
 
@@ -470,23 +475,23 @@ CATALOGUE = (
 
     # ---- whole runs: SFT
     Prediction("P12d", "SFT raises log pi(y+).", "G_SFT = pi - e_y+ (theory.residuals)", "12", "run",
-               ("lm", "llm"), ("sft",), "nats", _rises("logps/chosen")),
+               ("lm", "llm"), POSITIVE_ONLY, "nats", _rises("logps/chosen")),
     Prediction("P11", "SFT raises y* too, so y* rising alone is not the squeeze signature.",
-               "theory.squeeze.first_order_dlogp(sign=+1)", "11", "run", ("lm", "llm"), ("sft",),
+               "theory.squeeze.first_order_dlogp(sign=+1)", "11", "run", ("lm", "llm"), POSITIVE_ONLY,
                "nats", _rises("logps/greedy")),
     Prediction("P12a", "SFT raises another prompt's answer y_{j != i} under x_i (the hallucination "
                "mechanism).", "theory.decomposition (K between [x_i; y_i] and [x_i; y_j])", "12", "run",
-               ("lm", "llm"), ("sft",), "nats", _rises("logps/other_chosen")),
+               ("lm", "llm"), POSITIVE_ONLY, "nats", _rises("logps/other_chosen")),
     Prediction("P12b", "Under SFT, y_{j != i} gains more than a fluent irrelevant response.",
-               "theory.decomposition (K similarity)", "12", "run", ("lm", "llm"), ("sft",), "nats",
+               "theory.decomposition (K similarity)", "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats",
                _gains_more_than("other_chosen", "irrelevant")),
     Prediction("P12c", "SFT lowers random-token responses.", "theory.squeeze.first_order_dlogp(sign=+1)",
-               "12", "run", ("lm", "llm"), ("sft",), "nats", _falls("logps/random_tokens")),
+               "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats", _falls("logps/random_tokens")),
     Prediction("P13a", "Under SFT, y- (similar to y+) rises first, then falls.",
                "theory.decomposition (K similarity, then A's flattening)", "13", "run", ("lm", "llm"),
-               ("sft",), "nats", _rise_then_fall("rejected")),
+               POSITIVE_ONLY, "nats", _rise_then_fall("rejected")),
     Prediction("P13b", "Under SFT, a rephrase of y+ rises first, then falls.",
-               "theory.decomposition", "13", "run", ("lm", "llm"), ("sft",), "nats",
+               "theory.decomposition", "13", "run", ("lm", "llm"), POSITIVE_ONLY, "nats",
                _rise_then_fall("chosen_rephrase")),
 
     # ---- whole runs: off-policy negative gradients
@@ -499,13 +504,13 @@ CATALOGUE = (
     Prediction("P09c", "Negative gradients on unlikely responses raise y* (the squeeze) more than SFT "
                "on the same pairs does.",
                "theory.squeeze (P02 at rejected-only positions)", "9", "run", ("lm", "llm"),
-               DPO_FAMILY + ("pg",), "nats", _against_control("logps/greedy", +1.0, "rise of log pi(y*)")),
+               SQUEEZING, "nats", _against_control("logps/greedy", +1.0, "rise of log pi(y*)")),
     Prediction("P09d", "Off-policy DPO lowers every other probe response.",
                "theory.squeeze.threshold (labels below ||pi||^2 - pi_k fall)", "9", "run",
                ("lm", "llm"), DPO_FAMILY, "nats", _all_other_probes_fall),
     Prediction("P10", "Negative gradients make the model peakier: the mean token entropy on y+'s "
                "contexts falls more than under SFT on the same pairs.", "theory.flow (replicator sharpening)",
-               "10", "run", ("lm", "llm"), DPO_FAMILY + ("pg",), "nats of entropy",
+               "10", "run", ("lm", "llm"), SQUEEZING, "nats of entropy",
                _against_control("entropy/chosen", -1.0, "fall of the mean token entropy")),
     Prediction("P17", "Long off-policy DPO raises repetition in greedy generations (fixed-length "
                "continuations, against the SFT control).",

@@ -34,6 +34,16 @@ _SPEC = {
 }
 
 
+def loss_inputs(loss) -> tuple:
+    """(log-prob inputs that G is taken with respect to, the other inputs) of `loss`."""
+    return _SPEC[loss][0], _SPEC[loss][1]
+
+
+def loss_defaults(loss) -> dict:
+    """Hyper-parameter defaults of `loss`: the one place they are written (sim.losses mirrors them, tested)."""
+    return dict(_SPEC[loss][2])
+
+
 def _sigmoid_np(x):
     # the sign-split form never evaluates exp of a large positive number
     x = np.asarray(x, dtype=np.float64)

@@ -1,30 +1,22 @@
-"""One training step's loss for each algorithm, on tokenized pairs.
+"""One training step's loss for any algorithm of the registry (theory.algorithms), on tokenized pairs.
 
 An example is a dict of token-id lists: "prompt", "chosen", "rejected", and,
-once computed, the reference log-probs "ref_chosen", "ref_rejected". The
-losses themselves are sim.losses (shared with sim/, tested against theory/).
-
-    sft           -log pi(y+)
-    dpo           off-policy DPO on the dataset's (y+, y-)
-    onpolicy-dpo  DPO whose y- is a sample of the current policy; the dataset's
-                  reference answer y+ ranks above it
-    ipo           IPO, TRL's per-token convention
-    simpo         SimPO (reference-free, length-normalised, margin gamma)
-    extend        SFT on y+ and y- first, then DPO with that model as reference
-    pg            policy gradient, GRPO-style: a group {y+, y-, samples} per prompt,
-                  reward = unigram F1 against y+, advantages standardised in the
-                  group; a negative advantage is a negative gradient
+once computed, the reference log-probs "ref_chosen", "ref_rejected" (and
+"sample"/"samples" with "ref_sample" for algorithms that need samples). The
+losses themselves are sim.losses (shared with sim/, tested against theory/);
+which one, with which inputs, is read from the registry entry. The "group"
+shape (pg) uses a GRPO-style group {y+, y-, samples} per prompt, reward =
+unigram F1 against y+, advantages standardised in the group.
 """
 from collections import Counter
 
 import torch
 
 from learning_dynamics.sim import losses
+from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.validate.forward import make_batch, sequence_logps
 
-ALGORITHMS = ("sft", "dpo", "onpolicy-dpo", "ipo", "simpo", "extend", "pg")
-NEEDS_REFERENCE = ("dpo", "onpolicy-dpo", "ipo", "extend")
-NEEDS_SAMPLES = ("onpolicy-dpo", "pg")
+ALGORITHMS = registry.ALGORITHMS
 
 
 def unigram_f1(response, reference) -> float:
@@ -55,35 +47,39 @@ def _reference(examples, key, device):
     return torch.tensor([e[key] for e in examples], dtype=torch.float32, device=device)
 
 
+def hyper_parameters(algorithm, settings) -> dict:
+    """The loss's hyper-parameters for a run: --beta for every reference-based loss, `<algo>_<name>`
+    settings (presets.HYPER_SETTINGS) for the rest; the registry's defaults underneath."""
+    from learning_dynamics.validate.presets import hyper_setting
+
+    return {h: settings.get(hyper_setting(algorithm, h), v) for h, v in algorithm.defaults.items()}
+
+
 def step_loss(algo: str, phase: str, model, examples, settings, pad_id, device):
     """(mean loss, metrics with TRL names, policy tokens processed) for one batch."""
-    if algo == "sft" or (algo == "extend" and phase == "sft"):
+    algorithm = registry.get(algo)
+    if phase == "sft" or algorithm.data == "chosen":   # the warm-up phase trains on y+ and y- alike
         sequences = [(e["prompt"], e["chosen"]) for e in examples]
-        if algo == "extend":
+        if phase == "sft":
             sequences += [(e["prompt"], e["rejected"]) for e in examples]
         logps, _, n_tokens = policy_logps(model, sequences, pad_id, device)
         per_example, metrics = losses.sft_loss(logps)
         return per_example.mean(), metrics, n_tokens
-    if algo == "pg":
-        return _pg_loss(model, examples, pad_id, device)
-    rejected_key = "sample" if algo == "onpolicy-dpo" else "rejected"
-    lp_c, lp_r, n_c, n_r, n_tokens = _pair_logps(model, examples, pad_id, device, rejected_key)
-    beta = settings["beta"]
-    if algo == "simpo":
-        per_example, metrics = losses.simpo_loss(lp_c, lp_r, n_c, n_r, beta=settings["simpo_beta"],
-                                                 gamma=settings["simpo_gamma"])
-    else:
-        ref_c = _reference(examples, "ref_chosen", device)
-        ref_r = _reference(examples, "ref_sample" if algo == "onpolicy-dpo" else "ref_rejected", device)
-        if algo == "ipo":
-            per_example, metrics = losses.ipo_loss(lp_c, lp_r, ref_c, ref_r, beta=beta, len_chosen=n_c,
-                                                   len_rejected=n_r)
-        else:
-            per_example, metrics = losses.dpo_loss(lp_c, lp_r, ref_c, ref_r, beta=beta)
+    return _STEP[algorithm.data](algorithm, model, examples, settings, pad_id, device)
+
+
+def _pair_step(algorithm, model, examples, settings, pad_id, device):
+    negative = "sample" if algorithm.negative == "policy" else "rejected"
+    lp_c, lp_r, n_c, n_r, n_tokens = _pair_logps(model, examples, pad_id, device, negative)
+    available = {"logp_chosen": lp_c, "logp_rejected": lp_r, "len_chosen": n_c, "len_rejected": n_r}
+    if algorithm.requires_reference:
+        available["ref_chosen"] = _reference(examples, "ref_chosen", device)
+        available["ref_rejected"] = _reference(examples, f"ref_{negative}", device)
+    per_example, metrics = losses.loss_call(algorithm, available, hyper_parameters(algorithm, settings))
     return per_example.mean(), metrics, n_tokens
 
 
-def _pg_loss(model, examples, pad_id, device):
+def _group_step(algorithm, model, examples, settings, pad_id, device):
     groups = [[e["chosen"], e["rejected"]] + list(e["samples"]) for e in examples]
     size = len(groups[0])
     sequences = [(e["prompt"], r) for e, g in zip(examples, groups) for r in g]
@@ -91,7 +87,12 @@ def _pg_loss(model, examples, pad_id, device):
     rewards = torch.tensor([[unigram_f1(r, e["chosen"]) for r in g] for e, g in zip(examples, groups)],
                            dtype=torch.float32, device=device)
     advantages = losses.group_advantages(rewards)
-    per_response, metrics = losses.pg_loss(logps, advantages.reshape(-1))
+    per_response, metrics = losses.loss_call(algorithm, {"logp": logps, "advantages": advantages.reshape(-1)},
+                                      hyper_parameters(algorithm, settings))
     metrics["rewards/mean"] = rewards.mean().item()
     metrics["advantages/rejected"] = advantages[:, 1].mean().item()
     return per_response.reshape(-1, size).sum(-1).mean(), metrics, n_tokens
+
+
+# one step function per data shape of the registry, none per algorithm
+_STEP = {"pair": _pair_step, "group": _group_step}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json, atomic_write_text
-from learning_dynamics.validate.report import _clean, _fmt
+from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
+from learning_dynamics.validate.report import _fmt
 
 N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
 N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
@@ -78,7 +78,7 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
                  f"{steps['positive']['jvp_methods_max_rel_diff']:.1e}")
         lap("eta_sweep")
         partial = out / "first_order.partial.json"   # a crash later keeps the sweep; replaced by the full result
-        atomic_write_json(partial, _clean({"steps": steps, "seconds_by_part": seconds, "probe_names": names}))
+        atomic_write_json(partial, json_ready({"steps": steps, "seconds_by_part": seconds, "probe_names": names}))
         records = [token_squeeze.check_pair(model, pair, SQUEEZE_NATS, pad_id, device) for pair in pairs]
         lap("token_squeeze")
         model.float()   # the training run in float32, as on a CPU
@@ -92,7 +92,7 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
                _plot_k_steps(run, out / "k_step_curves.png"),
                _plot_kernel(run["P20"], out / "kernel_drift.png")]
     headline = [steps[k] for k in first_order.PUSHES]
-    result = _clean({
+    result = json_ready({
         "model": loaded.name, "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         "dtype": dtype, "n_probe_prompts": n_probe, "n_probe_sequences": len(sequences),
         "n_squeeze_pairs": len(pairs), "seconds": time.perf_counter() - started, "seconds_by_part": seconds,
@@ -109,7 +109,7 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
            provenance.safely(provenance.run_command, settings, out, first_order=True)),
         "fingerprints": provenance.fingerprints(settings["data"], settings["model"]),
         "versions": provenance.versions()})
-    result["token_squeeze"] = _clean(squeeze)
+    result["token_squeeze"] = json_ready(squeeze)
     atomic_write_json(out / "first_order.json", result)
     atomic_write_text(out / report_name, report_markdown(result))
     partial.unlink(missing_ok=True)

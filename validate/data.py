@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+from learning_dynamics.sim.io import atomic_write_text
 from learning_dynamics.theory.errors import UserError
 
 CORPUS_PACKAGE = "chatterbot_corpus"
@@ -337,8 +338,7 @@ def load_preference_jsonl(path) -> list:
 
 
 def write_jsonl(examples, path) -> None:
-    """Write one JSON object per line, atomically (sim.io's one atomic writer)."""
-    from learning_dynamics.sim.io import atomic_write_text
+    """Write one JSON object per line, atomically."""
     atomic_write_text(path, "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
 
 

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from learning_dynamics.sim.batches import right_pad, span_mask
+from learning_dynamics.sim.losses import _upcast
+
 STATS_CHUNK = 2048   # tokens per [chunk, vocab] temporary in the statistics pass
 
 
@@ -34,21 +37,11 @@ class Batch:
 
 def make_batch(sequences, pad_id: int) -> Batch:
     """sequences: list of (prompt_ids, response_ids) -> one right-padded Batch."""
-    width = max(len(p) + len(r) for p, r in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    response = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for row, (prompt, reply) in enumerate(sequences):
-        n = len(prompt) + len(reply)
-        ids[row, :n] = torch.tensor(list(prompt) + list(reply), dtype=torch.long)
-        attention[row, :n] = 1
-        response[row, len(prompt):n] = True
+    ids, lengths = right_pad([list(p) + list(r) for p, r in sequences], pad_id)
+    width = ids.shape[1]
+    attention = span_mask(width, torch.zeros_like(lengths), lengths).long()
+    response = span_mask(width, [len(p) for p, _ in sequences], lengths)
     return Batch(ids, attention, response)
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 logits are normalised in float32; float32/float64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def decoder_body(model):

@@ -8,11 +8,10 @@ convert once to a plain checkpoint in the user cache, which reloads in ~1 s.
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from learning_dynamics.sim.io import atomic_path
 from learning_dynamics.theory.errors import UserError
 
 DEFAULT_MODEL = "smollm2"
@@ -70,15 +69,9 @@ def clear_quantizer_marker(model) -> None:
 
 
 def _atomic_save(model, tokenizer, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
-    try:
+    with atomic_path(target, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def converted_gguf(path: Path, progress=print) -> Path:

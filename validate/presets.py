@@ -8,11 +8,31 @@ cpu     the real SmolLM2-135M-Instruct on 2 CPU cores, under 40 minutes a run: 2
 default one algorithm on SmolLM2-135M-Instruct on one GPU in a few minutes.
 """
 
+from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.arguments import LR_MAX, check_seed
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.algorithms import ALGORITHMS
 
-COMMON = dict(algo="dpo", data=None, seed=0, beta=0.1, simpo_beta=2.0, simpo_gamma=0.5,
+ALGORITHMS = registry.ALGORITHMS
+
+
+def hyper_setting(algorithm, name: str) -> str:
+    """The run setting that feeds a loss hyper-parameter: `beta` (--beta) is shared by every
+    reference-based loss, the rest are `<algo>_<name>` (e.g. simpo_gamma)."""
+    return "beta" if name == "beta" and algorithm.requires_reference else f"{algorithm.name}_{name}"
+
+
+def _hyper_defaults() -> dict:
+    """Every hyper-parameter setting with its default, read from the registry."""
+    out = {}
+    for algorithm in registry.REGISTRY.values():
+        for name, value in algorithm.defaults.items():
+            key = hyper_setting(algorithm, name)
+            if out.setdefault(key, value) != value:
+                raise AssertionError(f"the registry gives {key} two defaults ({out[key]}, {value})")
+    return out
+
+
+COMMON = dict(algo="dpo", data=None, seed=0, **_hyper_defaults(),
               max_prompt_tokens=96, max_response_tokens=48, n_samples=2, weight_decay=0.0)
 
 PRESETS = {

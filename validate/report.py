@@ -5,29 +5,15 @@ supports is evaluated on the tracked curves (effect, bootstrap CI over prompts,
 verdict). `merge` adds the two-run comparisons (on-policy vs off-policy, extend
 vs DPO) across run directories.
 """
-import math
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, read_json
+from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready, read_json
 from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import provenance
-
-
-def _clean(obj):
-    """JSON without NaN: a missing number is null."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _read_json(path: Path, default=None, expect=dict):
@@ -183,7 +169,7 @@ def write_report(run_dir, control=None) -> dict:
     # the command and fingerprints are those of the code that trained (run_info.json), not of a later rebuild
     made = {k: info[k] for k in ("reproduce", "reproduce_error") if k in info} if "reproduce" in info else \
         provenance.safely(provenance.run_command, settings, run_dir, first_order=bool(first_order))
-    report = _clean({
+    report = json_ready({
         "complete": complete, "stopped": stopped,
         "model": info.get("model", settings["model"]), "device": info.get("device", settings["device"]),
         "algo": algo, "data": shown["data"] or provenance.DEFAULT_DATA, "settings": shown,
@@ -339,7 +325,7 @@ def merge(run_dirs, out) -> dict:
                             if rep.get("first_order")]
     devices = {rep["device"] for rep, _ in runs.values()}
     out = Path(out)
-    merged = _clean({"runs": {names[d]: d for d in runs},
+    merged = json_ready({"runs": {names[d]: d for d in runs},
                      "controls": {names[d]: names[c] for d, (_, c) in runs.items() if c},
                      "predictions": rows, "first_order": first_order, "versions": provenance.versions(),
                      "fingerprints": prints, "warning": _merge_warning(prints),

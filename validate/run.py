@@ -21,6 +21,7 @@ import numpy as np
 
 from learning_dynamics.sim.io import atomic_write_json, read_json
 from learning_dynamics.sim.tracking import TrackingTable, read_chunk
+from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import algorithms as algos
 from learning_dynamics.validate import health
@@ -234,7 +235,8 @@ def _draw_samples(model, ref_model, pairs, indices, step, ctx) -> None:
     """On-policy responses of the current model for the pairs the next steps will use."""
     from learning_dynamics.validate.generate import generate
     s = ctx["settings"]
-    k = 1 if s["algo"] == "onpolicy-dpo" else s["n_samples"]
+    algorithm = registry.get(s["algo"])
+    k = 1 if algorithm.negative == "policy" else s["n_samples"]
     prompts = [pairs[i]["prompt"] for i in indices for _ in range(k)]
     model.eval()
     with ctx["autocast"]():
@@ -245,18 +247,15 @@ def _draw_samples(model, ref_model, pairs, indices, step, ctx) -> None:
         responses = [tuple(r) + tuple(ctx["end_of_turn"]) for r in new[n * k:(n + 1) * k]]
         pairs[i]["samples"] = responses
         pairs[i]["sample"] = responses[0]
-    if s["algo"] == "onpolicy-dpo":
+    if algorithm.negative == "policy" and algorithm.requires_reference:
         chosen = [pairs[i] for i in indices]
         _reference_logps(ref_model, chosen, ("sample",), ctx)
 
 
 def _save_state(path: Path, model, optimizer, step, phase, pairs, log) -> None:
-    import torch
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "phase": phase,
-                "pairs": pairs, "log": log}, tmp)
-    tmp.replace(path)
+    from learning_dynamics.sim.io import atomic_torch_save
+    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                       "phase": phase, "pairs": pairs, "log": log}, path)
 
 
 def train(ctx, model, ref_model, pairs) -> None:
@@ -264,16 +263,17 @@ def train(ctx, model, ref_model, pairs) -> None:
     from tqdm.auto import tqdm
 
     s, out = ctx["settings"], ctx["out"]
+    algorithm = registry.get(s["algo"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
                                   fused=ctx["device"].type == "cuda")
-    sft_steps = s["extend_sft_steps"] if s["algo"] == "extend" else 0
+    sft_steps = s["extend_sft_steps"] if algorithm.warmup == "sft-both" else 0
     total = sft_steps + s["steps"]
     state_path = out / "state" / "checkpoint.pt"
     start, log = 0, []
     if state_path.exists():
         start, log = _load_state(state_path, model, optimizer, pairs, ctx["device"])
         ctx["progress"](f"resuming {out} at step {start} of {total}")
-    elif s["algo"] in algos.NEEDS_REFERENCE and s["algo"] != "extend":
+    elif algorithm.requires_reference and not algorithm.warmup:
         _reference_logps(ref_model, pairs, ("chosen", "rejected"), ctx)
     ctx["log"] = log
     done = set(ctx["table"].completed_steps())
@@ -284,14 +284,14 @@ def train(ctx, model, ref_model, pairs) -> None:
     tokens, clock = 0, time.perf_counter()
     for step in bar:
         phase = "sft" if step < sft_steps else "main"
-        if s["algo"] == "extend" and step == sft_steps and "ref_chosen" not in pairs[0]:
+        if algorithm.warmup and step == sft_steps and "ref_chosen" not in pairs[0]:
             ref_model.load_state_dict(model.state_dict())  # DPO's reference is the model after SFT
             _reference_logps(ref_model, pairs, ("chosen", "rejected"), ctx)
         if phase == "main" and tracked(step) % s["eval_every"] == 0 and tracked(step) not in done:
             evaluate(model, tracked(step), ctx)
             _maybe_checkpoint(ctx, state_path, model, optimizer, step, phase, pairs, log)
         indices = _batch_indices(step, len(pairs), s["batch_pairs"], s["seed"])
-        if s["algo"] in algos.NEEDS_SAMPLES and step % s["sample_every"] == 0:
+        if algorithm.requires_samples and step % s["sample_every"] == 0:
             upcoming = sorted({i for t in range(step, min(step + s["sample_every"], total))
                                for i in _batch_indices(t, len(pairs), s["batch_pairs"], s["seed"])})
             _draw_samples(model, ref_model, pairs, upcoming, step, ctx)

@@ -1,0 +1,114 @@
+"""The algorithm registry: one definition per training algorithm, read by every layer.
+
+theory/ holds it (torch-free data) so that sim/ and validate/ dispatch through the same
+entries: what an algorithm trains on, which loss of `theory.residuals` it minimises (its G
+term), whether it needs a frozen reference or samples of the policy, its hyper-parameter
+defaults, and which run-level predictions of `theory.predictions` concern it. A layer never
+branches on an algorithm's name; it reads these fields.
+
+    data        "chosen"    SFT on y+ only
+                "pair"      (y+, y-) of one prompt; y- from `negative`
+                "group"     a group {y+, y-, samples} per prompt, rewards ranked within it
+                "unpaired"  desirable (y+) and undesirable (y-) examples as separate rows,
+                            each with its own label, as KTO reads them
+    negative    where y- comes from: "dataset", "policy" (a fresh sample), or None
+    warmup      "sft-both": SFT on y+ and y- first, then the main phase with that model
+                as the reference ("extend")
+    traits      what the predictions select on (see theory.predictions):
+                "positive-only"         every response's coefficient pushes it up
+                "offpolicy-negative"    a negative gradient on the dataset's (unlikely) y-
+                "squeezes"              a negative gradient on unlikely responses somewhere
+                "onpolicy-negative"     a negative gradient on the policy's own samples
+"""
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, Optional
+
+from learning_dynamics.theory import residuals
+
+DATA_SHAPES = ("chosen", "pair", "group", "unpaired")
+TRAITS = ("positive-only", "offpolicy-negative", "squeezes", "onpolicy-negative")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    summary: str
+    loss: str                              # a loss of theory.residuals: its sympy form and G term
+    data: str                              # one of DATA_SHAPES
+    negative: Optional[str] = None         # "dataset" | "policy" | None
+    requires_reference: bool = False
+    requires_samples: bool = False
+    warmup: Optional[str] = None           # "sft-both" | None
+    length_normalised: bool = False        # log-probs enter divided by the response length
+    traits: frozenset = frozenset()
+    defaults: Mapping = field(default_factory=dict)   # filled from the loss's definition in theory.residuals
+
+    @property
+    def hyper_parameters(self) -> tuple:
+        return tuple(self.defaults)
+
+
+def _register(*algorithms) -> Mapping:
+    for a in algorithms:
+        assert a.data in DATA_SHAPES and set(a.traits) <= set(TRAITS), a
+        assert a.requires_samples == (a.negative == "policy" or a.data == "group"), a
+        assert a.loss in residuals.LOSSES and not a.defaults, a
+        # hyper-parameter defaults live once, beside the loss's sympy form
+        defaults = {k: v for k, v in residuals.loss_defaults(a.loss).items() if v is not None}
+        object.__setattr__(a, "defaults", MappingProxyType(defaults))
+        object.__setattr__(a, "traits", frozenset(a.traits))
+    return MappingProxyType({a.name: a for a in algorithms})
+
+
+REGISTRY = _register(
+    Algorithm("sft", "-log pi(y+): supervised finetuning on the chosen response", loss="sft", data="chosen",
+              traits={"positive-only"}),
+    Algorithm("dpo", "off-policy DPO on the dataset's (y+, y-)", loss="dpo", data="pair", negative="dataset",
+              requires_reference=True, traits={"offpolicy-negative", "squeezes"}),
+    Algorithm("onpolicy-dpo", "DPO whose y- is a fresh sample of the policy; the dataset's y+ ranks above it",
+              loss="dpo", data="pair", negative="policy", requires_reference=True, requires_samples=True,
+              traits={"onpolicy-negative"}),
+    Algorithm("ipo", "IPO, each log-ratio divided by its response length (TRL's convention)", loss="ipo",
+              data="pair", negative="dataset", requires_reference=True, length_normalised=True,
+              traits={"offpolicy-negative", "squeezes"}),
+    Algorithm("simpo", "SimPO: reference-free, length-normalised, with a target margin gamma", loss="simpo",
+              data="pair", negative="dataset", length_normalised=True,
+              traits={"offpolicy-negative", "squeezes"}),
+    Algorithm("extend", "SFT on y+ and y- first, then DPO with that model as the reference", loss="dpo",
+              data="pair", negative="dataset", requires_reference=True, warmup="sft-both",
+              traits={"offpolicy-negative", "squeezes"}),
+    Algorithm("pg", "policy gradient, GRPO-style: advantages standardised in a group {y+, y-, samples}; "
+              "a negative advantage is a negative gradient", loss="pg", data="group", requires_samples=True,
+              traits={"squeezes"}),
+)
+
+ALGORITHMS = tuple(REGISTRY)
+
+
+def get(name: str) -> Algorithm:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        from learning_dynamics.theory.errors import UserError
+        raise UserError(f"unknown algorithm {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+def having(trait: str) -> tuple:
+    """Names of the algorithms with `trait`, in registry order."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; known: {', '.join(TRAITS)}")
+    return tuple(a.name for a in REGISTRY.values() if trait in a.traits)
+
+
+def hyper_parameters(name: str, kl_beta=None, **overrides) -> dict:
+    """The algorithm's defaults, with `kl_beta` as beta for a reference-based loss (the KL strength a
+    layer shares across DPO-like losses; a reference-free loss keeps its own beta) and `overrides`
+    (only names it has; None keeps the default)."""
+    algorithm = get(name)
+    unknown = set(overrides) - set(algorithm.defaults)
+    if unknown:
+        raise TypeError(f"{name}: no hyper-parameter {sorted(unknown)}; it has {list(algorithm.defaults)}")
+    if kl_beta is not None and algorithm.requires_reference and "beta" in algorithm.defaults:
+        overrides = {"beta": kl_beta, **overrides}
+    return {**algorithm.defaults, **{k: v for k, v in overrides.items() if v is not None}}
