@@ -4,9 +4,9 @@ PARSERS = []
 from learning_dynamics.sim import digits  # noqa: E402  (imports torch lazily)
 
 PARSERS.append(digits.add_parser)
-from learning_dynamics.sim import lm  # noqa: E402  (imports torch lazily)
+from learning_dynamics.sim import lm_cli  # noqa: E402  (imports torch lazily)
 
-PARSERS.append(lm.add_parser)
-from learning_dynamics.sim import logits  # noqa: E402  (numpy only)
+PARSERS.append(lm_cli.add_parser)
+from learning_dynamics.sim import logits_cli  # noqa: E402  (numpy only)
 
-PARSERS.append(logits.add_parser)
+PARSERS.append(logits_cli.add_parser)

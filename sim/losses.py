@@ -163,9 +163,33 @@ def pg_loss(logp, advantages):
     return losses, _metrics(losses, logp)
 
 
+def kto_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, kl, beta=0.1):
+    """KTO on unpaired examples (TRL's loss_type "kto"): 1 - sigmoid(beta (r(y+) - kl)) for each
+    desirable example and 1 - sigmoid(beta (kl - r(y-))) for each undesirable one, r = log pi - log pi_ref,
+    `kl` the detached estimate of `kto_kl_estimate`. Losses [n_desirable + n_undesirable]."""
+    ratio_chosen = logp_chosen - ref_chosen
+    ratio_rejected = logp_rejected - ref_rejected
+    losses = torch.cat([torch.atleast_1d(1 - torch.sigmoid(beta * (ratio_chosen - kl))),
+                        torch.atleast_1d(1 - torch.sigmoid(beta * (kl - ratio_rejected)))])
+    metrics = _metrics(losses, logp_chosen, logp_rejected, beta * ratio_chosen, beta * ratio_rejected)
+    metrics["kl"] = float(torch.as_tensor(kl, dtype=torch.float64).mean())
+    return losses, metrics
+
+
+def kto_mismatched(prompts, completions):
+    """TRL's KL pairs: each prompt with the completion one row before it in the batch (cyclically)."""
+    return list(zip(prompts, completions[-1:] + completions[:-1]))
+
+
+def kto_kl_estimate(policy_logps, reference_logps):
+    """TRL's reference-KL estimate: mean of log pi - log pi_ref over the mismatched pairs, clamped at 0,
+    no gradient (it shifts the rewards; it is not trained)."""
+    return (policy_logps - reference_logps).mean().detach().clamp(min=0)
+
+
 # theory.residuals' loss name -> its torch form (tests/test_losses_vs_theory.py checks each against sympy)
 LOSS_FUNCTIONS = {"sft": sft_loss, "dpo": dpo_loss, "onpolicy-dpo": dpo_loss, "spin": dpo_loss, "ipo": ipo_loss,
-                  "simpo": simpo_loss, "slic": slic_loss, "dpop": dpop_loss, "sppo": sppo_loss, "pg": pg_loss}
+                  "simpo": simpo_loss, "slic": slic_loss, "dpop": dpop_loss, "sppo": sppo_loss, "pg": pg_loss, "kto": kto_loss}
 
 
 def loss_call(algorithm, available: dict, hyper: dict):

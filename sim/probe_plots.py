@@ -10,7 +10,8 @@ import numpy as np
 
 from learning_dynamics.sim import style
 
-# Panel order follows the paper's probe taxonomy (paper-notes 4.3); labels live in sim.style.PROBES.
+# Panel order follows the paper's probe taxonomy (paper-notes 4.3): the probe registry (theory.probes)
+# through sim.style.PROBES, which adds each probe's colour.
 PANELS = tuple((key, label) for key, (label, _color) in style.PROBES.items())
 LABELS = dict(PANELS)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from learning_dynamics.theory import probes as probe_registry
+
 COLUMN = 3.4    # inches: one column of a two-column paper
 WIDTH = 7.0     # inches: the full text width
 FORMATS = ("png", "pdf", "svg")
@@ -33,31 +35,24 @@ WINE, INDIGO, OLIVE, TEAL, SAND, ROSE = "#882255", "#332288", "#999933", "#44AA9
 # One colour per algorithm, the same in sim and validate (off-policy DPO red as in the paper).
 ALGORITHM_COLORS = {
     "sft": GREEN, "dpo": VERMILION, "onpolicy-dpo": BLUE, "extend": PURPLE, "ipo": ORANGE, "simpo": SKY,
-    "pg": BLACK, "negative": WINE, "negative-onpolicy": INDIGO, "dpo-shared": ROSE,
+    "pg": BLACK, "negative": WINE, "negative-onpolicy": INDIGO, "dpo-shared": ROSE, "kto": TEAL,
 }
 ALGORITHM_LABELS = {
     "sft": "SFT", "dpo": "off-policy DPO", "onpolicy-dpo": "on-policy DPO", "extend": "extend (SFT, then DPO)",
     "ipo": "IPO", "simpo": "SimPO", "pg": "policy gradient", "negative": "negative gradient",
-    "negative-onpolicy": "on-policy negative gradient", "dpo-shared": "DPO, one shared context",
+    "negative-onpolicy": "on-policy negative gradient", "dpo-shared": "DPO, one shared context", "kto": "KTO",
 }
 
-# One label and colour per probe type (paper-notes 4.3); `key` is the tracking table's column.
-PROBES = {
-    "logps/chosen": (r"$y^+$ (chosen)", BLUE),
-    "logps/chosen_rephrase": (r"$y^+$ rephrased", SKY),
-    "logps/chosen_format": (r"$y^+$'s format, new meaning", TEAL),
-    "logps/rejected": (r"$y^-$ (rejected)", VERMILION),
-    "logps/rejected_rephrase": (r"$y^-$ rephrased", ORANGE),
-    "logps/rejected_format": (r"$y^-$'s format, new meaning", ROSE),
-    "logps/other_chosen": (r"$y_{j\neq i}$ (other prompt's $y^+$)", GREEN),
-    "logps/test_response": (r"test response", OLIVE),
-    "logps/irrelevant": (r"fluent irrelevant", GREY),
-    "logps/chosen_shuffled": (r"$y^+$ words shuffled", INDIGO),
-    "logps/random_tokens": (r"random tokens", "#997700"),
-    "logps/initial_sample": (r"initial model's sample", WINE),
-    "logps/greedy": (r"$y^*$ (argmax after $y^+$'s prefixes)", PURPLE),
-    "entropy/chosen": (r"token entropy on $y^+$", BLACK),
+# One colour per probe type; the labels come from the probe registry (theory.probes).
+PROBE_COLORS = {
+    "chosen": BLUE, "chosen_rephrase": SKY, "chosen_format": TEAL, "rejected": VERMILION,
+    "rejected_rephrase": ORANGE, "rejected_format": ROSE, "other_chosen": GREEN, "test_response": OLIVE,
+    "irrelevant": GREY, "chosen_shuffled": INDIGO, "random_tokens": "#997700", "initial_sample": WINE,
+    "greedy": PURPLE,
 }
+# `key` is the tracking table's column
+PROBES = {**{f"logps/{p.name}": (p.label, PROBE_COLORS[p.name]) for p in probe_registry.IN_PANEL_ORDER},
+          "entropy/chosen": (r"token entropy on $y^+$", BLACK)}
 VERDICT_COLORS = {"holds": GREEN, "fails": VERMILION, "inconclusive": GREY}
 
 # y-axis label of a tracked quantity, by its key's prefix

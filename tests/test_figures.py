@@ -42,7 +42,8 @@ def _series(keys, n_evals=4, n_prompts=3, seed=0):
 
 
 def test_sim_figures(tmp_path):
-    from learning_dynamics.sim import digits, logits
+    from learning_dynamics.sim import digits
+    from learning_dynamics.sim import logits_figures as logits
     from learning_dynamics.sim.probe_plots import PANELS, plot_comparison, plot_probe_curves
 
     rng = np.random.default_rng(0)
@@ -113,7 +114,7 @@ def test_verdict_forest_plot_groups_every_prediction_and_colours_each_verdict(tm
 
 
 def test_vector_output_on_request(tmp_path):
-    from learning_dynamics.sim.logits import plot_squeeze_bars
+    from learning_dynamics.sim.logits_figures import plot_squeeze_bars
 
     style.use_format("svg")
     try:

@@ -10,7 +10,7 @@ from learning_dynamics.theory import residuals as R  # noqa: E402
 
 FUNCS = {"sft": L.sft_loss, "dpo": L.dpo_loss, "onpolicy-dpo": L.dpo_loss, "spin": L.dpo_loss,
          "ipo": L.ipo_loss, "simpo": L.simpo_loss, "slic": L.slic_loss, "dpop": L.dpop_loss,
-         "sppo": L.sppo_loss, "pg": L.pg_loss}
+         "sppo": L.sppo_loss, "pg": L.pg_loss, "kto": L.kto_loss}
 
 
 def random_inputs(loss, rng, n=64, per_token=False):

@@ -81,6 +81,9 @@ REGISTRY = _register(
     Algorithm("pg", "policy gradient, GRPO-style: advantages standardised in a group {y+, y-, samples}; "
               "a negative advantage is a negative gradient", loss="pg", data="group", requires_samples=True,
               traits={"squeezes"}),
+    Algorithm("kto", "KTO: y+ and y- as unpaired desirable and undesirable examples, each against TRL's "
+              "estimate of the policy-reference KL (mismatched prompt-completion pairs of the batch)",
+              loss="kto", data="unpaired", negative="dataset", requires_reference=True, traits={"squeezes"}),
 )
 
 ALGORITHMS = tuple(REGISTRY)

@@ -27,25 +27,13 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from learning_dynamics.theory import algorithms
+from learning_dynamics.theory import probes as probe_registry
 
-PROBES = {
-    "chosen": "y+ (the chosen response)",
-    "rejected": "y- (the rejected response)",
-    "chosen_rephrase": "y+ rephrased: same meaning, different words",
-    "chosen_format": "y+'s format with a different meaning",
-    "rejected_rephrase": "y- rephrased: same meaning, different words",
-    "rejected_format": "y-'s format with a different meaning",
-    "other_chosen": "another training prompt's y+ (y_{j != i})",
-    "test_response": "a held-out prompt's response",
-    "irrelevant": "a fluent irrelevant sentence",
-    "chosen_shuffled": "y+ with its words shuffled",
-    "random_tokens": "random tokens",
-    "initial_sample": "a sample of the initial model (on-policy y)",
-    "greedy": "y*: per-position argmax under teacher forcing on y+'s prefixes",
-}
+# The probe types and their descriptions come from the probe registry (theory.probes).
+PROBES = {p.name: p.description for p in probe_registry.PROBE_TYPES}
 
 # Probes that are neither trained on nor y*: under off-policy DPO they all fall.
-OTHER_PROBES = tuple(p for p in PROBES if p not in ("chosen", "rejected", "greedy"))
+OTHER_PROBES = probe_registry.OTHER
 
 VERDICTS = ("holds", "fails", "inconclusive")
 # Which algorithms a prediction concerns is read from the registry's traits, never listed by name.

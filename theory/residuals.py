@@ -14,7 +14,7 @@ import numpy as np
 
 from learning_dynamics.theory import _sym
 
-LOSSES = ("sft", "dpo", "onpolicy-dpo", "spin", "ipo", "simpo", "slic", "dpop", "sppo", "pg")
+LOSSES = ("sft", "dpo", "onpolicy-dpo", "spin", "ipo", "simpo", "slic", "dpop", "sppo", "pg", "kto")
 
 # loss -> (log-prob inputs differentiated, other inputs, defaults); mirrors sim/losses.py
 _DPO = (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "beta"), {"beta": 0.1})
@@ -31,6 +31,8 @@ _SPEC = {
              {"beta": 0.1, "lam": 50.0}),
     "sppo": (("logp",), ("ref_logp", "win_prob", "eta"), {"eta": 1.0}),
     "pg": (("logp",), ("advantages",), {}),
+    # one desirable (y+) and one undesirable (y-) example; kl is the detached reference-KL estimate
+    "kto": (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "kl", "beta"), {"beta": 0.1}),
 }
 
 
@@ -96,6 +98,9 @@ def _symbolic():
         "dpop": -logsigmoid(beta * (lc - rc) - beta * (lr - rr) - beta * lam * sp.Max(0, rc - lc)),
         "sppo": (S["logp"] - S["ref_logp"] - S["eta"] * (S["win_prob"] - sp.Rational(1, 2))) ** 2,
         "pg": -S["advantages"] * S["logp"],
+        # KTO (TRL's loss_type "kto", Eqn 7 of the KTO paper), z = kl held constant:
+        # 1 - sigma(beta (r(y+) - z)) for a desirable example, 1 - sigma(beta (z - r(y-))) for an undesirable one
+        "kto": (1 - sigmoid(beta * (lc - rc - S["kl"]))) + (1 - sigmoid(beta * (S["kl"] - (lr - rr)))),
     }
     grads = {name: {v: sp.diff(loss, S[v]) for v in _SPEC[name][0]}
              for name, loss in losses.items()}

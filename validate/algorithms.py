@@ -55,7 +55,7 @@ def hyper_parameters(algorithm, settings) -> dict:
     return {h: settings.get(hyper_setting(algorithm, h), v) for h, v in algorithm.defaults.items()}
 
 
-def step_loss(algo: str, phase: str, model, examples, settings, pad_id, device):
+def step_loss(algo: str, phase: str, model, examples, settings, pad_id, device, reference=None):
     """(mean loss, metrics with TRL names, policy tokens processed) for one batch."""
     algorithm = registry.get(algo)
     if phase == "sft" or algorithm.data == "chosen":   # the warm-up phase trains on y+ and y- alike
@@ -65,10 +65,10 @@ def step_loss(algo: str, phase: str, model, examples, settings, pad_id, device):
         logps, _, n_tokens = policy_logps(model, sequences, pad_id, device)
         per_example, metrics = losses.sft_loss(logps)
         return per_example.mean(), metrics, n_tokens
-    return _STEP[algorithm.data](algorithm, model, examples, settings, pad_id, device)
+    return _STEP[algorithm.data](algorithm, model, examples, settings, pad_id, device, reference=reference)
 
 
-def _pair_step(algorithm, model, examples, settings, pad_id, device):
+def _pair_step(algorithm, model, examples, settings, pad_id, device, reference=None):
     negative = "sample" if algorithm.negative == "policy" else "rejected"
     lp_c, lp_r, n_c, n_r, n_tokens = _pair_logps(model, examples, pad_id, device, negative)
     available = {"logp_chosen": lp_c, "logp_rejected": lp_r, "len_chosen": n_c, "len_rejected": n_r}
@@ -79,7 +79,7 @@ def _pair_step(algorithm, model, examples, settings, pad_id, device):
     return per_example.mean(), metrics, n_tokens
 
 
-def _group_step(algorithm, model, examples, settings, pad_id, device):
+def _group_step(algorithm, model, examples, settings, pad_id, device, reference=None):
     groups = [[e["chosen"], e["rejected"]] + list(e["samples"]) for e in examples]
     size = len(groups[0])
     sequences = [(e["prompt"], r) for e, g in zip(examples, groups) for r in g]
@@ -94,5 +94,22 @@ def _group_step(algorithm, model, examples, settings, pad_id, device):
     return per_response.reshape(-1, size).sum(-1).mean(), metrics, n_tokens
 
 
+def _unpaired_step(algorithm, model, examples, settings, pad_id, device, reference=None):
+    """y+ as desirable and y- as undesirable rows; the KL estimate from TRL's mismatched pairs."""
+    b = len(examples)
+    prompts = [e["prompt"] for e in examples] * 2
+    completions = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
+    logps, counts, n_tokens = policy_logps(model, list(zip(prompts, completions)), pad_id, device)
+    mismatched = losses.kto_mismatched(prompts, completions)
+    with torch.no_grad():
+        kl = losses.kto_kl_estimate(policy_logps(model, mismatched, pad_id, device)[0],
+                                    policy_logps(reference, mismatched, pad_id, device)[0])
+    available = {"logp_chosen": logps[:b], "logp_rejected": logps[b:], "kl": kl,
+                 "ref_chosen": _reference(examples, "ref_chosen", device),
+                 "ref_rejected": _reference(examples, "ref_rejected", device)}
+    per_example, metrics = losses.loss_call(algorithm, available, hyper_parameters(algorithm, settings))
+    return per_example.mean(), metrics, n_tokens
+
+
 # one step function per data shape of the registry, none per algorithm
-_STEP = {"pair": _pair_step, "group": _group_step}
+_STEP = {"pair": _pair_step, "group": _group_step, "unpaired": _unpaired_step}

@@ -82,5 +82,8 @@ def check(settings: dict) -> None:
             raise UserError(f"--{key} must be a number in (0, {LR_MAX:g}], got {value!r}")
     if settings["device"] not in ("cpu", "cuda") and not str(settings["device"]).startswith("cuda:"):
         raise UserError(f"--device must be cpu or cuda, got {settings['device']!r}")
+    if registry.get(settings["algo"]).data == "unpaired" and settings["batch_pairs"] < 2:
+        raise UserError(f"--algo {settings['algo']} estimates the reference KL from mismatched pairs of a batch: "
+                        "it needs --batch-pairs of at least 2")
     if settings["checkpoint_every"] < 0:
         raise UserError("--checkpoint-every must be >= 0 (0: only at the end)")

@@ -23,11 +23,10 @@ Each row is a dict: "prompt", "source", one key per text probe, and "meta"
 import random
 import re
 
-from learning_dynamics.theory.predictions import PROBES
+from learning_dynamics.theory import probes as probe_registry
 
-TEXT_PROBES = ("chosen", "rejected", "chosen_format", "rejected_format", "other_chosen", "test_response",
-               "irrelevant", "chosen_shuffled")
-MODEL_PROBES = tuple(p for p in PROBES if p not in TEXT_PROBES)
+TEXT_PROBES = probe_registry.TEXT                                              # built here
+MODEL_PROBES = tuple(p for p in probe_registry.NAMES if p not in TEXT_PROBES)  # validate.probes, or y* at scoring
 
 REPHRASE_INSTRUCTION = ("Rephrase the following text with different words but exactly the same meaning. "
                         "Reply with the rephrased text only.\n\nText: {text}")

@@ -12,8 +12,6 @@ import numpy as np
 from learning_dynamics.validate import probe_texts
 from learning_dynamics.validate.generate import generate
 
-MODEL_PROBES = ("chosen_rephrase", "rejected_rephrase", "initial_sample", "random_tokens")
-
 
 def special_ids(tokenizer) -> set:
     return set(tokenizer.all_special_ids)

@@ -27,8 +27,6 @@ from learning_dynamics.validate import algorithms as algos
 from learning_dynamics.validate import health
 
 MASS_BATCH = 8          # sequences per batch when comparing with the reference (two [N, V] logits at once)
-PROBE_ORDER = ("chosen", "rejected", "chosen_rephrase", "rejected_rephrase", "chosen_format", "rejected_format",
-               "other_chosen", "test_response", "irrelevant", "chosen_shuffled", "random_tokens", "initial_sample")
 
 
 class RunStopped(UserError):
@@ -297,7 +295,7 @@ def train(ctx, model, ref_model, pairs) -> None:
             _draw_samples(model, ref_model, pairs, upcoming, step, ctx)
         with ctx["autocast"]():
             loss, metrics, n_tokens = algos.step_loss(s["algo"], phase, model, [pairs[i] for i in indices], s,
-                                                      ctx["pad_id"], ctx["device"])
+                                                      ctx["pad_id"], ctx["device"], reference=ref_model)
         reason = health.diverged(step, loss.item())
         if reason:
             _stop(ctx, step, reason, log)

@@ -1,0 +1,63 @@
+"""The probe registry: every probe type once, read by the toy LM, the real-model probe set,
+the tracking table, the plots and the predictions.
+
+A probe type is a response scored under a probe prompt x_i while a model trains on it
+(paper-notes 4.3). `source` says who builds it:
+    "text"    written from the data before training (sim/toy_language.py for the toy
+              LM, validate/probe_texts.py for real data)
+    "model"   needs the initial model (its rephrases, its sample) or its vocabulary
+              (random tokens): sim/lm.py, validate/probes.py
+    "scored"  computed while y+ is scored (y*, the per-position argmax), never written
+`other` marks the probes that are neither trained on nor y*: off-policy DPO is predicted
+to lower them all (theory.predictions, P09d).
+
+The tuple's order is the scoring order of every layer (changing it reorders batches);
+`panel` orders the plots.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProbeType:
+    name: str
+    label: str          # a plot panel's title (matplotlib mathtext)
+    description: str    # what it is
+    source: str         # "text" | "model" | "scored"
+    panel: int          # position in the plots (the paper's taxonomy: y+ and its variants, y- and its variants, ...)
+    other: bool = True
+
+
+PROBE_TYPES = (
+    ProbeType("chosen", r"$y^+$ (chosen)", "y+ (the chosen response)", "text", 0, other=False),
+    ProbeType("rejected", r"$y^-$ (rejected)", "y- (the rejected response)", "text", 3, other=False),
+    ProbeType("chosen_rephrase", r"$y^+$ rephrased", "y+ rephrased: same meaning, different words", "model", 1),
+    ProbeType("chosen_format", r"$y^+$'s format, new meaning", "y+'s format with a different meaning", "text", 2),
+    ProbeType("rejected_rephrase", r"$y^-$ rephrased", "y- rephrased: same meaning, different words", "model", 4),
+    ProbeType("rejected_format", r"$y^-$'s format, new meaning", "y-'s format with a different meaning", "text", 5),
+    ProbeType("other_chosen", r"$y_{j\neq i}$ (other prompt's $y^+$)", "another training prompt's y+ (y_{j != i})",
+              "text", 6),
+    ProbeType("test_response", "test response", "a held-out prompt's response", "text", 7),
+    ProbeType("irrelevant", "fluent irrelevant", "a fluent irrelevant sentence", "text", 8),
+    ProbeType("chosen_shuffled", r"$y^+$ words shuffled", "y+ with its words shuffled", "text", 9),
+    ProbeType("random_tokens", "random tokens", "random tokens", "model", 10),
+    ProbeType("initial_sample", "initial model's sample", "a sample of the initial model (on-policy y)",
+              "model", 11),
+    ProbeType("greedy", r"$y^*$ (argmax after $y^+$'s prefixes)",
+              "y*: per-position argmax under teacher forcing on y+'s prefixes", "scored", 12, other=False),
+)
+
+BY_NAME = {p.name: p for p in PROBE_TYPES}
+NAMES = tuple(BY_NAME)
+# Probes with a response of their own (scored as sequences); "scored" ones come with y+.
+WITH_RESPONSE = tuple(p.name for p in PROBE_TYPES if p.source != "scored")
+TEXT = tuple(p.name for p in PROBE_TYPES if p.source == "text")
+MODEL = tuple(p.name for p in PROBE_TYPES if p.source == "model")
+OTHER = tuple(p.name for p in PROBE_TYPES if p.other)
+IN_PANEL_ORDER = tuple(sorted(PROBE_TYPES, key=lambda p: p.panel))
+
+
+def get(name: str) -> ProbeType:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown probe type {name!r}; known: {', '.join(NAMES)}") from None
