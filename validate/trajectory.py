@@ -26,6 +26,7 @@ import contextlib
 import numpy as np
 import torch
 
+from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate import factored_jvp
 from learning_dynamics.validate.first_order import (agreement, predicted_per_unit_eta, restoring, sgd_direction,
@@ -36,7 +37,9 @@ K_STEPS = {"smoke": (1, 3, 6), "default": (1, 5, 20, 50)}
 KERNEL_PROBES = 12           # probe sequences in the kernel (rows of K)
 KERNEL_TRAIN = 4             # training sequences in the kernel (columns): the first batch's y+ and y-
 P20_THRESHOLD = 0.9          # paper-notes item 20: "relatively stable" = cosine similarity above ~0.9
-TRAJECTORY_ALGOS = ("sft", "dpo", "ipo", "simpo")   # losses needing no samples from the policy
+# losses of one response or one dataset pair, needing no samples and no reference model during training
+TRAJECTORY_ALGOS = tuple(name for name, a in registry.REGISTRY.items()
+                         if not a.requires_samples and not a.warmup and a.data in ("chosen", "pair"))
 
 
 def _difference(model, since: dict) -> dict:
@@ -122,7 +125,7 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
     mid = k_steps[-2] if len(k_steps) > 1 else 0      # the warm-state step: theta_mid -> theta_mid+1
     pairs = [dict(p) for p in pairs]
     batches = [_batch_indices(t, len(pairs), settings["batch_pairs"], settings["seed"]) for t in range(k_max)]
-    if algo in algos.NEEDS_REFERENCE:
+    if registry.get(algo).requires_reference:
         _reference_logps(model, pairs, sorted({i for b in batches for i in b}), pad_id, device, batch_size)
     trains = [(pairs[i]["prompt"], pairs[i][key]) for i in batches[0] for key in ("chosen", "rejected")][:KERNEL_TRAIN]
     kernel_probes = sequences[::max(len(sequences) // KERNEL_PROBES, 1)][:KERNEL_PROBES]
