@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from learning_dynamics.theory import algorithms as algorithm_registry
 from learning_dynamics.theory import probes as probe_registry
 
 COLUMN = 3.4    # inches: one column of a two-column paper
@@ -32,27 +33,37 @@ BLACK, ORANGE, SKY, GREEN, YELLOW, BLUE, VERMILION, PURPLE = (
 GREY = "#8C8C8C"
 WINE, INDIGO, OLIVE, TEAL, SAND, ROSE = "#882255", "#332288", "#999933", "#44AA99", "#DDCC77", "#CC6677"
 
-# One colour per algorithm, the same in sim and validate (off-policy DPO red as in the paper).
-ALGORITHM_COLORS = {
+PALETTE = (BLUE, VERMILION, GREEN, ORANGE, SKY, PURPLE, BLACK, WINE, INDIGO, TEAL, OLIVE, SAND, ROSE, YELLOW,
+           "#997700", GREY)
+
+
+def _with_free_colours(fixed: dict, names) -> dict:
+    """`fixed` colours, and for every other name (a later registry entry) the next palette colour not yet taken."""
+    free = iter([c for c in PALETTE if c not in fixed.values()] * 4)
+    return {**fixed, **{n: next(free) for n in names if n not in fixed}}
+
+
+# One colour per algorithm, the same in sim and validate (off-policy DPO red as in the paper); an algorithm
+# added to the registry (theory.algorithms) takes a free colour and its own label.
+ALGORITHM_COLORS = _with_free_colours({
     "sft": GREEN, "dpo": VERMILION, "onpolicy-dpo": BLUE, "extend": PURPLE, "ipo": ORANGE, "simpo": SKY,
-    "pg": BLACK, "negative": WINE, "negative-onpolicy": INDIGO, "dpo-shared": ROSE, "kto": TEAL,
-}
-ALGORITHM_LABELS = {
-    "sft": "SFT", "dpo": "off-policy DPO", "onpolicy-dpo": "on-policy DPO", "extend": "extend (SFT, then DPO)",
-    "ipo": "IPO", "simpo": "SimPO", "pg": "policy gradient", "negative": "negative gradient",
-    "negative-onpolicy": "on-policy negative gradient", "dpo-shared": "DPO, one shared context", "kto": "KTO",
+    "pg": BLACK, "negative": WINE, "negative-onpolicy": INDIGO, "dpo-shared": ROSE,
+}, algorithm_registry.ALGORITHMS)
+ALGORITHM_LABELS = {  # the sim's raw-gradient experiments; training algorithms label themselves in the registry
+    "negative": "negative gradient", "negative-onpolicy": "on-policy negative gradient",
+    "dpo-shared": "DPO, one shared context", **{a.name: a.label for a in algorithm_registry.REGISTRY.values()},
 }
 
-# One colour per probe type; the labels come from the probe registry (theory.probes).
-PROBE_COLORS = {
+# One colour per probe type (a new one in the registry takes a free colour); labels from theory.probes.
+PROBE_COLORS = _with_free_colours({
     "chosen": BLUE, "chosen_rephrase": SKY, "chosen_format": TEAL, "rejected": VERMILION,
     "rejected_rephrase": ORANGE, "rejected_format": ROSE, "other_chosen": GREEN, "test_response": OLIVE,
     "irrelevant": GREY, "chosen_shuffled": INDIGO, "random_tokens": "#997700", "initial_sample": WINE,
-    "greedy": PURPLE,
-}
+    "greedy": PURPLE, "entropy": BLACK,
+}, probe_registry.NAMES)
 # `key` is the tracking table's column
 PROBES = {**{f"logps/{p.name}": (p.label, PROBE_COLORS[p.name]) for p in probe_registry.IN_PANEL_ORDER},
-          "entropy/chosen": (r"token entropy on $y^+$", BLACK)}
+          "entropy/chosen": (r"token entropy on $y^+$", PROBE_COLORS["entropy"])}
 VERDICT_COLORS = {"holds": GREEN, "fails": VERMILION, "inconclusive": GREY}
 
 # y-axis label of a tracked quantity, by its key's prefix

@@ -34,6 +34,7 @@ TRAITS = ("positive-only", "offpolicy-negative", "squeezes", "onpolicy-negative"
 class Algorithm:
     name: str
     summary: str
+    label: str                             # a figure's legend entry
     loss: str                              # a loss of theory.residuals: its sympy form and G term
     data: str                              # one of DATA_SHAPES
     negative: Optional[str] = None         # "dataset" | "policy" | None
@@ -62,31 +63,34 @@ def _register(*algorithms) -> Mapping:
 
 
 REGISTRY = _register(
-    Algorithm("sft", "-log pi(y+): supervised finetuning on the chosen response", loss="sft", data="chosen",
-              traits={"positive-only"}),
-    Algorithm("dpo", "off-policy DPO on the dataset's (y+, y-)", loss="dpo", data="pair", negative="dataset",
-              requires_reference=True, traits={"offpolicy-negative", "squeezes"}),
+    Algorithm("sft", "-log pi(y+): supervised finetuning on the chosen response", label="SFT", loss="sft",
+              data="chosen", traits={"positive-only"}),
+    Algorithm("dpo", "off-policy DPO on the dataset's (y+, y-)", label="off-policy DPO", loss="dpo", data="pair",
+              negative="dataset", requires_reference=True, traits={"offpolicy-negative", "squeezes"}),
     Algorithm("onpolicy-dpo", "DPO whose y- is a fresh sample of the policy; the dataset's y+ ranks above it",
-              loss="dpo", data="pair", negative="policy", requires_reference=True, requires_samples=True,
-              traits={"onpolicy-negative"}),
-    Algorithm("ipo", "IPO, each log-ratio divided by its response length (TRL's convention)", loss="ipo",
-              data="pair", negative="dataset", requires_reference=True, length_normalised=True,
+              label="on-policy DPO", loss="dpo", data="pair", negative="policy", requires_reference=True,
+              requires_samples=True, traits={"onpolicy-negative"}),
+    Algorithm("ipo", "IPO, each log-ratio divided by its response length (TRL's convention)", label="IPO",
+              loss="ipo", data="pair", negative="dataset", requires_reference=True, length_normalised=True,
               traits={"offpolicy-negative", "squeezes"}),
-    Algorithm("simpo", "SimPO: reference-free, length-normalised, with a target margin gamma", loss="simpo",
-              data="pair", negative="dataset", length_normalised=True,
+    Algorithm("simpo", "SimPO: reference-free, length-normalised, with a target margin gamma", label="SimPO",
+              loss="simpo", data="pair", negative="dataset", length_normalised=True,
               traits={"offpolicy-negative", "squeezes"}),
-    Algorithm("extend", "SFT on y+ and y- first, then DPO with that model as the reference", loss="dpo",
-              data="pair", negative="dataset", requires_reference=True, warmup="sft-both",
-              traits={"offpolicy-negative", "squeezes"}),
+    Algorithm("extend", "SFT on y+ and y- first, then DPO with that model as the reference",
+              label="extend (SFT, then DPO)", loss="dpo", data="pair", negative="dataset", requires_reference=True,
+              warmup="sft-both", traits={"offpolicy-negative", "squeezes"}),
     Algorithm("pg", "policy gradient, GRPO-style: advantages standardised in a group {y+, y-, samples}; "
-              "a negative advantage is a negative gradient", loss="pg", data="group", requires_samples=True,
-              traits={"squeezes"}),
+              "a negative advantage is a negative gradient", label="policy gradient", loss="pg", data="group",
+              requires_samples=True, traits={"squeezes"}),
     Algorithm("kto", "KTO: y+ and y- as unpaired desirable and undesirable examples, each against TRL's "
-              "estimate of the policy-reference KL (mismatched prompt-completion pairs of the batch)",
+              "estimate of the policy-reference KL (mismatched prompt-completion pairs of the batch)", label="KTO",
               loss="kto", data="unpaired", negative="dataset", requires_reference=True, traits={"squeezes"}),
 )
 
 ALGORITHMS = tuple(REGISTRY)
+# The control run: effects that something else than a negative gradient could also cause are judged as
+# a difference against SFT on the same pairs (theory.predictions, validate.report).
+CONTROL = "sft"
 
 
 def get(name: str) -> Algorithm:

@@ -621,7 +621,7 @@ def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, 
     for prediction in CATALOGUE:
         if prediction.scope == "run" and algo in prediction.applies_to and level in prediction.levels:
             if _accepts_control(prediction.evaluate):
-                ctrl = control if algo != "sft" else None
+                ctrl = control if algo != algorithms.CONTROL else None
                 row = _row(prediction, prediction.evaluate(series, seed=seed, control=ctrl))
                 row["control"] = ctrl is not None
                 row["needs_control"] = getattr(prediction.evaluate, "needs_control", False)

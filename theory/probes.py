@@ -9,12 +9,15 @@ A probe type is a response scored under a probe prompt x_i while a model trains 
               (random tokens): sim/lm.py, validate/probes.py
     "scored"  computed while y+ is scored (y*, the per-position argmax), never written
 `other` marks the probes that are neither trained on nor y*: off-policy DPO is predicted
-to lower them all (theory.predictions, P09d).
+to lower them all (theory.predictions, P09d). `trained` says which are training targets by
+design: "own" (the probe prompt's own pair), "other pair" (trained on under another prompt,
+which is what P12a/P12b are about); validate.design flags every other overlap.
 
 The tuple's order is the scoring order of every layer (changing it reorders batches);
 `panel` orders the plots.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -25,17 +28,20 @@ class ProbeType:
     source: str         # "text" | "model" | "scored"
     panel: int          # position in the plots (the paper's taxonomy: y+ and its variants, y- and its variants, ...)
     other: bool = True
+    trained: Optional[str] = None   # "own" | "other pair" | None: a training target by design
 
 
 PROBE_TYPES = (
-    ProbeType("chosen", r"$y^+$ (chosen)", "y+ (the chosen response)", "text", 0, other=False),
-    ProbeType("rejected", r"$y^-$ (rejected)", "y- (the rejected response)", "text", 3, other=False),
+    ProbeType("chosen", r"$y^+$ (chosen)", "y+ (the chosen response)", "text", 0, other=False,
+              trained="own"),
+    ProbeType("rejected", r"$y^-$ (rejected)", "y- (the rejected response)", "text", 3, other=False,
+              trained="own"),
     ProbeType("chosen_rephrase", r"$y^+$ rephrased", "y+ rephrased: same meaning, different words", "model", 1),
     ProbeType("chosen_format", r"$y^+$'s format, new meaning", "y+'s format with a different meaning", "text", 2),
     ProbeType("rejected_rephrase", r"$y^-$ rephrased", "y- rephrased: same meaning, different words", "model", 4),
     ProbeType("rejected_format", r"$y^-$'s format, new meaning", "y-'s format with a different meaning", "text", 5),
     ProbeType("other_chosen", r"$y_{j\neq i}$ (other prompt's $y^+$)", "another training prompt's y+ (y_{j != i})",
-              "text", 6),
+              "text", 6, trained="other pair"),
     ProbeType("test_response", "test response", "a held-out prompt's response", "text", 7),
     ProbeType("irrelevant", "fluent irrelevant", "a fluent irrelevant sentence", "text", 8),
     ProbeType("chosen_shuffled", r"$y^+$ words shuffled", "y+ with its words shuffled", "text", 9),

@@ -12,10 +12,11 @@ because it is trained on.
 (case- and whitespace-insensitively) the chosen or rejected answer of some
 training pair, the probe prompt's own pair excepted for y+ and y-.
 """
+from learning_dynamics.theory.probes import PROBE_TYPES
 from learning_dynamics.validate.probe_texts import _norm
 
-BY_DESIGN = ("other_chosen",)        # trained on by definition (under another prompt)
-OWN_PAIR = {"chosen": "chosen", "rejected": "rejected"}
+BY_DESIGN = tuple(p.name for p in PROBE_TYPES if p.trained == "other pair")   # trained on under another prompt
+OWN_PAIR = {p.name: p.name for p in PROBE_TYPES if p.trained == "own"}        # probe -> its role in its own pair
 
 
 def measure(probe_set, train_examples) -> dict:

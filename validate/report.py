@@ -12,6 +12,7 @@ import numpy as np
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready, read_json
 from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
+from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import provenance
 
@@ -124,7 +125,7 @@ CONTROL_MATCH = ("model", "data", "seed", "n_train", "n_probe", "max_prompt_toke
 
 def is_control_for(control_settings: dict, settings: dict) -> bool:
     """An SFT run on the same pairs, probe prompts and seed, as long, evaluated at the same steps."""
-    return control_settings.get("algo") == "sft" and settings.get("algo") != "sft" and all(
+    return control_settings.get("algo") == CONTROL and settings.get("algo") != CONTROL and all(
         control_settings.get(k) == settings.get(k) for k in CONTROL_MATCH)
 
 
