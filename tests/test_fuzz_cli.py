@@ -196,7 +196,7 @@ def make_run_dir(root: Path) -> Path:
     from learning_dynamics.validate.report import write_report
 
     s = settings_for("smoke", algo="dpo")
-    atomic_write_json(root / "settings.json", s)
+    atomic_write_json(root / "settings.json", s.as_dict())
     rng = np.random.default_rng(0)
     probes = [{"prompt_id": str(i), "prompt": f"question {i}", "prompt_ids": [1, 20 + i, 2],
                "texts": {p: f"{p} {i}" for p in PROBES}, "ids": {p: [30 + i, 40, 2] for p in PROBES}}

@@ -6,7 +6,8 @@ import torch
 
 from learning_dynamics.theory.errors import CorruptFile
 from learning_dynamics.validate import health
-from learning_dynamics.validate.run import _examples, _load_state
+from learning_dynamics.validate.run import _load_state
+from learning_dynamics.validate import session
 
 
 def test_divergence_is_a_non_finite_loss_or_gradient():
@@ -57,6 +58,6 @@ def test_a_checkpoint_of_another_model_is_named(tmp_path):
 def test_a_dataset_with_one_prompt_warns(tmp_path, capsys):
     data = tmp_path / "one.jsonl"
     data.write_text("".join(f'{{"prompt": "same", "chosen": "yes {i}", "rejected": "no {i}"}}\n' for i in range(8)))
-    _examples({"data": str(data), "n_probe": 2, "n_train": None})
+    session.examples({"data": str(data), "n_probe": 2, "n_train": None})
     err = capsys.readouterr().err
     assert "warning: all 7 training pairs share one prompt" in err and "P09a" in err

@@ -28,20 +28,21 @@ N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 
 
-def run_checks(settings: dict, out, quiet: bool = False, progress=print, command=("validate", "check"),
+def run_checks(settings, out, quiet: bool = False, progress=print, command=("validate", "check"),
                n_probe=None, squeeze_pairs=None, k_steps=None, report_name="report.md", dtype="float64") -> dict:
-    """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's)."""
-    import torch
-    from learning_dynamics.validate import first_order, provenance, token_squeeze, trajectory
-    from learning_dynamics.validate.encode import Encoder
-    from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.probes import build_probe_set, probe_sequences
-    from learning_dynamics.validate.run import _device, _examples, _tokenize_pairs
+    """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's).
 
-    out = Path(out)
+    settings: validate.presets.Settings (or its flat dict); the set-up is `ldyn validate run`'s (validate.session).
+    """
+    import torch
+    from learning_dynamics.validate import first_order, provenance, session, token_squeeze, trajectory
+    from learning_dynamics.validate.presets import Settings
+    from learning_dynamics.validate.probes import build_probe_set, probe_sequences
+
+    settings, out = Settings.of(settings), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(settings["device"])
-    preset = settings["preset"]
+    device = session.device(settings.device)
+    preset = settings.preset
     n_probe = n_probe or N_PROBE_PROMPTS[preset]
     squeeze_pairs = squeeze_pairs or N_SQUEEZE_PAIRS[preset]
     k_steps = sorted(set(k_steps or trajectory.K_STEPS[preset]))
@@ -54,21 +55,19 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
     def lap(name):
         seconds[name] = round(time.perf_counter() - sum(seconds.values()) - started, 1)
 
-    loaded = load_model(settings["model"], device=str(device), dtype=getattr(torch, dtype),
-                        attn_implementation="sdpa", progress=progress)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    encoder = Encoder(tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
-    train, probe_examples, test, irrelevant = _examples(dict(settings, n_probe=max(n_probe, squeeze_pairs)))
-    pad_id = tokenizer.pad_token_id
-    batch = min(settings["eval_batch"], 64)
+    loaded = session.load(settings, device, progress=progress, dtype=getattr(torch, dtype))
+    model, tokenizer, pad_id = loaded.model, loaded.tokenizer, loaded.pad_id
+    examples = session.examples(settings, n_probe=max(n_probe, squeeze_pairs))
+    probe_examples = examples.probe
+    batch = min(settings.eval_batch, 64)
     lap("load")
     with first_order.exact_math(model):
-        probes = build_probe_set(model, tokenizer, encoder, probe_examples[:n_probe], train, test, settings,
-                                 progress=progress, irrelevant=irrelevant)
+        probes = build_probe_set(model, tokenizer, loaded.encoder, probe_examples[:n_probe], examples.train,
+                                 examples.test, settings, progress=progress, irrelevant=examples.irrelevant)
         flat = probe_sequences(probes)
         sequences = [(p_ids, r_ids) for _, _, p_ids, r_ids in flat]
         names = [name for _, name, _, _ in flat]
-        pairs = _tokenize_pairs(encoder, probe_examples[:squeeze_pairs])
+        pairs = loaded.tokenize(probe_examples[:squeeze_pairs])
         lap("probes")
         steps = first_order.check_pair_steps(model, pairs[0], sequences, names, pad_id, device, batch,
                                              progress=None if quiet else progress)
@@ -82,7 +81,7 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
         records = [token_squeeze.check_pair(model, pair, SQUEEZE_NATS, pad_id, device) for pair in pairs]
         lap("token_squeeze")
         model.float()   # the training run in float32, as on a CPU
-        run = trajectory.run_trajectory(model, _tokenize_pairs(encoder, train), sequences, names, settings,
+        run = trajectory.run_trajectory(model, loaded.tokenize(examples.train), sequences, names, settings,
                                         pad_id, device, batch, k_steps, progress=progress)
         lap("trajectory")
     squeeze = token_squeeze.summarise(records)
@@ -93,7 +92,7 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
                _plot_kernel(run["P20"], out / "kernel_drift.png")]
     headline = [steps[k] for k in first_order.PUSHES]
     result = json_ready({
-        "model": loaded.name, "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+        "model": loaded.info.name, "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         "dtype": dtype, "n_probe_prompts": n_probe, "n_probe_sequences": len(sequences),
         "n_squeeze_pairs": len(pairs), "seconds": time.perf_counter() - started, "seconds_by_part": seconds,
         # headline numbers: the mean over the positive and negative pushes, in the linear regime
@@ -107,7 +106,7 @@ def run_checks(settings: dict, out, quiet: bool = False, progress=print, command
         **(provenance.safely(provenance.check_command, dict(settings, **sizes), out)
            if command == ("validate", "check") else
            provenance.safely(provenance.run_command, settings, out, first_order=True)),
-        "fingerprints": provenance.fingerprints(settings["data"], settings["model"]),
+        "fingerprints": provenance.fingerprints(settings.data, settings.model),
         "versions": provenance.versions()})
     result["token_squeeze"] = json_ready(squeeze)
     atomic_write_json(out / "first_order.json", result)

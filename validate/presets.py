@@ -1,4 +1,5 @@
-"""Run settings: three presets, and the checks that turn bad values into one clear line.
+"""Run settings: three presets, the checks that turn bad values into one clear line, and `Settings`,
+the typed form every run and check reads.
 
 smoke   the tests' preset: a tiny random Llama (real tokenizer and chat template) on
         2 CPU cores, the whole code path in well under a minute.
@@ -7,6 +8,10 @@ cpu     the real SmolLM2-135M-Instruct on 2 CPU cores, under 40 minutes a run: 2
         4 evaluations; references are scored only for the pairs it trains on.
 default one algorithm on SmolLM2-135M-Instruct on one GPU in a few minutes.
 """
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Optional
 
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.arguments import LR_MAX, check_seed
@@ -55,13 +60,13 @@ OVERRIDABLE = ("model", "data", "algo", "steps", "device", "seed", "lr", "beta",
                "eval_every", "n_probe", "checkpoint_every")
 
 
-def settings_for(preset: str, **overrides) -> dict:
+def settings_for(preset: str, **overrides) -> "Settings":
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     settings = dict(PRESETS[preset], preset=preset)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     check(settings)
-    return settings
+    return Settings.of(settings)
 
 
 def _positive_int(settings, key):
@@ -87,3 +92,78 @@ def check(settings: dict) -> None:
                         "it needs --batch-pairs of at least 2")
     if settings["checkpoint_every"] < 0:
         raise UserError("--checkpoint-every must be >= 0 (0: only at the end)")
+
+
+HYPER_SETTINGS = tuple(_hyper_defaults())   # beta, simpo_beta, simpo_gamma, ...: one per loss hyper-parameter
+
+
+@dataclass(frozen=True, eq=False)
+class Settings(Mapping):
+    """What a run or check was asked, typed; read as a Mapping it is settings.json's flat dict.
+
+    The loss hyper-parameters (HYPER_SETTINGS, from the algorithm registry) sit in `hyper`, so that
+    an algorithm with a new one needs no new field here.
+    """
+    preset: str
+    algo: str
+    model: str
+    device: str
+    data: Optional[str]
+    seed: int
+    steps: int
+    batch_pairs: int
+    lr: float
+    eval_every: int
+    n_train: Optional[int]
+    n_probe: int
+    eval_batch: int
+    gen_prompts: int
+    gen_tokens: int
+    sample_every: int
+    extend_sft_steps: int
+    checkpoint_every: int
+    max_prompt_tokens: int
+    max_response_tokens: int
+    n_samples: int
+    weight_decay: float
+    hyper: Mapping = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, values) -> "Settings":
+        """Settings from a flat mapping (settings.json, a preset with overrides)."""
+        if isinstance(values, Settings):
+            return values
+        values = dict(values)
+        hyper = {k: values.pop(k) for k in HYPER_SETTINGS if k in values}
+        names = {f.name for f in fields(cls)} - {"hyper"}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(names | set(HYPER_SETTINGS)))}")
+        missing = sorted(names - set(values))
+        if missing:
+            raise UserError(f"setting {missing[0]!r} is missing")
+        return cls(**values, hyper=MappingProxyType(hyper))
+
+    @property
+    def algorithm(self) -> registry.Algorithm:
+        return registry.get(self.algo)
+
+    def with_changes(self, **changes) -> "Settings":
+        hyper = {k: changes.pop(k) for k in list(changes) if k in HYPER_SETTINGS}
+        return replace(self, **changes, hyper=MappingProxyType({**self.hyper, **hyper}))
+
+    def as_dict(self) -> dict:
+        return dict(self)
+
+    def __getitem__(self, key):
+        if key in self.hyper:
+            return self.hyper[key]
+        if key == "hyper" or key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter([f.name for f in fields(self) if f.name != "hyper"] + list(self.hyper))
+
+    def __len__(self) -> int:
+        return len(fields(self)) - 1 + len(self.hyper)

@@ -107,3 +107,25 @@ def tracked_sequences(probe_set) -> list:
     """
     return probe_sequences(probe_set) + [(p["prompt_id"], name, p["prompt_ids"], ids) for p in probe_set
                                          for name, ids in p.get("aux_ids", {}).items()]
+
+
+def read_probe_set(path, vocab: int) -> list:
+    """A run's probes.json read back and checked: a damaged one is named (with --fresh as the way out)."""
+    from learning_dynamics.sim.io import read_json
+    from learning_dynamics.theory.errors import CorruptFile
+
+    probes = read_json(path, expect=list)
+    for i, p in enumerate(probes):
+        ok = (isinstance(p, dict) and isinstance(p.get("prompt_id"), str) and isinstance(p.get("ids"), dict)
+              and _token_list(p.get("prompt_ids"), vocab) and isinstance(p.get("texts"), dict)
+              and all(_token_list(ids, vocab) and ids for ids in p["ids"].values()))
+        if not ok:
+            raise CorruptFile(path, f"probe prompt {i} is not a probe record")
+    if not probes:
+        raise CorruptFile(path, "no probe prompts")
+    return probes
+
+
+def _token_list(ids, vocab: int) -> bool:
+    return isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                                         for t in ids)

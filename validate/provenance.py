@@ -24,6 +24,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 PROJECT = "learning-dynamics"
@@ -41,6 +42,8 @@ class NotReproducible(ValueError):
 # --------------------------------------------------------------------------- the command
 
 def _as_dict(values) -> dict:
+    if isinstance(values, Mapping):   # a dict, or validate.presets.Settings (a flat Mapping)
+        return dict(values)
     if dataclasses.is_dataclass(values) and not isinstance(values, type):
         return dataclasses.asdict(values)
     return dict(values)

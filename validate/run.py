@@ -15,16 +15,16 @@ A run directory holds everything, written atomically as it is made:
 import copy
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Callable, Optional
 
 from learning_dynamics.sim.io import atomic_write_json, read_json
 from learning_dynamics.sim.tracking import TrackingTable, read_chunk
-from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import algorithms as algos
-from learning_dynamics.validate import health
+from learning_dynamics.validate import health, session
+from learning_dynamics.validate.presets import Settings
 
 MASS_BATCH = 8          # sequences per batch when comparing with the reference (two [N, V] logits at once)
 
@@ -37,16 +37,39 @@ class RunStopped(UserError):
                          "inconclusive (lower --lr or check the data, then rerun with --fresh)")
 
 
-# --------------------------------------------------------------------------- setup
+# --------------------------------------------------------------------------- state
 
-def _device(name: str):
-    import torch
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked but no CUDA GPU is visible; use --device cpu (or --preset smoke)")
-    return torch.device(name)
+@dataclass
+class RunState:
+    """What training and evaluation share while a run trains."""
+    settings: Settings
+    out: Path
+    loaded: session.Loaded          # model, tokenizer, encoder, autocast
+    device: object                  # torch.device
+    ref_model: object               # the frozen reference (for extend: the model after its SFT phase)
+    table: TrackingTable
+    sequences: list                 # every tracked (prompt_id, probe, prompt_ids, response_ids)
+    gen_prompts: list               # the probe records whose greedy generations are logged
+    eos: list                       # ids that stop a generation
+    end_of_turn: list               # ids that end an assistant turn (appended to samples)
+    log_vocab: float                # log |V|: the entropy of the uniform distribution
+    quiet: bool = False
+    progress: Callable = print
+    log: Optional[list] = None      # per-step metrics so far
+    initial_gap: Optional[float] = None
+    evals: int = 0
+    tokens_per_second: float = 0.0
+
+    @property
+    def pad_id(self) -> int:
+        return self.loaded.pad_id
+
+    def score(self, model, sequences, batch_size=None, scorer=None) -> list:
+        return _score_rows(model, sequences, self.pad_id, self.device, batch_size or self.settings.eval_batch,
+                           self.loaded.autocast, scorer)
 
 
-def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
+def _prepare_out(out: Path, settings: Settings, fresh: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "settings.json"
     if path.exists() and not fresh:
@@ -64,59 +87,7 @@ def _prepare_out(out: Path, settings: dict, fresh: bool) -> None:
                 f.unlink()
         for name in ("train_log.json", "probes.json", "report.json", "report.md", "stopped.json"):
             (out / name).unlink(missing_ok=True)
-    atomic_write_json(path, settings)
-
-
-def _examples(settings: dict):
-    """(train, probe, test, irrelevant): lists of {"prompt", "chosen", "rejected"} (probe prompts are trained
-    on) and the irrelevant-sentence pool (None: chosen from the corpus later)."""
-    from learning_dynamics.validate import data
-    irrelevant = None
-    if settings["data"]:
-        rows = data.load_preference_jsonl(settings["data"])
-        n_test = max(1, min(len(rows) // 10, 50))
-        test, train = rows[:n_test], rows[n_test:]
-        if len(train) < 2:
-            raise UserError(f"{settings['data']}: need at least 3 preference pairs, found {len(rows)}")
-        probe = train[:settings["n_probe"]]
-    else:  # its probe prompts are training prompts (the paper's D_prob)
-        dataset = data.default_dataset(seed=0, n_probe=max(settings["n_probe"], 1))
-        train, probe, test = dataset["train"], dataset["probe"], dataset["test"]
-        irrelevant = dataset["irrelevant"]
-    if len({str(e["prompt"]) for e in train}) == 1 and len(train) > 1:
-        import sys
-        print(f"ldyn: warning: all {len(train)} training pairs share one prompt, so the probes that need "
-              "other prompts (other_chosen, test_response: P09a vs P09d) measure the same thing; "
-              "use data with several prompts", file=sys.stderr)
-    if settings.get("n_train"):  # a subset that still holds every probe pair
-        probe_prompts = {str(e["prompt"]) for e in probe}
-        rest = [e for e in train if str(e["prompt"]) not in probe_prompts]
-        train = probe + rest[:max(settings["n_train"] - len(probe), 0)]
-    return train, probe, test, irrelevant
-
-
-def _read_probes(path: Path, vocab: int) -> list:
-    """probes.json read back and checked: a damaged one is named (with --fresh as the way out)."""
-    probes = read_json(path, expect=list)
-    for i, p in enumerate(probes):
-        ok = (isinstance(p, dict) and isinstance(p.get("prompt_id"), str) and isinstance(p.get("ids"), dict)
-              and _token_list(p.get("prompt_ids"), vocab) and isinstance(p.get("texts"), dict)
-              and all(_token_list(ids, vocab) and ids for ids in p["ids"].values()))
-        if not ok:
-            raise CorruptFile(path, f"probe prompt {i} is not a probe record")
-    if not probes:
-        raise CorruptFile(path, "no probe prompts")
-    return probes
-
-
-def _token_list(ids, vocab: int) -> bool:
-    return isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
-                                         for t in ids)
-
-
-def _tokenize_pairs(encoder, examples) -> list:
-    return [{"prompt": encoder.prompt_ids(e["prompt"]), "chosen": encoder.response_ids(e["chosen"]),
-             "rejected": encoder.response_ids(e["rejected"])} for e in examples]
+    atomic_write_json(path, settings.as_dict())
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -138,52 +109,49 @@ def _score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=N
     return rows
 
 
-def evaluate(model, step, ctx) -> None:
+def evaluate(model, step, state: RunState) -> None:
     """Score every probe sequence and a few greedy generations; each lands in its own atomic file."""
     from learning_dynamics.validate.generate import generate, repetition_stats
     model.eval()
-    rows = _score_rows(model, ctx["sequences"], ctx["pad_id"], ctx["device"], ctx["settings"]["eval_batch"],
-                       ctx["autocast"])
+    rows = state.score(model, state.sequences)
     bad = [r for r in rows if not math.isfinite(r["logp_sum"])]
-    ctx["table"].append(step, rows)
-    gap = health.entropy_gap(rows, ctx["log_vocab"])
-    if step == 0 or ctx.get("initial_gap") is None:
-        ctx["initial_gap"] = _initial_gap(ctx) if step else gap
-    gen_prompts = ctx["gen_prompts"]
-    with ctx["autocast"]():
-        new = generate(model, [p["prompt_ids"] for p in gen_prompts], ctx["eos"], ctx["pad_id"],
-                       ctx["settings"]["gen_tokens"], sample=False, batch_size=ctx["settings"]["eval_batch"])
-        fixed = generate(model, [p["prompt_ids"] for p in gen_prompts], ctx["eos"], ctx["pad_id"],
-                         ctx["settings"]["gen_tokens"], sample=False, batch_size=ctx["settings"]["eval_batch"],
-                         fixed_length=True)
-    records = [{"prompt_id": p["prompt_id"], "text": ctx["tokenizer"].decode(ids, skip_special_tokens=True),
+    state.table.append(step, rows)
+    gap = health.entropy_gap(rows, state.log_vocab)
+    if step == 0 or state.initial_gap is None:
+        state.initial_gap = _initial_gap(state) if step else gap
+    prompts = [p["prompt_ids"] for p in state.gen_prompts]
+    s = state.settings
+    with state.loaded.autocast():
+        new = generate(model, prompts, state.eos, state.pad_id, s.gen_tokens, sample=False, batch_size=s.eval_batch)
+        fixed = generate(model, prompts, state.eos, state.pad_id, s.gen_tokens, sample=False,
+                         batch_size=s.eval_batch, fixed_length=True)
+    records = [{"prompt_id": p["prompt_id"], "text": state.loaded.tokenizer.decode(ids, skip_special_tokens=True),
                 "n_tokens": len(ids), **repetition_stats(ids),
                 **{f"{k}_fixed": v for k, v in repetition_stats(f).items()}}
-               for p, ids, f in zip(gen_prompts, new, fixed)]
-    atomic_write_json(ctx["out"] / "generations" / f"step_{step:09d}.json", records)
-    _track_mass(model, step, ctx)
+               for p, ids, f in zip(state.gen_prompts, new, fixed)]
+    atomic_write_json(state.out / "generations" / f"step_{step:09d}.json", records)
+    _track_mass(model, step, state)
     model.train()
     if bad:
-        _stop(ctx, step, f"probe log-probs became non-finite at step {step}")
+        _stop(state, step, f"probe log-probs became non-finite at step {step}")
     if step:
-        reason = health.uniform(step, gap, ctx["initial_gap"], ctx["log_vocab"])
+        reason = health.uniform(step, gap, state.initial_gap, state.log_vocab)
         if reason:
-            _stop(ctx, step, reason)
+            _stop(state, step, reason)
 
 
-def _initial_gap(ctx):
+def _initial_gap(state: RunState):
     """The entropy gap of the first evaluation, read back when a run resumed past it."""
-    first = ctx["table"].directory / "step_000000000.csv"
-    return health.entropy_gap(read_chunk(first), ctx["log_vocab"]) if first.exists() else None
+    first = state.table.directory / "step_000000000.csv"
+    return health.entropy_gap(read_chunk(first), state.log_vocab) if first.exists() else None
 
 
-def _stop(ctx, step, reason, log=None) -> None:
+def _stop(state: RunState, step, reason) -> None:
     """Keep every log, record why, write the report (all verdicts inconclusive), and stop with one line."""
     from learning_dynamics.validate.report import write_report
-    out = ctx["out"]
-    log = ctx.get("log") if log is None else log
-    if log is not None:
-        _write_log(out, log)
+    out = state.out
+    if state.log is not None:
+        _write_log(out, state.log)
     stopped = {"step": int(step), "reason": reason}
     atomic_write_json(out / "stopped.json", stopped)
     if list((out / "tracking").glob("step_*.csv")):
@@ -191,26 +159,17 @@ def _stop(ctx, step, reason, log=None) -> None:
     raise RunStopped(out, stopped)
 
 
-def _track_mass(model, step, ctx) -> None:
+def _track_mass(model, step, state: RunState) -> None:
     """P18's data: on y+'s contexts, how far each prompt's next-token distributions moved from the
     reference (the initial model; for extend the model after its SFT phase) and how much the top token gained."""
     from learning_dynamics.validate.forward import mass_shift
-    chosen = [seq for seq in ctx["sequences"] if seq[1] == "chosen"]
-    rows = _score_rows(model, chosen, ctx["pad_id"], ctx["device"], MASS_BATCH, ctx["autocast"],
-                       scorer=lambda m, batch: mass_shift(m, ctx["ref_model"], batch))
-    atomic_write_json(ctx["out"] / "mass" / f"step_{step:09d}.json",
+    chosen = [seq for seq in state.sequences if seq[1] == "chosen"]
+    rows = state.score(model, chosen, MASS_BATCH, scorer=lambda m, batch: mass_shift(m, state.ref_model, batch))
+    atomic_write_json(state.out / "mass" / f"step_{step:09d}.json",
                       [{k: r[k] for k in ("prompt_id", "tv_mean", "top_gain_mean")} for r in rows])
 
 
 # --------------------------------------------------------------------------- training
-
-def _batch_indices(step: int, n: int, size: int, seed: int) -> list:
-    """Epoch-wise seeded shuffles: the batch of a step never depends on where a run resumed."""
-    per_epoch = max(n // size, 1)
-    epoch, k = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[k * size:(k + 1) * size].tolist()
-
 
 def _summed_logps(model, batch) -> dict:
     import torch
@@ -219,35 +178,32 @@ def _summed_logps(model, batch) -> dict:
         return {"logp_sum": sequence_logps(model, batch)[0].float().cpu()}
 
 
-def _reference_logps(ref_model, pairs, keys, ctx) -> None:
+def _reference_logps(pairs, keys, state: RunState) -> None:
     """Fill ref_<key> for each pair, once, with the frozen reference model (no entropy or ||pi||^2 pass)."""
     for key in keys:
         sequences = [(str(i), key, p["prompt"], p[key]) for i, p in enumerate(pairs)]
-        rows = _score_rows(ref_model, sequences, ctx["pad_id"], ctx["device"], ctx["settings"]["eval_batch"],
-                           ctx["autocast"], scorer=_summed_logps)
+        rows = state.score(state.ref_model, sequences, scorer=_summed_logps)
         for p, r in zip(pairs, rows):
             p[f"ref_{key}"] = r["logp_sum"]
 
 
-def _draw_samples(model, ref_model, pairs, indices, step, ctx) -> None:
+def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
     """On-policy responses of the current model for the pairs the next steps will use."""
     from learning_dynamics.validate.generate import generate
-    s = ctx["settings"]
-    algorithm = registry.get(s["algo"])
-    k = 1 if algorithm.negative == "policy" else s["n_samples"]
+    s, algorithm = state.settings, state.settings.algorithm
+    k = 1 if algorithm.negative == "policy" else s.n_samples
     prompts = [pairs[i]["prompt"] for i in indices for _ in range(k)]
     model.eval()
-    with ctx["autocast"]():
-        new = generate(model, prompts, ctx["eos"], ctx["pad_id"], max(s["max_response_tokens"] - len(ctx["end_of_turn"]), 1), sample=True,
-                       seed=s["seed"] * 100003 + step, batch_size=s["eval_batch"])
+    with state.loaded.autocast():   # room left for the end of turn, appended below
+        new = generate(model, prompts, state.eos, state.pad_id, max(s.max_response_tokens - len(state.end_of_turn), 1),
+                       sample=True, seed=s.seed * 100003 + step, batch_size=s.eval_batch)
     model.train()
     for n, i in enumerate(indices):
-        responses = [tuple(r) + tuple(ctx["end_of_turn"]) for r in new[n * k:(n + 1) * k]]
+        responses = [tuple(r) + tuple(state.end_of_turn) for r in new[n * k:(n + 1) * k]]
         pairs[i]["samples"] = responses
         pairs[i]["sample"] = responses[0]
     if algorithm.negative == "policy" and algorithm.requires_reference:
-        chosen = [pairs[i] for i in indices]
-        _reference_logps(ref_model, chosen, ("sample",), ctx)
+        _reference_logps([pairs[i] for i in indices], ("sample",), state)
 
 
 def _save_state(path: Path, model, optimizer, step, phase, pairs, log) -> None:
@@ -256,70 +212,68 @@ def _save_state(path: Path, model, optimizer, step, phase, pairs, log) -> None:
                        "phase": phase, "pairs": pairs, "log": log}, path)
 
 
-def train(ctx, model, ref_model, pairs) -> None:
+def train(state: RunState, model, pairs) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    s, out = ctx["settings"], ctx["out"]
-    algorithm = registry.get(s["algo"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
-                                  fused=ctx["device"].type == "cuda")
-    sft_steps = s["extend_sft_steps"] if algorithm.warmup == "sft-both" else 0
-    total = sft_steps + s["steps"]
+    s, out, algorithm = state.settings, state.out, state.settings.algorithm
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay,
+                                  fused=state.device.type == "cuda")
+    sft_steps = s.extend_sft_steps if algorithm.warmup == "sft-both" else 0
+    total = sft_steps + s.steps
     state_path = out / "state" / "checkpoint.pt"
     start, log = 0, []
     if state_path.exists():
-        start, log = _load_state(state_path, model, optimizer, pairs, ctx["device"])
-        ctx["progress"](f"resuming {out} at step {start} of {total}")
+        start, log = _load_state(state_path, model, optimizer, pairs, state.device)
+        state.progress(f"resuming {out} at step {start} of {total}")
     elif algorithm.requires_reference and not algorithm.warmup:
-        _reference_logps(ref_model, pairs, ("chosen", "rejected"), ctx)
-    ctx["log"] = log
-    done = set(ctx["table"].completed_steps())
+        _reference_logps(pairs, ("chosen", "rejected"), state)
+    state.log = log
+    done = set(state.table.completed_steps())
     tracked = lambda step: step - sft_steps  # noqa: E731  (extend tracks its DPO phase from 0)
     model.train()
-    bar = tqdm(range(start, total), initial=start, total=total, desc=f"{s['algo']} ({s['preset']})",
-               disable=ctx["quiet"])
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"{s.algo} ({s.preset})", disable=state.quiet)
     tokens, clock = 0, time.perf_counter()
     for step in bar:
         phase = "sft" if step < sft_steps else "main"
         if algorithm.warmup and step == sft_steps and "ref_chosen" not in pairs[0]:
-            ref_model.load_state_dict(model.state_dict())  # DPO's reference is the model after SFT
-            _reference_logps(ref_model, pairs, ("chosen", "rejected"), ctx)
-        if phase == "main" and tracked(step) % s["eval_every"] == 0 and tracked(step) not in done:
-            evaluate(model, tracked(step), ctx)
-            _maybe_checkpoint(ctx, state_path, model, optimizer, step, phase, pairs, log)
-        indices = _batch_indices(step, len(pairs), s["batch_pairs"], s["seed"])
-        if algorithm.requires_samples and step % s["sample_every"] == 0:
-            upcoming = sorted({i for t in range(step, min(step + s["sample_every"], total))
-                               for i in _batch_indices(t, len(pairs), s["batch_pairs"], s["seed"])})
-            _draw_samples(model, ref_model, pairs, upcoming, step, ctx)
-        with ctx["autocast"]():
-            loss, metrics, n_tokens = algos.step_loss(s["algo"], phase, model, [pairs[i] for i in indices], s,
-                                                      ctx["pad_id"], ctx["device"], reference=ref_model)
+            state.ref_model.load_state_dict(model.state_dict())  # DPO's reference is the model after SFT
+            _reference_logps(pairs, ("chosen", "rejected"), state)
+        if phase == "main" and tracked(step) % s.eval_every == 0 and tracked(step) not in done:
+            evaluate(model, tracked(step), state)
+            _maybe_checkpoint(state, state_path, model, optimizer, step, phase, pairs)
+        indices = session.batch_indices(step, len(pairs), s.batch_pairs, s.seed)
+        if algorithm.requires_samples and step % s.sample_every == 0:
+            upcoming = sorted({i for t in range(step, min(step + s.sample_every, total))
+                               for i in session.batch_indices(t, len(pairs), s.batch_pairs, s.seed)})
+            _draw_samples(model, pairs, upcoming, step, state)
+        with state.loaded.autocast():
+            loss, metrics, n_tokens = algos.step_loss(s.algo, phase, model, [pairs[i] for i in indices], s,
+                                                      state.pad_id, state.device, reference=state.ref_model)
         reason = health.diverged(step, loss.item())
         if reason:
-            _stop(ctx, step, reason, log)
+            _stop(state, step, reason)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # max_norm=inf: the total norm, nothing clipped; a non-finite one stops before the weights take it
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
         reason = health.diverged(step, loss.item(), grad_norm)
         if reason:
-            _stop(ctx, step, reason, log)
+            _stop(state, step, reason)
         optimizer.step()
         tokens += n_tokens
         log.append({"step": step, "phase": phase, **{k: round(v, 6) for k, v in metrics.items()},
                     "grad_norm": round(grad_norm, 6)})
         reason = health.frozen(log)
         if reason:
-            _stop(ctx, step, reason, log)
+            _stop(state, step, reason)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens / (time.perf_counter() - clock):.0f}")
     if tracked(total) not in done:
-        evaluate(model, tracked(total), ctx)
+        evaluate(model, tracked(total), state)
     _write_log(out, log)
-    if s["checkpoint_every"] or state_path.exists():
+    if s.checkpoint_every or state_path.exists():
         _save_state(state_path, model, optimizer, total, "done", pairs, log)
-    ctx["tokens_per_second"] = tokens / max(time.perf_counter() - clock, 1e-9)
+    state.tokens_per_second = tokens / max(time.perf_counter() - clock, 1e-9)
 
 
 def _load_state(path: Path, model, optimizer, pairs, device):
@@ -339,12 +293,12 @@ def _load_state(path: Path, model, optimizer, pairs, device):
     return start, log
 
 
-def _maybe_checkpoint(ctx, path, model, optimizer, step, phase, pairs, log):
-    every = ctx["settings"]["checkpoint_every"]
-    ctx["evals"] = ctx.get("evals", 0) + 1
-    _write_log(ctx["out"], log)
-    if every and ctx["evals"] % every == 0:
-        _save_state(path, model, optimizer, step, phase, pairs, log)
+def _maybe_checkpoint(state: RunState, path, model, optimizer, step, phase, pairs):
+    every = state.settings.checkpoint_every
+    state.evals += 1
+    _write_log(state.out, state.log)
+    if every and state.evals % every == 0:
+        _save_state(path, model, optimizer, step, phase, pairs, state.log)
 
 
 def _write_log(out: Path, log) -> None:
@@ -353,24 +307,19 @@ def _write_log(out: Path, log) -> None:
 
 # --------------------------------------------------------------------------- the command
 
-def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=print,
-        first_order: bool = False) -> dict:
+def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print, first_order: bool = False) -> dict:
     """Train, track, and write the report; returns report.json's content.
 
-    first_order: the caller runs the first-order check on this run afterwards (it joins the reproduce command).
+    settings: validate.presets.Settings (or its flat dict). first_order: the caller runs the first-order
+    check on this run afterwards (it joins the reproduce command).
     """
-    import contextlib
-
     import torch
-    from learning_dynamics.validate import design
+    from learning_dynamics.validate import design, provenance
     from learning_dynamics.validate import probes as probe_set
-    from learning_dynamics.validate.encode import Encoder
-    from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate import provenance
-    from learning_dynamics.validate.report import write_report
+    from learning_dynamics.validate.report import read_stopped, write_report
 
-    out = Path(out)
-    device = _device(settings["device"])
+    settings, out = Settings.of(settings), Path(out)
+    device = session.device(settings.device)
     _prepare_out(out, settings, fresh)
     try:
         done = read_json(out / "report.json", {}, expect=dict)
@@ -378,46 +327,39 @@ def run(settings: dict, out, fresh: bool = False, quiet: bool = False, progress=
         done = {}
     if done.get("complete"):  # the same command again: nothing to train, the report is rebuilt from the logs
         return write_report(out)
-    from learning_dynamics.validate.report import read_stopped
     stopped = read_stopped(out)
     if stopped:  # the same command again would stop the same way
         if list((out / "tracking").glob("step_*.csv")):
             write_report(out)
         raise RunStopped(out, stopped)
-    torch.manual_seed(settings["seed"])
+    torch.manual_seed(settings.seed)
     started = time.perf_counter()
-    train_examples, probe_examples, test_examples, irrelevant = _examples(settings)  # bad data fails before the slow load
-    loaded = load_model(settings["model"], device=str(device), progress=progress)
+    examples = session.examples(settings)  # bad data fails before the slow load
+    loaded = session.load(settings, device, progress=progress)
     model, tokenizer = loaded.model, loaded.tokenizer
-    load_seconds = time.perf_counter() - started
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    encoder = Encoder(tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
     probes_path = out / "probes.json"
     if probes_path.exists():
-        probes = _read_probes(probes_path, model.get_input_embeddings().weight.shape[0])
+        probes = probe_set.read_probe_set(probes_path, model.get_input_embeddings().weight.shape[0])
     else:
-        with autocast():
-            probes = probe_set.build_probe_set(model, tokenizer, encoder, probe_examples, train_examples,
-                                               test_examples, settings, progress=progress, irrelevant=irrelevant)
+        with loaded.autocast():
+            probes = probe_set.build_probe_set(model, tokenizer, loaded.encoder, examples.probe, examples.train,
+                                               examples.test, settings, progress=progress,
+                                               irrelevant=examples.irrelevant)
         atomic_write_json(probes_path, probes, sort_keys=False)  # the probe order is the tracking row order
-    atomic_write_json(out / "design.json", design.measure(probes, train_examples))
-    ctx = {"settings": settings, "out": out, "device": device, "pad_id": tokenizer.pad_token_id,
-           "tokenizer": tokenizer, "eos": probe_set.eos_ids(tokenizer),
-           "end_of_turn": probe_set.end_of_turn_ids(tokenizer), "autocast": autocast,
-           "table": TrackingTable(out / "tracking"), "sequences": probe_set.tracked_sequences(probes),
-           "ref_model": ref_model,
-           "gen_prompts": probes[:settings["gen_prompts"]], "quiet": quiet, "progress": progress,
-           "log_vocab": math.log(model.get_output_embeddings().weight.shape[0])}
-    pairs = _tokenize_pairs(encoder, train_examples)
-    train(ctx, model, ref_model, pairs)
-    info = {"model": loaded.name, "model_source": loaded.source, "n_params": loaded.n_params,
+    atomic_write_json(out / "design.json", design.measure(probes, examples.train))
+    state = RunState(settings, out, loaded, device, ref_model=copy.deepcopy(model).eval().requires_grad_(False),
+                     table=TrackingTable(out / "tracking"), sequences=probe_set.tracked_sequences(probes),
+                     gen_prompts=probes[:settings.gen_prompts], eos=probe_set.eos_ids(tokenizer),
+                     end_of_turn=probe_set.end_of_turn_ids(tokenizer),
+                     log_vocab=math.log(model.get_output_embeddings().weight.shape[0]), quiet=quiet, progress=progress)
+    pairs = loaded.tokenize(examples.train)
+    train(state, model, pairs)
+    info = {"model": loaded.info.name, "model_source": loaded.info.source, "n_params": loaded.info.n_params,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "load_seconds": round(load_seconds, 2), "train_tokens_per_second": round(ctx["tokens_per_second"], 1),
+            "load_seconds": round(loaded.seconds, 2), "train_tokens_per_second": round(state.tokens_per_second, 1),
             "wall_seconds": round(time.perf_counter() - started, 2), "n_train_pairs": len(pairs),
             "n_probe_prompts": len(probes), "versions": provenance.versions(),
-            "fingerprints": provenance.fingerprints(settings["data"], settings["model"]),
+            "fingerprints": provenance.fingerprints(settings.data, settings.model),
             **provenance.safely(provenance.run_command, settings, out, first_order=first_order)}
     atomic_write_json(out / "run_info.json", info)
     return write_report(out)

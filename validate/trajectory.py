@@ -114,7 +114,7 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
                    progress=print) -> dict:
     """Train max(k_steps) AdamW steps and measure the first-order picture along them (see the module doc)."""
     from learning_dynamics.validate import algorithms as algos
-    from learning_dynamics.validate.run import _batch_indices
+    from learning_dynamics.validate.session import batch_indices
     algo = settings["algo"]
     if algo not in TRAJECTORY_ALGOS:
         raise UserError(f"the k-step check trains with --algo one of {', '.join(TRAJECTORY_ALGOS)}, not {algo!r}")
@@ -124,7 +124,7 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
     k_max = k_steps[-1]
     mid = k_steps[-2] if len(k_steps) > 1 else 0      # the warm-state step: theta_mid -> theta_mid+1
     pairs = [dict(p) for p in pairs]
-    batches = [_batch_indices(t, len(pairs), settings["batch_pairs"], settings["seed"]) for t in range(k_max)]
+    batches = [batch_indices(t, len(pairs), settings["batch_pairs"], settings["seed"]) for t in range(k_max)]
     if registry.get(algo).requires_reference:
         _reference_logps(model, pairs, sorted({i for b in batches for i in b}), pad_id, device, batch_size)
     trains = [(pairs[i]["prompt"], pairs[i][key]) for i in batches[0] for key in ("chosen", "rejected")][:KERNEL_TRAIN]
