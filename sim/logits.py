@@ -272,7 +272,8 @@ def summarize_series(series):
 def compare_one_step(rng, runs, vocab, steps, eta):
     """Trajectories of repeated negative / positive / shared-DPO steps against theory's exact
     one-step formulas applied at every step (max abs difference of dlog pi)."""
-    from learning_dynamics.theory.squeeze import dpo_shared_context_dlogp, exact_dlogp
+    from learning_dynamics.theory.squeeze import exact_dlogp
+    from learning_dynamics.theory.squeeze_dpo import dpo_shared_context_dlogp
 
     z = random_logits(rng, runs, vocab)
     p = np.exp(log_softmax(z))

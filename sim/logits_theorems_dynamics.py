@@ -177,9 +177,9 @@ def theorem_x03(rng, n, vocab, steps):
 
 
 def theorem_x04(rng, n, vocab, beta):
-    """Two contexts a (y+) and b (y-) coupled by kappa: theory.squeeze.dpo_two_context says
+    """Two contexts a (y+) and b (y-) coupled by kappa: theory.squeeze_dpo.dpo_two_context says
     when pi_a(y+) falls; check its sign against one small measured step."""
-    from learning_dynamics.theory.squeeze import dpo_two_context
+    from learning_dynamics.theory.squeeze_dpo import dpo_two_context
 
     za = random_logits(rng, n, vocab)
     zb = za + rng.uniform(0, 1, n)[:, None] * rng.standard_normal((n, vocab))

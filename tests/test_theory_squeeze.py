@@ -4,6 +4,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from learning_dynamics.theory import squeeze as Q
+from learning_dynamics.theory import squeeze_derivation as QS
+from learning_dynamics.theory import squeeze_dpo as QD
 from learning_dynamics.theory.softmax import log_softmax, softmax, sqnorm
 from theory_strategies import ETAS, distributions
 
@@ -50,20 +52,20 @@ def test_exact_and_first_order_agree_to_second_order(case, eta, sign):
 
 def test_numpy_matches_sympy_at_random_points():
     import sympy as sp
-    sy = Q._symbolic()
+    sy = QS.one_step()
     rng = np.random.default_rng(0)
     for _ in range(20):
         pk, sq, eta = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(1e-3, 10)
         s, pi = rng.choice([-1.0, 1.0]), rng.uniform(0, 1)
-        subs = {sy["p_i"]: pi, sy["p_k"]: pk, sy["sq"]: sq, sy["eta"]: eta, sy["s"]: s}
-        f = Q._fns()
-        assert float(f["fo_slope"](eta, s) * pi + f["fo_intercept"](pk, sq, eta, s)) == pytest.approx(
-            float(sy["first_off"].subs(subs)), rel=1e-12, abs=1e-14)
-        assert float(f["fo_k"](pk, sq, eta, s)) == pytest.approx(float(sy["first_k"].subs(subs)), rel=1e-12)
-        assert float(f["x_slope"](eta, s) * pi + f["x_intercept"](pk, eta, s)) == pytest.approx(
-            float(sy["x_off"].subs(subs)), rel=1e-12, abs=1e-14)
-        assert float(f["threshold"](pk, sq)) == pytest.approx(float(sy["thr"].subs(subs)))
-    assert all(sp.simplify(e) == 0 for e in sy["fo_check"])
+        subs = {sy.p_i: pi, sy.p_k: pk, sy.sq: sq, sy.eta: eta, sy.s: s}
+        f = QS.numeric()
+        assert float(f.fo_slope(eta, s) * pi + f.fo_intercept(pk, sq, eta, s)) == pytest.approx(
+            float(sy.first_off.subs(subs)), rel=1e-12, abs=1e-14)
+        assert float(f.fo_k(pk, sq, eta, s)) == pytest.approx(float(sy.first_k.subs(subs)), rel=1e-12)
+        assert float(f.x_slope(eta, s) * pi + f.x_intercept(pk, eta, s)) == pytest.approx(
+            float(sy.x_off.subs(subs)), rel=1e-12, abs=1e-14)
+        assert float(f.threshold(pk, sq)) == pytest.approx(float(sy.thr.subs(subs)))
+    assert all(sp.simplify(e) == 0 for e in sy.fo_check)
 
 
 def test_no_overflow_at_extreme_logits_and_steps():
@@ -220,7 +222,7 @@ def test_X02_one_hot_limit(case):
 def test_P08_shared_context_dpo_does_not_squeeze(case, eta, coef):
     p, plus = case
     minus = (plus + 1) % p.size
-    out = Q.dpo_shared_context_dlogp(p, plus, minus, eta, coef)
+    out = QD.dpo_shared_context_dlogp(p, plus, minus, eta, coef)
     rest = np.delete(out, [plus, minus])
     np.testing.assert_allclose(rest, rest[0], rtol=0, atol=1e-12 * max(1, eta * coef))
     z = np.log(p)
@@ -261,7 +263,7 @@ def test_X04_two_context_dpo_matches_simulation(seed, V, kappa):
     plus, minus = 0, 1
     eta = 1e-4
     coef, measured = two_context_simulation(za, zb, plus, minus, kappa, eta)
-    pred = Q.dpo_two_context(softmax(za), softmax(zb), plus, minus, kappa, eta, coef)
+    pred = QD.dpo_two_context(softmax(za), softmax(zb), plus, minus, kappa, eta, coef)
     assert abs(measured - pred.dlogp_plus) <= 5 * (eta * coef) ** 2 * (1 + kappa) ** 2 + 1e-15
     assert bool(pred.falls) == (pred.dlogp_plus < 0)
     assert bool(pred.falls) == (kappa > pred.kappa_critical)
@@ -271,10 +273,10 @@ def test_X04_chosen_falls_when_both_contexts_share_a_peak():
     za = np.array([-2.0, -2.0, 4.0, 0.0])     # y+ = 0 unlikely, shared peak at label 2
     zb = np.array([-2.0, -3.0, 5.0, 0.0])     # y- = 1 in the valley of context b
     pa, pb = softmax(za), softmax(zb)
-    crit = float(Q.dpo_two_context(pa, pb, 0, 1, 1.0, 1.0, 1.0).kappa_critical)
+    crit = float(QD.dpo_two_context(pa, pb, 0, 1, 1.0, 1.0, 1.0).kappa_critical)
     assert np.isfinite(crit)
     for kappa, falls in ((0.5 * crit, False), (2.0 * crit, True)):
-        pred = Q.dpo_two_context(pa, pb, 0, 1, kappa, 1e-4, 1.0)
+        pred = QD.dpo_two_context(pa, pb, 0, 1, kappa, 1e-4, 1.0)
         _, measured = two_context_simulation(za, zb, 0, 1, kappa, 1e-4, beta=1e-9)
         assert bool(pred.falls) is falls
         assert (measured < 0) is falls

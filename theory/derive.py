@@ -5,7 +5,7 @@ derivations it collects); the numeric modules stay light.
 """
 import importlib
 
-MODULES = ("softmax", "decomposition", "residuals", "squeeze", "flow")
+MODULES = ("softmax", "decomposition", "residuals", "squeeze_derivation", "flow")
 
 
 def all_derivations():

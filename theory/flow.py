@@ -76,11 +76,11 @@ def time_to_concentrate(p, k=None, eps=1e-3):
 def _symbolic():
     import sympy as sp
 
-    from learning_dynamics.theory.squeeze import _symbolic as squeeze_symbolic
+    from learning_dynamics.theory.squeeze_derivation import one_step
 
-    sq_sym = squeeze_symbolic()
-    p_i, p_k, sq, d, eta, s = (sq_sym[n] for n in ("p_i", "p_k", "sq", "d", "eta", "s"))
-    rhs = sp.expand(sq_sym["first"].subs({eta: 1, s: -1}))
+    step = one_step()
+    p_i, p_k, sq, d, eta, s = step.p_i, step.p_k, step.sq, step.d, step.eta, step.s
+    rhs = sp.expand(step.first.subs({eta: 1, s: -1}))
     replicator = sp.expand(rhs.subs({p_k: 0, d: 0}))
     # gap dynamics of the top two non-k labels: d pi/dt = pi * rhs
     p1, p2, g0, eps = sp.symbols("pi_1 pi_2 g_0 epsilon", positive=True)

@@ -5,7 +5,7 @@ a negative gradient (gradient descent on +log pi_k, i.e. "push k down"), sign = 
 a positive one (SFT on k). With K = I (free logits) or K = kappa I (linear head,
 absorb kappa into eta) everything below is exact.
 
-Exact one-step change (derived in `derivations()`): with d_i = z'_i - z_i,
+Exact one-step change (derived with sympy in theory/squeeze_derivation.py): with d_i = z'_i - z_i,
     log pi'_i - log pi_i = d_i - log Z,   Z = sum_j pi_j exp(d_j),
 so for a negative step pi'_i / pi_i = exp(eta pi_i) / Z (i != k) with
 Z = sum_j pi_j exp(eta (pi_j - [j=k])).
@@ -27,11 +27,9 @@ or an int array broadcastable to p.shape[:-1], eta > 0 a float or an array of th
 same leading shape. Outputs are float64 numpy; sympy is imported only lazily.
 """
 import functools
-from typing import NamedTuple
 
 import numpy as np
 
-from learning_dynamics.theory import _sym
 from learning_dynamics.theory.softmax import softmax, sqnorm
 
 # exp(700) is finite in float64; the log1p/expm1 path keeps relative precision but
@@ -41,6 +39,12 @@ _EXPM1_MAX_POS = 1.0
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _fns():
+    """The numpy functions lambdified from the sympy derivation (built once, on first use)."""
+    from learning_dynamics.theory.squeeze_derivation import numeric
+    return numeric()
+
 
 def _f64(x):
     return np.asarray(x, dtype=np.float64)
@@ -99,8 +103,8 @@ def step_logits(z, k, eta, sign=-1):
     pi = softmax(z)
     idx = _index(z, k)
     f = _fns()
-    out = z + pi * _row(f["step_slope"](eta, s), z)
-    _put(out, idx, _take(out, idx) + f["step_k_extra"](eta, s))
+    out = z + pi * _row(f.step_slope(eta, s), z)
+    _put(out, idx, _take(out, idx) + f.step_k_extra(eta, s))
     return out
 
 
@@ -114,9 +118,9 @@ def first_order_dlogp(p, k, eta, sign=-1):
     idx = _index(p, k)
     f = _fns()
     pk, sq = _take(p, idx), sqnorm(p)
-    out = p * _row(f["fo_slope"](eta, s), p)
-    out += _row(f["fo_intercept"](pk, sq, eta, s), p)
-    _put(out, idx, f["fo_k"](pk, sq, eta, s))
+    out = p * _row(f.fo_slope(eta, s), p)
+    out += _row(f.fo_intercept(pk, sq, eta, s), p)
+    _put(out, idx, f.fo_k(pk, sq, eta, s))
     return out
 
 
@@ -138,8 +142,8 @@ def exact_dlogp(p, k, eta, sign=-1):
     idx = _index(p, k)
     f = _fns()
     pk = _take(p, idx)
-    x = p * _row(f["x_slope"](eta, s), p)
-    x += _row(f["x_intercept"](pk, eta, s), p)
+    x = p * _row(f.x_slope(eta, s), p)
+    x += _row(f.x_intercept(pk, eta, s), p)
     _put(x, idx, 0.0)
     # per row, the expm1 path needs no overflow (negative step: x_j >= 0 up to
     # eta (1 - pi_k + pi_j)) and no cancellation in 1 + S (positive step: x_j <= 0)
@@ -171,9 +175,9 @@ def _finish_log_space(p, idx, pk, eta, s, f):
     """
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         log_p = np.log(p)
-        unit = p * _row(f["x_slope"](1.0, s), p) + _row(f["x_intercept"](pk, 1.0, s), p)
+        unit = p * _row(f.x_slope(1.0, s), p) + _row(f.x_intercept(pk, 1.0, s), p)
         _put(unit, idx, 0.0)
-        slope, intercept = _row(f["x_slope"](eta, s), p), _row(f["x_intercept"](pk, eta, s), p)
+        slope, intercept = _row(f.x_slope(eta, s), p), _row(f.x_intercept(pk, eta, s), p)
         m = np.argmax(log_p / _row(eta, p) + unit, axis=-1)[..., None]
         d = _shift(p, idx, m, slope, intercept)
         # x / eta rounds labels with pi_j within ~1e-16 of each other to a tie; the differences d do not
@@ -205,7 +209,7 @@ def threshold(p, k, sign=-1):
     p = _f64(p)
     _sign(sign)
     idx = _index(p, k)
-    return _fns()["threshold"](_take(p, idx), sqnorm(p))
+    return _fns().threshold(_take(p, idx), sqnorm(p))
 
 
 def rising_set(p, k, eta, sign=-1, exact=True):
@@ -319,8 +323,8 @@ def peakier_squeezes_harder(p, q, k, eta=1.0):
     pk, qk = _take(p, idx), _take(q, idx)
     premise = (np.abs(pk - qk) <= 1e-12) & (sqnorm(q) >= sqnorm(p))
     f = _fns()
-    at_p = f["fo_intercept"](pk, sqnorm(p), eta, -1.0)
-    at_q = f["fo_intercept"](qk, sqnorm(q), eta, -1.0)
+    at_p = f.fo_intercept(pk, sqnorm(p), eta, -1.0)
+    at_q = f.fo_intercept(qk, sqnorm(q), eta, -1.0)
     tol = 1e-12 * np.abs(_f64(eta))
     ok = (threshold(q, k) >= threshold(p, k) - 1e-12) & (at_q <= at_p + tol)
     return ~premise | ok
@@ -354,171 +358,3 @@ def one_hot_limit(p, k, eta, tol=1e-6):
     _put(w, ystar, 0.0)
     off_mass = w.sum(axis=-1)
     return (one_hot_bound(p, k, eta) > tol) | (off_mass <= tol)
-
-
-# --------------------------------------------------------------------------- DPO
-
-def dpo_shared_context_dlogp(p, plus, minus, eta, coef):
-    """Exact dlog pi of every label after one DPO step with y+ and y- on one shared context.
-
-    The chosen term's logit gradient -coef (e_+ - pi) and the rejected term's
-    +coef (e_- - pi) sum to -coef (e_+ - e_-): the pi terms cancel (sympy), so
-    z' = z + eta coef (e_+ - e_-). Every other label changes by the same -log Z:
-    no squeeze (P08). plus != minus.
-    """
-    p = _f64(p)
-    ip, im = _index(p, plus), _index(p, minus)
-    if np.any(ip == im):
-        raise ValueError("plus and minus must differ")
-    f = _fns()
-    pp, pm = _take(p, ip), _take(p, im)
-    up, um, uo = f["dpo_plus"](eta, coef), f["dpo_minus"](eta, coef), f["dpo_other"](eta, coef)
-    rest = np.clip(1.0 - pp - pm, 0.0, None)
-    with np.errstate(divide="ignore", over="ignore"):
-        small = np.abs(up - uo) + np.abs(um - uo) <= 30.0
-        log_z_small = uo + np.log1p(pp * np.expm1(np.minimum(up - uo, 30)) + pm * np.expm1(np.minimum(um - uo, 30)))
-        stacked = np.stack(np.broadcast_arrays(np.log(rest) + uo, np.log(pp) + up, np.log(pm) + um), axis=-1)
-        m = stacked.max(axis=-1)
-        log_z_big = m + np.log(np.exp(stacked - m[..., None]).sum(axis=-1))
-    log_z = np.where(small, log_z_small, log_z_big)
-    out = np.empty_like(p)
-    out[...] = _row(uo - log_z, p)
-    _put(out, ip, up - log_z)
-    _put(out, im, um - log_z)
-    return out
-
-
-class TwoContextDPO(NamedTuple):
-    dlogp_plus: np.ndarray       # first-order dlog pi_a(y+) in the chosen context a
-    falls: np.ndarray            # bool: dlogp_plus < 0
-    kappa_critical: np.ndarray   # pi_a(y+) falls iff kappa > kappa_critical (inf: never)
-
-
-def dpo_two_context(p_plus_ctx, p_minus_ctx, plus, minus, kappa, eta, coef):
-    """DPO with y+ and y- scored in two different contexts a and b coupled by a kernel kappa.
-
-    Logit change in context a: dz_a = eta coef (e_+ - pi_a) - kappa eta coef (e_- - pi_b)
-    (its own positive push plus the kernel-coupled negative push). sympy gives
-        dlog pi_a(y+) = eta coef [ Q0 + kappa Q1 ],
-        Q0 = 1 - 2 pi_a(+) + ||pi_a||^2 = ||e_+ - pi_a||^2 > 0,
-        Q1 = pi_b(+) + pi_a(-) - pi_a . pi_b - [+ = -],
-    so (eta coef > 0) pi_a(y+) falls iff Q1 < 0 and kappa > -Q0/Q1: when both
-    contexts put their mass on the same other labels (pi_a . pi_b large) the
-    squeeze from context b lifts that shared peak in a and drains y+.
-    """
-    pa, pb = _f64(p_plus_ctx), _f64(p_minus_ctx)
-    ip, im = _index(pa, plus), _index(pa, minus)
-    f = _fns()
-    args = (_take(pa, ip), _take(pa, im), _take(pb, ip), sqnorm(pa),
-            np.einsum("...v,...v->...", pa, pb), (ip == im)[..., 0].astype(np.float64))
-    dlogp = f["two_dlogp"](*args, kappa, eta, coef)
-    q0, q1 = f["two_q0"](*args), f["two_q1"](*args)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kappa_crit = np.where(q1 < 0, -q0 / np.where(q1 < 0, q1, -1.0), np.inf)
-    return TwoContextDPO(dlogp, dlogp < 0, kappa_crit)
-
-
-# --------------------------------------------------------------------------- sympy
-
-@functools.lru_cache(maxsize=None)
-def _symbolic():
-    import sympy as sp
-
-    p_i, p_k, sq, d, eta, s = sp.symbols("pi_i pi_k S_2 delta eta sigma", real=True)
-    # the step: z' - z = sign eta grad_z log pi_k, and grad_z log pi_k = e_k - pi (row k of A)
-    step_i = s * eta * (d - p_i)
-    pi_dot_step = _sym.label_sum(p_i * step_i, p_i, d, p_k, sq)
-    first = sp.expand(step_i - pi_dot_step)                    # A(pi) applied to the step
-    first_off, first_k = first.subs(d, 0), sp.factor(first.subs({d: 1, p_i: p_k}))
-    thr = sp.solve(sp.Eq(first_off, 0), p_i)[0]
-    step_k = step_i.subs({d: 1, p_i: p_k})
-    x_off = sp.expand(step_i.subs(d, 0) - step_k)              # d_i - d_k
-    # check: d/d eta at 0 of the exact change equals the first-order law (V = 3, k = 1)
-    q = sp.symbols("q1:4", positive=True)
-    steps = [s * eta * ((1 if j == 0 else 0) - q[j]) for j in range(3)]
-    logz = sp.log(sum(q[j] * sp.exp(steps[j]) for j in range(3)))
-    exact3 = [steps[j] - logz for j in range(3)]
-    sq3 = sum(t ** 2 for t in q)
-    fo_check = [sp.simplify((sp.diff(exact3[j], eta).subs(eta, 0) -
-                             sp.diff(first, eta).subs({d: 1 if j == 0 else 0, p_i: q[j], p_k: q[0], sq: sq3})
-                             ).subs(q[2], 1 - q[0] - q[1])) for j in range(3)]
-    # shared-context DPO: sum of the two residuals, dL/dlogp+ = -c, dL/dlogp- = +c
-    c, dp, dm = sp.symbols("c delta_+ delta_-", real=True)
-    g_dpo = -c * (dp - p_i) + c * (dm - p_i)
-    dz_dpo = sp.expand(-eta * g_dpo)
-    # two contexts: pi_a, pi_b per label; inner products as symbols
-    a_i, b_i, Dp, Dm, kappa = sp.symbols("pi_a_i pi_b_i delta_+i delta_-i kappa", real=True)
-    a_p, a_m, b_p, sa, ab, dpm = sp.symbols("pi_a(+) pi_a(-) pi_b(+) S_a pi_a.pi_b delta_+-", real=True)
-    dz_a = eta * c * (Dp - a_i) - kappa * eta * c * (Dm - b_i)
-    poly = sp.Poly(sp.expand(a_i * dz_a), a_i, b_i, Dp, Dm)
-    table = {(1, 0, 1, 0): a_p, (1, 0, 0, 1): a_m, (2, 0, 0, 0): sa, (1, 1, 0, 0): ab, (1, 0, 0, 0): 1}
-    a_dot_dz = sum(coef * table[m] for m, coef in poly.terms())
-    dz_plus = dz_a.subs({Dp: 1, Dm: dpm, a_i: a_p, b_i: b_p})
-    two = sp.expand(dz_plus - a_dot_dz)
-    q0 = sp.expand(two.subs(kappa, 0) / (eta * c))
-    q1 = sp.expand(sp.diff(two, kappa) / (eta * c))
-    kappa_crit = sp.solve(sp.Eq(two, 0), kappa)[0]
-    return locals()
-
-
-@functools.lru_cache(maxsize=None)
-def _fns():
-    sy = _symbolic()
-    p_i, p_k, sq, eta, s, c = (sy[n] for n in ("p_i", "p_k", "sq", "eta", "s", "c"))
-    L = _sym.lambdify
-    import sympy as sp
-    step_slope, step_int = _sym.affine_parts(sy["step_i"].subs(sy["d"], 0), p_i)
-    assert step_int == 0
-    fo_slope, fo_int = _sym.affine_parts(sy["first_off"], p_i)
-    x_slope, x_int = _sym.affine_parts(sy["x_off"], p_i)
-    dz, dp, dm = sy["dz_dpo"], sy["dp"], sy["dm"]
-    two_args = (sy["a_p"], sy["a_m"], sy["b_p"], sy["sa"], sy["ab"], sy["dpm"])
-    return {
-        "step_slope": L((eta, s), step_slope),
-        "step_k_extra": L((eta, s), sp.simplify(sy["step_k"] - step_slope * p_k)),
-        "fo_slope": L((eta, s), fo_slope),
-        "fo_intercept": L((p_k, sq, eta, s), fo_int),
-        "fo_k": L((p_k, sq, eta, s), sy["first_k"]),
-        "threshold": L((p_k, sq), sy["thr"]),
-        "x_slope": L((eta, s), x_slope),
-        "x_intercept": L((p_k, eta, s), x_int),
-        "dpo_plus": L((eta, c), dz.subs({dp: 1, dm: 0, p_i: 0})),
-        "dpo_minus": L((eta, c), dz.subs({dp: 0, dm: 1, p_i: 0})),
-        "dpo_other": L((eta, c), dz.subs({dp: 0, dm: 0, p_i: 0})),
-        "two_dlogp": L(two_args + (sy["kappa"], eta, c), sy["two"]),
-        "two_q0": L(two_args, sy["q0"]),
-        "two_q1": L(two_args, sy["q1"]),
-    }
-
-
-def derivations():
-    import sympy as sp
-    from learning_dynamics.theory.derivation import Derivation
-
-    sy = _symbolic()
-    return [
-        Derivation("One step on label k: z' = z + sign eta (e_k - pi)", (
-            ("logit change of label i (delta = [i = k], sigma = sign):", sy["step_i"]),
-            ("pi . (z' - z), summed over labels:", sy["pi_dot_step"]),
-            ("first-order dlog pi_i = (A(pi)(z' - z))_i:", sy["first"]),
-            ("i != k:", sy["first_off"]),
-            ("i = k:", sy["first_k"]),
-            ("threshold: i != k rises (sigma = -1) iff pi_i >", sy["thr"]),
-        )),
-        Derivation("Exact one-step change", (
-            ("dlog pi_i = x_i - log sum_j pi_j exp(x_j), x_i = d_i - d_k; for i != k, x_i =", sy["x_off"]),
-            ("check, V = 3: d/d eta at 0 of the exact change minus the first-order law", sp.Matrix(sy["fo_check"])),
-        )),
-        Derivation("DPO on one shared context", (
-            ("G = -c (e_+ - pi) + c (e_- - pi), per label:", sy["g_dpo"]),
-            ("z' - z = -eta G: the pi terms cancel", sy["dz_dpo"]),
-        )),
-        Derivation("DPO on two contexts coupled by kappa", (
-            ("dz_a per label:", sy["dz_a"]),
-            ("pi_a . dz_a:", sy["a_dot_dz"]),
-            ("first-order dlog pi_a(y+):", sy["two"]),
-            ("Q0 (kappa = 0 part, / eta c):", sy["q0"]),
-            ("Q1 (coefficient of kappa, / eta c):", sy["q1"]),
-            ("pi_a(y+) falls for kappa beyond", sy["kappa_crit"]),
-        )),
-    ]

@@ -6,7 +6,7 @@ gives them). Along y-'s positions theory distinguishes two kinds of context:
 
 - shared prefix (position l <= d, d the first index where y+ and y- differ): both
   responses see the same context there, so on free logits their pushes meet in
-  one softmax and the pi terms cancel (theory.squeeze.dpo_shared_context_dlogp):
+  one softmax and the pi terms cancel (theory.squeeze_dpo.dpo_shared_context_dlogp):
   no squeeze predicted;
 - rejected-only (l > d): only the negative push acts; theory.squeeze says the
   argmax other than y-'s token rises, and to first order exactly the tokens with
