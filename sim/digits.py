@@ -9,15 +9,12 @@ picture on it, all in float64 on a copy of the trained weights:
      is eNTK-similar to class a (the paper's MNIST "4 vs 9" picture);
   4. squeezing: a negative step on a low-probability wrong class pushes mass into
      the top class; theory's first-order threshold predicts which classes rise;
-  5. figures and a JSON summary.
+  5. figures (sim/digits_figures.py) and a JSON summary; the command is sim/digits_cli.py.
 torch is imported inside functions so that `ldyn --help` stays fast.
 """
-import argparse
-import json
 import sys
 
 from learning_dynamics.sim.io import writable_folder
-from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory import arguments as arg
 
@@ -305,95 +302,6 @@ def check_squeeze(apply_fn, params, data, n_squeeze: int) -> dict:
             "_bars": (pi, change, wrong)}
 
 
-# --------------------------------------------------------------------------- figures
-
-def plot_influence(summary: dict, path):
-    """Measured influence next to eNTK similarity; the diagonal is greyed out in both
-    (it is not what the claim is about, and the kernel's diagonal would swamp the colours)."""
-    import numpy as np
-    from learning_dynamics.sim import style
-
-    fig, axes = style.figure(style.WIDTH, 3.0, ncols=2)
-    panels = [("influence",
-               "measured: mean $\\Delta\\log p(a \\mid$ class-$b$ images$)$\nafter one SGD step on class $a$",
-               r"$\Delta\log p$ (nats)"),
-              ("similarity", "class-averaged eNTK: tr $K(b, a)\\,/\\,V$", r"tr $K / V$")]
-    for ax, (key, title, unit) in zip(axes, panels):
-        matrix = np.array(summary[key], dtype=float)
-        np.fill_diagonal(matrix, np.nan)
-        limit = np.nanmax(np.abs(matrix))
-        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_xticks(range(CLASSES)), ax.set_yticks(range(CLASSES))
-        ax.set_xlabel("observed class $b$ (held-out images)")
-        ax.set_ylabel("learned class $a$")
-        ax.set_title(title)
-        fig.colorbar(image, ax=ax, shrink=0.85, label=unit)
-    fig.suptitle(f"eNTK similarity predicts influence: Spearman {summary['influence_spearman_offdiag']:.2f} "
-                 f"over the 90 off-diagonal pairs (diagonal blank)")
-    return style.save(fig, path)
-
-
-def plot_akg(summary: dict, scatter, path):
-    """Predicted (-eta A K G) vs actual dlog pi, and the error against eta with a slope-2 reference."""
-    import numpy as np
-    from learning_dynamics.sim import style
-
-    predicted, actual = (np.ravel(a) for a in scatter)
-    fig, (ax, ax_err) = style.figure(style.WIDTH, 2.9, ncols=2)
-    ax.scatter(predicted, actual, s=3, alpha=0.4, color=style.BLUE, lw=0, label="held-out image $\\times$ class")
-    span = [min(predicted.min(), actual.min()), max(predicted.max(), actual.max())]
-    ax.plot(span, span, color=style.BLACK, lw=0.8, label="actual = predicted")
-    ax.set_xlabel(r"predicted $-\eta\,A(x_o)\,K(x_o, x_u)\,G(x_u)$ (nats)")
-    ax.set_ylabel(r"actual $\Delta\log\pi(x_o)$ after one SGD step (nats)")
-    ax.set_title(f"AKG on every held-out image $\\times$ {CLASSES} classes\n"
-                 f"($\\eta$={summary['akg_eta']:.3g}, Pearson $r$={summary['akg_pearson_r']:.5f})")
-    ax.legend(loc="upper left", markerscale=3)
-    etas, errors = np.array(summary["akg_etas"]), np.array(summary["akg_errors"])
-    ax_err.loglog(etas, errors, "o-", ms=3, color=style.BLUE,
-                  label=f"measured (fitted slope {summary['akg_error_slope']:.2f})")
-    # drawn a factor 4 above the data: on top of it (slope 2.00) it would be hidden
-    ax_err.loglog(etas, 4 * errors[0] * (etas / etas[0]) ** 2, "--", color=style.GREY, lw=1.0,
-                  label=r"slope 2 (error $\propto \eta^2$)")
-    ax_err.set_xlabel(r"step size $\eta$")
-    ax_err.set_ylabel("mean |actual $-$ predicted| (nats)")
-    ax_err.set_title("first-order error against the step size")
-    ax_err.legend(loc="upper left")
-    return style.save(fig, path)
-
-
-def plot_negative_step(bars, image, path):
-    """Before/after bars of one negative step on the least confident image's least likely class."""
-    import numpy as np
-    from learning_dynamics.sim import style
-    from learning_dynamics.theory.squeeze import threshold
-
-    pi, change, wrong = bars["pi"], bars["change"], bars["wrong"]
-    after = pi * np.exp(change)
-    fig, (ax_img, ax) = style.figure(style.WIDTH, 2.4, ncols=2, gridspec_kw={"width_ratios": [1, 3.5]})
-    ax_img.imshow(image, cmap="gray_r")
-    ax_img.set_axis_off()
-    ax_img.set_title("held-out image")
-    classes = np.arange(CLASSES)
-    ax.bar(classes - 0.2, pi, width=0.4, color=style.GREY, label="before")
-    rose = after > pi
-    ax.bar((classes + 0.2)[rose], after[rose], width=0.4, color=style.GREEN, label="after: rose")
-    ax.bar((classes + 0.2)[~rose], after[~rose], width=0.4, color=style.VERMILION, label="after: fell")
-    ax.annotate("stepped down", (wrong + 0.2, after[wrong]), xytext=(wrong + 0.2, pi[wrong] * 6), ha="center",
-                fontsize=7, arrowprops=dict(arrowstyle="->", lw=0.7))
-    rise_line = float(np.ravel(threshold(pi[None], np.array([wrong]), sign=-1))[0])
-    if rise_line > 0:        # a log axis cannot show a threshold at or below zero
-        ax.axhline(rise_line, color=style.BLACK, ls="--", lw=0.8,
-                   label=r"theory: rises iff above $\|p\|^2 - p_{\mathrm{wrong}}$")
-    ax.set_yscale("log")
-    ax.set_ylim(min(pi.min(), after.min()) / 10, 30)     # room above the bars for the legend
-    ax.set_xticks(classes)
-    ax.set_xlabel(f"class (negative step on class {wrong}, $\\eta$={NEGATIVE_ETA})")
-    ax.set_ylabel(r"$p(\mathrm{class} \mid x)$")
-    ax.legend(loc="upper right", ncols=2)
-    ax.set_title("lowering an unlikely wrong class squeezes mass into the top class")
-    return style.save(fig, path)
-
-
 # --------------------------------------------------------------------------- the experiment
 
 def run_digits(out=DEFAULT_OUT, seed: int = 0, preset: str = "default", progress: bool = True,
@@ -405,6 +313,7 @@ def run_digits(out=DEFAULT_OUT, seed: int = 0, preset: str = "default", progress
     import torch
     from tqdm import tqdm
     from learning_dynamics.sim import ntk
+    from learning_dynamics.sim.digits_figures import plot_akg, plot_influence, plot_negative_step
     from learning_dynamics.sim.io import atomic_write_json
 
     settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
@@ -452,56 +361,3 @@ def validate_settings(settings: dict, seed: int) -> None:
     if settings["n_eta"] < 2:
         raise UserError("--n-eta must be at least 2: the error slope needs two step sizes")
     arg.check_seed(seed)
-
-
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "digits", help="eNTK, AKG check, influence and squeezing on a real digit classifier",
-        description="Train a small MLP on scikit-learn's 8x8 digits, compute its eNTK two ways, check "
-                    "dlog pi = -eta A K G against real SGD steps, measure class-to-class influence "
-                    "against eNTK similarity, and the squeezing of negative steps. Writes PNG figures "
-                    "and summary.json to --out.",
-        epilog="example: ldyn sim digits --out ./ldyn-out/sim/digits --seed 0 --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=arg.path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
-    add_format_option(p)
-    p.add_argument("--seed", type=arg.SEED, default=0, help="model init and batch order (default 0)")
-    p.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run of the same code (tests)")
-    p.add_argument("--epochs", type=arg.POSITIVE_INT, help="training epochs (default 40; quick 15)")
-    p.add_argument("--n-ntk", type=arg.POSITIVE_INT, help="images per side of the eNTK comparison (default 64)")
-    p.add_argument("--n-squeeze", type=arg.POSITIVE_INT, help="held-out images given a negative step (default 540)")
-    p.set_defaults(func=handle)
-
-
-def handle(args) -> int:
-    summary = run_digits(args.out, seed=args.seed, preset="quick" if args.quick else "default",
-                         progress=True, epochs=args.epochs, n_ntk=args.n_ntk, n_squeeze=args.n_squeeze)
-    if args.json:
-        print(json.dumps(summary, sort_keys=True))
-    else:
-        print(human_summary(summary, args.out))
-    return 0
-
-
-def human_summary(s: dict, out) -> str:
-    pair = s["influence_paper_pair"]
-    return "\n".join([
-        f"digits MLP ({s['n_params']} params): test accuracy {s['test_accuracy']:.3f} "
-        f"(train {s['train_accuracy']:.3f})",
-        f"eNTK, jacobian contraction vs NTK-vector products: max relative difference {s['ntk_max_rel_diff']:.2e}",
-        f"AKG: Pearson r {s['akg_pearson_r']:.6f} at eta {s['akg_eta']:.3g}; error ~ eta^{s['akg_error_slope']:.2f}",
-        f"influence vs eNTK similarity: Spearman {s['influence_spearman_offdiag']:.2f} (off-diagonal); "
-        f"most-similar class lifted more than least-similar for "
-        f"{s['influence_most_vs_least_similar']['fraction_ordered']:.0%} of classes",
-        f"  learning {pair['learned']}: dlog p({pair['learned']}|{pair['observed'][0]}s) {pair['dlogp'][0]:+.4f}, "
-        f"dlog p({pair['learned']}|{pair['observed'][1]}s) {pair['dlogp'][1]:+.4f}; "
-        f"eNTK predicts this order: {pair['entk_predicts_order']}",
-        f"negative step on the least likely class ({s['squeeze_n_images']} images): wrong class falls "
-        f"{s['squeeze_wrong_falls']:.1%}, top class rises {s['squeeze_top_rises']:.1%}; "
-        f"threshold precision {s['squeeze_precision']:.3f} recall {s['squeeze_recall']:.3f}",
-        f"figures and summary.json in {out}"])

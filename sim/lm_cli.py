@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from learning_dynamics.sim.io import json_ready, writable_folder
-from learning_dynamics.sim.lm import ALGOS, POSITION_CLASSES, QUICK, SUPPORTED, LMConfig, run_experiment
+from learning_dynamics.sim import lm
+from learning_dynamics.sim.lm import ALGOS, POSITION_CLASSES, QUICK, SUPPORTED, LMConfig
 from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory import arguments as arg
 
@@ -148,7 +149,7 @@ def handle(args) -> int:
     out = _check_args(args)
     algos = [a for a in SUPPORTED if a in args.algo]  # canonical order, no duplicates
     config = QUICK if args.quick else LMConfig()
-    series, steps, pretrain_info = run_experiment(out, args.seed, algos, config, _progress)
+    series, steps, pretrain_info = lm.run_experiment(out, args.seed, algos, config, _progress)
     claims = evaluate_claims(series, seed=args.seed)
     figures = draw_figures(out, series, steps)
     summary = json_ready(decimals=4, obj={

@@ -13,7 +13,8 @@ from learning_dynamics.theory import arguments as arg
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.sim.logits import (
     ALGORITHMS, DEFAULT_BETA, DEFAULT_LR, DEFAULT_OUT, LIMITS, PRESETS, compare_flow, compare_one_step,
-    make_problem, run_algorithm, summarize_series)
+    run_algorithm, summarize_series)
+from learning_dynamics.sim import logits
 from learning_dynamics.sim.logits_theorems_dynamics import evaluate_theorems
 from learning_dynamics.sim.logits_figures import plot_curves, plot_squeeze_bars
 
@@ -36,7 +37,7 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
     R, V, S = settings["runs"], settings["vocab"], settings["steps"]
     master = np.random.default_rng(seed)
     seeds = master.integers(0, 2 ** 63, 6)
-    problem = make_problem(np.random.default_rng(seeds[0]), R, V)
+    problem = logits.make_problem(np.random.default_rng(seeds[0]), R, V)
     curves, algorithms = {}, {}
     with np.errstate(over="ignore", under="ignore"):
         for i, name in enumerate(tqdm(ALGORITHMS, desc="algorithms", file=sys.stderr, disable=not progress,

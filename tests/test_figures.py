@@ -42,7 +42,7 @@ def _series(keys, n_evals=4, n_prompts=3, seed=0):
 
 
 def test_sim_figures(tmp_path):
-    from learning_dynamics.sim import digits
+    from learning_dynamics.sim import digits_figures as digits
     from learning_dynamics.sim import logits_figures as logits
     from learning_dynamics.sim.probe_plots import PANELS, plot_comparison, plot_probe_curves
 

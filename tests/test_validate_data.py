@@ -6,7 +6,7 @@ import pytest
 
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory.predictions import PROBES
-from learning_dynamics.validate import data, probe_texts
+from learning_dynamics.validate import data, encode, probe_texts
 
 pytest.importorskip("chatterbot_corpus")
 
@@ -165,7 +165,7 @@ def test_missing_and_empty_files(tmp_path):
 
 def test_encode_example_masks_exactly_the_response(tokenizer):
     response = "The capital of France is Paris."
-    ids, mask = data.encode_example(tokenizer, "What is the capital of France?", response, max_length=256)
+    ids, mask = encode.encode_example(tokenizer, "What is the capital of France?", response, max_length=256)
     assert len(ids) == len(mask) and mask[-1] and not mask[0]
     start = mask.index(True)
     assert all(mask[start:]) and not any(mask[:start])             # one contiguous response block at the end
@@ -178,12 +178,12 @@ def test_encode_example_masks_exactly_the_response(tokenizer):
 
 def test_encode_example_takes_chat_messages_and_truncates_the_response(tokenizer):
     messages = [{"role": "user", "content": "Say something long."}]
-    full, full_mask = data.encode_example(tokenizer, messages, "word " * 50, max_length=512)
+    full, full_mask = encode.encode_example(tokenizer, messages, "word " * 50, max_length=512)
     n_prompt = full_mask.index(True)
-    ids, mask = data.encode_example(tokenizer, messages, "word " * 50, max_length=n_prompt + 5)
+    ids, mask = encode.encode_example(tokenizer, messages, "word " * 50, max_length=n_prompt + 5)
     assert len(ids) == n_prompt + 5 and sum(mask) == 5 and ids == full[:n_prompt + 5]
     with pytest.raises(UserError):
-        data.encode_example(tokenizer, messages, "x", max_length=n_prompt)
+        encode.encode_example(tokenizer, messages, "x", max_length=n_prompt)
 
 
 def test_encode_without_chat_template_falls_back_to_plain_text(tokenizer):
@@ -194,7 +194,7 @@ def test_encode_without_chat_template_falls_back_to_plain_text(tokenizer):
         def __call__(self, text, add_special_tokens=True):
             return tokenizer(text, add_special_tokens=False)
 
-    ids, mask = data.encode_example(Plain(), "Hi", "Hello there.", max_length=64)
+    ids, mask = encode.encode_example(Plain(), "Hi", "Hello there.", max_length=64)
     start = mask.index(True)
     assert tokenizer.decode(ids[:start]) == "Hi\n"
     assert ids[-1] == tokenizer.eos_token_id and tokenizer.decode(ids[start:-1]) == "Hello there."
@@ -203,11 +203,11 @@ def test_encode_without_chat_template_falls_back_to_plain_text(tokenizer):
 def test_batch_encode_pads_right(tokenizer):
     torch = pytest.importorskip("torch")
     pairs = [("Hi", "Hello."), ("What is the capital of France?", "Paris is the capital of France.")]
-    batch = data.batch_encode(tokenizer, pairs, max_length=128)
+    batch = encode.batch_encode(tokenizer, pairs, max_length=128)
     assert batch["input_ids"].dtype == torch.int64 and batch["attention_mask"].dtype == torch.int64
     assert batch["response_mask"].dtype == torch.bool
     for row, (prompt, response) in enumerate(pairs):
-        ids, mask = data.encode_example(tokenizer, prompt, response, 128)
+        ids, mask = encode.encode_example(tokenizer, prompt, response, 128)
         n = len(ids)
         assert batch["input_ids"][row, :n].tolist() == ids
         assert batch["response_mask"][row, :n].tolist() == mask

@@ -1,7 +1,7 @@
 """The data design of real-model runs: probe texts that are training targets, and the end-of-turn token."""
 import pytest
 
-from learning_dynamics.validate import data, design, probe_texts
+from learning_dynamics.validate import data, design, encode, probe_texts
 
 pytest.importorskip("chatterbot_corpus")
 
@@ -58,9 +58,9 @@ def test_end_of_turn_comes_from_the_chat_template_not_the_eos_list(tokenizer):
     # a transformers version whose eos list starts with <|im_start|> (id 1) must not change it
     tokenizer.eos_token = "<|im_start|>"
     try:
-        data._EOT_CACHE.clear()
+        encode._EOT_CACHE.clear()
         assert eos_ids(tokenizer)[0] == 1
         assert end_of_turn_ids(tokenizer) == [2]
     finally:
         tokenizer.eos_token = "<|im_end|>"
-        data._EOT_CACHE.clear()
+        encode._EOT_CACHE.clear()

@@ -23,8 +23,8 @@ def end_of_turn_ids(tokenizer) -> list:
     Taken from the template (an empty assistant turn, its tail kept), never from the
     tokenizer's eos list, whose order varies with the transformers version.
     """
-    from learning_dynamics.validate import data
-    ids = data.response_ids(tokenizer, "")
+    from learning_dynamics.validate.encode import response_ids
+    ids = response_ids(tokenizer, "")
     if not ids:
         raise ValueError("the tokenizer has neither a chat template end of turn nor an eos token")
     return ids
