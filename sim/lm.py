@@ -46,6 +46,9 @@ from learning_dynamics.theory import probes as probe_registry
 
 # The paper's four runs, made by default; this order (then the registry's) fixes each run's random stream.
 ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
+# Runs judged one by one (each with its own probe figure): the control and off-policy DPO; the others are
+# judged against DPO by the catalogue's two-run predictions (P14, P15).
+JUDGED = (registry.CONTROL, "dpo")
 # Every registry algorithm the toy LM trains: one response or one (y+, y-) pair per prompt.
 SUPPORTED = ALGOS + tuple(name for name, a in registry.REGISTRY.items()
                           if name not in ALGOS and a.data in ("chosen", "pair", "unpaired"))

@@ -8,7 +8,8 @@ import numpy as np
 
 from learning_dynamics.sim.io import json_ready, writable_folder
 from learning_dynamics.sim import lm
-from learning_dynamics.sim.lm import ALGOS, POSITION_CLASSES, QUICK, SUPPORTED, LMConfig
+from learning_dynamics.sim.lm import ALGOS, JUDGED, POSITION_CLASSES, QUICK, SUPPORTED, LMConfig
+from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory import arguments as arg
 
@@ -54,18 +55,25 @@ def evaluate_claims(series, seed=0) -> list:
     from learning_dynamics.theory.predictions import evaluate_comparison, evaluate_run
 
     claims = []
-    for algo in ("sft", "dpo"):
+    for algo in JUDGED:
         if algo in series:  # the DPO run is judged against SFT on the same pairs where a claim needs a control
             claims += [dict(row, run=algo) for row in evaluate_run(series[algo], algo, level="lm", seed=seed,
-                                                                   control=series.get("sft"))]
-    pairs = {k: v for k, v in series.items() if k in ("dpo", "onpolicy-dpo", "extend")}
-    claims += [dict(row, run=" vs ".join(k for k in ("dpo", "onpolicy-dpo", "extend") if k in pairs))
-               for row in evaluate_comparison(pairs, level="lm", seed=seed)]
+                                                                   control=series.get(CONTROL))]
+    pairs = _compared(series)
+    claims += [dict(row, run=" vs ".join(pairs)) for row in evaluate_comparison(pairs, level="lm", seed=seed)]
     if "dpo" in series:
         claims += [dict(row, run="dpo") for row in position_claims(series["dpo"], seed=seed)]
     for row in claims:
         row["holds"] = row["verdict"] == "holds"
     return claims
+
+
+def _compared(series) -> dict:
+    """The runs the catalogue's two-run predictions compare (off-policy DPO, on-policy DPO, extend), in run order."""
+    from learning_dynamics.theory.predictions import CATALOGUE
+
+    names = {algo for p in CATALOGUE if p.scope == "compare" for algo in p.applies_to}
+    return {k: v for k, v in series.items() if k in names}
 
 
 def run_summary(series, steps) -> dict:
@@ -87,14 +95,14 @@ def run_summary(series, steps) -> dict:
 def draw_figures(out: Path, series, steps) -> list:
     from learning_dynamics.sim.probe_plots import plot_comparison, plot_probe_curves
 
-    titles = {"sft": "SFT on $y^+$ (toy LM)", "dpo": "off-policy DPO (toy LM)",
-              "onpolicy-dpo": "on-policy DPO: $y^-$ sampled from the policy (toy LM)",
-              "extend": "extend: DPO after SFT on $y^+$ and $y^-$ (toy LM)"}
+    from learning_dynamics.sim.style import algorithm_label
+
     figures = []
-    for run in [r for r in ("sft", "dpo") if r in series]:  # the other runs: comparison.png
-        path = plot_probe_curves(series[run], out / f"probes_{run}.png", titles[run], steps=steps[run])
+    for run in [r for r in JUDGED if r in series]:  # the other runs: comparison.png
+        title = f"{algorithm_label(run)} on $y^+$ (toy LM)" if run == CONTROL else f"{algorithm_label(run)} (toy LM)"
+        path = plot_probe_curves(series[run], out / f"probes_{run}.png", title, steps=steps[run])
         figures.append(path.name)
-    compared = {k: series[k] for k in ("dpo", "onpolicy-dpo", "extend") if k in series}
+    compared = _compared(series)
     if len(compared) > 1:
         path = plot_comparison(compared, out / "comparison.png", "squeezing: off-policy vs on-policy vs extend",
                                keys=("logps/chosen", "logps/rejected", "logps/greedy", "logps/other_chosen",
