@@ -189,11 +189,59 @@ def test_shared_prefix_and_top_token_mass():
     series["entropy/rejected"] = (2.0 * 2 + 8 * (2.0 - ramp)) / 10   # only y-'s own positions sharpen
     series["mass/tv"] = ramp * np.full(n, 0.4)
     series["mass/top_gain"] = ramp * np.full(n, 0.3) + 0.01 * np.random.default_rng(1).normal(size=(5, n))
-    rows = {r["id"]: r for r in P.evaluate_run(series, "dpo")}
+    control = {"mass/tv": ramp * np.full(n, 0.4), "mass/top_gain": ramp * np.full(n, 0.1)}  # SFT: share 1/4
+    rows = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}
     assert rows["P08r"]["verdict"] == "holds" and rows["P08r"]["n"] == 20
-    assert rows["P18r"]["verdict"] == "holds" and abs(rows["P18r"]["effect"] - 0.25) < 0.02
+    assert rows["P18r"]["verdict"] == "holds" and abs(rows["P18r"]["effect"] - 0.5) < 0.02  # 3/4 - 1/4
+    assert {r["id"]: r for r in P.evaluate_run(series, "dpo")}["P18r"]["verdict"] == "inconclusive"
     series["mass/top_gain"] = ramp * np.full(n, 0.05)
-    assert {r["id"]: r for r in P.evaluate_run(series, "dpo")}["P18r"]["verdict"] == "fails"
+    assert {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P18r"]["verdict"] == "fails"
+
+
+def test_a_shared_prefix_on_too_few_prompts_is_not_judged():
+    n = 30
+    series = make_series(DPO_LIKE, n_prompts=n)
+    ramp = np.linspace(0, 1, 5)[:, None]
+    with_prefix = P.MIN_SUBSET_PROMPTS - 1
+    series["n_tokens/shared_prefix"] = np.tile(np.r_[np.full(with_prefix, 2.0), np.zeros(n - with_prefix)], (5, 1))
+    series["n_tokens/rejected"] = np.full((5, n), 10.0)
+    series["entropy/shared_prefix"] = np.full((5, n), 2.0)
+    series["entropy/rejected"] = (2.0 * 2 + 8 * (2.0 - ramp)) / 10 + np.zeros((5, n))
+    row = {r["id"]: r for r in P.evaluate_run(series, "dpo")}["P08r"]
+    assert row["verdict"] == "inconclusive" and row["n"] == with_prefix and "at least" in row["detail"]
+
+
+def _repetition(start, end, n_evals=3):
+    """gen/rep4_prefix [n_evals, n_prompts], moving linearly from start to end (nan: too short)."""
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    return np.linspace(0, 1, n_evals)[:, None] * (end - start) + start
+
+
+def test_repetition_is_judged_on_length_matched_prefixes_against_the_control():
+    n = 12
+    rng = np.random.default_rng(4)
+    series = make_series(DPO_LIKE, n_prompts=n)
+    control = make_series(SFT_LIKE, n_prompts=n, seed=5)
+    series["gen/rep4_prefix"] = _repetition(np.zeros(n), 0.3 + 0.02 * rng.normal(size=n))
+    control["gen/rep4_prefix"] = _repetition(np.zeros(n), 0.05 + 0.02 * rng.normal(size=n))
+    row = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17"]
+    assert row["verdict"] == "holds" and abs(row["effect"] - 0.25) < 0.05 and row["n"] == n
+    control["gen/rep4_prefix"] = _repetition(np.zeros(n), 0.6 + 0.02 * rng.normal(size=n))
+    assert {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17"]["verdict"] == "fails"
+    # the control's answers got too short to compare on most prompts: not judged, however large the rise
+    short = control["gen/rep4_prefix"].copy()
+    short[-1, : n - P.MIN_SUBSET_PROMPTS + 1] = np.nan
+    control["gen/rep4_prefix"] = short
+    row = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17"]
+    assert row["verdict"] == "inconclusive" and row["n"] == P.MIN_SUBSET_PROMPTS - 1
+
+
+def test_prefix_repetition_counts_repeated_four_grams_of_the_first_words_only():
+    from learning_dynamics.validate.repetition import prefix_repetition
+    assert np.isnan(prefix_repetition("too short to judge", n_words=12))
+    assert prefix_repetition("a b c d a b c d a b c d", n_words=12) == 5 / 9
+    assert prefix_repetition("one two three four five six seven eight nine ten eleven twelve a b c d a b c d",
+                             n_words=12) == 0.0
 
 
 @settings(max_examples=40, deadline=None)
@@ -224,3 +272,13 @@ def test_unknown_id_is_a_user_error():
     with pytest.raises(UserError):
         P.get("P99")
     assert P.get("P01").id == "P01"
+
+
+def test_an_sft_run_controls_only_runs_that_start_from_the_same_model():
+    from learning_dynamics.validate.presets import settings_for
+    from learning_dynamics.validate.report import is_control_for
+    sft = settings_for("smoke", algo="sft")
+    assert is_control_for(sft, settings_for("smoke", algo="dpo"))
+    assert not is_control_for(sft, settings_for("smoke", algo="extend"))   # tracked after its SFT phase
+    assert not is_control_for(sft, settings_for("smoke", algo="dpo", seed=1))
+    assert not is_control_for(settings_for("smoke", algo="dpo"), settings_for("smoke", algo="ipo"))

@@ -148,6 +148,19 @@ def _missing(series: Mapping, keys) -> Optional[Outcome]:
     return None
 
 
+# A verdict read on a subset of the probe prompts (those with a shared prefix, those whose generations are
+# long enough) needs this many: a percentile bootstrap over fewer prompts has far too few distinct
+# resamples for its 95% interval to cover (3 prompts give 10).
+MIN_SUBSET_PROMPTS = 8
+
+
+def _too_few(n: int, what: str) -> Optional[Outcome]:
+    if n >= MIN_SUBSET_PROMPTS:
+        return None
+    return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, int(n),
+                   f"only {n} probe prompts {what} (at least {MIN_SUBSET_PROMPTS} needed for a bootstrap interval)")
+
+
 def _outcome(statistic, arrays, detail, seed=0) -> Outcome:
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     point, ci = bootstrap_ci(statistic, arrays, seed=seed)
@@ -388,9 +401,9 @@ def _shared_prefix_does_not_squeeze(series, seed=0):
     n_shared = np.asarray(series["n_tokens/shared_prefix"])[0]
     n_rej = np.asarray(series["n_tokens/rejected"])[0]
     keep = (n_shared > 0) & (n_rej > n_shared)
-    if keep.sum() < 2:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, int(keep.sum()),
-                       f"only {int(keep.sum())} probe prompts have y+ and y- with a shared prefix")
+    too_few = _too_few(int(keep.sum()), "have y+ and y- with a shared prefix")
+    if too_few:
+        return too_few
     total_shared = np.asarray(series["entropy/shared_prefix"]) * n_shared
     total_rej = np.asarray(series["entropy/rejected"]) * n_rej
     only = (total_rej - total_shared)[:, keep] / (n_rej - n_shared)[keep]
@@ -402,16 +415,74 @@ def _shared_prefix_does_not_squeeze(series, seed=0):
                     f"shared prefix ({int(n_shared[keep].sum())} shared tokens)", seed)
 
 
-def _mass_into_top_token(series, seed=0):
-    """Of the probability mass that moved on y+'s contexts (total variation from the reference), the share
-    the reference's top token gained; effect = share - 1/2 (most of it)."""
-    missing = _missing(series, ["mass/tv", "mass/top_gain"])
+def _top_token_share(tv, gain) -> float:
+    return float(np.mean(gain) / max(np.mean(tv), 1e-12))
+
+
+def _mass_into_top_token(series, seed=0, control=None):
+    """Of the probability mass that moved on y+'s contexts (total variation from the start), the share the
+    initial top token gained, minus the same share under the SFT control (paired over prompts): SFT's push
+    on y+ moves mass too, into y+'s own tokens, so only the excess over SFT is the squeeze's direction."""
+    keys = ["mass/tv", "mass/top_gain"]
+    missing = _missing(series, keys)
     if missing:
         return missing
     tv, gain = np.asarray(series["mass/tv"])[-1], np.asarray(series["mass/top_gain"])[-1]
-    return _outcome(lambda t, g: np.mean(g) / max(np.mean(t), 1e-12) - 0.5, [tv, gain],
-                    f"share of the moved mass (mean total variation {np.mean(tv):.3g}) that went into the "
-                    "initial top token, minus 1/2", seed)
+    if control is None:
+        point, ci = bootstrap_ci(_top_token_share, [tv, gain], seed=seed)
+        return Outcome("inconclusive", point, ci, int(tv.size),
+                       "no SFT control: the raw share of the moved mass that went into the initial top token "
+                       "is shown, not judged (SFT's push on y+ moves mass too)")
+    missing = _missing(control, keys)
+    if missing:
+        return missing
+    tv_c, gain_c = np.asarray(control["mass/tv"])[-1], np.asarray(control["mass/top_gain"])[-1]
+    if tv_c.shape != tv.shape:
+        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                       "the run and its SFT control do not share the same probe prompts")
+    return _outcome(lambda t, g, tc, gc: _top_token_share(t, g) - _top_token_share(tc, gc),
+                    [tv, gain, tv_c, gain_c],
+                    f"share of the moved mass that went into the initial top token in this run "
+                    f"({_top_token_share(tv, gain):+.3g} of mean total variation {np.mean(tv):.3g}) minus in "
+                    f"the SFT control ({_top_token_share(tv_c, gain_c):+.3g} of {np.mean(tv_c):.3g})", seed)
+
+
+_mass_into_top_token.controlled = True
+_mass_into_top_token.needs_control = True
+
+
+def _repetition_against_control(series, seed=0, control=None):
+    """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.repetition:
+    PREFIX_WORDS), in the run minus in the SFT control, over the prompts whose generations reach that length
+    at the start and the end of both runs: length-matched, and no continuation forced past its end of turn."""
+    key = "gen/rep4_prefix"
+    missing = _missing(series, [key]) or (control is not None and _missing(control, [key]))
+    if missing:
+        return missing
+    run = np.asarray(series[key], dtype=np.float64)[[0, -1]]
+    if control is None:
+        keep = np.isfinite(run).all(axis=0)
+        point, ci = bootstrap_ci(np.mean, [run[1, keep] - run[0, keep]], seed=seed)
+        return Outcome("inconclusive", point, ci, int(keep.sum()),
+                       "no SFT control: the raw change of repetition is shown, not judged")
+    base = np.asarray(control[key], dtype=np.float64)[[0, -1]]
+    if base.shape != run.shape:
+        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                       "the run and its SFT control do not share the same generation prompts")
+    keep = np.isfinite(run).all(axis=0) & np.isfinite(base).all(axis=0)
+    too_few = _too_few(int(keep.sum()), f"of {run.shape[1]} have generations of at least the compared "
+                       "length at the start and end of both runs")
+    if too_few:
+        return too_few
+    d_run, d_base = run[1, keep] - run[0, keep], base[1, keep] - base[0, keep]
+    return _outcome(lambda a, b: np.mean(a) - np.mean(b), [d_run, d_base],
+                    f"rise of the repeated 4-gram fraction of the generations' first words in this run "
+                    f"({np.mean(d_run):+.3g}) minus in the SFT control ({np.mean(d_base):+.3g}), "
+                    f"{int(keep.sum())} prompts", seed)
+
+
+_repetition_against_control.controlled = True
+_repetition_against_control.needs_control = True
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -500,11 +571,10 @@ CATALOGUE = (
                "contexts falls more than under SFT on the same pairs.", "theory.flow (replicator sharpening)",
                "10", "run", ("lm", "llm"), SQUEEZING, "nats of entropy",
                _against_control("entropy/chosen", -1.0, "fall of the mean token entropy")),
-    Prediction("P17", "Long off-policy DPO raises repetition in greedy generations (fixed-length "
-               "continuations, against the SFT control).",
+    Prediction("P17", "Long off-policy DPO raises repetition in greedy generations (the repeated 4-gram "
+               "fraction of each generation's first 12 words, against the SFT control).",
                "theory.flow (mass piles onto the argmax)", "17", "run", ("llm",), ("dpo",),
-               "repeated 4-gram fraction", _against_control("gen/rep4_fixed", +1.0,
-                                                            "rise of the repeated 4-gram fraction")),
+               "repeated 4-gram fraction", _repetition_against_control),
     Prediction("P05r", "Dose-response: prompts whose y- sits in a peakier distribution (lower initial "
                "entropy on y-'s contexts) squeeze harder.", "theory.squeeze.threshold (grows with ||pi||^2)",
                "5", "run", ("llm",), DPO_FAMILY, "Spearman rho",
@@ -516,10 +586,10 @@ CATALOGUE = (
     Prediction("P08r", "At the positions y+ and y- share, DPO's two pushes cancel: the entropy falls "
                "less there than at y-'s own positions.", "theory.squeeze (shared-context DPO step)", "8",
                "run", ("llm",), ("dpo", "ipo"), "nats of entropy per token", _shared_prefix_does_not_squeeze),
-    Prediction("P18r", "Mass conservation directs the squeeze: most of the probability mass that moves on "
-               "y+'s contexts goes into the initial top token.", "theory.softmax.apply_A (A v = v - pi.v)",
-               "18", "run", ("llm",), DPO_FAMILY, "share of moved mass - 1/2",
-               _mass_into_top_token),
+    Prediction("P18r", "Mass conservation directs the squeeze: a larger share of the probability mass that "
+               "moves on y+'s contexts goes into the initial top token than under SFT on the same pairs.",
+               "theory.softmax.apply_A (A v = v - pi.v)", "18", "run", ("llm",), DPO_FAMILY,
+               "share of moved mass, minus SFT's", _mass_into_top_token),
 
     # ---- two runs on the same probe prompts
     Prediction("P14", "On-policy negatives squeeze less than off-policy ones.",

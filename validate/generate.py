@@ -1,4 +1,4 @@
-"""Batched generation from token ids, and the repetition statistics of what was generated."""
+"""Batched generation from token ids."""
 import torch
 
 
@@ -42,14 +42,3 @@ def generate(model, prompts, eos_ids, pad_id: int, max_new_tokens: int, sample: 
             torch.cuda.set_rng_state_all(cuda_state)
     return out
 
-
-def repetition_stats(tokens) -> dict:
-    """distinct-2 (unique bigrams / bigrams) and the fraction of 4-grams seen before in the text."""
-    bigrams = list(zip(tokens, tokens[1:]))
-    fourgrams = [tuple(tokens[i:i + 4]) for i in range(len(tokens) - 3)]
-    seen, repeated = set(), 0
-    for gram in fourgrams:
-        repeated += gram in seen
-        seen.add(gram)
-    return {"distinct2": len(set(bigrams)) / len(bigrams) if bigrams else 1.0,
-            "rep4": repeated / len(fourgrams) if fourgrams else 0.0}

@@ -12,9 +12,11 @@ import numpy as np
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready, read_json
 from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
+from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import provenance
+from learning_dynamics.validate.repetition import prefix_repetition
 
 
 def _read_json(path: Path, default=None, expect=dict):
@@ -61,6 +63,9 @@ def load_series(run_dir: Path):
             if key in ("distinct2", "rep4") or all(key in r for g in generations for r in g):
                 series[f"gen/{key}"] = np.stack([_generation_stat(path, g, key)
                                                  for path, g in zip(paths, generations)])
+        if all("text" in r for g in generations for r in g):
+            series["gen/rep4_prefix"] = np.array([[prefix_repetition(str(r["text"])) for r in g]
+                                                  for g in generations])
     mass = [_read_json(run_dir / "mass" / f"step_{int(s):09d}.json", expect=list) for s in steps]
     if all(mass):
         order = {p: i for i, p in enumerate(_prompt_order(rows))}
@@ -124,9 +129,11 @@ CONTROL_MATCH = ("model", "data", "seed", "n_train", "n_probe", "max_prompt_toke
 
 
 def is_control_for(control_settings: dict, settings: dict) -> bool:
-    """An SFT run on the same pairs, probe prompts and seed, as long, evaluated at the same steps."""
-    return control_settings.get("algo") == CONTROL and settings.get("algo") != CONTROL and all(
-        control_settings.get(k) == settings.get(k) for k in CONTROL_MATCH)
+    """An SFT run on the same pairs, probe prompts and seed, as long, evaluated at the same steps, from the
+    same starting model (a run with a warm-up phase, extend, tracks its curves from the model it left)."""
+    return control_settings.get("algo") == CONTROL and settings.get("algo") != CONTROL and \
+        algorithms.get(settings["algo"]).warmup is None and all(
+            control_settings.get(k) == settings.get(k) for k in CONTROL_MATCH)
 
 
 def _caveats(rows, design_info) -> list:

@@ -111,7 +111,8 @@ def _score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=N
 
 def evaluate(model, step, state: RunState) -> None:
     """Score every probe sequence and a few greedy generations; each lands in its own atomic file."""
-    from learning_dynamics.validate.generate import generate, repetition_stats
+    from learning_dynamics.validate.generate import generate
+    from learning_dynamics.validate.repetition import repetition_stats
     model.eval()
     rows = state.score(model, state.sequences)
     bad = [r for r in rows if not math.isfinite(r["logp_sum"])]
