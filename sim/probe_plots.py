@@ -35,10 +35,9 @@ def _steps(steps, n_evals):
 def panel_title(key: str) -> str:
     if key in style.PROBES:
         return style.probe_label(key)
-    kind, _, cls = key.partition("/")
-    if cls in POSITION_LABELS:
-        what = {"entropy": "entropy", "argmax_per_token": "top token"}.get(kind, kind)
-        return f"{what}: {POSITION_LABELS[cls]}"
+    _, _, cls = key.partition("/")
+    if cls in POSITION_LABELS:  # the y label says what is plotted; a longer title runs into the next panel
+        return POSITION_LABELS[cls]
     return key
 
 

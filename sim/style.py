@@ -69,7 +69,7 @@ VERDICT_COLORS = {"holds": GREEN, "fails": VERMILION, "inconclusive": GREY}
 # y-axis label of a tracked quantity, by its key's prefix
 UNITS = {
     "logps/": "log-prob. (nats)", "entropy/": "entropy (nats)", "argmax/": "log-prob. (nats)",
-    "argmax_per_token/": "log-prob. per token (nats)", "gen/distinct2": "distinct 2-gram fraction",
+    "argmax_per_token/": "top-token log-prob. (nats)", "gen/distinct2": "distinct 2-gram fraction",
     "gen/rep4": "repeated 4-gram fraction",
 }
 
