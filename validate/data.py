@@ -41,6 +41,7 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from learning_dynamics.sim.io import atomic_write_text
@@ -333,6 +334,17 @@ def load_preference_jsonl(path) -> list:
         records.append(_record(obj, where))
     if not records:
         raise UserError(f"{path}: no examples (the file is empty)")
+    return records
+
+
+def preference_records(rows, source: str = "probe data") -> list:
+    """In-memory TRL preference rows (a list of dicts, a `datasets.Dataset`) checked like a JSONL file's lines."""
+    if isinstance(rows, (str, bytes, Mapping)) or not hasattr(rows, "__iter__"):
+        raise UserError(f"{source}: expected a JSONL path or rows with \"prompt\", \"chosen\", \"rejected\", "
+                        f"got {type(rows).__name__}")
+    records = [_record(obj, f"{source}[{i}]") for i, obj in enumerate(rows)]
+    if not records:
+        raise UserError(f"{source}: no examples")
     return records
 
 

@@ -34,10 +34,15 @@ def load_settings(run_dir: Path) -> dict:
     if settings is None:
         raise UserError(f"{run_dir} has no settings.json; is it a run directory?")
     missing = [k for k in REQUIRED_SETTINGS if k not in settings]
-    if missing or settings.get("preset") not in PRESETS:
+    # a ProbeMonitor run (preset "monitor", validate.monitor) was trained by the user's own script: what it
+    # does not record (None: SFT and GRPO have no DPO beta) or ldyn has no flag for (an mps or xpu device)
+    # is checked as the default preset's
+    monitor = settings.get("preset") == "monitor"
+    base = PRESETS["default"] if monitor else PRESETS.get(settings.get("preset"))
+    if missing or base is None:
         raise CorruptFile(path, f"no {missing[0] if missing else 'known preset'}")
     try:  # settings added after this run was made fall back to its preset
-        check({**PRESETS[settings["preset"]], **settings})
+        check({**base, **{k: v for k, v in settings.items() if not (monitor and (v is None or k == "device"))}})
     except (UserError, TypeError, KeyError) as err:
         raise CorruptFile(path, str(err).replace("--", "")) from None
     return settings

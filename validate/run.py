@@ -25,8 +25,10 @@ from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import algorithms as algos
 from learning_dynamics.validate import health, session
 from learning_dynamics.validate.presets import Settings
+# the forward passes that `ldyn validate run` and the TRL monitor (validate.monitor) share
+from learning_dynamics.validate.scoring import greedy_generations, mass_records
+from learning_dynamics.validate.scoring import score_rows as _score_rows
 
-MASS_BATCH = 8          # sequences per batch when comparing with the reference (two [N, V] logits at once)
 
 
 class RunStopped(UserError):
@@ -87,32 +89,13 @@ def _prepare_out(out: Path, settings: Settings, fresh: bool) -> None:
                 f.unlink()
         for name in ("train_log.json", "probes.json", "report.json", "report.md", "stopped.json"):
             (out / name).unlink(missing_ok=True)
-    atomic_write_json(path, settings.as_dict())
+    atomic_write_json(path, dict(settings))  # Settings, or the TRL monitor's flat dict
 
 
 # --------------------------------------------------------------------------- evaluation
 
-def _score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=None) -> list:
-    """Score (prompt_id, probe, prompt_ids, response_ids) in length-sorted batches; one row dict each."""
-    from learning_dynamics.validate.forward import make_batch, score_batch
-    scorer = scorer or score_batch
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]) + len(sequences[i][3]))
-    rows = [None] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = make_batch([(sequences[i][2], sequences[i][3]) for i in chunk], pad_id).to(device)
-        with autocast():
-            scores = scorer(model, batch)
-        for j, i in enumerate(chunk):
-            rows[i] = {"prompt_id": sequences[i][0], "probe": sequences[i][1],
-                       **{k: (int(v[j]) if k == "n_tokens" else float(v[j])) for k, v in scores.items()}}
-    return rows
-
-
 def evaluate(model, step, state: RunState) -> None:
     """Score every probe sequence and a few greedy generations; each lands in its own atomic file."""
-    from learning_dynamics.validate.generate import generate
-    from learning_dynamics.validate.repetition import repetition_stats
     model.eval()
     rows = state.score(model, state.sequences)
     bad = [r for r in rows if not math.isfinite(r["logp_sum"])]
@@ -120,16 +103,8 @@ def evaluate(model, step, state: RunState) -> None:
     gap = health.entropy_gap(rows, state.log_vocab)
     if step == 0 or state.initial_gap is None:
         state.initial_gap = _initial_gap(state) if step else gap
-    prompts = [p["prompt_ids"] for p in state.gen_prompts]
-    s = state.settings
-    with state.loaded.autocast():
-        new = generate(model, prompts, state.eos, state.pad_id, s.gen_tokens, sample=False, batch_size=s.eval_batch)
-        fixed = generate(model, prompts, state.eos, state.pad_id, s.gen_tokens, sample=False,
-                         batch_size=s.eval_batch, fixed_length=True)
-    records = [{"prompt_id": p["prompt_id"], "text": state.loaded.tokenizer.decode(ids, skip_special_tokens=True),
-                "n_tokens": len(ids), **repetition_stats(ids),
-                **{f"{k}_fixed": v for k, v in repetition_stats(f).items()}}
-               for p, ids, f in zip(state.gen_prompts, new, fixed)]
+    records = greedy_generations(model, state.gen_prompts, state.loaded.tokenizer, state.eos, state.pad_id,
+                                 state.settings, state.loaded.autocast)
     atomic_write_json(state.out / "generations" / f"step_{step:09d}.json", records)
     _track_mass(model, step, state)
     model.train()
@@ -161,13 +136,9 @@ def _stop(state: RunState, step, reason) -> None:
 
 
 def _track_mass(model, step, state: RunState) -> None:
-    """P18's data: on y+'s contexts, how far each prompt's next-token distributions moved from the
-    reference (the initial model; for extend the model after its SFT phase) and how much the top token gained."""
-    from learning_dynamics.validate.forward import mass_shift
-    chosen = [seq for seq in state.sequences if seq[1] == "chosen"]
-    rows = state.score(model, chosen, MASS_BATCH, scorer=lambda m, batch: mass_shift(m, state.ref_model, batch))
     atomic_write_json(state.out / "mass" / f"step_{step:09d}.json",
-                      [{k: r[k] for k in ("prompt_id", "tv_mean", "top_gain_mean")} for r in rows])
+                      mass_records(model, state.ref_model, state.sequences, state.pad_id, state.device,
+                                   state.loaded.autocast))
 
 
 # --------------------------------------------------------------------------- training

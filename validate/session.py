@@ -6,7 +6,6 @@ model with its encoder, and the tokenized training pairs.
     loaded = session.load(settings, device)        # model, tokenizer, encoder, autocast
     pairs = loaded.tokenize(examples.train)
 """
-import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -31,16 +30,18 @@ class Examples:
     irrelevant: Optional[list]     # the irrelevant-sentence pool; None: chosen from the corpus later
 
 
-def examples(settings, n_probe: Optional[int] = None) -> Examples:
+def examples(settings, n_probe: Optional[int] = None, rows=None) -> Examples:
     """The run's examples: --data split 1 in 10 (at most 50) for test, or the built-in clean pools.
 
     n_probe: probe pairs to set aside (default settings["n_probe"]; the check needs more for its token step).
+    rows: preference records already read and checked (the TRL monitor's probe data), split like --data's.
     """
     from learning_dynamics.validate import data
     n_probe = settings["n_probe"] if n_probe is None else n_probe
     irrelevant = None
-    if settings["data"]:
+    if rows is None and settings["data"]:
         rows = data.load_preference_jsonl(settings["data"])
+    if rows is not None:
         n_test = max(1, min(len(rows) // 10, 50))
         test, train = rows[:n_test], rows[n_test:]
         if len(train) < 2:
@@ -92,14 +93,13 @@ class Loaded:
 
 
 def load(settings, device, progress=print, dtype=None, attn_implementation: str = "sdpa") -> Loaded:
-    import torch
     from learning_dynamics.validate.encode import Encoder
     from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.scoring import scoring_autocast
 
     started = time.perf_counter()
     info = load_model(settings["model"], device=str(device), dtype=dtype, attn_implementation=attn_implementation,
                       progress=progress)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    autocast = scoring_autocast(device)
     encoder = Encoder(info.tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
     return Loaded(info.model, info.tokenizer, encoder, autocast, info, time.perf_counter() - started)

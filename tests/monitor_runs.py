@@ -1,0 +1,79 @@
+"""TRL runs with a ProbeMonitor on the tiny random Llama, shared by tests/test_validate_monitor.py and the
+two-process run it launches:  accelerate launch --multi_gpu --num_processes 2 tests/monitor_runs.py OUT BATCH
+(use_cpu=True in the training arguments: two CPU processes over gloo)."""
+import sys
+
+STEPS, EVERY, N_PROBE = 2, 1, 4
+MONITOR = dict(every=EVERY, n_probe=N_PROBE, max_response_tokens=16, gen_prompts=2, gen_tokens=8, eval_batch=16,
+               live_report=False)
+
+
+def preference_rows(n: int = 24) -> list:
+    from learning_dynamics.validate.data import default_dataset
+    rows = default_dataset(seed=0, n_probe=N_PROBE)["train"][:n]
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+
+
+def _common(out, batch):
+    return dict(output_dir=str(out) + "-trainer", max_steps=STEPS, per_device_train_batch_size=batch,
+                learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                disable_tqdm=True, activation_checkpointing=False)  # TRL's default bf16=True: trains in bf16 autocast
+
+
+def _tiny():
+    from learning_dynamics.validate.model import load_model
+    return load_model("tiny-random")
+
+
+def dpo(out, batch: int = 4, **monitor):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from learning_dynamics.validate.monitor import ProbeMonitor
+    rows = preference_rows()
+    loaded = _tiny()
+    trainer = DPOTrainer(model=loaded.model, args=DPOConfig(max_length=64, **_common(out, batch)),
+                         train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer)
+    trainer.add_callback(ProbeMonitor(rows, out=out, **dict(MONITOR, **monitor)))
+    trainer.train()
+    return trainer
+
+
+def sft(out, batch: int = 4):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from learning_dynamics.validate.monitor import ProbeMonitor
+    rows = preference_rows()
+    loaded = _tiny()
+    chat = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "completion": [{"role": "assistant", "content": r["chosen"]}]} for r in rows]
+    trainer = SFTTrainer(model=loaded.model, args=SFTConfig(max_length=64, **_common(out, batch)),
+                         train_dataset=Dataset.from_list(chat), processing_class=loaded.tokenizer)
+    trainer.add_callback(ProbeMonitor(rows, out=out, **MONITOR))
+    trainer.train()
+    return trainer
+
+
+def grpo(out, batch: int = 4):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from learning_dynamics.validate.monitor import ProbeMonitor
+    rows = preference_rows()
+    loaded = _tiny()
+
+    def length_reward(completions, **kwargs):
+        return [-float(len(c)) for c in completions]
+
+    trainer = GRPOTrainer(model=loaded.model, reward_funcs=length_reward,
+                          args=GRPOConfig(num_generations=2, max_completion_length=4, **_common(out, batch)),
+                          train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
+                          processing_class=loaded.tokenizer)
+    trainer.add_callback(ProbeMonitor(rows, out=out, **MONITOR))
+    trainer.train()
+    return trainer
+
+
+if __name__ == "__main__":
+    dpo(sys.argv[1], batch=int(sys.argv[2]))
