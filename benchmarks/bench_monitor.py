@@ -1,7 +1,8 @@
 """What ProbeMonitor adds to a TRL DPO run at its defaults: one evaluation against `every` training steps.
 
-Runs TRL's DPOTrainer on the default preference pairs with a ProbeMonitor at its defaults (every=50,
-32 probe prompts x 12 probe types, 8 greedy generations), for --steps steps. In that one run it times
+Runs TRL's DPOTrainer on the default preference pairs with a ProbeMonitor at its defaults (every=100,
+32 probe prompts x 12 probe types and the shared prefix of y+ and y-, 8 greedy generations at natural
+and fixed length, the mass comparison with the step-0 copy), for --steps steps. In that one run it times
 each training step that had no evaluation, and each evaluation the monitor made (scoring, generations,
 files and the live report), and prints
 
