@@ -37,6 +37,8 @@ def test_dpo_run_writes_the_run_directory_of_ldyn_validate_run(dpo_run, tmp_path
     assert report["algo"] == "dpo" and report["complete"] and report["steps"] == EVAL_STEPS
     assert {"P09a", "P09b", "P09c", "P09d", "P10", "P17"} <= {r["id"] for r in report["predictions"]}
     assert report["settings"]["trainer"] == "DPOTrainer" and report["settings"]["loss_type"] == ["sigmoid"]
+    data_hash = report["fingerprints"]["data"]["sha256"][:16]  # runs on other in-memory rows never pair up in a merge
+    assert report["settings"]["data"] == f"in-memory list of 24 rows, sha256 {data_hash}"
     rows = _tracking(out)
     assert len(rows) == len(EVAL_STEPS) * monitor_runs.N_PROBE * N_PROBES
     assert all(r["logp_sum"] < 0 and r["n_tokens"] > 0 for r in rows if r["probe"] != "shared_prefix")  # often empty

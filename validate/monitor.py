@@ -94,9 +94,11 @@ class ProbeMonitor(TrainerCallback):
             self.source = str(probe_data)
             self.records = data.load_preference_jsonl(probe_data)
         else:
-            n = len(probe_data) if hasattr(probe_data, "__len__") else "?"
-            self.source = f"in-memory {type(probe_data).__name__} of {n} rows"
+            from learning_dynamics.validate.provenance import data_fingerprint
             self.records = data.preference_records(probe_data, source="ProbeMonitor probe_data")
+            # the rows' hash in the name: `ldyn validate report` pairs runs (SFT controls) by equal data
+            digest = data_fingerprint(probe_data)["sha256"][:16]
+            self.source = f"in-memory {type(probe_data).__name__} of {len(self.records)} rows, sha256 {digest}"
         self.options = dict(n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                             max_response_tokens=max_response_tokens, gen_prompts=gen_prompts,
                             gen_tokens=gen_tokens, seed=seed, n_train=None, data=self.source)
