@@ -30,7 +30,6 @@ from learning_dynamics.validate.scoring import greedy_generations, mass_records
 from learning_dynamics.validate.scoring import score_rows as _score_rows
 
 
-
 class RunStopped(UserError):
     """Training diverged or collapsed: one line, non-zero exit, the logs stay on disk."""
 
