@@ -77,3 +77,22 @@ def test_capture_refuses_two_forward_passes(tiny):
         with factored_jvp.capture(models["plain"]):
             first_order.sgd_direction(models["plain"], sequence, 1.0, pad, "cpu")
             first_order.sgd_direction(models["plain"], sequence, 1.0, pad, "cpu")
+
+
+def test_probe_scores_and_jvps_come_back_in_the_order_given(tiny):
+    """probe_logps fills its batches in order of length; every row still answers its own sequence."""
+    from learning_dynamics.validate.forward import probe_logps
+    models, enc, pad = tiny
+    model = models["plain"]
+    probes = _probes(enc)
+    assert sorted(map(sum, [(len(p), len(r)) for p, r in probes])) != [len(p) + len(r) for p, r in probes]
+    direction, _ = _direction(model, probes[0], 1.0, pad)
+    with first_order.exact_math(model), torch.no_grad():
+        alone = torch.cat([probe_logps(model, [s], pad, "cpu", 1) for s in probes])
+        together = probe_logps(model, probes, pad, "cpu", 2)
+        jvp_alone = torch.cat([first_order.predicted_per_unit_eta(model, [s], direction, pad, "cpu", 1)
+                               for s in probes])
+        jvp_together = first_order.predicted_per_unit_eta(model, probes, direction, pad, "cpu", 3)
+    torch.testing.assert_close(together, alone, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(jvp_together, jvp_alone, rtol=1e-9, atol=1e-9 * float(jvp_alone.abs().max()))
+    assert len(set(alone.tolist())) == len(probes)

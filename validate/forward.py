@@ -74,15 +74,23 @@ def _chunks(sequences, size):
 
 
 def probe_logps(model, sequences, pad_id, device, batch_size, params=None) -> torch.Tensor:
-    """Summed log-probs of (prompt_ids, response_ids) sequences, [N]; with `params`, a functional call."""
+    """Summed log-probs of (prompt_ids, response_ids) sequences, [N]; with `params`, a functional call.
+
+    Batches are filled in order of length, so that few tokens are padding (a probe set mixes short and long
+    responses and prompts); the result is in the order of `sequences`.
+    """
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     outs = []
-    for chunk in _chunks(sequences, batch_size):
-        batch = make_batch(chunk, pad_id).to(device)
+    for chunk in _chunks(order, batch_size):
+        batch = make_batch([sequences[i] for i in chunk], pad_id).to(device)
         if params is None:
             outs.append(sequence_logps(model, batch)[0])
         else:
             outs.append(functional_sequence_logps(model, params, batch))
-    return torch.cat(outs)
+    out = torch.cat(outs)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[order] = torch.arange(len(order))
+    return out[back.to(out.device)]
 
 
 def functional_sequence_logps(model, params, batch):
