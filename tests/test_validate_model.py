@@ -119,6 +119,10 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     assert run["adamw_first_step"]["pearson_r"] == run["k_step"][0]["pearson_r"]   # k = 1 is AdamW's first step
     assert run["adamw_mid_step"]["step"] == K_STEPS["smoke"][-2]
     assert all(-1 <= row["pearson_r"] <= 1 and row["relative_error"] >= 0 for row in run["k_step"])
+    moving = [row["moving_kernel"] for row in run["k_step"]]
+    assert moving[0]["kernel_drift_error"] < 1e-6     # k = 1: the moving and the frozen sum are one jvp
+    assert moving[0]["linearisation_error"] == pytest.approx(moving[0]["frozen"]["relative_error"], rel=1e-4)
+    assert all(m["probes"] == len(run["moving_kernel_probes"]) > 0 for m in moving)
     p20 = result["P20"]
     assert p20["verdict"] in VERDICTS and p20["ci"][0] <= p20["effect"] <= p20["ci"][1]
     assert p20["similarity"][0] == pytest.approx(1.0) and len(p20["similarity"]) == len(K_STEPS["smoke"]) + 1
@@ -127,7 +131,7 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     assert squeeze["top"]["n"] <= 50 * squeeze["positions"] < squeeze["n"]
     assert result["token_squeeze"]["shared"]["equal_shift"]["median_spread"] >= 0
     report = (tmp_path / "report.md").read_text()
-    assert "breaks" in report and "P20" in report and "| k |" in report
+    assert "breaks" in report and "P20" in report and "| k |" in report and "moving kernel" in report
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 5_000
         assert f"({name})" in report

@@ -72,3 +72,51 @@ def test_frozen_kernel_k_step_prediction_is_the_sum_of_per_step_jvps():
         at_once = first_order.predicted_per_unit_eta(model, probes, total, pad, "cpu", 2)
     torch.testing.assert_close(per_step, at_once, rtol=1e-10, atol=1e-12)
     assert at_once.abs().max() > 0
+
+
+def test_spread_cycles_through_probe_types_and_prompts():
+    types = ["chosen", "rejected", "random"]
+    names = types * 4                                    # 4 prompts, prompt-major as probe_sequences gives them
+    picks = trajectory.spread(names, 6)
+    assert len(set(picks)) == 6
+    assert sorted(names[i] for i in picks) == sorted(types * 2)          # every type before any repeats
+    assert len({i // 3 for i in picks}) == 4                              # and from different prompts
+    assert trajectory.spread(names, 100) == list(range(12)) and trajectory.spread(names, 0) == []
+    strided = names[::max(len(names) // 4, 1)][:4]       # the plain stride this replaced picks one type only
+    assert set(strided) == {"chosen"} and len({names[i] for i in trajectory.spread(names, 4)}) == 3
+
+
+def test_moving_kernel_sum_takes_each_jvp_at_its_own_parameters():
+    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.encode import Encoder
+    loaded = load_model("tiny-random", dtype=torch.float64)
+    model, pad = loaded.model, loaded.tokenizer.pad_token_id
+    enc = Encoder(loaded.tokenizer, 64, 16)
+    probes = [(enc.prompt_ids("Who wrote Hamlet?"), enc.response_ids("Shakespeare.")),
+              (enc.prompt_ids("Hi"), enc.response_ids("Hello there.")),
+              (enc.prompt_ids("2+2?"), enc.response_ids("4"))]
+    torch.manual_seed(0)
+    updates = [{k: 3e-2 * torch.randn_like(v) for k, v in model.named_parameters()} for _ in range(2)]
+    theta0 = first_order.snapshot(model)
+    theta1 = {k: theta0[k] + updates[0][k] for k in theta0}
+    with first_order.exact_math(model):
+        moving = trajectory.MovingKernelSum(model, probes[:2], pad, "cpu", 2)
+        moving.add(theta0, updates[0], keep=True)
+        moving.add(theta1, updates[1], keep=True)
+        for k, v in model.named_parameters():   # add() leaves the model's own weights alone
+            assert torch.equal(v, theta0[k])
+        at0 = [first_order.predicted_per_unit_eta(model, probes, u, pad, "cpu", 2) for u in updates]
+        with trajectory.holding(model, theta1):
+            at1 = first_order.predicted_per_unit_eta(model, probes, updates[1], pad, "cpu", 2)
+    torch.testing.assert_close(moving.kept[1], at0[0][:2], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(moving.kept[2], (at0[0] + at1)[:2], rtol=1e-10, atol=1e-12)
+    assert (moving.kept[2] - (at0[0] + at0[1])[:2]).abs().max() > 1e-8   # the kernel moved between the steps
+    frozen = (at0[0] + at0[1]).numpy()
+    actual = frozen * 1.1
+    parts = moving.compare(2, [0, 1], frozen, actual)
+    assert parts["probes"] == 2 and parts["frozen"]["relative_error"] == pytest.approx(0.1 / 1.1)
+    moved = moving.kept[2].numpy()
+    scale = np.abs(actual[:2]).mean()
+    assert parts["linearisation_error"] == pytest.approx(np.abs(actual[:2] - moved).mean() / scale)
+    assert parts["kernel_drift_error"] == pytest.approx(np.abs(moved - frozen[:2]).mean() / scale)
+    assert trajectory.MovingKernelSum(model, [], pad, "cpu", 2).compare(1, [], frozen, actual) is None

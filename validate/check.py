@@ -29,7 +29,8 @@ SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y
 
 
 def run_checks(settings, out, quiet: bool = False, progress=print, command=("validate", "check"),
-               n_probe=None, squeeze_pairs=None, k_steps=None, report_name="report.md", dtype="float64") -> dict:
+               n_probe=None, squeeze_pairs=None, k_steps=None, report_name="report.md", dtype="float64",
+               moving_probes=None) -> dict:
     """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's).
 
     settings: validate.presets.Settings (or its flat dict); the set-up is `ldyn validate run`'s (validate.session).
@@ -46,9 +47,10 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     n_probe = n_probe or N_PROBE_PROMPTS[preset]
     squeeze_pairs = squeeze_pairs or N_SQUEEZE_PAIRS[preset]
     k_steps = sorted(set(k_steps or trajectory.K_STEPS[preset]))
+    moving_probes = trajectory.MOVING_PROBES if moving_probes is None else moving_probes
     # the check's own sizes, by the names of the flags that set them (provenance writes them back)
     sizes = {"n_probe": n_probe, "squeeze_pairs": squeeze_pairs, "k_steps": ",".join(map(str, k_steps)),
-             "dtype": dtype}
+             "dtype": dtype, "moving_probes": moving_probes}
     started = time.perf_counter()
     seconds = {}
 
@@ -82,7 +84,8 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
         lap("token_squeeze")
         model.float()   # the training run in float32, as on a CPU
         run = trajectory.run_trajectory(model, loaded.tokenize(examples.train), sequences, names, settings,
-                                        pad_id, device, batch, k_steps, progress=progress)
+                                        pad_id, device, batch, k_steps, progress=progress,
+                                        moving_probes=moving_probes)
         lap("trajectory")
     squeeze = token_squeeze.summarise(records)
     figures = [_plot_scatter(steps, names, out / "first_order_scatter.png"),
@@ -169,6 +172,7 @@ def report_markdown(r: dict) -> str:
               "| k | Pearson r | relative error | sign agreement | mean abs change |", "|---|---|---|---|---|"]
     lines += [f"| {row['k']} | {_fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
               f"{_fmt(row['sign_agreement'], 3)} | {_fmt(row['mean_abs_actual'], 3)} |" for row in t["k_step"]]
+    lines += _moving_kernel_table(t)
     p20 = r["P20"]
     lines += ["", f"![k-step curves]({figure['k_step_curves']})", "", "### Kernel drift (P20)", "",
               f"**{p20['verdict']}**: {p20['effect_unit']} = {_fmt(p20['effect'], 4)}, 95% CI "
@@ -194,6 +198,28 @@ def report_markdown(r: dict) -> str:
               "the control.", "", *[f"![{stem}]({f})" for stem, f in figure.items()
                                      if stem not in ("k_step_curves", "kernel_drift")], ""]
     return "\n".join(lines)
+
+
+def _moving_kernel_table(t: dict) -> list:
+    """Frozen vs moving kernel on the same probes: the frozen sum's error split into its two causes."""
+    rows = [row for row in t["k_step"] if row.get("moving_kernel")]
+    if not rows:
+        return []
+    n = rows[0]["moving_kernel"]["probes"]
+    lines = ["", "### k steps with a moving kernel: linearisation error vs kernel drift", "",
+             f"Over {n} probe responses (one of each probe type per prompt in turn; one jvp per step): the "
+             "moving-kernel sum takes each step's jvp at its own parameters theta_t along its update. "
+             "Linearisation error = mean|actual - moving| / mean|actual| (the steps' own second-order "
+             "remainders); kernel drift = mean|moving - frozen| / mean|actual| (what the kernel's change between "
+             "theta_0 and theta_t does to the prediction). At k = 1 the two sums are one jvp and drift is 0.", "",
+             "| k | r (frozen) | relative error (frozen) | r (moving) | relative error (moving) = linearisation | "
+             "kernel drift | mean abs change |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        m = row["moving_kernel"]
+        lines.append(f"| {row['k']} | {_fmt(m['frozen']['pearson_r'], 4)} | {_pct(m['frozen']['relative_error'])} | "
+                     f"{_fmt(m['moving']['pearson_r'], 4)} | {_pct(m['linearisation_error'])} | "
+                     f"{_pct(m['kernel_drift_error'])} | {_fmt(m['moving']['mean_abs_actual'], 3)} |")
+    return lines
 
 
 KIND_COLORS = {"positive": "sft", "negative": "negative", "dpo": "dpo"}   # sim.style's colours for the pushes
@@ -267,6 +293,13 @@ def _plot_k_steps(run, path):
     ax_r.plot([r["k"] for r in rows], [r["pearson_r"] if r["pearson_r"] is not None else np.nan for r in rows],
               "o-", ms=3, label="Pearson r")
     ax_r.plot([r["k"] for r in rows], [r["relative_error"] for r in rows], "s-", ms=3, label="relative error")
+    moving = [r for r in rows if r.get("moving_kernel")]
+    if moving:
+        n = moving[0]["moving_kernel"]["probes"]
+        ax_r.plot([r["k"] for r in moving], [r["moving_kernel"]["linearisation_error"] for r in moving], "^:", ms=3,
+                  label=f"error, moving kernel ({n} probes)")
+        ax_r.plot([r["k"] for r in moving], [r["moving_kernel"]["kernel_drift_error"] for r in moving], "v:", ms=3,
+                  label=f"kernel-drift part ({n} probes)")
     ax_r.axhline(1.0, color="0.6", lw=0.8, ls="--")
     ax_r.set_xscale("log")
     ax_r.set_xlabel("AdamW steps k")

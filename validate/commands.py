@@ -105,6 +105,8 @@ def add_check(sub) -> None:
                    help="precision of the eta sweep and the token-level check (float32: faster, with a "
                         "rounding floor under the smallest steps' error)")
     p.add_argument("--k-steps", help="AdamW steps to predict with the frozen kernel (default 1,5,20,50)")
+    p.add_argument("--moving-probes", type=arg.NON_NEGATIVE_INT,
+                   help="probe responses the moving-kernel k-step sum covers, one jvp per step (default 12; 0: skip)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_check)
 
@@ -133,7 +135,8 @@ def _check(args) -> int:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
     k_steps = _int_list(args.k_steps) if args.k_steps is not None else None
     result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet, n_probe=args.n_probe,
-                        squeeze_pairs=args.squeeze_pairs, k_steps=k_steps, dtype=args.dtype)
+                        squeeze_pairs=args.squeeze_pairs, k_steps=k_steps, dtype=args.dtype,
+                        moving_probes=args.moving_probes)
     fo = result["first_order"]
     print(f"first-order check on {fo['model']}: results in {args.out}/report.md")
     for kind, s in fo["steps"].items():
@@ -149,6 +152,12 @@ def _check(args) -> int:
         print(f"  AdamW {label} step: r {row['pearson_r']:.4f}, relative error {row['relative_error']:.3g}")
     print("  k-step frozen kernel: " + ", ".join(f"k={r['k']} r {r['pearson_r']:.4f} err {r['relative_error']:.3g}"
                                                  for r in t["k_step"]))
+    moving = [r for r in t["k_step"] if r.get("moving_kernel")]
+    if moving:
+        print(f"  k-step moving kernel ({moving[0]['moving_kernel']['probes']} probes): " + ", ".join(
+            f"k={r['k']} r {r['moving_kernel']['moving']['pearson_r']:.4f} linearisation err "
+            f"{r['moving_kernel']['linearisation_error']:.3g}, drift {r['moving_kernel']['kernel_drift_error']:.3g}"
+            for r in moving))
     p20 = fo["P20"]
     print(f"  P20 {p20['verdict']}: kernel cosine {p20['effect']:.4f} [{p20['ci'][0]}, {p20['ci'][1]}] "
           f"(threshold {p20['threshold']})")

@@ -13,6 +13,10 @@ log-probs:
   with the step-0 kernel, sum_t J(theta_0) Delta theta_t. The jvp is linear in
   its tangent, so the sum is one jvp along theta_k - theta_0: the prediction for
   k steps costs one jvp, whatever k;
+- k steps with a moving kernel: sum_t J(theta_t) Delta theta_t, each step's jvp at
+  its own parameters (one jvp per step, so over a spread subset of the probes).
+  actual - moving is the sum of the steps' own second-order remainders (the
+  linearisation error); moving - frozen is what the kernel's drift changes;
 - the kernel's drift (prediction P20): the eNTK between fixed probe sequences and
   the first batch's training sequences, K[p, u] = <grad log pi(p), grad log pi(u)>,
   at step 0 and at each checkpoint. A column of K is the jvp of the probes along
@@ -35,6 +39,7 @@ from learning_dynamics.validate.forward import probe_logps
 
 K_STEPS = {"smoke": (1, 3, 6), "default": (1, 5, 20, 50)}
 KERNEL_PROBES = 12           # probe sequences in the kernel (rows of K)
+MOVING_PROBES = 12           # probe sequences the moving-kernel sum covers (it costs one jvp per step)
 KERNEL_TRAIN = 4             # training sequences in the kernel (columns): the first batch's y+ and y-
 P20_THRESHOLD = 0.9          # paper-notes item 20: "relatively stable" = cosine similarity above ~0.9
 # losses of one response or one dataset pair, needing no samples and no reference model during training
@@ -54,6 +59,17 @@ def holding(model, params: dict):
             for k, v in model.named_parameters():
                 v.copy_(params[k])
         yield
+
+
+def spread(names, n: int) -> list:
+    """Indices of n probe sequences that cycle through the probe types, each type from a different prompt.
+
+    names: the probe type of each sequence (prompt-major); a plain stride over them would pick one type only.
+    """
+    groups = list({name: [i for i, x in enumerate(names) if x == name] for name in dict.fromkeys(names)}.values())
+    rotated = [g[k % len(g):] + g[:k % len(g)] for k, g in enumerate(groups)]   # type k starts at prompt k
+    order = [g[r] for r in range(max(map(len, rotated), default=0)) for g in rotated if r < len(g)]
+    return sorted(order[:n])
 
 
 def kernel_matrix(model, probes, trains, pad_id, device, batch_size) -> np.ndarray:
@@ -111,7 +127,7 @@ def _reference_logps(model, pairs, indices, pad_id, device, batch_size) -> None:
 
 
 def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, batch_size, k_steps,
-                   progress=print) -> dict:
+                   progress=print, moving_probes: int = MOVING_PROBES) -> dict:
     """Train max(k_steps) AdamW steps and measure the first-order picture along them (see the module doc)."""
     from learning_dynamics.validate import algorithms as algos
     from learning_dynamics.validate.session import batch_indices
@@ -128,7 +144,8 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
     if registry.get(algo).requires_reference:
         _reference_logps(model, pairs, sorted({i for b in batches for i in b}), pad_id, device, batch_size)
     trains = [(pairs[i]["prompt"], pairs[i][key]) for i in batches[0] for key in ("chosen", "rejected")][:KERNEL_TRAIN]
-    kernel_probes = sequences[::max(len(sequences) // KERNEL_PROBES, 1)][:KERNEL_PROBES]
+    kernel_probes = [sequences[i] for i in spread(names, KERNEL_PROBES)]
+    moving_rows = spread(names, moving_probes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
 
     def logps():
@@ -138,10 +155,10 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
     theta0 = snapshot(model)
     scored = {0: logps()}
     kernels = {0: kernel_matrix(model, kernel_probes, trains, pad_id, device, batch_size)}
-    deltas, log, theta_mid, mid_step = {}, [], None, None
+    deltas, log, mid_step = {}, [], None
+    moving = MovingKernelSum(model, [sequences[i] for i in moving_rows], pad_id, device, batch_size)
     for t in range(k_max):
-        if t == mid:
-            theta_mid = snapshot(model)
+        theta_t = snapshot(model)
         loss, metrics, _ = algos.step_loss(algo, "main", model, [pairs[i] for i in batches[t]], settings, pad_id,
                                            device)
         if not torch.isfinite(loss):
@@ -151,6 +168,8 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
         optimizer.step()
         log.append({"step": t, **{k: round(float(v), 6) for k, v in metrics.items()}})
         step = t + 1
+        update = _difference(model, theta_t)
+        moving.add(theta_t, update, keep=step in k_steps)
         if step in k_steps or step in (mid, mid + 1):
             scored[step] = logps()
         if step in k_steps:
@@ -158,14 +177,13 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
             kernels[step] = kernel_matrix(model, kernel_probes, trains, pad_id, device, batch_size)
             progress(f"k-step check: step {step} of {k_max}, loss {metrics['loss']:.4f}")
         if t == mid and mid > 0:
-            update = _difference(model, theta_mid)
-            with holding(model, theta_mid):
+            with holding(model, theta_t):
                 predicted = predicted_per_unit_eta(model, sequences, update, pad_id, device, batch_size)
             mid_step = {"step": mid, **agreement(predicted.cpu().numpy(),
                                                   (scored[mid + 1] - scored[mid]).cpu().numpy()),
                         "update_norm": _norm(update), "predicted": predicted.tolist(),
                         "actual": (scored[mid + 1] - scored[mid]).tolist()}
-            del update, theta_mid
+        del update, theta_t
     del optimizer
     per_k = {}
     with holding(model, theta0):   # the frozen kernel: every k's prediction is a jvp at theta_0
@@ -173,16 +191,52 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
             predicted = predicted_per_unit_eta(model, sequences, deltas[k], pad_id, device, batch_size).cpu().numpy()
             actual = (scored[k] - scored[0]).cpu().numpy()
             per_k[k] = {"k": k, **agreement(predicted, actual), "update_norm": _norm(deltas[k]),
-                        "predicted": predicted.tolist(), "actual": actual.tolist()}
+                        "predicted": predicted.tolist(), "actual": actual.tolist(),
+                        "moving_kernel": moving.compare(k, moving_rows, predicted, actual)}
             del deltas[k]
     first = {kk: v for kk, v in per_k[k_steps[0]].items()} if k_steps[0] == 1 else None
     return {"algo": algo, "lr": settings["lr"], "batch_pairs": settings["batch_pairs"], "k_steps": k_steps,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "adamw_first_step": first, "adamw_mid_step": mid_step,
             "k_step": [per_k[k] for k in k_steps], "train_log": log, "probe_names": list(names),
+            "moving_kernel_probes": [int(i) for i in moving_rows],
             "kernel": {"probes": len(kernel_probes), "train_sequences": len(trains),
                        "matrices": {str(s): m.tolist() for s, m in kernels.items()}},
             "P20": kernel_drift(kernels, seed=settings["seed"])}
+
+
+class MovingKernelSum:
+    """sum_t J(theta_t) Delta theta_t over a subset of the probes: each step's jvp at its own parameters."""
+
+    def __init__(self, model, probes, pad_id, device, batch_size):
+        self.model, self.probes, self.args = model, probes, (pad_id, device, batch_size)
+        self.total = torch.zeros(len(probes), dtype=torch.float64)
+        self.kept = {}
+        self.steps = 0
+
+    def add(self, theta_t: dict, update: dict, keep: bool) -> None:
+        if self.probes:
+            with holding(self.model, theta_t):
+                self.total += predicted_per_unit_eta(self.model, self.probes, update, *self.args).double().cpu()
+        self.steps += 1
+        if keep:
+            self.kept[self.steps] = self.total.clone()
+
+    def compare(self, k: int, rows, frozen: np.ndarray, actual: np.ndarray):
+        """On the subset: actual vs the moving and the frozen sums, and the parts of the frozen sum's error.
+
+        linearisation_error = mean|actual - moving| / mean|actual|: the steps' own second-order remainders;
+        kernel_drift_error = mean|moving - frozen| / mean|actual|: what the kernel's drift changes.
+        """
+        if not self.probes:
+            return None
+        rows = np.asarray(rows, dtype=int)
+        moving, frozen, actual = self.kept[k].numpy(), frozen[rows], actual[rows]
+        scale = max(float(np.abs(actual).mean()), 1e-300)
+        return {"probes": int(len(rows)), "moving": agreement(moving, actual), "frozen": agreement(frozen, actual),
+                "linearisation_error": float(np.abs(actual - moving).mean() / scale),
+                "kernel_drift_error": float(np.abs(moving - frozen).mean() / scale),
+                "predicted": moving.tolist()}
 
 
 def _norm(params: dict) -> float:
