@@ -120,3 +120,10 @@ def test_moving_kernel_sum_takes_each_jvp_at_its_own_parameters():
     assert parts["linearisation_error"] == pytest.approx(np.abs(actual[:2] - moved).mean() / scale)
     assert parts["kernel_drift_error"] == pytest.approx(np.abs(moved - frozen[:2]).mean() / scale)
     assert trajectory.MovingKernelSum(model, [], pad, "cpu", 2).compare(1, [], frozen, actual) is None
+
+
+def test_every_preset_has_the_checks_sizes():
+    from learning_dynamics.validate import check
+    from learning_dynamics.validate.presets import PRESETS
+    for sizes in (trajectory.K_STEPS, check.N_PROBE_PROMPTS, check.N_SQUEEZE_PAIRS):
+        assert set(sizes) == set(PRESETS)

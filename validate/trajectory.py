@@ -37,7 +37,7 @@ from learning_dynamics.validate.first_order import (agreement, predicted_per_uni
                                                      snapshot)
 from learning_dynamics.validate.forward import probe_logps
 
-K_STEPS = {"smoke": (1, 3, 6), "default": (1, 5, 20, 50)}
+K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
 KERNEL_PROBES = 12           # probe sequences in the kernel (rows of K)
 MOVING_PROBES = 12           # probe sequences the moving-kernel sum covers (it costs one jvp per step)
 KERNEL_TRAIN = 4             # training sequences in the kernel (columns): the first batch's y+ and y-
