@@ -9,10 +9,13 @@ check uses (validate.factored_jvp), with their largest relative difference.
 Target: the check's jvp under 3x the forward. The jvp needs SDPA's math kernel;
 the forward is timed with it and with the default (fused) kernels.
 
-The k-step check (validate.trajectory) predicts k AdamW steps with the frozen
-step-0 kernel: the sum of the per-step jvps along each update is one jvp along
-theta_k - theta_0, a dense tangent (Adam's update is not low-rank), so its cost
-is the dense jvp's, once per evaluated k whatever k is; the last line states it.
+The k-step check (validate.trajectory) costs one jvp along an AdamW update per
+prediction, a dense tangent (Adam's update is not low-rank, so no factoring):
+the frozen step-0 kernel sums the per-step jvps into one jvp along
+theta_k - theta_0, once per evaluated k whatever k is; the moving kernel takes
+one jvp per step at that step's own parameters (over the probes it covers).
+The script times that jvp along a real AdamW update (one step at the default
+preset's lr on a training pair) beside the forward; the last line states it.
 
     python benchmarks/bench_jvp.py [--model smollm2] [--device cuda] [--n-probe 24] [--repeats 5]
 """
@@ -26,9 +29,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import setup, timed_together  # noqa: E402
 
 from learning_dynamics.validate import factored_jvp, first_order  # noqa: E402
-from learning_dynamics.validate.forward import probe_logps  # noqa: E402
+from learning_dynamics.validate.forward import make_batch, probe_logps, sequence_logps  # noqa: E402
 from learning_dynamics.validate.probes import build_probe_set, probe_sequences  # noqa: E402
 from learning_dynamics.validate.run import _tokenize_pairs  # noqa: E402
+from learning_dynamics.validate.trajectory import K_STEPS, MOVING_PROBES, spread  # noqa: E402
 
 
 def main() -> None:
@@ -44,10 +48,14 @@ def main() -> None:
     model, pad = loaded.model, loaded.tokenizer.pad_token_id
     probes = build_probe_set(model, loaded.tokenizer, encoder, probe, train, test, settings,
                              progress=lambda *_: None)
-    sequences = [(p, r) for _, _, p, r in probe_sequences(probes)]
+    flat = probe_sequences(probes)
+    sequences = [(p, r) for _, _, p, r in flat]
+    moving_probes = [sequences[i] for i in spread([name for _, name, _, _ in flat], MOVING_PROBES)]
     pair = _tokenize_pairs(encoder, probe[:1])[0]
     with factored_jvp.capture(model) as factors:
         direction = first_order.sgd_direction(model, (pair["prompt"], pair["rejected"]), 1.0, pad, device)
+
+    adamw_update = _adamw_update(model, pair, settings["lr"], pad, device)
 
     def forward():
         with torch.no_grad():
@@ -59,6 +67,12 @@ def main() -> None:
     def factored():
         return factored_jvp.predicted_per_unit_eta(model, sequences, direction, factors, pad, device, args.batch)
 
+    def along_adamw():
+        return first_order.predicted_per_unit_eta(model, sequences, adamw_update, pad, device, args.batch)
+
+    def along_adamw_moving_probes():   # one step of the moving-kernel sum
+        return first_order.predicted_per_unit_eta(model, moving_probes, adamw_update, pad, device, args.batch)
+
     def on_math_kernel(fn):
         def run():
             with first_order.exact_math():
@@ -66,7 +80,9 @@ def main() -> None:
         return run
 
     seconds = timed_together({"fused": forward, "forward": on_math_kernel(forward), "dense": on_math_kernel(dense),
-                              "factored": on_math_kernel(factored)}, device, args.repeats)
+                              "factored": on_math_kernel(factored), "adamw": on_math_kernel(along_adamw),
+                              "adamw_moving": on_math_kernel(along_adamw_moving_probes)},
+                             device, args.repeats)
     fused, math_forward, dense_jvp, factored_time = (seconds[k] for k in ("fused", "forward", "dense", "factored"))
     a, b = on_math_kernel(dense)(), on_math_kernel(factored)()
     differ = float((a - b).abs().max() / a.abs().max())
@@ -82,9 +98,25 @@ def main() -> None:
     print(f"  the two jvps differ by at most {differ:.1e} of the largest prediction")
     print(f"  check's jvp / forward (same kernel): {factored_time / math_forward:.2f}x; / fused forward: "
           f"{factored_time / fused:.2f}x (target < 3x)")
-    print(f"  k-step frozen-kernel prediction: one dense jvp per evaluated k, whatever k: {dense_jvp / math_forward:.2f}x "
-          f"the forward (k = 1, 5, 20, 50: {4 * dense_jvp / math_forward:.1f} forwards in all; summing one jvp per "
-          f"step instead: {50 * dense_jvp / math_forward:.0f})")
+    ks, adamw, moving = K_STEPS["default"], seconds["adamw"] / math_forward, seconds["adamw_moving"] / math_forward
+    print(f"  jvp along an AdamW update {seconds['adamw'] * 1e3:8.1f} ms   {adamw:.2f}x the forward "
+          f"(the k-step prediction's unit: a dense tangent, lr {settings['lr']:g})")
+    print(f"  the same over the moving kernel's {len(moving_probes)} probe responses "
+          f"{seconds['adamw_moving'] * 1e3:.1f} ms   {moving:.3f}x the forward over all {len(sequences)}")
+    print(f"  k-step prediction, k = {', '.join(map(str, ks))}: frozen kernel one jvp per evaluated k: "
+          f"{len(ks) * adamw:.1f} forwards in all; moving kernel one jvp per step: {ks[-1] * moving:.1f} forwards")
+
+
+def _adamw_update(model, pair, lr, pad, device) -> dict:
+    """theta_1 - theta_0 of one AdamW step (SFT loss on the pair's y+); the weights stay theta_0."""
+    with first_order.restoring(model):
+        theta0 = first_order.snapshot(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        batch = make_batch([(pair["prompt"], pair["chosen"])], pad).to(device)
+        (-sequence_logps(model, batch)[0].sum()).backward()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        return {k: v.detach() - theta0[k] for k, v in model.named_parameters()}
 
 
 if __name__ == "__main__":

@@ -64,5 +64,5 @@ def setup(model_spec: str, device_name: str, dtype=torch.float32, n_probe: int =
     settings = dict(PRESETS["default"], model=model_spec, device=device_name, n_probe=n_probe)
     loaded = load_model(model_spec, device=device_name, dtype=dtype, attn_implementation=attn)
     encoder = Encoder(loaded.tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
-    train, probe, test = _examples(settings)
+    train, probe, test, _ = _examples(settings)   # the irrelevant-sentence pool is not timed
     return loaded, encoder, train, probe, test, settings

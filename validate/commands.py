@@ -94,7 +94,7 @@ def add_check(sub) -> None:
     add_format_option(p)
     p.add_argument("--model", help="as for `run` (default smollm2)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    p.add_argument("--preset", default="default", help="smoke or default: sizes of the probe set")
+    p.add_argument("--preset", default="default", help="smoke, cpu or default: sizes of the probe set and the k-step run")
     p.add_argument("--seed", type=arg.SEED, default=0, help="random seed, 0 to 2**32-1 (default 0)")
     p.add_argument("--algo", help="the k-step run's loss: sft, dpo (default), ipo or simpo")
     p.add_argument("--lr", type=arg.LR, help="the k-step run's AdamW learning rate (preset's default)")
