@@ -26,12 +26,11 @@ from functools import partial
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gpu_common import peak_flops, setup, timed  # noqa: E402
+from gpu_common import peak_flops, setup, timed, tokenize_pairs  # noqa: E402
 
 from learning_dynamics.sim.losses import dpo_loss  # noqa: E402
 from learning_dynamics.validate import algorithms  # noqa: E402
 from learning_dynamics.validate.forward import make_batch  # noqa: E402
-from learning_dynamics.validate.run import _tokenize_pairs  # noqa: E402
 
 
 def plain_step(model, ref_model, optimizer, batch, n_pairs):
@@ -104,7 +103,7 @@ def main() -> None:
         if variant == "ours+compile":
             compile_body(model)
         for n_pairs in sizes:
-            pairs = _tokenize_pairs(encoder, train[:n_pairs])
+            pairs = tokenize_pairs(encoder, train[:n_pairs])
             for p in pairs:  # ours reads them precomputed; their values do not change the cost
                 p["ref_chosen"] = p["ref_rejected"] = 0.0
             batch = make_batch([(p["prompt"], p["chosen"]) for p in pairs] +

@@ -26,12 +26,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gpu_common import setup, timed_together  # noqa: E402
+from gpu_common import setup, timed_together, tokenize_pairs  # noqa: E402
 
 from learning_dynamics.validate import factored_jvp, first_order  # noqa: E402
 from learning_dynamics.validate.forward import make_batch, probe_logps, sequence_logps  # noqa: E402
 from learning_dynamics.validate.probes import build_probe_set, probe_sequences  # noqa: E402
-from learning_dynamics.validate.run import _tokenize_pairs  # noqa: E402
 from learning_dynamics.validate.trajectory import K_STEPS, MOVING_PROBES, spread  # noqa: E402
 
 
@@ -51,7 +50,7 @@ def main() -> None:
     flat = probe_sequences(probes)
     sequences = [(p, r) for _, _, p, r in flat]
     moving_probes = [sequences[i] for i in spread([name for _, name, _, _ in flat], MOVING_PROBES)]
-    pair = _tokenize_pairs(encoder, probe[:1])[0]
+    pair = tokenize_pairs(encoder, probe[:1])[0]
     with factored_jvp.capture(model) as factors:
         direction = first_order.sgd_direction(model, (pair["prompt"], pair["rejected"]), 1.0, pad, device)
 

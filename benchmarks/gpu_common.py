@@ -59,10 +59,17 @@ def setup(model_spec: str, device_name: str, dtype=torch.float32, n_probe: int =
     from learning_dynamics.validate.encode import Encoder
     from learning_dynamics.validate.model import load_model
     from learning_dynamics.validate.presets import PRESETS
-    from learning_dynamics.validate.run import _examples
+    from learning_dynamics.validate.session import examples
 
     settings = dict(PRESETS["default"], model=model_spec, device=device_name, n_probe=n_probe)
     loaded = load_model(model_spec, device=device_name, dtype=dtype, attn_implementation=attn)
     encoder = Encoder(loaded.tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
-    train, probe, test, _ = _examples(settings)   # the irrelevant-sentence pool is not timed
+    split = examples(settings)   # the irrelevant-sentence pool is not timed
+    train, probe, test = split.train, split.probe, split.test
     return loaded, encoder, train, probe, test, settings
+
+
+def tokenize_pairs(encoder, examples) -> list:
+    """Token ids of each pair, as validate.session.Loaded.tokenize gives them."""
+    return [{"prompt": encoder.prompt_ids(e["prompt"]), "chosen": encoder.response_ids(e["chosen"]),
+             "rejected": encoder.response_ids(e["rejected"])} for e in examples]
