@@ -267,7 +267,7 @@ def check_squeeze(apply_fn, params, data, n_squeeze: int) -> dict:
     import torch
     from learning_dynamics.sim import ntk
     from learning_dynamics.theory.decomposition import akg_dlogp
-    from learning_dynamics.theory.predictions import precision_recall
+    from learning_dynamics.theory.statistics import precision_recall
     from learning_dynamics.theory.squeeze import threshold
 
     x = data["test_x64"][:n_squeeze]

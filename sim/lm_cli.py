@@ -35,7 +35,7 @@ def _position_change(series, cls, stat):
 
 
 def position_claims(series, seed=0) -> list:
-    from learning_dynamics.theory.predictions import bootstrap_ci, verdict_from_ci
+    from learning_dynamics.theory.statistics import bootstrap_ci, verdict_from_ci
 
     rows = []
     for claim_id, stat, sign in (("LM-POS-entropy", "entropy", -1.0), ("LM-POS-argmax", "argmax", 1.0)):
@@ -79,7 +79,7 @@ def _compared(series) -> dict:
 def run_summary(series, steps) -> dict:
     """Mean over prompts at the first, highest and last evaluation, per tracked key, and the
     squeeze index of theory.predictions (y*'s gain minus the mean change of the other probes)."""
-    from learning_dynamics.theory.predictions import squeeze_index
+    from learning_dynamics.theory.evaluators import squeeze_index
 
     summary = {"steps": [int(s) for s in steps], "squeeze_index": float(np.mean(squeeze_index(series)))}
     for key, curve in sorted(series.items()):

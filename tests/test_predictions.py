@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from learning_dynamics.theory import evaluators as E
 from learning_dynamics.theory import predictions as P
+from learning_dynamics.theory import statistics as S
 
 
 def test_ids_are_unique_and_every_paper_item_is_covered():
@@ -202,7 +204,7 @@ def test_a_shared_prefix_on_too_few_prompts_is_not_judged():
     n = 30
     series = make_series(DPO_LIKE, n_prompts=n)
     ramp = np.linspace(0, 1, 5)[:, None]
-    with_prefix = P.MIN_SUBSET_PROMPTS - 1
+    with_prefix = E.MIN_SUBSET_PROMPTS - 1
     series["n_tokens/shared_prefix"] = np.tile(np.r_[np.full(with_prefix, 2.0), np.zeros(n - with_prefix)], (5, 1))
     series["n_tokens/rejected"] = np.full((5, n), 10.0)
     series["entropy/shared_prefix"] = np.full((5, n), 2.0)
@@ -230,10 +232,10 @@ def test_repetition_is_judged_on_length_matched_prefixes_against_the_control():
     assert {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17"]["verdict"] == "fails"
     # the control's answers got too short to compare on most prompts: not judged, however large the rise
     short = control["gen/rep4_prefix"].copy()
-    short[-1, : n - P.MIN_SUBSET_PROMPTS + 1] = np.nan
+    short[-1, : n - E.MIN_SUBSET_PROMPTS + 1] = np.nan
     control["gen/rep4_prefix"] = short
     row = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17"]
-    assert row["verdict"] == "inconclusive" and row["n"] == P.MIN_SUBSET_PROMPTS - 1
+    assert row["verdict"] == "inconclusive" and row["n"] == E.MIN_SUBSET_PROMPTS - 1
 
 
 def test_prefix_repetition_counts_repeated_four_grams_of_the_first_words_only():
@@ -248,22 +250,22 @@ def test_prefix_repetition_counts_repeated_four_grams_of_the_first_words_only():
 @given(st.floats(-5, 5), st.floats(0.05, 2.0), st.integers(5, 60), st.integers(0, 10_000))
 def test_bootstrap_interval_contains_its_point_and_verdict_matches(shift, scale, n, seed):
     values = np.random.default_rng(seed).normal(shift, scale, n)
-    point, (lo, hi) = P.bootstrap_ci(np.mean, [values], n_boot=300, seed=seed)
+    point, (lo, hi) = S.bootstrap_ci(np.mean, [values], n_boot=300, seed=seed)
     assert lo <= point <= hi
-    verdict = P.verdict_from_ci((lo, hi))
+    verdict = S.verdict_from_ci((lo, hi))
     assert verdict == ("holds" if lo > 0 else "fails" if hi < 0 else "inconclusive")
 
 
 def test_fraction_outcome_holds_only_without_exceptions():
-    assert P.fraction_outcome(np.ones(50, bool)).verdict == "holds"
+    assert S.fraction_outcome(np.ones(50, bool)).verdict == "holds"
     one_miss = np.ones(50, bool)
     one_miss[3] = False
-    out = P.fraction_outcome(one_miss)
+    out = S.fraction_outcome(one_miss)
     assert out.verdict == "fails" and out.ci[0] < out.effect < out.ci[1]
 
 
 def test_precision_recall():
-    pr = P.precision_recall(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool))
+    pr = S.precision_recall(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool))
     assert pr["precision"] == pytest.approx(0.5) and pr["recall"] == pytest.approx(0.5)
 
 

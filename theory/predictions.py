@@ -19,15 +19,19 @@ Three scopes:
 An effect is signed so that a positive number is the predicted direction; its
 95% interval comes from a bootstrap over prompts; the verdict is "holds" when
 the interval lies above 0, "fails" when below, else "inconclusive". A failed
-prediction is a result, reported as such.
+prediction is a result, reported as such. The evaluators are theory/evaluators.py,
+the statistics theory/statistics.py.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
-import numpy as np
-
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.theory.evaluators import (
+    against_control, all_other_probes_fall, dose_response, falls, gains_more_than, mass_into_top_token,
+    rejected_falls_more, repetition_against_control, rise_then_fall, rises, shared_prefix_does_not_squeeze,
+    squeezes_less)
+from learning_dynamics.theory.statistics import Outcome
 
 # The probe types and their descriptions come from the probe registry (theory.probes).
 PROBES = {p.name: p.description for p in probe_registry.PROBE_TYPES}
@@ -43,19 +47,6 @@ POSITIVE_ONLY = algorithms.having("positive-only")     # SFT-like: every coeffic
 
 
 @dataclass(frozen=True)
-class Outcome:
-    verdict: str
-    effect: float
-    ci: tuple
-    n: int
-    detail: str = ""
-
-    def as_dict(self) -> dict:
-        return {"verdict": self.verdict, "effect": self.effect, "ci": list(self.ci),
-                "n": self.n, "detail": self.detail}
-
-
-@dataclass(frozen=True)
 class Prediction:
     id: str
     claim: str
@@ -66,423 +57,6 @@ class Prediction:
     applies_to: tuple = ()        # algorithms a run-level prediction is about
     effect_unit: str = ""
     evaluate: Optional[Callable] = field(default=None, compare=False, repr=False)
-
-
-# --------------------------------------------------------------------------- statistics
-
-def bootstrap_ci(statistic: Callable, arrays, n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95):
-    """Point estimate and percentile CI of `statistic(*arrays)`, resampling prompts (scipy.stats.bootstrap).
-
-    Every array has prompts on axis -1 and is resampled with the same indices
-    (paired: two runs on the same probe prompts keep their pairing).
-    """
-    from scipy import stats
-
-    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-    point = float(statistic(*arrays))
-    if arrays[0].shape[-1] < 2 or not np.isfinite(point):
-        return point, (float("nan"), float("nan"))
-    result = stats.bootstrap(arrays, lambda *a: statistic(*a), n_resamples=n_boot, paired=True,
-                             vectorized=False, axis=-1, confidence_level=level, method="percentile",
-                             rng=np.random.default_rng(seed))
-    return point, (float(result.confidence_interval.low), float(result.confidence_interval.high))
-
-
-def verdict_from_ci(ci) -> str:
-    lo, hi = ci
-    if lo > 0:
-        return "holds"
-    if hi < 0:
-        return "fails"
-    return "inconclusive"
-
-
-def fraction_outcome(held: np.ndarray, detail: str = "") -> Outcome:
-    """A step-level theorem checked on many cases: effect = fraction where it held.
-
-    The verdict is "holds" only when it held in every case (a theorem admits no
-    exceptions); the CI is the Wilson interval of the fraction.
-    """
-    held = np.asarray(held, dtype=bool).ravel()
-    n = held.size
-    if n == 0:
-        return Outcome("inconclusive", float("nan"), (float("nan"), float("nan")), 0, "no cases")
-    from scipy.stats import binomtest
-
-    ci = binomtest(int(held.sum()), n).proportion_ci(confidence_level=0.95, method="wilson")
-    verdict = "holds" if held.all() else "fails"
-    return Outcome(verdict, float(held.mean()), (float(ci.low), float(ci.high)), n, detail)
-
-
-def precision_recall(predicted: np.ndarray, actual: np.ndarray) -> dict:
-    """How well a predicted boolean set (e.g. theory's rising set) matches the measured one."""
-    from sklearn.metrics import accuracy_score, precision_score, recall_score
-
-    predicted = np.asarray(predicted, dtype=bool).ravel()
-    actual = np.asarray(actual, dtype=bool).ravel()
-    precision = precision_score(actual, predicted, zero_division=0) if predicted.size else 0.0
-    recall = recall_score(actual, predicted, zero_division=0) if predicted.size else 0.0
-    accuracy = accuracy_score(actual, predicted) if predicted.size else float("nan")
-    return {"precision": float(precision), "recall": float(recall), "accuracy": float(accuracy),
-            "n": int(predicted.size), "n_predicted": int(predicted.sum()), "n_actual": int(actual.sum())}
-
-
-# --------------------------------------------------------------------------- run-level checks
-
-def _change(series: Mapping, key: str) -> np.ndarray:
-    """End minus start for every prompt."""
-    curve = np.asarray(series[key], dtype=np.float64)
-    return curve[-1] - curve[0]
-
-
-def _missing(series: Mapping, keys) -> Optional[Outcome]:
-    absent = [k for k in keys if k not in series]
-    if absent:
-        return Outcome("inconclusive", float("nan"), (float("nan"), float("nan")), 0,
-                       "not tracked: " + ", ".join(absent))
-    short = [k for k in keys if np.asarray(series[k]).shape[0] < 2]
-    if short:
-        return Outcome("inconclusive", float("nan"), (float("nan"), float("nan")), 0,
-                       "fewer than 2 evaluations: " + ", ".join(short))
-    return None
-
-
-# A verdict read on a subset of the probe prompts (those with a shared prefix, those whose generations are
-# long enough) needs this many: a percentile bootstrap over fewer prompts has far too few distinct
-# resamples for its 95% interval to cover (3 prompts give 10).
-MIN_SUBSET_PROMPTS = 8
-
-
-def _too_few(n: int, what: str) -> Optional[Outcome]:
-    if n >= MIN_SUBSET_PROMPTS:
-        return None
-    return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, int(n),
-                   f"only {n} probe prompts {what} (at least {MIN_SUBSET_PROMPTS} needed for a bootstrap interval)")
-
-
-def _outcome(statistic, arrays, detail, seed=0) -> Outcome:
-    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-    point, ci = bootstrap_ci(statistic, arrays, seed=seed)
-    return Outcome(verdict_from_ci(ci), point, ci, int(arrays[0].shape[-1]), detail)
-
-
-def _rises(key: str):
-    def evaluate(series, seed=0):
-        return _missing(series, [key]) or _outcome(
-            np.mean, [_change(series, key)], f"mean change of {key}, end - start", seed)
-    return evaluate
-
-
-def _falls(key: str):
-    def evaluate(series, seed=0):
-        return _missing(series, [key]) or _outcome(
-            lambda d: -np.mean(d), [_change(series, key)], f"mean fall of {key}, start - end", seed)
-    return evaluate
-
-
-def _all_of(outcomes: Mapping, what: str) -> Outcome:
-    """An intersection-union test: holds only if every part holds, fails if any part fails.
-
-    The effect and interval reported are those of the part that decided the
-    verdict: a failing part (the worst), else an inconclusive one (the lowest
-    lower bound), else, when all hold, the part with the lowest lower bound.
-    """
-    verdicts = {o.verdict for o in outcomes.values()}
-    verdict = "fails" if "fails" in verdicts else ("holds" if verdicts == {"holds"} else "inconclusive")
-    pool = {k: o for k, o in outcomes.items() if o.verdict == verdict} or outcomes
-    low = lambda k: pool[k].ci[0] if np.isfinite(pool[k].ci[0]) else -np.inf  # noqa: E731
-    decider = min(pool, key=(lambda k: pool[k].ci[1]) if verdict == "fails" else low)
-    d = pool[decider]
-    detail = f"decided by {decider} ({what}); " + ", ".join(
-        f"{k} {o.effect:+.3g} [{o.ci[0]:.3g}, {o.ci[1]:.3g}]" for k, o in outcomes.items())
-    return Outcome(verdict, d.effect, d.ci, d.n, detail)
-
-
-def _rejected_falls_more(series, seed=0):
-    """Both y+ and y- fall, and y- falls more (an SFT run, where y+ rises, must not pass)."""
-    keys = ["logps/chosen", "logps/rejected"]
-    missing = _missing(series, keys)
-    if missing:
-        return missing
-    c, r = _change(series, keys[0]), _change(series, keys[1])
-    parts = {"fall of y+": _outcome(lambda a: -np.mean(a), [c], "", seed),
-             "fall of y-": _outcome(lambda a: -np.mean(a), [r], "", seed),
-             "change of y+ minus change of y-": _outcome(lambda a, b: np.mean(a) - np.mean(b), [c, r], "", seed)}
-    return _all_of(parts, "all three must be above 0")
-
-
-def _all_other_probes_fall(series, seed=0):
-    """Every probe type must fall: an intersection-union test over probe types."""
-    keys = [f"logps/{p}" for p in OTHER_PROBES if f"logps/{p}" in series]
-    if not keys:
-        return _missing(series, [f"logps/{OTHER_PROBES[0]}"])
-    return _all_of({k[6:]: _falls(k)(series, seed=seed) for k in keys}, "every probe's fall must be above 0")
-
-
-def _against_control(key: str, sign: float, what: str):
-    """Change of `key` in the run minus its change in the SFT control (same pairs, seed and probes),
-    paired over prompts; sign +1: predicted to rise more than under SFT, -1: to fall more.
-
-    Without a control the raw change is shown and the verdict is inconclusive: SFT alone moves
-    these quantities too (it raises y* and lowers the entropy), so the raw change is no evidence.
-    """
-    def evaluate(series, seed=0, control=None):
-        missing = _missing(series, [key])
-        if missing:
-            return missing
-        run = _change(series, key)
-        if control is None:
-            point, ci = bootstrap_ci(lambda a: sign * np.mean(a), [run], seed=seed)
-            return Outcome("inconclusive", point, ci, int(run.size),
-                           f"no SFT control: raw {what} shown, not judged (SFT alone moves it too)")
-        missing = _missing(control, [key])
-        if missing:
-            return missing
-        base = _change(control, key)
-        if base.shape != run.shape:
-            return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                           "the run and its SFT control do not share the same probe prompts")
-        out = _outcome(lambda a, b: sign * (np.mean(a) - np.mean(b)), [run, base],
-                       f"{what} in this run minus in the SFT control (paired over prompts); "
-                       f"run {sign * np.mean(run):+.3g}, control {sign * np.mean(base):+.3g}", seed)
-        return out
-    evaluate.controlled = True
-    evaluate.needs_control = True
-    return evaluate
-
-
-def _gains_more_than(first: str, second: str):
-    def evaluate(series, seed=0):
-        keys = [f"logps/{first}", f"logps/{second}"]
-        return _missing(series, keys) or _outcome(
-            lambda a, b: np.mean(a) - np.mean(b),
-            [_change(series, keys[0]), _change(series, keys[1])],
-            f"change of log pi({first}) minus change of log pi({second})", seed)
-    return evaluate
-
-
-def _rise_then_fall(probe: str):
-    """Rises to an interior peak, then falls: effect = min(peak - start, peak - end).
-
-    The peak is the interior evaluation where the mean over prompts is highest
-    (picked once, on all prompts); the bootstrap then resamples prompts around
-    it. A curve that never rises above its start gets a negative effect.
-    """
-    def evaluate(series, seed=0):
-        key = f"logps/{probe}"
-        missing = _missing(series, [key])
-        if missing:
-            return missing
-        curve = np.asarray(series[key], dtype=np.float64)
-        if curve.shape[0] < 3:
-            return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                           "needs at least 3 evaluations")
-        peak = 1 + int(np.argmax(curve[1:-1].mean(axis=1)))
-        rise, fall = curve[peak] - curve[0], curve[peak] - curve[-1]
-        return _outcome(lambda r, f: min(np.mean(r), np.mean(f)), [rise, fall],
-                        f"min(rise to the peak at eval {peak}, fall after it) of log pi({probe})", seed)
-    return evaluate
-
-
-def per_token(series: Mapping, probe: str) -> np.ndarray:
-    """Mean per-token log-prob of a probe [n_evals, n_prompts]; y* ("greedy") is scored on y+'s tokens."""
-    if probe == "greedy":
-        if "argmax/chosen" in series and "n_tokens/chosen" in series:
-            return np.asarray(series["argmax/chosen"]) / np.maximum(np.asarray(series["n_tokens/chosen"]), 1)
-        return np.asarray(series["logps/greedy"]) / np.maximum(np.asarray(series["n_tokens/chosen"]), 1)
-    return np.asarray(series[f"logps/{probe}"]) / np.maximum(np.asarray(series[f"n_tokens/{probe}"]), 1)
-
-
-def squeeze_index_curve(series: Mapping) -> np.ndarray:
-    """[n_evals, n_prompts]: per-token gain of y* since the start minus the mean per-token change of the
-    other probe types (nats per token), so that long probes do not dominate.
-
-    Series without token counts (older tables) fall back to summed log-probs.
-    """
-    keys = [p for p in OTHER_PROBES if f"logps/{p}" in series]
-    if all(f"n_tokens/{p}" in series for p in keys + ["chosen"]):
-        curve = {p: per_token(series, p) for p in keys + ["greedy"]}
-    else:
-        curve = {p: np.asarray(series[f"logps/{p}"], dtype=np.float64) for p in keys + ["greedy"]}
-    delta = {p: c - c[0] for p, c in curve.items()}
-    return delta["greedy"] - np.mean([delta[p] for p in keys], axis=0)
-
-
-def squeeze_index(series: Mapping) -> np.ndarray:
-    """Per prompt, end of the run: squeeze_index_curve's last row."""
-    return squeeze_index_curve(series)[-1]
-
-
-def margin_curve(series: Mapping) -> np.ndarray:
-    """[n_evals, n_prompts]: the preference margin on the probe pairs, change of log pi(y+) minus change
-    of log pi(y-) since the start (nats; DPO's implicit reward margin divided by beta)."""
-    c, r = (np.asarray(series[f"logps/{k}"], dtype=np.float64) for k in ("chosen", "rejected"))
-    return (c - c[0]) - (r - r[0])
-
-
-def at_margin(series: Mapping, target: float):
-    """The squeeze index per prompt where the mean probe margin first reaches `target`, linearly
-    interpolated between evaluations; None if it never does."""
-    margin = margin_curve(series).mean(axis=1)
-    index = squeeze_index_curve(series)
-    above = np.nonzero(margin >= target)[0]
-    if not above.size:
-        return None
-    i = int(above[0])
-    if i == 0:
-        return index[0]
-    w = (target - margin[i - 1]) / (margin[i] - margin[i - 1])
-    return index[i - 1] + w * (index[i] - index[i - 1])
-
-
-def _squeezes_less(series_reference: Mapping, series_other: Mapping, seed=0, basis="matched margin") -> Outcome:
-    """The other run squeezes less than the reference run (paired over prompts), compared where both
-    reach the same preference margin on the probe pairs (the largest both reach), or at equal steps."""
-    for s in (series_reference, series_other):
-        missing = _missing(s, ["logps/greedy", "logps/chosen", "logps/rejected"])
-        if missing:
-            return missing
-    a, b = squeeze_index(series_reference), squeeze_index(series_other)
-    if a.shape != b.shape:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "the two runs do not share the same probe prompts")
-    what = "per-token squeeze index (y* gain minus the mean probe change) of the reference run minus the other's"
-    if basis == "equal steps":
-        return _outcome(lambda x, y: np.mean(x) - np.mean(y), [a, b], what + ", at the end of each run", seed)
-    ends = [margin_curve(s).mean(axis=1) for s in (series_reference, series_other)]
-    target = min(float(e.max()) for e in ends)
-    if target <= 0:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "one of the runs never raises the probe margin above 0: nothing to match")
-    a, b = at_margin(series_reference, target), at_margin(series_other, target)
-    return _outcome(lambda x, y: np.mean(x) - np.mean(y), [a, b],
-                    what + f", each where its mean probe margin first reaches {target:.3g} nats "
-                    f"(final margins {ends[0][-1]:.3g} and {ends[1][-1]:.3g})", seed)
-
-
-def _spearman(x, y) -> float:
-    from scipy import stats
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return 0.0
-    return float(stats.spearmanr(x, y).statistic)
-
-
-def _dose_response(dose_key: str, dose_name: str, sign: float):
-    """Does the squeeze grow with the dose across prompts? effect = sign * Spearman rho between the
-    prompt's initial dose and its squeeze index (against the SFT control's when one is given)."""
-    def evaluate(series, seed=0, control=None):
-        missing = _missing(series, [dose_key, "logps/greedy", "n_tokens/chosen"])
-        if missing:
-            return missing
-        dose = np.asarray(series[dose_key], dtype=np.float64)[0]
-        strength = squeeze_index(series)
-        against = "raw squeeze index (no SFT control given)"
-        if control is not None and squeeze_index(control).shape == strength.shape:
-            strength = strength - squeeze_index(control)
-            against = "squeeze index minus the SFT control's"
-        thirds = np.array_split(np.argsort(dose), 3)
-        bins = ", ".join(f"{dose[t].mean():.3g}: {strength[t].mean():+.3g}" for t in thirds if t.size)
-        return _outcome(lambda d, st: sign * _spearman(d, st), [dose, strength],
-                        f"{'-' if sign < 0 else ''}Spearman rho of the initial {dose_name} and the {against}, "
-                        f"per token; tertiles (mean dose: mean squeeze) {bins}", seed)
-    evaluate.controlled = True
-    return evaluate
-
-
-def _shared_prefix_does_not_squeeze(series, seed=0):
-    """At the positions y+ and y- share (the same context, pushed up and down at once) the entropy falls
-    less per token than at y-'s own positions: effect = per-token entropy fall at rejected-only positions
-    minus at shared-prefix positions, over the prompts whose y+ and y- share a prefix."""
-    keys = ["entropy/shared_prefix", "n_tokens/shared_prefix", "entropy/rejected", "n_tokens/rejected"]
-    missing = _missing(series, keys)
-    if missing:
-        return missing
-    n_shared = np.asarray(series["n_tokens/shared_prefix"])[0]
-    n_rej = np.asarray(series["n_tokens/rejected"])[0]
-    keep = (n_shared > 0) & (n_rej > n_shared)
-    too_few = _too_few(int(keep.sum()), "have y+ and y- with a shared prefix")
-    if too_few:
-        return too_few
-    total_shared = np.asarray(series["entropy/shared_prefix"]) * n_shared
-    total_rej = np.asarray(series["entropy/rejected"]) * n_rej
-    only = (total_rej - total_shared)[:, keep] / (n_rej - n_shared)[keep]
-    shared = np.asarray(series["entropy/shared_prefix"])[:, keep]
-    fall_only, fall_shared = only[0] - only[-1], shared[0] - shared[-1]
-    return _outcome(lambda a, b: np.mean(a) - np.mean(b), [fall_only, fall_shared],
-                    f"per-token entropy fall at rejected-only positions ({np.mean(fall_only):+.3g}) minus at "
-                    f"shared-prefix positions ({np.mean(fall_shared):+.3g}), {int(keep.sum())} prompts with a "
-                    f"shared prefix ({int(n_shared[keep].sum())} shared tokens)", seed)
-
-
-def _top_token_share(tv, gain) -> float:
-    return float(np.mean(gain) / max(np.mean(tv), 1e-12))
-
-
-def _mass_into_top_token(series, seed=0, control=None):
-    """Of the probability mass that moved on y+'s contexts (total variation from the start), the share the
-    initial top token gained, minus the same share under the SFT control (paired over prompts): SFT's push
-    on y+ moves mass too, into y+'s own tokens, so only the excess over SFT is the squeeze's direction."""
-    keys = ["mass/tv", "mass/top_gain"]
-    missing = _missing(series, keys)
-    if missing:
-        return missing
-    tv, gain = np.asarray(series["mass/tv"])[-1], np.asarray(series["mass/top_gain"])[-1]
-    if control is None:
-        point, ci = bootstrap_ci(_top_token_share, [tv, gain], seed=seed)
-        return Outcome("inconclusive", point, ci, int(tv.size),
-                       "no SFT control: the raw share of the moved mass that went into the initial top token "
-                       "is shown, not judged (SFT's push on y+ moves mass too)")
-    missing = _missing(control, keys)
-    if missing:
-        return missing
-    tv_c, gain_c = np.asarray(control["mass/tv"])[-1], np.asarray(control["mass/top_gain"])[-1]
-    if tv_c.shape != tv.shape:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "the run and its SFT control do not share the same probe prompts")
-    return _outcome(lambda t, g, tc, gc: _top_token_share(t, g) - _top_token_share(tc, gc),
-                    [tv, gain, tv_c, gain_c],
-                    f"share of the moved mass that went into the initial top token in this run "
-                    f"({_top_token_share(tv, gain):+.3g} of mean total variation {np.mean(tv):.3g}) minus in "
-                    f"the SFT control ({_top_token_share(tv_c, gain_c):+.3g} of {np.mean(tv_c):.3g})", seed)
-
-
-_mass_into_top_token.controlled = True
-_mass_into_top_token.needs_control = True
-
-
-def _repetition_against_control(series, seed=0, control=None):
-    """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.repetition:
-    PREFIX_WORDS), in the run minus in the SFT control, over the prompts whose generations reach that length
-    at the start and the end of both runs: length-matched, and no continuation forced past its end of turn."""
-    key = "gen/rep4_prefix"
-    missing = _missing(series, [key]) or (control is not None and _missing(control, [key]))
-    if missing:
-        return missing
-    run = np.asarray(series[key], dtype=np.float64)[[0, -1]]
-    if control is None:
-        keep = np.isfinite(run).all(axis=0)
-        point, ci = bootstrap_ci(np.mean, [run[1, keep] - run[0, keep]], seed=seed)
-        return Outcome("inconclusive", point, ci, int(keep.sum()),
-                       "no SFT control: the raw change of repetition is shown, not judged")
-    base = np.asarray(control[key], dtype=np.float64)[[0, -1]]
-    if base.shape != run.shape:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "the run and its SFT control do not share the same generation prompts")
-    keep = np.isfinite(run).all(axis=0) & np.isfinite(base).all(axis=0)
-    too_few = _too_few(int(keep.sum()), f"of {run.shape[1]} have generations of at least the compared "
-                       "length at the start and end of both runs")
-    if too_few:
-        return too_few
-    d_run, d_base = run[1, keep] - run[0, keep], base[1, keep] - base[0, keep]
-    return _outcome(lambda a, b: np.mean(a) - np.mean(b), [d_run, d_base],
-                    f"rise of the repeated 4-gram fraction of the generations' first words in this run "
-                    f"({np.mean(d_run):+.3g}) minus in the SFT control ({np.mean(d_base):+.3g}), "
-                    f"{int(keep.sum())} prompts", seed)
-
-
-_repetition_against_control.controlled = True
-_repetition_against_control.needs_control = True
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -534,70 +108,70 @@ CATALOGUE = (
 
     # ---- whole runs: SFT
     Prediction("P12d", "SFT raises log pi(y+).", "G_SFT = pi - e_y+ (theory.residuals)", "12", "run",
-               ("lm", "llm"), POSITIVE_ONLY, "nats", _rises("logps/chosen")),
+               ("lm", "llm"), POSITIVE_ONLY, "nats", rises("logps/chosen")),
     Prediction("P11", "SFT raises y* too, so y* rising alone is not the squeeze signature.",
                "theory.squeeze.first_order_dlogp(sign=+1)", "11", "run", ("lm", "llm"), POSITIVE_ONLY,
-               "nats", _rises("logps/greedy")),
+               "nats", rises("logps/greedy")),
     Prediction("P12a", "SFT raises another prompt's answer y_{j != i} under x_i (the hallucination "
                "mechanism).", "theory.decomposition (K between [x_i; y_i] and [x_i; y_j])", "12", "run",
-               ("lm", "llm"), POSITIVE_ONLY, "nats", _rises("logps/other_chosen")),
+               ("lm", "llm"), POSITIVE_ONLY, "nats", rises("logps/other_chosen")),
     Prediction("P12b", "Under SFT, y_{j != i} gains more than a fluent irrelevant response.",
                "theory.decomposition (K similarity)", "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats",
-               _gains_more_than("other_chosen", "irrelevant")),
+               gains_more_than("other_chosen", "irrelevant")),
     Prediction("P12c", "SFT lowers random-token responses.", "theory.squeeze.first_order_dlogp(sign=+1)",
-               "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats", _falls("logps/random_tokens")),
+               "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats", falls("logps/random_tokens")),
     Prediction("P13a", "Under SFT, y- (similar to y+) rises first, then falls.",
                "theory.decomposition (K similarity, then A's flattening)", "13", "run", ("lm", "llm"),
-               POSITIVE_ONLY, "nats", _rise_then_fall("rejected")),
+               POSITIVE_ONLY, "nats", rise_then_fall("rejected")),
     Prediction("P13b", "Under SFT, a rephrase of y+ rises first, then falls.",
                "theory.decomposition", "13", "run", ("lm", "llm"), POSITIVE_ONLY, "nats",
-               _rise_then_fall("chosen_rephrase")),
+               rise_then_fall("chosen_rephrase")),
 
     # ---- whole runs: off-policy negative gradients
     Prediction("P09a", "Off-policy DPO ends with log pi(y+) below its start.",
                "theory.squeeze + two-context coupling (X04)", "9", "run", ("lm", "llm"), DPO_FAMILY,
-               "nats", _falls("logps/chosen")),
+               "nats", falls("logps/chosen")),
     Prediction("P09b", "Off-policy DPO lowers both log pi(y+) and log pi(y-), y- faster.",
                "theory.residuals (equal and opposite coefficients, valley of y-)", "9", "run",
-               ("lm", "llm"), DPO_FAMILY, "nats", _rejected_falls_more),
+               ("lm", "llm"), DPO_FAMILY, "nats", rejected_falls_more),
     Prediction("P09c", "Negative gradients on unlikely responses raise y* (the squeeze) more than SFT "
                "on the same pairs does.",
                "theory.squeeze (P02 at rejected-only positions)", "9", "run", ("lm", "llm"),
-               SQUEEZING, "nats", _against_control("logps/greedy", +1.0, "rise of log pi(y*)")),
+               SQUEEZING, "nats", against_control("logps/greedy", +1.0, "rise of log pi(y*)")),
     Prediction("P09d", "Off-policy DPO lowers every other probe response.",
                "theory.squeeze.threshold (labels below ||pi||^2 - pi_k fall)", "9", "run",
-               ("lm", "llm"), DPO_FAMILY, "nats", _all_other_probes_fall),
+               ("lm", "llm"), DPO_FAMILY, "nats", all_other_probes_fall),
     Prediction("P10", "Negative gradients make the model peakier: the mean token entropy on y+'s "
                "contexts falls more than under SFT on the same pairs.", "theory.flow (replicator sharpening)",
                "10", "run", ("lm", "llm"), SQUEEZING, "nats of entropy",
-               _against_control("entropy/chosen", -1.0, "fall of the mean token entropy")),
+               against_control("entropy/chosen", -1.0, "fall of the mean token entropy")),
     Prediction("P17", "Long off-policy DPO raises repetition in greedy generations (the repeated 4-gram "
                "fraction of each generation's first 12 words, against the SFT control).",
                "theory.flow (mass piles onto the argmax)", "17", "run", ("llm",), ("dpo",),
-               "repeated 4-gram fraction", _repetition_against_control),
+               "repeated 4-gram fraction", repetition_against_control),
     Prediction("P05r", "Dose-response: prompts whose y- sits in a peakier distribution (lower initial "
                "entropy on y-'s contexts) squeeze harder.", "theory.squeeze.threshold (grows with ||pi||^2)",
                "5", "run", ("llm",), DPO_FAMILY, "Spearman rho",
-               _dose_response("entropy/rejected", "mean token entropy on y-'s contexts", -1.0)),
+               dose_response("entropy/rejected", "mean token entropy on y-'s contexts", -1.0)),
     Prediction("P06r", "Dose-response: prompts whose y- is less likely (lower initial per-token "
                "log pi(y-)) squeeze harder.", "theory.squeeze.threshold = ||pi||^2 - pi_k", "6", "run",
                ("llm",), DPO_FAMILY, "Spearman rho",
-               _dose_response("logp_mean/rejected", "per-token log pi(y-)", -1.0)),
+               dose_response("logp_mean/rejected", "per-token log pi(y-)", -1.0)),
     Prediction("P08r", "At the positions y+ and y- share, DPO's two pushes cancel: the entropy falls "
                "less there than at y-'s own positions.", "theory.squeeze (shared-context DPO step)", "8",
-               "run", ("llm",), ("dpo", "ipo"), "nats of entropy per token", _shared_prefix_does_not_squeeze),
+               "run", ("llm",), ("dpo", "ipo"), "nats of entropy per token", shared_prefix_does_not_squeeze),
     Prediction("P18r", "Mass conservation directs the squeeze: a larger share of the probability mass that "
                "moves on y+'s contexts goes into the initial top token than under SFT on the same pairs.",
                "theory.softmax.apply_A (A v = v - pi.v)", "18", "run", ("llm",), DPO_FAMILY,
-               "share of moved mass, minus SFT's", _mass_into_top_token),
+               "share of moved mass, minus SFT's", mass_into_top_token),
 
     # ---- two runs on the same probe prompts
     Prediction("P14", "On-policy negatives squeeze less than off-policy ones.",
                "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
-               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of squeeze index", _squeezes_less),
+               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of squeeze index", squeezes_less),
     Prediction("P15", "SFT on y+ and y- before DPO ('extend') squeezes less during DPO.",
                "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
-               ("lm", "llm"), ("dpo", "extend"), "nats per token of squeeze index", _squeezes_less),
+               ("lm", "llm"), ("dpo", "extend"), "nats per token of squeeze index", squeezes_less),
 )
 
 

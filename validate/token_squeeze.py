@@ -33,7 +33,7 @@ import torch
 
 TOP_TOKENS = 50     # tokens per position that "carry the mass" for the pooled precision/recall
 
-from learning_dynamics.theory.predictions import precision_recall
+from learning_dynamics.theory.statistics import precision_recall
 from learning_dynamics.theory.squeeze import threshold
 from learning_dynamics.validate.first_order import stepped
 from learning_dynamics.validate.forward import make_batch, response_logits, sequence_logps

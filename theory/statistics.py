@@ -1,0 +1,78 @@
+"""The statistics behind every verdict: the bootstrap CI over prompts (scipy.stats.bootstrap) and the
+verdict it decides, the Wilson interval of a fraction of cases (scipy.stats.binomtest), and
+precision/recall of a predicted set (scikit-learn)."""
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: str
+    effect: float
+    ci: tuple
+    n: int
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"verdict": self.verdict, "effect": self.effect, "ci": list(self.ci),
+                "n": self.n, "detail": self.detail}
+
+
+def bootstrap_ci(statistic: Callable, arrays, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95):
+    """Point estimate and percentile CI of `statistic(*arrays)`, resampling prompts (scipy.stats.bootstrap).
+
+    Every array has prompts on axis -1 and is resampled with the same indices
+    (paired: two runs on the same probe prompts keep their pairing).
+    """
+    from scipy import stats
+
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    point = float(statistic(*arrays))
+    if arrays[0].shape[-1] < 2 or not np.isfinite(point):
+        return point, (float("nan"), float("nan"))
+    result = stats.bootstrap(arrays, lambda *a: statistic(*a), n_resamples=n_boot, paired=True,
+                             vectorized=False, axis=-1, confidence_level=level, method="percentile",
+                             rng=np.random.default_rng(seed))
+    return point, (float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def verdict_from_ci(ci) -> str:
+    lo, hi = ci
+    if lo > 0:
+        return "holds"
+    if hi < 0:
+        return "fails"
+    return "inconclusive"
+
+
+def fraction_outcome(held: np.ndarray, detail: str = "") -> Outcome:
+    """A step-level theorem checked on many cases: effect = fraction where it held.
+
+    The verdict is "holds" only when it held in every case (a theorem admits no
+    exceptions); the CI is the Wilson interval of the fraction.
+    """
+    held = np.asarray(held, dtype=bool).ravel()
+    n = held.size
+    if n == 0:
+        return Outcome("inconclusive", float("nan"), (float("nan"), float("nan")), 0, "no cases")
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(held.sum()), n).proportion_ci(confidence_level=0.95, method="wilson")
+    verdict = "holds" if held.all() else "fails"
+    return Outcome(verdict, float(held.mean()), (float(ci.low), float(ci.high)), n, detail)
+
+
+def precision_recall(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    """How well a predicted boolean set (e.g. theory's rising set) matches the measured one."""
+    from sklearn.metrics import accuracy_score, precision_score, recall_score
+
+    predicted = np.asarray(predicted, dtype=bool).ravel()
+    actual = np.asarray(actual, dtype=bool).ravel()
+    precision = precision_score(actual, predicted, zero_division=0) if predicted.size else 0.0
+    recall = recall_score(actual, predicted, zero_division=0) if predicted.size else 0.0
+    accuracy = accuracy_score(actual, predicted) if predicted.size else float("nan")
+    return {"precision": float(precision), "recall": float(recall), "accuracy": float(accuracy),
+            "n": int(predicted.size), "n_predicted": int(predicted.sum()), "n_actual": int(actual.sum())}
