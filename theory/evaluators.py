@@ -107,6 +107,24 @@ def all_other_probes_fall(series, seed=0):
     return _all_of({k[6:]: falls(k)(series, seed=seed) for k in keys}, "every probe's fall must be above 0")
 
 
+def _accepts_control(evaluate, needs: bool = True):
+    """Mark an evaluator that takes the SFT control's series (`needs`: without it the verdict is not judged)."""
+    evaluate.controlled = True
+    evaluate.needs_control = needs
+    return evaluate
+
+
+def _unpaired_control(series: Mapping, control: Mapping, keys, prompts: str = "probe prompts") -> Optional[Outcome]:
+    """The control lacks a key, or scores another number of prompts: there is nothing to pair the run with."""
+    missing = _missing(control, keys)
+    if missing:
+        return missing
+    if any(np.shape(control[k])[-1] != np.shape(series[k])[-1] for k in keys):
+        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                       f"the run and its SFT control do not share the same {prompts}")
+    return None
+
+
 def against_control(key: str, sign: float, what: str):
     """Change of `key` in the run minus its change in the SFT control (same pairs, seed and probes),
     paired over prompts; sign +1: predicted to rise more than under SFT, -1: to fall more.
@@ -123,20 +141,14 @@ def against_control(key: str, sign: float, what: str):
             point, ci = bootstrap_ci(lambda a: sign * np.mean(a), [run], seed=seed)
             return Outcome("inconclusive", point, ci, int(run.size),
                            f"no SFT control: raw {what} shown, not judged (SFT alone moves it too)")
-        missing = _missing(control, [key])
-        if missing:
-            return missing
+        unpaired = _unpaired_control(series, control, [key])
+        if unpaired:
+            return unpaired
         base = _change(control, key)
-        if base.shape != run.shape:
-            return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                           "the run and its SFT control do not share the same probe prompts")
-        out = _outcome(lambda a, b: sign * (np.mean(a) - np.mean(b)), [run, base],
-                       f"{what} in this run minus in the SFT control (paired over prompts); "
-                       f"run {sign * np.mean(run):+.3g}, control {sign * np.mean(base):+.3g}", seed)
-        return out
-    evaluate.controlled = True
-    evaluate.needs_control = True
-    return evaluate
+        return _outcome(lambda a, b: sign * (np.mean(a) - np.mean(b)), [run, base],
+                        f"{what} in this run minus in the SFT control (paired over prompts); "
+                        f"run {sign * np.mean(run):+.3g}, control {sign * np.mean(base):+.3g}", seed)
+    return _accepts_control(evaluate)
 
 
 def gains_more_than(first: str, second: str):
@@ -273,8 +285,7 @@ def dose_response(dose_key: str, dose_name: str, sign: float):
         return _outcome(lambda d, st: sign * _spearman(d, st), [dose, strength],
                         f"{'-' if sign < 0 else ''}Spearman rho of the initial {dose_name} and the {against}, "
                         f"per token; tertiles (mean dose: mean squeeze) {bins}", seed)
-    evaluate.controlled = True
-    return evaluate
+    return _accepts_control(evaluate, needs=False)
 
 
 def shared_prefix_does_not_squeeze(series, seed=0):
@@ -306,6 +317,7 @@ def _top_token_share(tv, gain) -> float:
     return float(np.mean(gain) / max(np.mean(tv), 1e-12))
 
 
+@_accepts_control
 def mass_into_top_token(series, seed=0, control=None):
     """Of the probability mass that moved on y+'s contexts (total variation from the start), the share the
     initial top token gained, minus the same share under the SFT control (paired over prompts): SFT's push
@@ -320,13 +332,10 @@ def mass_into_top_token(series, seed=0, control=None):
         return Outcome("inconclusive", point, ci, int(tv.size),
                        "no SFT control: the raw share of the moved mass that went into the initial top token "
                        "is shown, not judged (SFT's push on y+ moves mass too)")
-    missing = _missing(control, keys)
-    if missing:
-        return missing
+    unpaired = _unpaired_control(series, control, keys)
+    if unpaired:
+        return unpaired
     tv_c, gain_c = np.asarray(control["mass/tv"])[-1], np.asarray(control["mass/top_gain"])[-1]
-    if tv_c.shape != tv.shape:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "the run and its SFT control do not share the same probe prompts")
     return _outcome(lambda t, g, tc, gc: _top_token_share(t, g) - _top_token_share(tc, gc),
                     [tv, gain, tv_c, gain_c],
                     f"share of the moved mass that went into the initial top token in this run "
@@ -334,16 +343,13 @@ def mass_into_top_token(series, seed=0, control=None):
                     f"the SFT control ({_top_token_share(tv_c, gain_c):+.3g} of {np.mean(tv_c):.3g})", seed)
 
 
-mass_into_top_token.controlled = True
-mass_into_top_token.needs_control = True
-
-
+@_accepts_control
 def repetition_against_control(series, seed=0, control=None):
     """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.repetition:
     PREFIX_WORDS), in the run minus in the SFT control, over the prompts whose generations reach that length
     at the start and the end of both runs: length-matched, and no continuation forced past its end of turn."""
     key = "gen/rep4_prefix"
-    missing = _missing(series, [key]) or (control is not None and _missing(control, [key]))
+    missing = _missing(series, [key])
     if missing:
         return missing
     run = np.asarray(series[key], dtype=np.float64)[[0, -1]]
@@ -352,10 +358,10 @@ def repetition_against_control(series, seed=0, control=None):
         point, ci = bootstrap_ci(np.mean, [run[1, keep] - run[0, keep]], seed=seed)
         return Outcome("inconclusive", point, ci, int(keep.sum()),
                        "no SFT control: the raw change of repetition is shown, not judged")
+    unpaired = _unpaired_control(series, control, [key], prompts="generation prompts")
+    if unpaired:
+        return unpaired
     base = np.asarray(control[key], dtype=np.float64)[[0, -1]]
-    if base.shape != run.shape:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "the run and its SFT control do not share the same generation prompts")
     keep = np.isfinite(run).all(axis=0) & np.isfinite(base).all(axis=0)
     too_few = _too_few(int(keep.sum()), f"of {run.shape[1]} have generations of at least the compared "
                        "length at the start and end of both runs")
@@ -366,7 +372,3 @@ def repetition_against_control(series, seed=0, control=None):
                     f"rise of the repeated 4-gram fraction of the generations' first words in this run "
                     f"({np.mean(d_run):+.3g}) minus in the SFT control ({np.mean(d_base):+.3g}), "
                     f"{int(keep.sum())} prompts", seed)
-
-
-repetition_against_control.controlled = True
-repetition_against_control.needs_control = True
