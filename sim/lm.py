@@ -52,7 +52,9 @@ JUDGED = (registry.CONTROL, "dpo")
 # Every registry algorithm the toy LM trains: one response or one (y+, y-) pair per prompt.
 SUPPORTED = ALGOS + tuple(name for name, a in registry.REGISTRY.items()
                           if name not in ALGOS and a.data in ("chosen", "pair", "unpaired"))
-PROBE_ORDER = probe_registry.WITH_RESPONSE   # every probe type with a response of its own (y* comes with y+)
+# every probe type with a response of its own (y* comes with y+; the real model's repeated sample, P17r, is
+# not built here: the toy LM's runs are too short and its answers too short for repetition to mean anything)
+PROBE_ORDER = probe_registry.SAID_ONCE
 # Position classes of y+ / y-, tracked as extra "probes" (statistics over those positions only):
 #   pos:shared          y+'s positions before the first divergence (y- has the same tokens there)
 #   pos:diverge         the first divergent position (shared context, different targets)

@@ -238,6 +238,38 @@ def test_repetition_is_judged_on_length_matched_prefixes_against_the_control():
     assert row["verdict"] == "inconclusive" and row["n"] == E.MIN_SUBSET_PROMPTS - 1
 
 
+def _repeated(series, second_copy_rise, n_once=10, n_added=20, seed=0):
+    """The repeated sample's curves on top of the initial sample's: the second copy (n_added tokens) gains
+    `second_copy_rise` nats from start to end, while both responses fall with the initial sample."""
+    n_evals, n = series["logps/initial_sample"].shape
+    ramp = np.linspace(0, 1, n_evals)[:, None]
+    noise = 0.05 * np.random.default_rng(seed).normal(size=(n_evals, n))
+    series = dict(series, **{"n_tokens/initial_sample": np.full((n_evals, n), float(n_once)),
+                             "n_tokens/sample_repeated": np.full((n_evals, n), float(n_once + n_added))})
+    series["logps/sample_repeated"] = series["logps/initial_sample"] - 30.0 + ramp * second_copy_rise + noise
+    return series
+
+
+def test_repeating_its_own_sample_is_judged_per_token_against_the_control():
+    n, drifts = 12, dict(DPO_LIKE, sample_repeated=-40.0)     # both probes fall; the second copy rises
+    series = _repeated(make_series(drifts, n_prompts=n), 10.0)
+    control = _repeated(make_series(SFT_LIKE, n_prompts=n, seed=5), 2.0, seed=1)
+    row = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17r"]
+    assert row["verdict"] == "holds" and row["control"] and abs(row["effect"] - (10.0 - 2.0) / 20) < 0.02
+    assert row["ci"][0] > 0 and row["n"] == n
+    control = _repeated(control, 16.0, seed=2)
+    row = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17r"]
+    assert row["verdict"] == "fails" and abs(row["effect"] - (10.0 - 16.0) / 20) < 0.02 and row["ci"][1] < 0
+    raw = {r["id"]: r for r in P.evaluate_run(series, "ipo")}["P17r"]   # no control: the raw change, not judged
+    assert raw["verdict"] == "inconclusive" and abs(raw["effect"] - 0.5) < 0.02 and "no SFT control" in raw["detail"]
+    older = {k: v for k, v in series.items() if k != "n_tokens/sample_repeated"}   # a run made before the probe
+    for run, ctrl in ((older, control), (series, older)):
+        row = {r["id"]: r for r in P.evaluate_run(run, "dpo", control=ctrl)}["P17r"]
+        assert row["verdict"] == "inconclusive" and "not tracked" in row["detail"]
+    assert "P17r" not in {r["id"] for r in P.evaluate_run(series, "sft")}
+    assert "sample_repeated" not in P.OTHER_PROBES and P.PROBES_USED["P17r"] == ("initial_sample", "sample_repeated")
+
+
 def test_prefix_repetition_counts_repeated_four_grams_of_the_first_words_only():
     from learning_dynamics.validate.repetition import prefix_repetition
     assert np.isnan(prefix_repetition("too short to judge", n_words=12))

@@ -64,3 +64,17 @@ def test_end_of_turn_comes_from_the_chat_template_not_the_eos_list(tokenizer):
     finally:
         tokenizer.eos_token = "<|im_end|>"
         encode._EOT_CACHE.clear()
+
+
+def test_the_repeated_sample_is_the_samples_tokens_twice_around_a_newline(tokenizer):
+    """Built from ids, not re-tokenised text: log pi(repeated) - log pi(sample) is the second copy's log-prob."""
+    from learning_dynamics.validate.probes import end_of_turn_ids, repeated_response, separator_ids
+    end, sep = end_of_turn_ids(tokenizer), separator_ids(tokenizer)
+    assert sep == [198] and tokenizer.decode(sep) == "\n"
+    enc = encode.Encoder(tokenizer, 96, 8)
+    for text in ("Paris is the capital of France, and it is a big city.", "Yes.", ""):
+        sample = enc.response_ids(text)                     # as build_probe_set makes initial_sample's ids
+        said = sample[:-1]
+        assert sample[-1:] == end and repeated_response(sample, end, sep) == said + [198] + said + [2]
+    with pytest.raises(ValueError, match="end of turn"):
+        repeated_response([5, 6], end, sep)

@@ -15,7 +15,7 @@ from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.ldyn import main
 
 HERE = Path(__file__).resolve().parent
-N_PROBES = 13  # probe types with a response per prompt (y* is scored from y+), and the shared prefix of y+ and y-
+N_PROBES = 14  # probe types with a response per prompt (y* is scored from y+), and the shared prefix of y+ and y-
 EVAL_STEPS = list(range(0, monitor_runs.STEPS + 1, monitor_runs.EVERY))
 
 
@@ -35,7 +35,7 @@ def test_dpo_run_writes_the_run_directory_of_ldyn_validate_run(dpo_run, tmp_path
     out, trainer = dpo_run
     report = json.loads((out / "report.json").read_text())
     assert report["algo"] == "dpo" and report["complete"] and report["steps"] == EVAL_STEPS
-    assert {"P09a", "P09b", "P09c", "P09d", "P10", "P17"} <= {r["id"] for r in report["predictions"]}
+    assert {"P09a", "P09b", "P09c", "P09d", "P10", "P17", "P17r"} <= {r["id"] for r in report["predictions"]}
     assert report["settings"]["trainer"] == "DPOTrainer" and report["settings"]["loss_type"] == ["sigmoid"]
     data_hash = report["fingerprints"]["data"]["sha256"][:16]  # runs on other in-memory rows never pair up in a merge
     assert report["settings"]["data"] == f"in-memory list of 24 rows, sha256 {data_hash}"

@@ -3,6 +3,7 @@ chat template, through the same code path as a GPU run (2 CPU cores, seconds per
 import json
 import os
 
+import numpy as np
 import pytest
 
 from learning_dynamics.theory.predictions import VERDICTS
@@ -11,7 +12,7 @@ from learning_dynamics.validate.ldyn import main
 from learning_dynamics.validate.presets import PRESETS
 
 SMOKE = PRESETS["smoke"]
-N_PROBES = 12  # probe types with a response (y* is scored from y+)
+N_PROBES = 13  # probe types with a response (y* is scored from y+)
 N_TRACKED = N_PROBES + 1  # and the shared prefix of y+ and y- (P08r; may be empty)
 
 
@@ -65,6 +66,26 @@ def test_every_response_ends_with_the_templates_end_of_turn(runs):
     assert samples and all(s[-1] == 2 and 1 not in s[-1:] for s in samples)
 
 
+def test_the_repeated_sample_is_the_initial_sample_twice_and_scored_as_such(runs):
+    """sample_repeated = initial_sample's ids without the end of turn, a newline (id 198), the same ids, <|im_end|>;
+    its log-prob minus the sample's is the second copy's log-prob, scored over exactly the tokens it adds."""
+    from learning_dynamics.sim.tracking import TrackingTable
+    from learning_dynamics.theory.evaluators import second_copy_logp
+    from learning_dynamics.validate.report import load_series
+    root, _ = runs
+    for p in json.loads((root / "dpo" / "probes.json").read_text()):
+        said = p["ids"]["initial_sample"][:-1]
+        assert p["ids"]["sample_repeated"] == said + [198] + said + [2]
+    rows = {(r["step"], r["prompt_id"], r["probe"]): r for r in TrackingTable(root / "dpo" / "tracking").read()}
+    for (step, prompt, probe), r in rows.items():
+        if probe == "sample_repeated":
+            once = rows[(step, prompt, "initial_sample")]
+            assert r["n_tokens"] == 2 * once["n_tokens"] and r["logp_sum"] < once["logp_sum"]
+    series, _ = load_series(root / "dpo")
+    assert second_copy_logp(series).shape == series["logps/initial_sample"].shape
+    assert np.all(second_copy_logp(series) < 0)
+
+
 def test_the_run_measures_probe_target_overlap(runs):
     root, _ = runs
     report = json.loads((root / "dpo" / "report.json").read_text())
@@ -76,7 +97,7 @@ def test_the_run_measures_probe_target_overlap(runs):
 def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, tmp_path):
     root, _ = runs
     ids = {r["id"] for r in json.loads((root / "dpo" / "report.json").read_text())["predictions"]}
-    assert {"P09a", "P09b", "P09c", "P09d", "P10", "P17"} <= ids
+    assert {"P09a", "P09b", "P09c", "P09d", "P10", "P17", "P17r"} <= ids
     assert main(["validate", "report", str(root / "dpo"), str(root / "onpolicy-dpo"), str(root / "extend"),
                  str(root / "sft"), "--out", str(tmp_path)]) == 0
     merged = json.loads((tmp_path / "summary.json").read_text())
@@ -87,6 +108,9 @@ def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, t
     p09c = {r["run"]: r for r in merged["predictions"] if r["id"] == "P09c"}
     assert p09c["dpo"]["control"] and "minus in the SFT control" in p09c["dpo"]["detail"]
     assert not p09c["extend"]["control"] and p09c["extend"]["verdict"] == "inconclusive"
+    p17r = {r["run"]: r for r in merged["predictions"] if r["id"] == "P17r"}
+    assert p17r["dpo"]["control"] and "minus in the SFT control" in p17r["dpo"]["detail"]
+    assert np.isfinite(p17r["dpo"]["effect"]) and "P17r" in (root / "dpo" / "report.md").read_text()
 
 
 def test_the_merge_keys_runs_by_directory_not_algorithm(runs, tmp_path):

@@ -372,3 +372,27 @@ def repetition_against_control(series, seed=0, control=None):
                     f"rise of the repeated 4-gram fraction of the generations' first words in this run "
                     f"({np.mean(d_run):+.3g}) minus in the SFT control ({np.mean(d_base):+.3g}), "
                     f"{int(keep.sum())} prompts", seed)
+
+
+def second_copy_logp(series: Mapping, probe: str = "sample_repeated") -> np.ndarray:
+    """[n_evals, n_prompts]: per-token log pi of a repeated probe's second copy given the prompt and the first,
+    its log-prob minus that of the probe it repeats over the tokens it adds (theory.probes: `repeats`)."""
+    once = probe_registry.get(probe).repeats
+    added = np.asarray(series[f"n_tokens/{probe}"]) - np.asarray(series[f"n_tokens/{once}"])
+    return (np.asarray(series[f"logps/{probe}"]) - np.asarray(series[f"logps/{once}"])) / np.maximum(added, 1)
+
+
+_REPEAT_KEYS = [f"{k}/{p}" for p in ("sample_repeated", "initial_sample") for k in ("logps", "n_tokens")]
+_second_copy_rises = against_control("second copy", +1.0, "rise of the per-token log pi of the initial sample's "
+                                     "second copy right after it")
+
+
+@_accepts_control
+def repeats_itself_against_control(series, seed=0, control=None):
+    """Teacher-forced and length-controlled: the same tokens at every step, whatever the model now generates."""
+    missing = _missing(series, _REPEAT_KEYS) or (control is not None and
+                                                 _unpaired_control(series, control, _REPEAT_KEYS))
+    if missing:
+        return missing
+    return _second_copy_rises({"second copy": second_copy_logp(series)}, seed=seed,
+                              control=None if control is None else {"second copy": second_copy_logp(control)})

@@ -29,8 +29,8 @@ from learning_dynamics.theory import algorithms
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.evaluators import (
     against_control, all_other_probes_fall, dose_response, falls, gains_more_than, mass_into_top_token,
-    rejected_falls_more, repetition_against_control, rise_then_fall, rises, shared_prefix_does_not_squeeze,
-    squeezes_less)
+    rejected_falls_more, repeats_itself_against_control, repetition_against_control, rise_then_fall, rises,
+    shared_prefix_does_not_squeeze, squeezes_less)
 from learning_dynamics.theory.statistics import Outcome
 
 # The probe types and their descriptions come from the probe registry (theory.probes).
@@ -149,6 +149,10 @@ CATALOGUE = (
                "fraction of each generation's first 12 words, against the SFT control).",
                "theory.flow (mass piles onto the argmax)", "17", "run", ("llm",), ("dpo",),
                "repeated 4-gram fraction", repetition_against_control),
+    Prediction("P17r", "Off-policy DPO raises the model's propensity to repeat its own answer more than SFT on "
+               "the same pairs does: the per-token log-prob of re-emitting its initial sample right after it "
+               "rises more than under the SFT control.", "theory.flow (mass piles onto the argmax)", "17", "run",
+               ("llm",), DPO_FAMILY, "nats per token, minus SFT's", repeats_itself_against_control),
     Prediction("P05r", "Dose-response: prompts whose y- sits in a peakier distribution (lower initial "
                "entropy on y-'s contexts) squeeze harder.", "theory.squeeze.threshold (grows with ||pi||^2)",
                "5", "run", ("llm",), DPO_FAMILY, "Spearman rho",
@@ -183,7 +187,8 @@ PROBES_USED = {
     "P12d": ("chosen",), "P11": ("chosen",), "P12a": ("other_chosen",), "P12b": ("other_chosen", "irrelevant"),
     "P12c": ("random_tokens",), "P13a": ("rejected",), "P13b": ("chosen_rephrase",),
     "P09a": ("chosen",), "P09b": ("chosen", "rejected"), "P09c": ("chosen",), "P09d": OTHER_PROBES,
-    "P10": ("chosen",), "P17": (), "P05r": ("rejected",) + _SQUEEZE_PROBES,
+    "P10": ("chosen",), "P17": (), "P17r": ("initial_sample", "sample_repeated"),
+    "P05r": ("rejected",) + _SQUEEZE_PROBES,
     "P06r": ("rejected",) + _SQUEEZE_PROBES, "P08r": ("chosen", "rejected"), "P18r": ("chosen",),
     "P14": _SQUEEZE_PROBES, "P15": _SQUEEZE_PROBES,
 }

@@ -9,7 +9,11 @@ A probe type is a response scored under a probe prompt x_i while a model trains 
               (random tokens): sim/lm.py, validate/probes.py
     "scored"  computed while y+ is scored (y*, the per-position argmax), never written
 `other` marks the probes that are neither trained on nor y*: off-policy DPO is predicted
-to lower them all (theory.predictions, P09d). `trained` says which are training targets by
+to lower them all (theory.predictions, P09d). `repeats` names the probe whose response a
+probe says twice (sample_repeated: the initial sample, a separator, the same tokens again),
+so that the difference of the two log-probs is how readily the model repeats what it just
+said (P17r); such a probe adds no response of its own, so the toy LM and the first-order
+check leave it out (SAID_ONCE). `trained` says which are training targets by
 design: "own" (the probe prompt's own pair), "other pair" (trained on under another prompt,
 which is what P12a/P12b are about); validate.design flags every other overlap.
 
@@ -29,6 +33,7 @@ class ProbeType:
     panel: int          # position in the plots (the paper's taxonomy: y+ and its variants, y- and its variants, ...)
     other: bool = True
     trained: Optional[str] = None   # "own" | "other pair" | None: a training target by design
+    repeats: Optional[str] = None   # the probe whose tokens it says twice
 
 
 PROBE_TYPES = (
@@ -50,6 +55,9 @@ PROBE_TYPES = (
               "model", 11),
     ProbeType("greedy", r"$y^*$ (argmax after $y^+$'s prefixes)",
               "y*: per-position argmax under teacher forcing on y+'s prefixes", "scored", 12, other=False),
+    ProbeType("sample_repeated", "initial sample said twice",
+              "the initial model's sample, a newline, then the same tokens again", "model", 13, other=False,
+              repeats="initial_sample"),
 )
 
 BY_NAME = {p.name: p for p in PROBE_TYPES}
@@ -59,6 +67,7 @@ WITH_RESPONSE = tuple(p.name for p in PROBE_TYPES if p.source != "scored")
 TEXT = tuple(p.name for p in PROBE_TYPES if p.source == "text")
 MODEL = tuple(p.name for p in PROBE_TYPES if p.source == "model")
 OTHER = tuple(p.name for p in PROBE_TYPES if p.other)
+SAID_ONCE = tuple(p for p in WITH_RESPONSE if BY_NAME[p].repeats is None)   # each response scored once
 IN_PANEL_ORDER = tuple(sorted(PROBE_TYPES, key=lambda p: p.panel))
 
 

@@ -36,6 +36,7 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     settings: validate.presets.Settings (or its flat dict); the set-up is `ldyn validate run`'s (validate.session).
     """
     import torch
+    from learning_dynamics.theory.probes import SAID_ONCE
     from learning_dynamics.validate import first_order, provenance, session, token_squeeze, trajectory
     from learning_dynamics.validate.presets import Settings
     from learning_dynamics.validate.probes import build_probe_set, probe_sequences
@@ -66,7 +67,7 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     with first_order.exact_math(model):
         probes = build_probe_set(model, tokenizer, loaded.encoder, probe_examples[:n_probe], examples.train,
                                  examples.test, settings, progress=progress, irrelevant=examples.irrelevant)
-        flat = probe_sequences(probes)
+        flat = [s for s in probe_sequences(probes) if s[1] in SAID_ONCE]   # each response once: no repeated sample
         sequences = [(p_ids, r_ids) for _, _, p_ids, r_ids in flat]
         names = [name for _, name, _, _ in flat]
         pairs = loaded.tokenize(probe_examples[:squeeze_pairs])

@@ -4,8 +4,11 @@ Text probes (y+, y-, their same-format-other-meaning variants, y_{j != i}, a tes
 response, an irrelevant sentence, shuffled y+) come from validate.probe_texts;
 this module adds the ones that need the model: rephrases of y+ and y- (the
 initial model asked with a fixed instruction, greedy, so they are reproducible),
-an on-policy sample of the initial model, and random tokens. y* needs no text:
-it is the per-position argmax under teacher forcing on y+, scored with y+.
+an on-policy sample of the initial model, that sample said twice (its tokens, a
+newline, the same tokens, then the end of turn: built from the ids, so that
+log pi(sample_repeated) - log pi(initial_sample) is exactly the log-prob of the
+second copy given the first, up to the end of turn), and random tokens. y* needs
+no text: it is the per-position argmax under teacher forcing on y+, scored with y+.
 """
 import numpy as np
 
@@ -43,6 +46,25 @@ def eos_ids(tokenizer) -> list:
     return sorted(i for i in ids if i is not None)
 
 
+SEPARATOR = "\n"   # between the two copies of the repeated sample: the copy then starts a line, as a response does
+
+
+def separator_ids(tokenizer) -> list:
+    ids = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
+    if not ids or set(ids) & special_ids(tokenizer):
+        raise ValueError(f"the tokenizer has no plain token for the separator {SEPARATOR!r}")
+    return [int(t) for t in ids]
+
+
+def repeated_response(ids, end, separator) -> list:
+    """A response said twice: its tokens without the end of turn, the separator, the same tokens, the end."""
+    ids, end = list(ids), list(end)
+    if ids[len(ids) - len(end):] != end:
+        raise ValueError("a probe response must end with the end of turn")
+    said = ids[:len(ids) - len(end)]
+    return said + list(separator) + said + end
+
+
 def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, test_examples, settings,
                     progress=print, irrelevant=None) -> list:
     """A list of {"prompt_id", "prompt", "texts": {probe: str}, "ids": {probe: [int]}, "prompt_ids"}.
@@ -57,6 +79,7 @@ def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, t
     pad_id = tokenizer.pad_token_id
     stop = eos_ids(tokenizer)
     end = end_of_turn_ids(tokenizer)
+    separator = separator_ids(tokenizer)
     n_new = settings["max_response_tokens"]
     rephrase_prompts = [encoder.prompt_ids(probe_texts.REPHRASE_INSTRUCTION.format(text=p[key]))
                         for key in ("chosen", "rejected") for p in probes]
@@ -81,6 +104,8 @@ def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, t
         for key, value in tokens.items():
             if not value:  # an empty generation still needs an end of turn to be scored
                 tokens[key] = list(end)
+        tokens["sample_repeated"] = repeated_response(tokens["initial_sample"], end, separator)
+        texts["sample_repeated"] = tokenizer.decode(tokens["sample_repeated"][:-len(end)])
         out.append({"prompt_id": str(i), "prompt": probe["prompt"], "prompt_ids": ids, "texts": texts,
                     "ids": tokens, "aux_ids": {"shared_prefix": shared_prefix(tokens["chosen"], tokens["rejected"])}})
     return out
