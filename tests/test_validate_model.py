@@ -94,6 +94,10 @@ def test_the_real_gguf_model_prefers_the_right_answer():
     assert end_of_turn_ids(loaded.tokenizer) == [2]
     assert loaded.tokenizer.convert_ids_to_tokens(2) == "<|im_end|>"
     assert enc.response_ids("Paris.")[-1:] == [2]
+    # P17r's repeated sample on the GGUF vocabulary
+    from learning_dynamics.validate.probes import repeated_response, separator_ids
+    said = enc.response_ids("Paris.")[:-1]
+    assert repeated_response(said + [2], [2], separator_ids(loaded.tokenizer)) == said + [198] + said + [2]
 
 
 def test_first_order_check_on_the_smoke_preset(tmp_path):
