@@ -136,7 +136,8 @@ def test_probe_set_has_every_probe_type_and_position_classes():
     from learning_dynamics.theory.predictions import PROBES
 
     language = ToyLanguage(0)
-    assert set(PROBE_ORDER) == set(PROBES) - {"greedy"}
+    # every probe but y* (scored with y+) and the real model's repeated sample (P17r, llm only)
+    assert set(PROBE_ORDER) == set(PROBES) - {"greedy", "sample_repeated"}
     probes = ProbeSet(language, [[language.eos_id]] * len(language.probe_examples))
     for ex, d in zip(language.probe_examples, probes.divergence):
         chosen, rejected = ex.probes["chosen"], ex.probes["rejected"]
