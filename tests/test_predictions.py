@@ -162,6 +162,49 @@ def test_matched_margin_can_reverse_an_equal_steps_comparison():
     assert matched["verdict"] == "fails" and "margin first reaches" in matched["detail"]
 
 
+def _with_token_counts(series):
+    for probe in list(P.PROBES) + ["chosen"]:
+        series[f"n_tokens/{probe}"] = np.full_like(series["logps/chosen"], 1.0)
+    series["argmax/chosen"] = series["logps/greedy"]
+    return series
+
+
+def test_the_squeeze_parts_are_judged_apart():
+    """The composite index can hold while one part fails: the other run raises y* more (P14a fails) but its
+    other probes rise instead of falling (P14b holds by more), so the index says the other squeezes less."""
+    reference = _with_token_counts(make_series(DPO_LIKE, n_evals=6, seed=1))
+    other_drift = dict(DPO_LIKE, greedy=8.0, **{p: +6.0 for p in P.OTHER_PROBES})
+    other = _with_token_counts(make_series(other_drift, n_evals=6, seed=2))
+    for basis in ("matched margin", "equal steps"):
+        rows = _rows(P.evaluate_comparison({"dpo": reference, "onpolicy-dpo": other}), basis)
+        assert rows["P14"]["verdict"] == "holds", rows["P14"]
+        assert rows["P14a"]["verdict"] == "fails" and rows["P14a"]["ci"][1] < 0, rows["P14a"]
+        assert rows["P14b"]["verdict"] == "holds", rows["P14b"]
+        # the index is y*'s gain plus the others' fall: the parts add up, at either basis
+        assert rows["P14"]["effect"] == pytest.approx(rows["P14a"]["effect"] + rows["P14b"]["effect"])
+
+
+def test_matched_margin_interval_carries_the_matching():
+    """Prompts whose margins differ widely move the matched point when resampled: the interval of the
+    matched comparison is wider than the one that holds each run's matched evaluation fixed."""
+    from learning_dynamics.theory.squeeze_measures import at_margin, margin_curve, squeeze_index_curve
+
+    rng = np.random.default_rng(3)
+    reference = _with_token_counts(make_series(DPO_LIKE, n_evals=4, seed=1))
+    other = _with_token_counts(make_series({k: v / 2 for k, v in DPO_LIKE.items()}, n_evals=4, seed=2))
+    # heavy-tailed margins: a few prompts carry most of the reference's margin
+    reference["logps/rejected"] = reference["logps/rejected"] - np.linspace(0, 1, 4)[:, None] * rng.exponential(
+        30.0, 40)
+    row = _rows(P.evaluate_comparison({"dpo": reference, "onpolicy-dpo": other}), "matched margin")["P14"]
+    target = min(margin_curve(s).mean(axis=1).max() for s in (reference, other))
+    fixed = [np.array([at_margin(margin_curve(s).mean(axis=1), squeeze_index_curve(s)[:, j], target)
+                       for j in range(40)]) for s in (reference, other)]
+    _, fixed_ci = S.bootstrap_ci(lambda a, b: np.mean(a) - np.mean(b), fixed)
+    assert row["effect"] == pytest.approx(np.mean(fixed[0]) - np.mean(fixed[1]))
+    assert row["ci"][1] - row["ci"][0] > fixed_ci[1] - fixed_ci[0]
+    assert "resamples prompts before matching" in row["detail"]
+
+
 def test_dose_response_reads_the_initial_dose():
     rng = np.random.default_rng(3)
     n = 60
@@ -198,6 +241,21 @@ def test_shared_prefix_and_top_token_mass():
     assert {r["id"]: r for r in P.evaluate_run(series, "dpo")}["P18r"]["verdict"] == "inconclusive"
     series["mass/top_gain"] = ramp * np.full(n, 0.05)
     assert {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P18r"]["verdict"] == "fails"
+
+
+def test_top_token_share_is_compared_where_both_runs_moved_the_same_mass():
+    """The control moves twice the mass and its share grows late: at equal steps both shares are 3/4,
+    where both moved 0.4 the control's share is 1/4, so the run's excess is +1/2 there."""
+    n = 30
+    ramp = np.linspace(0, 1, 5)[:, None]
+    noise = 0.005 * np.random.default_rng(2).normal(size=(5, n))
+    series = make_series(DPO_LIKE, n_prompts=n)
+    series.update({"mass/tv": ramp * np.full(n, 0.4), "mass/top_gain": ramp * np.full(n, 0.3) + noise})
+    control = {"mass/tv": ramp * np.full(n, 0.8),
+               "mass/top_gain": np.array([0, 0.05, 0.1, 0.35, 0.6])[:, None] * np.ones(n) + noise}
+    row = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P18r"]
+    assert row["verdict"] == "holds" and abs(row["effect"] - 0.5) < 0.02, row
+    assert "reaches 0.4" in row["detail"] and "at equal steps +0.75" in row["detail"]
 
 
 def test_a_shared_prefix_on_too_few_prompts_is_not_judged():

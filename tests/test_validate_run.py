@@ -10,6 +10,7 @@ from learning_dynamics.theory.predictions import VERDICTS
 from learning_dynamics.validate.algorithms import ALGORITHMS
 from learning_dynamics.validate.ldyn import main
 from learning_dynamics.validate.presets import PRESETS
+from learning_dynamics.validate.session import is_evaluation_step
 
 SMOKE = PRESETS["smoke"]
 N_PROBES = 13  # probe types with a response (y* is scored from y+)
@@ -46,12 +47,19 @@ def test_every_algorithm_writes_a_complete_report(runs, algo):
     assert "| id | prediction | judged | verdict |" in (root / algo / "report.md").read_text() or not report["predictions"]
 
 
+def test_evaluations_come_early_and_then_every_eval_every_steps():
+    assert [s for s in range(25) if is_evaluation_step(s, 8)] == [0, 1, 2, 4, 8, 16, 24]
+    assert [s for s in range(61) if is_evaluation_step(s, 20)] == [0, 1, 2, 4, 8, 16, 20, 40, 60]
+    assert [s for s in range(4) if is_evaluation_step(s, 1)] == [0, 1, 2, 3]
+
+
 def test_tracking_table_has_every_step_prompt_and_probe(runs):
     from learning_dynamics.sim.tracking import TrackingTable
     rows = TrackingTable(runs[0] / "dpo" / "tracking").read()
-    evals = SMOKE["steps"] // SMOKE["eval_every"] + 1
-    assert len(rows) == evals * SMOKE["n_probe"] * N_TRACKED
-    assert {r["step"] for r in rows} == set(range(0, SMOKE["steps"] + 1, SMOKE["eval_every"]))
+    steps = [s for s in range(SMOKE["steps"] + 1) if is_evaluation_step(s, SMOKE["eval_every"])]
+    assert steps == [0, 1, 2, 4]  # every eval_every steps, and the early powers of two
+    assert len(rows) == len(steps) * SMOKE["n_probe"] * N_TRACKED
+    assert sorted({r["step"] for r in rows}) == steps
     assert all(r["logp_sum"] < 0 and r["n_tokens"] > 0 for r in rows if r["probe"] != "shared_prefix")
 
 
@@ -102,7 +110,7 @@ def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, t
                  str(root / "sft"), "--out", str(tmp_path)]) == 0
     merged = json.loads((tmp_path / "summary.json").read_text())
     compared = {(r["id"], r["basis"]) for r in merged["predictions"] if " vs " in r["algo"]}
-    assert compared == {(p, b) for p in ("P14", "P15") for b in ("matched margin", "equal steps")}
+    assert compared == {(p, b) for p in ("P14", "P14a", "P14b", "P15", "P15a", "P15b") for b in ("matched margin", "equal steps")}
     # extend's curves start after its SFT phase: an SFT run from the initial model is no control for it
     assert merged["controls"] == {"dpo": "sft", "onpolicy-dpo": "sft"}
     p09c = {r["run"]: r for r in merged["predictions"] if r["id"] == "P09c"}
@@ -197,7 +205,7 @@ def test_collapse_stops_with_one_line_keeps_the_logs_and_no_verdict_is_drawn(tmp
     err = one_line_error(capsys, argv)
     assert "collapsed to a uniform distribution at step 2" in err and "logs kept" in err and "--fresh" in err
     assert [r["step"] for r in json.loads((tmp_path / "train_log.json").read_text())] == [0, 1]
-    assert len(list((tmp_path / "tracking").glob("step_*.csv"))) == 2
+    assert len(list((tmp_path / "tracking").glob("step_*.csv"))) == 3  # steps 0, 1 and 2, where it collapsed
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["stopped"]["step"] == 2 and not report["complete"] and report["predictions"]
     for row in report["predictions"]:

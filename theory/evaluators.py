@@ -11,6 +11,8 @@ from typing import Mapping, Optional
 import numpy as np
 
 from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.theory.squeeze_measures import (
+    SQUEEZE_PARTS, at_margin, margin_curve, matched_margin_difference, squeeze_index, squeeze_part_curve)
 from learning_dynamics.theory.statistics import Outcome, bootstrap_ci, verdict_from_ci
 
 # Probes that are neither trained on nor y*: under off-policy DPO they all fall.
@@ -184,80 +186,43 @@ def rise_then_fall(probe: str):
     return evaluate
 
 
-def per_token(series: Mapping, probe: str) -> np.ndarray:
-    """Mean per-token log-prob of a probe [n_evals, n_prompts]; y* ("greedy") is scored on y+'s tokens."""
-    if probe == "greedy":
-        if "argmax/chosen" in series and "n_tokens/chosen" in series:
-            return np.asarray(series["argmax/chosen"]) / np.maximum(np.asarray(series["n_tokens/chosen"]), 1)
-        return np.asarray(series["logps/greedy"]) / np.maximum(np.asarray(series["n_tokens/chosen"]), 1)
-    return np.asarray(series[f"logps/{probe}"]) / np.maximum(np.asarray(series[f"n_tokens/{probe}"]), 1)
+def squeezes_less(part: str = "index"):
+    """The other run squeezes less than the reference run (paired over prompts), on one part of the squeeze
+    (theory.squeeze_measures.SQUEEZE_PARTS): compared where both reach the same preference margin on the probe
+    pairs (the largest both reach), or at equal steps. At matched margin the bootstrap resamples prompts before
+    matching, so the interval carries the uncertainty of where each run reaches the margin too."""
+    what = SQUEEZE_PARTS[part]
 
+    def evaluate(series_reference: Mapping, series_other: Mapping, seed=0, basis="matched margin") -> Outcome:
+        for s in (series_reference, series_other):
+            missing = _missing(s, ["logps/greedy", "logps/chosen", "logps/rejected"])
+            if missing:
+                return missing
+        curves = [squeeze_part_curve(s, part) for s in (series_reference, series_other)]
+        if curves[0].shape[1] != curves[1].shape[1]:
+            return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                           "the two runs do not share the same probe prompts")
+        if basis == "equal steps":
+            return _outcome(lambda x, y: np.mean(x) - np.mean(y), [curves[0][-1], curves[1][-1]],
+                            f"{what}: the reference run's minus the other's, at the end of each run", seed)
+        margins = [margin_curve(s) for s in (series_reference, series_other)]
+        point, target, bracket = matched_margin_difference(margins, curves)
+        if not target > 0:
+            return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                           "one of the runs never raises the probe margin above 0: nothing to match")
 
-def squeeze_index_curve(series: Mapping) -> np.ndarray:
-    """[n_evals, n_prompts]: per-token gain of y* since the start minus the mean per-token change of the
-    other probe types (nats per token), so that long probes do not dominate.
-
-    Series without token counts (older tables) fall back to summed log-probs.
-    """
-    keys = [p for p in OTHER_PROBES if f"logps/{p}" in series]
-    if all(f"n_tokens/{p}" in series for p in keys + ["chosen"]):
-        curve = {p: per_token(series, p) for p in keys + ["greedy"]}
-    else:
-        curve = {p: np.asarray(series[f"logps/{p}"], dtype=np.float64) for p in keys + ["greedy"]}
-    delta = {p: c - c[0] for p, c in curve.items()}
-    return delta["greedy"] - np.mean([delta[p] for p in keys], axis=0)
-
-
-def squeeze_index(series: Mapping) -> np.ndarray:
-    """Per prompt, end of the run: squeeze_index_curve's last row."""
-    return squeeze_index_curve(series)[-1]
-
-
-def margin_curve(series: Mapping) -> np.ndarray:
-    """[n_evals, n_prompts]: the preference margin on the probe pairs, change of log pi(y+) minus change
-    of log pi(y-) since the start (nats; DPO's implicit reward margin divided by beta)."""
-    c, r = (np.asarray(series[f"logps/{k}"], dtype=np.float64) for k in ("chosen", "rejected"))
-    return (c - c[0]) - (r - r[0])
-
-
-def at_margin(series: Mapping, target: float):
-    """The squeeze index per prompt where the mean probe margin first reaches `target`, linearly
-    interpolated between evaluations; None if it never does."""
-    margin = margin_curve(series).mean(axis=1)
-    index = squeeze_index_curve(series)
-    above = np.nonzero(margin >= target)[0]
-    if not above.size:
-        return None
-    i = int(above[0])
-    if i == 0:
-        return index[0]
-    w = (target - margin[i - 1]) / (margin[i] - margin[i - 1])
-    return index[i - 1] + w * (index[i] - index[i - 1])
-
-
-def squeezes_less(series_reference: Mapping, series_other: Mapping, seed=0, basis="matched margin") -> Outcome:
-    """The other run squeezes less than the reference run (paired over prompts), compared where both
-    reach the same preference margin on the probe pairs (the largest both reach), or at equal steps."""
-    for s in (series_reference, series_other):
-        missing = _missing(s, ["logps/greedy", "logps/chosen", "logps/rejected"])
-        if missing:
-            return missing
-    a, b = squeeze_index(series_reference), squeeze_index(series_other)
-    if a.shape != b.shape:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "the two runs do not share the same probe prompts")
-    what = "per-token squeeze index (y* gain minus the mean probe change) of the reference run minus the other's"
-    if basis == "equal steps":
-        return _outcome(lambda x, y: np.mean(x) - np.mean(y), [a, b], what + ", at the end of each run", seed)
-    ends = [margin_curve(s).mean(axis=1) for s in (series_reference, series_other)]
-    target = min(float(e.max()) for e in ends)
-    if target <= 0:
-        return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       "one of the runs never raises the probe margin above 0: nothing to match")
-    a, b = at_margin(series_reference, target), at_margin(series_other, target)
-    return _outcome(lambda x, y: np.mean(x) - np.mean(y), [a, b],
-                    what + f", each where its mean probe margin first reaches {target:.3g} nats "
-                    f"(final margins {ends[0][-1]:.3g} and {ends[1][-1]:.3g})", seed)
+        def resampled(index):
+            cols = index.astype(int)
+            return matched_margin_difference([m[:, cols] for m in margins], [c[:, cols] for c in curves])[0]
+        n = curves[0].shape[1]
+        point, ci = bootstrap_ci(resampled, [np.arange(n, dtype=np.float64)], seed=seed)
+        ends = [float(m.mean(axis=1)[-1]) for m in margins]
+        return Outcome(verdict_from_ci(ci), point, ci, n,
+                       f"{what}: the reference run's minus the other's, each where its mean probe margin first "
+                       f"reaches {target:.3g} nats (final margins {ends[0]:.3g} and {ends[1]:.3g}; interpolated "
+                       f"between evaluations {bracket[0][0]}-{bracket[0][1]} and {bracket[1][0]}-{bracket[1][1]}; "
+                       f"the interval resamples prompts before matching)")
+    return evaluate
 
 
 def _spearman(x, y) -> float:
@@ -317,30 +282,51 @@ def _top_token_share(tv, gain) -> float:
     return float(np.mean(gain) / max(np.mean(tv), 1e-12))
 
 
+def _share_at_mass(tv, gain, target: float) -> float:
+    """The initial top token's share of the moved mass where the prompt-mean total variation ([n_evals,
+    n_prompts] curves) first reaches `target`: the gain there (interpolated) over target."""
+    return at_margin(tv.mean(axis=1), gain.mean(axis=1), target) / target
+
+
 @_accepts_control
 def mass_into_top_token(series, seed=0, control=None):
     """Of the probability mass that moved on y+'s contexts (total variation from the start), the share the
     initial top token gained, minus the same share under the SFT control (paired over prompts): SFT's push
-    on y+ moves mass too, into y+'s own tokens, so only the excess over SFT is the squeeze's direction."""
+    on y+ moves mass too, into y+'s own tokens, so only the excess over SFT is the squeeze's direction. Both
+    runs are read where they have moved the same mass (the largest mean total variation both reach), since
+    SFT's push on y+ is not DPO's in size; the bootstrap resamples prompts before matching."""
     keys = ["mass/tv", "mass/top_gain"]
     missing = _missing(series, keys)
     if missing:
         return missing
-    tv, gain = np.asarray(series["mass/tv"])[-1], np.asarray(series["mass/top_gain"])[-1]
+    tv, gain = (np.asarray(series[k], dtype=np.float64) for k in keys)
     if control is None:
-        point, ci = bootstrap_ci(_top_token_share, [tv, gain], seed=seed)
-        return Outcome("inconclusive", point, ci, int(tv.size),
+        point, ci = bootstrap_ci(_top_token_share, [tv[-1], gain[-1]], seed=seed)
+        return Outcome("inconclusive", point, ci, int(tv.shape[1]),
                        "no SFT control: the raw share of the moved mass that went into the initial top token "
                        "is shown, not judged (SFT's push on y+ moves mass too)")
     unpaired = _unpaired_control(series, control, keys)
     if unpaired:
         return unpaired
-    tv_c, gain_c = np.asarray(control["mass/tv"])[-1], np.asarray(control["mass/top_gain"])[-1]
-    return _outcome(lambda t, g, tc, gc: _top_token_share(t, g) - _top_token_share(tc, gc),
-                    [tv, gain, tv_c, gain_c],
-                    f"share of the moved mass that went into the initial top token in this run "
-                    f"({_top_token_share(tv, gain):+.3g} of mean total variation {np.mean(tv):.3g}) minus in "
-                    f"the SFT control ({_top_token_share(tv_c, gain_c):+.3g} of {np.mean(tv_c):.3g})", seed)
+    tv_c, gain_c = (np.asarray(control[k], dtype=np.float64) for k in keys)
+
+    def difference(index):
+        cols = index.astype(int)
+        target = min(tv[:, cols].mean(axis=1).max(), tv_c[:, cols].mean(axis=1).max())
+        if not target > 0:
+            return float("nan")
+        return (_share_at_mass(tv[:, cols], gain[:, cols], target)
+                - _share_at_mass(tv_c[:, cols], gain_c[:, cols], target))
+    n = tv.shape[1]
+    target = min(tv.mean(axis=1).max(), tv_c.mean(axis=1).max())
+    point, ci = bootstrap_ci(difference, [np.arange(n, dtype=np.float64)], seed=seed)
+    return Outcome(verdict_from_ci(ci), point, ci, n,
+                   f"share of the moved mass that went into the initial top token in this run "
+                   f"({_share_at_mass(tv, gain, target):+.3g}) minus in the SFT control "
+                   f"({_share_at_mass(tv_c, gain_c, target):+.3g}), each where its mean total variation first "
+                   f"reaches {target:.3g} (final {tv.mean(axis=1)[-1]:.3g} and {tv_c.mean(axis=1)[-1]:.3g}); at "
+                   f"equal steps {_top_token_share(tv[-1], gain[-1]):+.3g} minus "
+                   f"{_top_token_share(tv_c[-1], gain_c[-1]):+.3g}")
 
 
 @_accepts_control

@@ -172,10 +172,24 @@ CATALOGUE = (
     # ---- two runs on the same probe prompts
     Prediction("P14", "On-policy negatives squeeze less than off-policy ones.",
                "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
-               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of squeeze index", squeezes_less),
+               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of squeeze index", squeezes_less("index")),
+    Prediction("P14a", "On-policy negatives squeeze less: y* gains less than under off-policy ones.",
+               "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
+               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of y* gain", squeezes_less("y*")),
+    Prediction("P14b", "On-policy negatives squeeze less: the other probes fall less than under off-policy ones.",
+               "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
+               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of other probes' fall",
+               squeezes_less("others")),
     Prediction("P15", "SFT on y+ and y- before DPO ('extend') squeezes less during DPO.",
                "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
-               ("lm", "llm"), ("dpo", "extend"), "nats per token of squeeze index", squeezes_less),
+               ("lm", "llm"), ("dpo", "extend"), "nats per token of squeeze index", squeezes_less("index")),
+    Prediction("P15a", "After 'extend', DPO squeezes less: y* gains less than under plain DPO.",
+               "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
+               ("lm", "llm"), ("dpo", "extend"), "nats per token of y* gain", squeezes_less("y*")),
+    Prediction("P15b", "After 'extend', DPO squeezes less: the other probes fall less than under plain DPO.",
+               "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
+               ("lm", "llm"), ("dpo", "extend"), "nats per token of other probes' fall",
+               squeezes_less("others")),
 )
 
 
@@ -190,7 +204,8 @@ PROBES_USED = {
     "P10": ("chosen",), "P17": (), "P17r": ("initial_sample", "sample_repeated"),
     "P05r": ("rejected",) + _SQUEEZE_PROBES,
     "P06r": ("rejected",) + _SQUEEZE_PROBES, "P08r": ("chosen", "rejected"), "P18r": ("chosen",),
-    "P14": _SQUEEZE_PROBES, "P15": _SQUEEZE_PROBES,
+    "P14": _SQUEEZE_PROBES, "P15": _SQUEEZE_PROBES, "P14a": ("chosen",), "P15a": ("chosen",),
+    "P14b": OTHER_PROBES, "P15b": OTHER_PROBES,
 }
 
 

@@ -5,7 +5,7 @@ smoke   the tests' preset: a tiny random Llama (real tokenizer and chat template
         2 CPU cores, the whole code path in well under a minute.
 cpu     the real SmolLM2-135M-Instruct on 2 CPU cores, under 40 minutes a run: 24 steps
         of 4 pairs from 48 (the 24 probe pairs among them), a higher learning rate,
-        4 evaluations; references are scored only for the pairs it trains on.
+        7 evaluations (steps 0, 1, 2, 4, 8, 16, 24); references are scored only for the pairs it trains on.
 default one algorithm on SmolLM2-135M-Instruct on one GPU in a few minutes.
 """
 from collections.abc import Mapping

@@ -210,7 +210,8 @@ def train(state: RunState, model, pairs) -> None:
         if algorithm.warmup and step == sft_steps and "ref_chosen" not in pairs[0]:
             state.ref_model.load_state_dict(model.state_dict())  # DPO's reference is the model after SFT
             _reference_logps(pairs, ("chosen", "rejected"), state)
-        if phase == "main" and tracked(step) % s.eval_every == 0 and tracked(step) not in done:
+        evaluates = session.is_evaluation_step(tracked(step), s.eval_every)
+        if phase == "main" and evaluates and tracked(step) not in done:
             evaluate(model, tracked(step), state)
             _maybe_checkpoint(state, state_path, model, optimizer, step, phase, pairs)
         indices = session.batch_indices(step, len(pairs), s.batch_pairs, s.seed)
