@@ -12,7 +12,8 @@ import numpy as np
 
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.squeeze_measures import (
-    SQUEEZE_PARTS, at_margin, margin_curve, matched_margin_difference, squeeze_index, squeeze_part_curve)
+    SQUEEZE_PARTS, at_margin, describe_bracket, margin_curve, matched_margin_difference, squeeze_index,
+    squeeze_part_curve)
 from learning_dynamics.theory.statistics import Outcome, bootstrap_ci, verdict_from_ci
 
 # Probes that are neither trained on nor y*: under off-policy DPO they all fall.
@@ -219,8 +220,8 @@ def squeezes_less(part: str = "index"):
         ends = [float(m.mean(axis=1)[-1]) for m in margins]
         return Outcome(verdict_from_ci(ci), point, ci, n,
                        f"{what}: the reference run's minus the other's, each where its mean probe margin first "
-                       f"reaches {target:.3g} nats (final margins {ends[0]:.3g} and {ends[1]:.3g}; interpolated "
-                       f"between evaluations {bracket[0][0]}-{bracket[0][1]} and {bracket[1][0]}-{bracket[1][1]}; "
+                       f"reaches {target:.3g} nats (final margins {ends[0]:.3g} and {ends[1]:.3g}; the reference "
+                       f"{describe_bracket(bracket[0])}, the other {describe_bracket(bracket[1])}; "
                        f"the interval resamples prompts before matching)")
     return evaluate
 

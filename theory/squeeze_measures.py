@@ -87,5 +87,11 @@ def matched_margin_difference(margins, values) -> tuple:
     bracket = []
     for m in means:
         i = int(np.nonzero(m >= target)[0][0])
-        bracket.append((max(i - 1, 0), i))
+        bracket.append((i, i) if i == 0 or m[i] == target else (i - 1, i))
     return at[0] - at[1], target, tuple(bracket)
+
+
+def describe_bracket(bracket) -> str:
+    """'at evaluation 3' or 'between evaluations 0 and 1'."""
+    a, b = bracket
+    return f"at evaluation {a}" if a == b else f"between evaluations {a} and {b}"
