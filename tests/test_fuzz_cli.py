@@ -100,8 +100,8 @@ FLAGS = {  # subcommand -> {flag: kind}; a kind of None is a switch
     ("validate", "check"): {"--first-order": None, "--out": "path", "--format": "word", "--model": "word", "--device": "word",
                             "--preset": "word", "--seed": "number", "--quiet": None, "--algo": "word",
                             "--lr": "number", "--batch-pairs": "number", "--n-probe": "number",
-                            "--squeeze-pairs": "number", "--dtype": "word", "--k-steps": "list",
-                            "--moving-probes": "number"},
+                            "--squeeze-pairs": "number", "--sweep-prompts": "number", "--dtype": "word",
+                            "--k-steps": "list", "--moving-probes": "number"},
     ("validate", "report"): {"DIR": "path", "--out": "path", "--format": "word"},
 }
 POOLS = {"number": NUMBERS, "list": LISTS, "word": WORDS, "path": PATHS}

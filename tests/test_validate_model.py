@@ -105,8 +105,15 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     from learning_dynamics.validate.ldyn import main
     from learning_dynamics.validate.trajectory import K_STEPS
     assert main(["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu", "--quiet",
-                 "--out", str(tmp_path)]) == 0
+                 "--sweep-prompts", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "first_order.json").read_text())
+    # the eta sweep reads the first probe prompt's responses, every other part all of the smoke preset's 2
+    n_types, n_all = len(set(result["probe_names"])), result["n_probe_sequences"]
+    assert result["n_sweep_prompts"] == result["check_sizes"]["sweep_prompts"] == 1 and n_all == 2 * n_types
+    assert result["n_sweep_sequences"] == n_types == len(result["steps"]["dpo"]["push_shares"]["negative_share"])
+    assert result["sweep_probe_names"] == result["probe_names"][:n_types]
+    assert all(len(row["actual"]) == n_all for row in result["trajectory"]["k_step"])
+    assert "--sweep-prompts 1" in result["reproduce"]
     assert result["pearson_r"] > 0.999
     for kind in ("positive", "negative", "dpo"):
         step = result["steps"][kind]
@@ -135,6 +142,7 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     assert squeeze["top"]["n"] <= 50 * squeeze["positions"] < squeeze["n"]
     assert result["token_squeeze"]["shared"]["equal_shift"]["median_spread"] >= 0
     report = (tmp_path / "report.md").read_text()
+    assert f"Over the {n_types} probe responses of the first 1 probe prompts" in report
     assert "breaks" in report and "P20" in report and "| k |" in report and "moving kernel" in report
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 5_000

@@ -127,3 +127,25 @@ def test_every_preset_has_the_checks_sizes():
     from learning_dynamics.validate.presets import PRESETS
     for sizes in (trajectory.K_STEPS, check.N_PROBE_PROMPTS, check.N_SQUEEZE_PAIRS):
         assert set(sizes) == set(PRESETS)
+
+
+def test_the_sweep_reads_the_first_probe_prompts_and_clamps_to_the_set():
+    from learning_dynamics.theory.errors import UserError
+    from learning_dynamics.validate import check
+    probes = [{"prompt_id": f"p{i}"} for i in range(24)]
+    assert check.sweep_probe_set(probes) == probes[:check.SWEEP_PROMPTS] and check.SWEEP_PROMPTS == 8
+    assert check.sweep_probe_set(probes, 3) == probes[:3] and check.sweep_probe_set(probes[:2], 8) == probes[:2]
+    for bad in (0, -1, 2.0, True, "3"):
+        with pytest.raises(UserError, match="--sweep-prompts"):
+            check.sweep_probe_set(probes, bad)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "eight"])
+def test_a_bad_sweep_prompts_is_one_line_and_exit_2(value, tmp_path, capsys):
+    from learning_dynamics.validate.ldyn import main
+    out = tmp_path / "out"
+    code = main(["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu",
+                 "--sweep-prompts", value, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--sweep-prompts" in err and "Traceback" not in err
+    assert not out.exists()   # refused before any work

@@ -26,20 +26,39 @@ from learning_dynamics.validate.report import _fmt
 N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
 N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
+# probe prompts whose responses the eta sweep reads (every preset): its ~29 forwards per pair are most of a CPU
+# check's time, and its statistics at 8 prompts (96 responses) and 24 (288) agree (README, first-order check)
+SWEEP_PROMPTS = 8
+
+
+def sweep_probe_set(probes: list, sweep_prompts=None) -> list:
+    """The probe prompts (each with all its probe types) the eta sweep reads: the first `sweep_prompts`."""
+    from learning_dynamics.theory.errors import UserError
+    n = SWEEP_PROMPTS if sweep_prompts is None else sweep_prompts
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"--sweep-prompts must be a positive integer, got {sweep_prompts!r}")
+    return probes[:n]
+
+
+def said_once(probe_set) -> tuple:
+    """(sequences, names) of a probe set's responses, each once (no repeated sample), prompt-major."""
+    from learning_dynamics.theory.probes import SAID_ONCE
+    from learning_dynamics.validate.probes import probe_sequences
+    flat = [s for s in probe_sequences(probe_set) if s[1] in SAID_ONCE]
+    return [(p_ids, r_ids) for _, _, p_ids, r_ids in flat], [name for _, name, _, _ in flat]
 
 
 def run_checks(settings, out, quiet: bool = False, progress=print, command=("validate", "check"),
                n_probe=None, squeeze_pairs=None, k_steps=None, report_name="report.md", dtype="float64",
-               moving_probes=None) -> dict:
+               moving_probes=None, sweep_prompts=None) -> dict:
     """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's).
 
     settings: validate.presets.Settings (or its flat dict); the set-up is `ldyn validate run`'s (validate.session).
     """
     import torch
-    from learning_dynamics.theory.probes import SAID_ONCE
     from learning_dynamics.validate import first_order, provenance, session, token_squeeze, trajectory
     from learning_dynamics.validate.presets import Settings
-    from learning_dynamics.validate.probes import build_probe_set, probe_sequences
+    from learning_dynamics.validate.probes import build_probe_set
 
     settings, out = Settings.of(settings), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,9 +68,10 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     squeeze_pairs = squeeze_pairs or N_SQUEEZE_PAIRS[preset]
     k_steps = sorted(set(k_steps or trajectory.K_STEPS[preset]))
     moving_probes = trajectory.MOVING_PROBES if moving_probes is None else moving_probes
+    sweep_prompts = len(sweep_probe_set(range(n_probe), sweep_prompts))   # clamped to the probe prompts
     # the check's own sizes, by the names of the flags that set them (provenance writes them back)
-    sizes = {"n_probe": n_probe, "squeeze_pairs": squeeze_pairs, "k_steps": ",".join(map(str, k_steps)),
-             "dtype": dtype, "moving_probes": moving_probes}
+    sizes = {"n_probe": n_probe, "sweep_prompts": sweep_prompts, "squeeze_pairs": squeeze_pairs,
+             "k_steps": ",".join(map(str, k_steps)), "dtype": dtype, "moving_probes": moving_probes}
     started = time.perf_counter()
     seconds = {}
 
@@ -67,20 +87,22 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     with first_order.exact_math(model):
         probes = build_probe_set(model, tokenizer, loaded.encoder, probe_examples[:n_probe], examples.train,
                                  examples.test, settings, progress=progress, irrelevant=examples.irrelevant)
-        flat = [s for s in probe_sequences(probes) if s[1] in SAID_ONCE]   # each response once: no repeated sample
-        sequences = [(p_ids, r_ids) for _, _, p_ids, r_ids in flat]
-        names = [name for _, name, _, _ in flat]
+        sequences, names = said_once(probes)
+        sweep_set = sweep_probe_set(probes, sweep_prompts)
+        sweep_sequences, sweep_names = said_once(sweep_set)
         pairs = loaded.tokenize(probe_examples[:squeeze_pairs])
         lap("probes")
-        steps = first_order.check_pair_steps(model, pairs[0], sequences, names, pad_id, device, batch,
+        steps = first_order.check_pair_steps(model, pairs[0], sweep_sequences, sweep_names, pad_id, device, batch,
                                              progress=None if quiet else progress)
         progress("first order: r " + " / ".join(f"{steps[k]['pearson_r']:.4f}" for k in first_order.STEP_KINDS)
                  + ", slope " + " / ".join(f"{steps[k]['error_slope']:.2f}" for k in first_order.STEP_KINDS)
                  + f" ({' / '.join(first_order.STEP_KINDS)} step); factored and dense jvp differ by "
-                 f"{steps['positive']['jvp_methods_max_rel_diff']:.1e}")
+                 f"{steps['positive']['jvp_methods_max_rel_diff']:.1e}; {len(sweep_sequences)} of "
+                 f"{len(sequences)} probe responses")
         lap("eta_sweep")
         partial = out / "first_order.partial.json"   # a crash later keeps the sweep; replaced by the full result
-        atomic_write_json(partial, json_ready({"steps": steps, "seconds_by_part": seconds, "probe_names": names}))
+        atomic_write_json(partial, json_ready({"steps": steps, "seconds_by_part": seconds,
+                                                     "sweep_probe_names": sweep_names}))
         records = [token_squeeze.check_pair(model, pair, SQUEEZE_NATS, pad_id, device) for pair in pairs]
         lap("token_squeeze")
         model.float()   # the training run in float32, as on a CPU
@@ -89,7 +111,7 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
                                         moving_probes=moving_probes)
         lap("trajectory")
     squeeze = token_squeeze.summarise(records)
-    figures = [_plot_scatter(steps, names, out / "first_order_scatter.png"),
+    figures = [_plot_scatter(steps, sweep_names, out / "first_order_scatter.png"),
                _plot_sweep(steps, out / "first_order_slope.png"),
                _plot_token_squeeze(records, squeeze, out / "token_squeeze.png"),
                _plot_k_steps(run, out / "k_step_curves.png"),
@@ -98,13 +120,14 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     result = json_ready({
         "model": loaded.info.name, "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         "dtype": dtype, "n_probe_prompts": n_probe, "n_probe_sequences": len(sequences),
+        "n_sweep_prompts": len(sweep_set), "n_sweep_sequences": len(sweep_sequences),
         "n_squeeze_pairs": len(pairs), "seconds": time.perf_counter() - started, "seconds_by_part": seconds,
         # headline numbers: the mean over the positive and negative pushes, in the linear regime
         "pearson_r": float(np.mean([s["pearson_r"] for s in headline])),
         "error_slope": float(np.mean([s["error_slope"] for s in headline])),
         "etas": {k: v["etas"] for k, v in steps.items()},
         "steps": {k: {kk: vv for kk, vv in v.items() if kk not in ("predicted", "actual")} for k, v in steps.items()},
-        "probe_names": names, "trajectory": run, "P20": run["P20"],
+        "probe_names": names, "sweep_probe_names": sweep_names, "trajectory": run, "P20": run["P20"],
         "figures": [f.name for f in figures], "settings": provenance.public_settings(settings),
         "check_sizes": sizes,
         **(provenance.safely(provenance.check_command, dict(settings, **sizes), out)
@@ -131,8 +154,11 @@ def report_markdown(r: dict) -> str:
              f"{r['n_probe_sequences']} probe responses ({r['n_probe_prompts']} probe prompts); "
              f"{r['seconds']:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in r['seconds_by_part'].items())}).",
              "", f"## 1. One SGD step, swept over eta until it breaks ({r['dtype']})", "",
-             "Step sizes in units of the largest predicted probe change (target nats); the sweep stops after the "
-             "first eta whose relative error (mean |actual - predicted| / mean |actual|) passes 100%.", ""]
+             f"Over the {r.get('n_sweep_sequences', r['n_probe_sequences'])} probe responses of the first "
+             f"{r.get('n_sweep_prompts', r['n_probe_prompts'])} probe prompts (`--sweep-prompts`; the AdamW and "
+             f"k-step parts read all {r['n_probe_sequences']}). Step sizes in units of the largest predicted probe "
+             "change (target nats); the sweep stops after the first eta whose relative error "
+             "(mean |actual - predicted| / mean |actual|) passes 100%.", ""]
     for kind, s in r["steps"].items():
         broke = s.get("breaks_at")
         lines += [f"### {kind} step", "",

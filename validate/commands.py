@@ -100,6 +100,9 @@ def add_check(sub) -> None:
     p.add_argument("--lr", type=arg.LR, help="the k-step run's AdamW learning rate (preset's default)")
     p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="the k-step run's pairs per step (preset's default)")
     p.add_argument("--n-probe", type=arg.POSITIVE_INT, help="probe prompts (12 probe responses each)")
+    p.add_argument("--sweep-prompts", type=arg.POSITIVE_INT,
+                   help="probe prompts whose responses the eta sweep reads (default 8, at most --n-probe); "
+                        "the AdamW, k-step and P20 parts read them all")
     p.add_argument("--squeeze-pairs", type=arg.POSITIVE_INT, help="pairs in the token-level check")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the eta sweep and the token-level check (float32: faster, with a "
@@ -130,15 +133,17 @@ def check_settings(args) -> dict:
 
 def _check(args) -> int:
     from learning_dynamics.validate.check import run_checks
-    for key in ("n_probe", "squeeze_pairs"):
+    for key in ("n_probe", "sweep_prompts", "squeeze_pairs"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
     k_steps = _int_list(args.k_steps) if args.k_steps is not None else None
     result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet, n_probe=args.n_probe,
                         squeeze_pairs=args.squeeze_pairs, k_steps=k_steps, dtype=args.dtype,
-                        moving_probes=args.moving_probes)
+                        moving_probes=args.moving_probes, sweep_prompts=args.sweep_prompts)
     fo = result["first_order"]
     print(f"first-order check on {fo['model']}: results in {args.out}/report.md")
+    print(f"  eta sweep over {fo['n_sweep_sequences']} probe responses ({fo['n_sweep_prompts']} probe prompts); "
+          f"AdamW, k steps and P20 over {fo['n_probe_sequences']}")
     for kind, s in fo["steps"].items():
         broke = s["breaks_at"]
         print(f"  {kind:8s} step: r {s['pearson_r']:.6f} at {s['headline_target_nats']:g} nats, error slope "

@@ -359,9 +359,9 @@ def merge(run_dirs, out) -> dict:
     for run, caveats in merged["caveats"].items():
         lines += [f"Caveats for `{run}` (probes that are training targets):", *caveats, ""]
     for fo in first_order:
+        swept = fo.get("n_sweep_sequences", fo.get("n_probe_sequences"))   # older checks swept every probe
         lines.append(f"First-order check, {fo['algo']}: Pearson r {_fmt(fo.get('pearson_r'), 6)}, "
-                     f"error slope {_fmt(fo.get('error_slope'))} (theory: 2), on {fo.get('n_probe_sequences')} "
-                     "probe responses.")
+                     f"error slope {_fmt(fo.get('error_slope'))} (theory: 2), on {swept} probe responses.")
         squeeze = (fo.get("token_squeeze") or {}).get("rejected_only")
         if squeeze and squeeze.get("positions"):
             shared = fo["token_squeeze"]["shared"]
