@@ -184,6 +184,21 @@ def test_the_squeeze_parts_are_judged_apart():
         assert rows["P14"]["effect"] == pytest.approx(rows["P14a"]["effect"] + rows["P14b"]["effect"])
 
 
+def test_the_squeeze_index_reads_no_training_target():
+    """y_{j != i} is another prompt's y+: DPO and SFT push it directly, so it must not move the index."""
+    from learning_dynamics.theory import probes
+    from learning_dynamics.theory.squeeze_measures import squeeze_index
+
+    assert "other_chosen" in probes.OTHER and "other_chosen" not in probes.OTHER_UNTRAINED
+    assert all(probes.get(p).trained is None for p in probes.OTHER_UNTRAINED)
+    series = _with_token_counts(make_series(DPO_LIKE, seed=4))
+    before = squeeze_index(series)
+    series["logps/other_chosen"] = series["logps/other_chosen"] + np.linspace(0, 50, 5)[:, None]
+    assert np.array_equal(squeeze_index(series), before)
+    series["logps/irrelevant"] = series["logps/irrelevant"] + np.linspace(0, 50, 5)[:, None]
+    assert np.all(squeeze_index(series) < before)
+
+
 def test_matched_margin_interval_carries_the_matching():
     """Prompts whose margins differ widely move the matched point when resampled: the interval of the
     matched comparison is wider than the one that holds each run's matched evaluation fixed."""

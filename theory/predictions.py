@@ -195,7 +195,8 @@ CATALOGUE = (
 
 BY_ID = {p.id: p for p in CATALOGUE}
 
-_SQUEEZE_PROBES = ("chosen",) + OTHER_PROBES     # the squeeze index reads y* (on y+) and every other probe
+# the squeeze index reads y* (on y+) and every other probe that is no training target in any context
+_SQUEEZE_PROBES = ("chosen",) + probe_registry.OTHER_UNTRAINED
 # the probe responses each run-level verdict reads: a verdict whose probes are training targets carries a caveat
 PROBES_USED = {
     "P12d": ("chosen",), "P11": ("chosen",), "P12a": ("other_chosen",), "P12b": ("other_chosen", "irrelevant"),
@@ -205,7 +206,7 @@ PROBES_USED = {
     "P05r": ("rejected",) + _SQUEEZE_PROBES,
     "P06r": ("rejected",) + _SQUEEZE_PROBES, "P08r": ("chosen", "rejected"), "P18r": ("chosen",),
     "P14": _SQUEEZE_PROBES, "P15": _SQUEEZE_PROBES, "P14a": ("chosen",), "P15a": ("chosen",),
-    "P14b": OTHER_PROBES, "P15b": OTHER_PROBES,
+    "P14b": probe_registry.OTHER_UNTRAINED, "P15b": probe_registry.OTHER_UNTRAINED,
 }
 
 

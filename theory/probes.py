@@ -67,6 +67,9 @@ WITH_RESPONSE = tuple(p.name for p in PROBE_TYPES if p.source != "scored")
 TEXT = tuple(p.name for p in PROBE_TYPES if p.source == "text")
 MODEL = tuple(p.name for p in PROBE_TYPES if p.source == "model")
 OTHER = tuple(p.name for p in PROBE_TYPES if p.other)
+# The squeeze index's other probes: none of them a training target in any context (y_{j != i} is trained as
+# another prompt's y+, so DPO and SFT move it directly, and by different amounts).
+OTHER_UNTRAINED = tuple(p.name for p in PROBE_TYPES if p.other and p.trained is None)
 SAID_ONCE = tuple(p for p in WITH_RESPONSE if BY_NAME[p].repeats is None)   # each response scored once
 IN_PANEL_ORDER = tuple(sorted(PROBE_TYPES, key=lambda p: p.panel))
 

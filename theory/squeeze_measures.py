@@ -10,14 +10,14 @@ import numpy as np
 
 from learning_dynamics.theory import probes as probe_registry
 
-OTHER_PROBES = probe_registry.OTHER
+OTHER_PROBES = probe_registry.OTHER_UNTRAINED   # the squeeze index reads no training target
 
 # The squeeze index is y*'s gain plus the other probes' fall; a comparison of two runs is judged on
 # each part alone as well, so that a difference in one part is not read as a squeeze of the whole.
 SQUEEZE_PARTS = {
-    "index": "per-token squeeze index (y* gain minus the mean change of the other probes)",
+    "index": "per-token squeeze index (y* gain minus the mean change of the other untrained probes)",
     "y*": "per-token gain of y*",
-    "others": "per-token fall of the other probes (minus their mean change)",
+    "others": "per-token fall of the other untrained probes (minus their mean change)",
 }
 
 
