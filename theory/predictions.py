@@ -62,6 +62,18 @@ class Prediction:
 # --------------------------------------------------------------------------- the catalogue
 
 _S = "step"
+_PART_UNITS = {"index": "nats per token of squeeze index", "y*": "nats per token of y* gain",
+               "others": "nats per token of other probes' fall"}
+
+
+def _squeeze_comparisons(pid: str, pair: tuple, formula: str, claims: tuple) -> tuple:
+    """A two-run squeeze claim judged on the index (pid) and on each part apart (pid + "a": y*'s gain,
+    pid + "b": the other probes' fall): claims in that order."""
+    return tuple(Prediction(pid + suffix, claim, formula, pid[1:], "compare", ("lm", "llm"), pair, _PART_UNITS[part],
+                            squeezes_less(part))
+                 for suffix, part, claim in zip(("", "a", "b"), ("index", "y*", "others"), claims))
+
+
 CATALOGUE = (
     # ---- one step on a softmax (free logits, linear head, token level)
     Prediction("P01", "A negative gradient on label k always lowers pi(k), for every step size.",
@@ -170,26 +182,14 @@ CATALOGUE = (
                "share of moved mass, minus SFT's", mass_into_top_token),
 
     # ---- two runs on the same probe prompts
-    Prediction("P14", "On-policy negatives squeeze less than off-policy ones.",
-               "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
-               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of squeeze index", squeezes_less("index")),
-    Prediction("P14a", "On-policy negatives squeeze less: y* gains less than under off-policy ones.",
-               "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
-               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of y* gain", squeezes_less("y*")),
-    Prediction("P14b", "On-policy negatives squeeze less: the other probes fall less than under off-policy ones.",
-               "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", "14", "compare",
-               ("lm", "llm"), ("dpo", "onpolicy-dpo"), "nats per token of other probes' fall",
-               squeezes_less("others")),
-    Prediction("P15", "SFT on y+ and y- before DPO ('extend') squeezes less during DPO.",
-               "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
-               ("lm", "llm"), ("dpo", "extend"), "nats per token of squeeze index", squeezes_less("index")),
-    Prediction("P15a", "After 'extend', DPO squeezes less: y* gains less than under plain DPO.",
-               "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
-               ("lm", "llm"), ("dpo", "extend"), "nats per token of y* gain", squeezes_less("y*")),
-    Prediction("P15b", "After 'extend', DPO squeezes less: the other probes fall less than under plain DPO.",
-               "theory.squeeze.threshold (lifting pi(y-) out of the valley)", "15", "compare",
-               ("lm", "llm"), ("dpo", "extend"), "nats per token of other probes' fall",
-               squeezes_less("others")),
+    *_squeeze_comparisons("P14", ("dpo", "onpolicy-dpo"), "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", (
+        "On-policy negatives squeeze less than off-policy ones.",
+        "On-policy negatives squeeze less: y* gains less than under off-policy ones.",
+        "On-policy negatives squeeze less: the other probes fall less than under off-policy ones.")),
+    *_squeeze_comparisons("P15", ("dpo", "extend"), "theory.squeeze.threshold (lifting pi(y-) out of the valley)", (
+        "SFT on y+ and y- before DPO ('extend') squeezes less during DPO.",
+        "After 'extend', DPO squeezes less: y* gains less than under plain DPO.",
+        "After 'extend', DPO squeezes less: the other probes fall less than under plain DPO.")),
 )
 
 
