@@ -125,15 +125,17 @@ def test_moving_kernel_sum_takes_each_jvp_at_its_own_parameters():
 def test_every_preset_has_the_checks_sizes():
     from learning_dynamics.validate import check
     from learning_dynamics.validate.presets import PRESETS
-    for sizes in (trajectory.K_STEPS, check.N_PROBE_PROMPTS, check.N_SQUEEZE_PAIRS):
+    for sizes in (trajectory.K_STEPS, check.N_PROBE_PROMPTS, check.SWEEP_PROMPTS, check.N_SQUEEZE_PAIRS):
         assert set(sizes) == set(PRESETS)
+    assert all(check.SWEEP_PROMPTS[p] <= check.N_PROBE_PROMPTS[p] for p in PRESETS)
 
 
 def test_the_sweep_reads_the_first_probe_prompts_and_clamps_to_the_set():
     from learning_dynamics.theory.errors import UserError
     from learning_dynamics.validate import check
     probes = [{"prompt_id": f"p{i}"} for i in range(24)]
-    assert check.sweep_probe_set(probes) == probes[:check.SWEEP_PROMPTS] and check.SWEEP_PROMPTS == 8
+    assert check.sweep_probe_set(probes) == probes[:check.SWEEP_PROMPTS["default"]] == probes[:8]
+    assert check.sweep_probe_set(probes, preset="cpu") == probes[:check.SWEEP_PROMPTS["cpu"]]
     assert check.sweep_probe_set(probes, 3) == probes[:3] and check.sweep_probe_set(probes[:2], 8) == probes[:2]
     for bad in (0, -1, 2.0, True, "3"):
         with pytest.raises(UserError, match="--sweep-prompts"):

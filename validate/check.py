@@ -12,8 +12,8 @@ Writes first_order.json (read by validate.report), report.md and figures into --
 3. AdamW's real update, k steps with a frozen kernel and the kernel's drift
    (P20) along a short training run (validate.trajectory).
 
-Parts 1-2 run in float64 (--dtype float32 trades their small-eta floor for half the time); part 3 in
-float32, as a CPU training run would.
+Probes are built in float32; parts 1-2 run in float64 (--dtype float32 trades their small-eta floor for
+half the time); part 3 in float32, as a CPU training run would.
 """
 import time
 from pathlib import Path
@@ -23,18 +23,23 @@ import numpy as np
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
 from learning_dynamics.validate.report import _fmt
 
-N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
+# Sizes per preset. cpu fits 2 CPU cores in under 30 minutes: 50 AdamW steps, ~29 float64 forwards of the
+# eta sweep and one jvp per step for the moving kernel leave room for 8 probe prompts (96 responses), of which
+# the sweep reads 4; the 24-prompt check (--n-probe 24 --sweep-prompts 8) takes about twice as long
+# (validate/reports/smollm2-135m-instruct-cpu/first-order-full/).
+N_PROBE_PROMPTS = {"smoke": 2, "cpu": 8, "default": 24}    # prompts whose probes the jvp covers
+SWEEP_PROMPTS = {"smoke": 2, "cpu": 4, "default": 8}       # of them, the prompts whose responses the sweep reads
 N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
-# probe prompts whose responses the eta sweep reads (every preset): its ~29 forwards per pair are most of a CPU
-# check's time, and its statistics at 8 prompts (96 responses) and 24 (288) agree (README, first-order check)
-SWEEP_PROMPTS = 8
+# probe sequences per forward or jvp on a CPU: smaller batches pad less and stay in cache
+# (benchmarks/bench_check_cpu.py); on a GPU the preset's eval batch, at most 64 (forward AD's memory)
+CPU_BATCH = 8
 
 
-def sweep_probe_set(probes: list, sweep_prompts=None) -> list:
+def sweep_probe_set(probes: list, sweep_prompts=None, preset: str = "default") -> list:
     """The probe prompts (each with all its probe types) the eta sweep reads: the first `sweep_prompts`."""
     from learning_dynamics.theory.errors import UserError
-    n = SWEEP_PROMPTS if sweep_prompts is None else sweep_prompts
+    n = SWEEP_PROMPTS[preset] if sweep_prompts is None else sweep_prompts
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--sweep-prompts must be a positive integer, got {sweep_prompts!r}")
     return probes[:n]
@@ -68,7 +73,7 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     squeeze_pairs = squeeze_pairs or N_SQUEEZE_PAIRS[preset]
     k_steps = sorted(set(k_steps or trajectory.K_STEPS[preset]))
     moving_probes = trajectory.MOVING_PROBES if moving_probes is None else moving_probes
-    sweep_prompts = len(sweep_probe_set(range(n_probe), sweep_prompts))   # clamped to the probe prompts
+    sweep_prompts = len(sweep_probe_set(range(n_probe), sweep_prompts, preset))   # clamped to the probe prompts
     # the check's own sizes, by the names of the flags that set them (provenance writes them back)
     sizes = {"n_probe": n_probe, "sweep_prompts": sweep_prompts, "squeeze_pairs": squeeze_pairs,
              "k_steps": ",".join(map(str, k_steps)), "dtype": dtype, "moving_probes": moving_probes}
@@ -78,15 +83,17 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     def lap(name):
         seconds[name] = round(time.perf_counter() - sum(seconds.values()) - started, 1)
 
-    loaded = session.load(settings, device, progress=progress, dtype=getattr(torch, dtype))
+    # probes are built (sampled) in float32, as a training run builds them; the checks then run in `dtype`
+    loaded = session.load(settings, device, progress=progress, dtype=torch.float32)
     model, tokenizer, pad_id = loaded.model, loaded.tokenizer, loaded.pad_id
     examples = session.examples(settings, n_probe=max(n_probe, squeeze_pairs))
     probe_examples = examples.probe
-    batch = min(settings.eval_batch, 64)
+    batch = CPU_BATCH if device.type == "cpu" else min(settings.eval_batch, 64)
     lap("load")
     with first_order.exact_math(model):
         probes = build_probe_set(model, tokenizer, loaded.encoder, probe_examples[:n_probe], examples.train,
                                  examples.test, settings, progress=progress, irrelevant=examples.irrelevant)
+        model.to(getattr(torch, dtype))
         sequences, names = said_once(probes)
         sweep_set = sweep_probe_set(probes, sweep_prompts)
         sweep_sequences, sweep_names = said_once(sweep_set)

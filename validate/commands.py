@@ -99,10 +99,11 @@ def add_check(sub) -> None:
     p.add_argument("--algo", help="the k-step run's loss: sft, dpo (default), ipo or simpo")
     p.add_argument("--lr", type=arg.LR, help="the k-step run's AdamW learning rate (preset's default)")
     p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="the k-step run's pairs per step (preset's default)")
-    p.add_argument("--n-probe", type=arg.POSITIVE_INT, help="probe prompts (12 probe responses each)")
+    p.add_argument("--n-probe", type=arg.POSITIVE_INT,
+                   help="probe prompts, 12 probe responses each (default 8 on the cpu preset, else 24)")
     p.add_argument("--sweep-prompts", type=arg.POSITIVE_INT,
-                   help="probe prompts whose responses the eta sweep reads (default 8, at most --n-probe); "
-                        "the AdamW, k-step and P20 parts read them all")
+                   help="probe prompts whose responses the eta sweep reads (default 4 on the cpu preset, else 8; "
+                        "at most --n-probe); the AdamW, k-step and P20 parts read them all")
     p.add_argument("--squeeze-pairs", type=arg.POSITIVE_INT, help="pairs in the token-level check")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the eta sweep and the token-level check (float32: faster, with a "

@@ -73,6 +73,18 @@ def exact_math(model=None):
             del m.forward
 
 
+@contextlib.contextmanager
+def fused_attention():
+    """Inside exact_math: SDPA's fused kernels again, for passes that need no forward AD (a training step).
+
+    A CPU training step with the math kernel takes about twice as long (benchmarks/bench_check_cpu.py).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                      SDPBackend.MATH]):
+        yield
+
+
 def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_size) -> torch.Tensor:
     """d log pi(probe) / d eta along the step direction, for every probe (torch.func.jvp, chunked).
 

@@ -33,8 +33,8 @@ import torch
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.first_order import (agreement, predicted_per_unit_eta, restoring, sgd_direction,
-                                                     snapshot)
+from learning_dynamics.validate.first_order import (agreement, fused_attention, predicted_per_unit_eta, restoring,
+                                                     sgd_direction, snapshot)
 from learning_dynamics.validate.forward import probe_logps
 
 K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
@@ -118,7 +118,7 @@ def kernel_drift(kernels: dict, threshold: float = P20_THRESHOLD, seed: int = 0)
 
 def _reference_logps(model, pairs, indices, pad_id, device, batch_size) -> None:
     """ref_chosen / ref_rejected at theta_0 for the pairs the run will train on."""
-    with torch.no_grad():
+    with torch.no_grad(), fused_attention():
         for key in ("chosen", "rejected"):
             logps = probe_logps(model, [(pairs[i]["prompt"], pairs[i][key]) for i in indices], pad_id, device,
                                 batch_size)
@@ -159,12 +159,13 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
     moving = MovingKernelSum(model, [sequences[i] for i in moving_rows], pad_id, device, batch_size)
     for t in range(k_max):
         theta_t = snapshot(model)
-        loss, metrics, _ = algos.step_loss(algo, "main", model, [pairs[i] for i in batches[t]], settings, pad_id,
-                                           device)
-        if not torch.isfinite(loss):
-            raise UserError(f"the k-step check's training loss became {loss.item()} at step {t}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with fused_attention():   # the step a training run takes; only the jvps need the math kernel
+            loss, metrics, _ = algos.step_loss(algo, "main", model, [pairs[i] for i in batches[t]], settings,
+                                               pad_id, device)
+            if not torch.isfinite(loss):
+                raise UserError(f"the k-step check's training loss became {loss.item()} at step {t}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         log.append({"step": t, **{k: round(float(v), 6) for k, v in metrics.items()}})
         step = t + 1
