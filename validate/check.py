@@ -29,7 +29,7 @@ from learning_dynamics.validate.report import _fmt
 # (validate/reports/smollm2-135m-instruct-cpu/first-order-full/).
 N_PROBE_PROMPTS = {"smoke": 2, "cpu": 8, "default": 24}    # prompts whose probes the jvp covers
 SWEEP_PROMPTS = {"smoke": 2, "cpu": 4, "default": 8}       # of them, the prompts whose responses the sweep reads
-N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
+N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 32, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 # probe sequences per forward or jvp on a CPU: smaller batches pad less and stay in cache
 # (benchmarks/bench_check_cpu.py); on a GPU the preset's eval batch, at most 64 (forward AD's memory)

@@ -85,13 +85,14 @@ def fused_attention():
         yield
 
 
-def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_size) -> torch.Tensor:
+def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_size, at=None) -> torch.Tensor:
     """d log pi(probe) / d eta along the step direction, for every probe (torch.func.jvp, chunked).
 
+    at: the parameters (name -> tensor) to take the jvp at; the model's own by default.
     The reference implementation, for any direction; validate.factored_jvp computes the same
     for a one-sequence SGD direction with fewer matmuls, and the check uses that.
     """
-    params = {k: v.detach() for k, v in model.named_parameters()}
+    params = {k: v.detach() for k, v in model.named_parameters()} if at is None else at
     _, tangent_out = jvp(lambda p: probe_logps(model, sequences, pad_id, device, batch_size, p),
                          (params,), (direction,))
     return tangent_out.detach()
@@ -112,9 +113,12 @@ def snapshot(model) -> dict:
 
 
 @contextlib.contextmanager
-def restoring(model):
-    """Whatever the block does to the weights, the exact old ones come back after it."""
-    saved = snapshot(model)
+def restoring(model, saved=None):
+    """Whatever the block does to the weights, the exact old ones come back after it.
+
+    saved: a snapshot of the weights now, for a caller that steps many times from one point (no copy each time).
+    """
+    saved = snapshot(model) if saved is None else saved
     try:
         yield
     finally:
@@ -124,9 +128,9 @@ def restoring(model):
 
 
 @contextlib.contextmanager
-def stepped(model, direction, eta):
-    """theta + eta * direction inside the block; the exact old weights after it."""
-    with restoring(model):
+def stepped(model, direction, eta, saved=None):
+    """theta + eta * direction inside the block; the exact old weights (`saved`, if given) after it."""
+    with restoring(model, saved):
         with torch.no_grad():
             for k, v in model.named_parameters():
                 v.add_(direction[k], alpha=eta)
@@ -158,10 +162,10 @@ def sweep(model, direction, per_eta, sequences, before, pad_id, device, batch_si
     """Step theta along `direction` with growing eta until the relative error passes 100%."""
     scale = float(per_eta.abs().max())
     predicted_unit = per_eta.cpu().numpy()
-    rows, kept = [], None
+    rows, kept, saved = [], None, snapshot(model)
     for nats in TARGET_NATS:
         eta = nats / scale
-        with stepped(model, direction, eta), torch.no_grad():
+        with stepped(model, direction, eta, saved), torch.no_grad():
             actual = (probe_logps(model, sequences, pad_id, device, batch_size) - before).cpu().numpy()
         predicted = eta * predicted_unit
         rows.append({"target_nats": nats, "eta": eta, **agreement(predicted, actual)})

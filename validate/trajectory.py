@@ -47,8 +47,13 @@ TRAJECTORY_ALGOS = tuple(name for name, a in registry.REGISTRY.items()
                          if not a.requires_samples and not a.warmup and a.data in ("chosen", "pair"))
 
 
-def _difference(model, since: dict) -> dict:
-    return {k: v.detach() - since[k] for k, v in model.named_parameters()}
+def _difference(model, since: dict, out=None) -> dict:
+    """The weights now minus `since`; into `out` when given (a step loop reuses one buffer, not 0.5 GB a step)."""
+    if out is None:
+        return {k: v.detach() - since[k] for k, v in model.named_parameters()}
+    for k, v in model.named_parameters():
+        torch.sub(v.detach(), since[k], out=out[k])
+    return out
 
 
 @contextlib.contextmanager
@@ -157,8 +162,8 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
     kernels = {0: kernel_matrix(model, kernel_probes, trains, pad_id, device, batch_size)}
     deltas, log, mid_step = {}, [], None
     moving = MovingKernelSum(model, [sequences[i] for i in moving_rows], pad_id, device, batch_size)
+    theta_t, update = snapshot(model), None       # buffers reused by every step
     for t in range(k_max):
-        theta_t = snapshot(model)
         with fused_attention():   # the step a training run takes; only the jvps need the math kernel
             loss, metrics, _ = algos.step_loss(algo, "main", model, [pairs[i] for i in batches[t]], settings,
                                                pad_id, device)
@@ -169,7 +174,7 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
         optimizer.step()
         log.append({"step": t, **{k: round(float(v), 6) for k, v in metrics.items()}})
         step = t + 1
-        update = _difference(model, theta_t)
+        update = _difference(model, theta_t, out=update)
         moving.add(theta_t, update, keep=step in k_steps)
         if step in k_steps or step in (mid, mid + 1):
             scored[step] = logps()
@@ -178,14 +183,15 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
             kernels[step] = kernel_matrix(model, kernel_probes, trains, pad_id, device, batch_size)
             progress(f"k-step check: step {step} of {k_max}, loss {metrics['loss']:.4f}")
         if t == mid and mid > 0:
-            with holding(model, theta_t):
-                predicted = predicted_per_unit_eta(model, sequences, update, pad_id, device, batch_size)
+            predicted = predicted_per_unit_eta(model, sequences, update, pad_id, device, batch_size, at=theta_t)
             mid_step = {"step": mid, **agreement(predicted.cpu().numpy(),
                                                   (scored[mid + 1] - scored[mid]).cpu().numpy()),
                         "update_norm": _norm(update), "predicted": predicted.tolist(),
                         "actual": (scored[mid + 1] - scored[mid]).tolist()}
-        del update, theta_t
-    del optimizer
+        with torch.no_grad():
+            for k, v in model.named_parameters():
+                theta_t[k].copy_(v)
+    del optimizer, update, theta_t
     per_k = {}
     with holding(model, theta0):   # the frozen kernel: every k's prediction is a jvp at theta_0
         for k in k_steps:
@@ -217,8 +223,7 @@ class MovingKernelSum:
 
     def add(self, theta_t: dict, update: dict, keep: bool) -> None:
         if self.probes:
-            with holding(self.model, theta_t):
-                self.total += predicted_per_unit_eta(self.model, self.probes, update, *self.args).double().cpu()
+            self.total += predicted_per_unit_eta(self.model, self.probes, update, *self.args, at=theta_t).double().cpu()
         self.steps += 1
         if keep:
             self.kept[self.steps] = self.total.clone()
