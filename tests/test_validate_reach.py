@@ -151,3 +151,38 @@ def test_a_bad_sweep_prompts_is_one_line_and_exit_2(value, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--sweep-prompts" in err and "Traceback" not in err
     assert not out.exists()   # refused before any work
+
+
+def test_the_step_loops_buffers_and_kernels_change_no_number():
+    """The check's speed-ups: a reused difference buffer, a sweep restoring from one snapshot, and the k-step
+    run's training step on SDPA's fused kernels instead of the math kernel the jvps need."""
+    from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate.forward import make_batch, sequence_logps
+    from learning_dynamics.validate.model import load_model
+    loaded = load_model("tiny-random", dtype=torch.float64)
+    model, pad = loaded.model, loaded.tokenizer.pad_token_id
+    enc = Encoder(loaded.tokenizer, 64, 16)
+    theta0 = first_order.snapshot(model)
+    torch.manual_seed(1)
+    direction = {k: torch.randn_like(v) for k, v in theta0.items()}
+    buffer = {k: torch.full_like(v, 7.0) for k, v in theta0.items()}
+    with first_order.stepped(model, direction, 1e-3, saved=theta0):
+        fresh = trajectory._difference(model, theta0)
+        reused = trajectory._difference(model, theta0, out=buffer)
+        assert reused is buffer and all(torch.equal(fresh[k], buffer[k]) for k in fresh)
+        assert all(torch.allclose(buffer[k], 1e-3 * direction[k]) for k in buffer)
+    for k, v in model.named_parameters():       # restored from the caller's snapshot, exactly
+        assert torch.equal(v, theta0[k])
+    elsewhere = {k: v + 1.0 for k, v in theta0.items()}
+    with first_order.stepped(model, direction, 0.0, saved=elsewhere):
+        pass
+    assert all(torch.equal(v, elsewhere[k]) for k, v in model.named_parameters())   # `saved` is what comes back
+    with torch.no_grad():
+        for k, v in model.named_parameters():
+            v.copy_(theta0[k])
+    batch = make_batch([(enc.prompt_ids("Who wrote Hamlet?"), enc.response_ids("Shakespeare."))] * 2, pad)
+    with first_order.exact_math(model):
+        math = sequence_logps(model, batch)[0]
+        with first_order.fused_attention():
+            fused = sequence_logps(model, batch)[0]
+    torch.testing.assert_close(fused, math, rtol=1e-10, atol=1e-10)

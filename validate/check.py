@@ -25,8 +25,8 @@ from learning_dynamics.validate.report import _fmt
 
 # Sizes per preset. cpu fits 2 CPU cores in under 30 minutes: 50 AdamW steps, ~29 float64 forwards of the
 # eta sweep and one jvp per step for the moving kernel leave room for 8 probe prompts (96 responses), of which
-# the sweep reads 4; the 24-prompt check (--n-probe 24 --sweep-prompts 8) takes about twice as long
-# (validate/reports/smollm2-135m-instruct-cpu/first-order-full/).
+# the sweep reads 4 (validate/reports/smollm2-135m-instruct-cpu/first-order/COMMANDS.md has each part's time);
+# the 24-prompt check (--n-probe 24 --sweep-prompts 8 --squeeze-pairs 48) took an hour there (first-order-full/).
 N_PROBE_PROMPTS = {"smoke": 2, "cpu": 8, "default": 24}    # prompts whose probes the jvp covers
 SWEEP_PROMPTS = {"smoke": 2, "cpu": 4, "default": 8}       # of them, the prompts whose responses the sweep reads
 N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 32, "default": 48}
@@ -83,11 +83,15 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     def lap(name):
         seconds[name] = round(time.perf_counter() - sum(seconds.values()) - started, 1)
 
-    # probes are built (sampled) in float32, as a training run builds them; the checks then run in `dtype`
+    # probes are built (sampled) in float32, at half the cost of float64; the checks then run in `dtype`
     loaded = session.load(settings, device, progress=progress, dtype=torch.float32)
     model, tokenizer, pad_id = loaded.model, loaded.tokenizer, loaded.pad_id
-    examples = session.examples(settings, n_probe=max(n_probe, squeeze_pairs))
+    # the runs' own split, so that the k-step run trains on the preset's training pairs whatever the check's
+    # sizes; the token-level pairs are the first probe pairs of a split that sets that many aside
+    examples = session.examples(settings, n_probe=max(n_probe, settings.n_probe))
     probe_examples = examples.probe
+    squeeze_examples = (probe_examples if squeeze_pairs <= len(probe_examples)
+                        else session.examples(settings, n_probe=squeeze_pairs).probe)[:squeeze_pairs]
     batch = CPU_BATCH if device.type == "cpu" else min(settings.eval_batch, 64)
     lap("load")
     with first_order.exact_math(model):
@@ -97,7 +101,7 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
         sequences, names = said_once(probes)
         sweep_set = sweep_probe_set(probes, sweep_prompts)
         sweep_sequences, sweep_names = said_once(sweep_set)
-        pairs = loaded.tokenize(probe_examples[:squeeze_pairs])
+        pairs = loaded.tokenize(squeeze_examples)
         lap("probes")
         steps = first_order.check_pair_steps(model, pairs[0], sweep_sequences, sweep_names, pad_id, device, batch,
                                              progress=None if quiet else progress)
@@ -149,6 +153,15 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     return {"first_order": result, "token_squeeze": result["token_squeeze"]}
 
 
+def _of_the_presets(r: dict) -> str:
+    """Where the check reads fewer probe prompts than the preset's runs track, say so (and why, for cpu)."""
+    tracked = (r.get("settings") or {}).get("n_probe")
+    if not tracked or tracked == r["n_probe_prompts"]:
+        return ""
+    why = ", cut so that the check fits in 30 minutes on 2 CPU cores" if r["settings"].get("preset") == "cpu" else ""
+    return f" of the {tracked} the preset's runs track{why}; `--n-probe {tracked}` reads them all"
+
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.3g}%"
 
@@ -158,7 +171,7 @@ def report_markdown(r: dict) -> str:
     figure = {Path(f).stem: f for f in r["figures"]}   # the suffix follows --format
     lines = [f"# How far the first-order picture carries: {r['model']} ({r['device']})", "",
              f"Reproduce: `{r.get('reproduce') or r.get('reproduce_error')}`", "",
-             f"{r['n_probe_sequences']} probe responses ({r['n_probe_prompts']} probe prompts); "
+             f"{r['n_probe_sequences']} probe responses ({r['n_probe_prompts']} probe prompts{_of_the_presets(r)}); "
              f"{r['seconds']:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in r['seconds_by_part'].items())}).",
              "", f"## 1. One SGD step, swept over eta until it breaks ({r['dtype']})", "",
              f"Over the {r.get('n_sweep_sequences', r['n_probe_sequences'])} probe responses of the first "

@@ -78,7 +78,12 @@ def _print_verdicts(report, out) -> None:
         print(f"  {r['id']:5s} {r['verdict']:12s} effect {effect} [{lo}, {hi}]  {r['claim']}")
 
 
+def _by_preset(sizes: dict) -> str:
+    return ", ".join(f"{preset} {value}" for preset, value in sizes.items())
+
+
 def add_check(sub) -> None:
+    from learning_dynamics.validate import check
     p = sub.add_parser(
         "check", help="how far the first-order (eNTK) picture carries: eta sweep, AdamW update, k steps, P20",
         description="One plain SGD step on a training pair (y+ push, y- push, DPO step), swept over eta until the "
@@ -100,11 +105,12 @@ def add_check(sub) -> None:
     p.add_argument("--lr", type=arg.LR, help="the k-step run's AdamW learning rate (preset's default)")
     p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="the k-step run's pairs per step (preset's default)")
     p.add_argument("--n-probe", type=arg.POSITIVE_INT,
-                   help="probe prompts, 12 probe responses each (default 8 on the cpu preset, else 24)")
+                   help=f"probe prompts, 12 probe responses each (default: {_by_preset(check.N_PROBE_PROMPTS)})")
     p.add_argument("--sweep-prompts", type=arg.POSITIVE_INT,
-                   help="probe prompts whose responses the eta sweep reads (default 4 on the cpu preset, else 8; "
+                   help=f"probe prompts whose responses the eta sweep reads (default: {_by_preset(check.SWEEP_PROMPTS)}; "
                         "at most --n-probe); the AdamW, k-step and P20 parts read them all")
-    p.add_argument("--squeeze-pairs", type=arg.POSITIVE_INT, help="pairs in the token-level check")
+    p.add_argument("--squeeze-pairs", type=arg.POSITIVE_INT,
+                   help=f"pairs in the token-level check (default: {_by_preset(check.N_SQUEEZE_PAIRS)})")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the eta sweep and the token-level check (float32: faster, with a "
                         "rounding floor under the smallest steps' error)")
