@@ -77,7 +77,7 @@ def exact_math(model=None):
 def fused_attention():
     """Inside exact_math: SDPA's fused kernels again, for passes that need no forward AD (a training step).
 
-    A CPU training step with the math kernel takes about twice as long (benchmarks/bench_check_cpu.py).
+    A CPU training step takes longer on the math kernel (benchmarks/bench_check_cpu.py measures how much).
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
