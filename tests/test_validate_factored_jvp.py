@@ -96,3 +96,58 @@ def test_probe_scores_and_jvps_come_back_in_the_order_given(tiny):
     torch.testing.assert_close(together, alone, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(jvp_together, jvp_alone, rtol=1e-9, atol=1e-9 * float(jvp_alone.abs().max()))
     assert len(set(alone.tolist())) == len(probes)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), n_prompts=st.integers(1, 4), batch=st.sampled_from([1, 2, 5, 8]),
+       which=st.sampled_from(["plain", "biased"]))
+def test_shared_prompt_batches_answer_what_one_row_each_does(tiny, seed, n_prompts, batch, which):
+    """A prompt's responses packed after one copy of it (4D mask, positions restarting) score, and move under
+    a jvp (dense and factored), exactly as each sequence on its own row: groups larger than a batch, single
+    sequences, a one-token response, prompts in any order."""
+    from torch.func import jvp
+
+    from learning_dynamics.validate.forward import probe_logps
+    models, enc, pad = tiny
+    model = models[which]
+    g = torch.Generator().manual_seed(seed)
+    prompts = [enc.prompt_ids(p) for p in ("Who wrote Hamlet?", "Hi", "Name a colour, please.", "Tell me more.")]
+    sequences = []
+    for k in range(n_prompts):
+        for _ in range(int(torch.randint(1, 7, (1,), generator=g))):
+            n = int(torch.randint(1, 12, (1,), generator=g))
+            sequences.append((prompts[k], enc.response_ids(" ".join(WORDS[int(i)] for i in
+                                                                     torch.randint(len(WORDS), (n,), generator=g)))))
+    sequences.append((prompts[0], enc.response_ids("Paris")))   # a prompt's sequences need not be adjacent
+    sequences = [sequences[int(i)] for i in torch.randperm(len(sequences), generator=g)]
+    direction, factors = _direction(model, sequences[0], 1.0, pad)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    with first_order.exact_math(model), torch.no_grad():
+        shared = probe_logps(model, sequences, pad, "cpu", batch)
+        alone = probe_logps(model, sequences, pad, "cpu", batch, shared_prompts=False)
+        _, jvp_alone = jvp(lambda p: probe_logps(model, sequences, pad, "cpu", batch, p, shared_prompts=False),
+                           (params,), (direction,))
+        jvp_shared = first_order.predicted_per_unit_eta(model, sequences, direction, pad, "cpu", batch)
+        factored = factored_jvp.predicted_per_unit_eta(model, sequences, direction, factors, pad, "cpu", batch)
+    assert torch.isfinite(shared).all() and (shared < 0).all()
+    torch.testing.assert_close(shared, alone, rtol=1e-10, atol=1e-10)
+    scale = float(jvp_alone.abs().max())
+    torch.testing.assert_close(jvp_shared, jvp_alone, rtol=1e-9, atol=1e-9 * scale)
+    torch.testing.assert_close(factored, jvp_alone, rtol=1e-9, atol=1e-9 * scale)
+
+
+def test_a_shared_prompt_batch_attends_within_its_response_only(tiny):
+    """Each response sees the prompt and its own earlier tokens; padding sees itself; positions restart."""
+    from learning_dynamics.validate.forward import make_shared_prompt_batch
+    _, _, pad = tiny
+    batch = make_shared_prompt_batch([[([5, 6], [7, 8]), ([5, 6], [9])], [([4], [3])]], pad)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [4, 3, pad, pad, pad]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 0, 0, 0]]
+    mask = batch.attention_mask[:, 0].int().tolist()
+    assert mask[0] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
+    assert mask[1] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+    # response tokens 7, 8, 9 and 3, predicted from the prompt's last token or the response's previous one
+    assert batch.labels.tolist() == [7, 8, 9, 3] and batch.sequence.tolist() == [0, 0, 1, 2]
+    assert batch.source.tolist() == [1, 2, 1, 5] and batch.n_sequences == 3
+    with pytest.raises(ValueError, match="different prompts"):
+        make_shared_prompt_batch([[([5], [7]), ([6], [7])]], pad)

@@ -23,16 +23,16 @@ import numpy as np
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
 from learning_dynamics.validate.report import _fmt
 
-# Sizes per preset. cpu fits 2 CPU cores in under 30 minutes: 50 AdamW steps, ~29 float64 forwards of the
-# eta sweep and one jvp per step for the moving kernel leave room for 8 probe prompts (96 responses), of which
-# the sweep reads 4 (validate/reports/smollm2-135m-instruct-cpu/first-order/COMMANDS.md has each part's time);
-# the 24-prompt check (--n-probe 24 --sweep-prompts 8 --squeeze-pairs 48) took an hour there (first-order-full/).
-N_PROBE_PROMPTS = {"smoke": 2, "cpu": 8, "default": 24}    # prompts whose probes the jvp covers
-SWEEP_PROMPTS = {"smoke": 2, "cpu": 4, "default": 8}       # of them, the prompts whose responses the sweep reads
-N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 32, "default": 48}
+# Sizes per preset: cpu reads what default does (the preset's 24 probe prompts), which fits 2 CPU cores in
+# under 30 minutes because a prompt's 12 responses go through the body together (validate.forward's shared-
+# prompt batches; validate/reports/smollm2-135m-instruct-cpu/first-order/COMMANDS.md has each part's time).
+N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
+SWEEP_PROMPTS = {"smoke": 2, "cpu": 8, "default": 8}       # of them, the prompts whose responses the sweep reads
+N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
-# probe sequences per forward or jvp on a CPU: smaller batches pad less and stay in cache
-# (benchmarks/bench_check_cpu.py); on a GPU the preset's eval batch, at most 64 (forward AD's memory)
+# probe sequences per forward or jvp on a CPU (a prompt's responses stay together, so up to 12): smaller
+# batches pad less and stay in cache (benchmarks/bench_check_cpu.py); on a GPU the preset's eval batch, at most
+# 64 (forward AD's memory)
 CPU_BATCH = 8
 
 
@@ -154,12 +154,11 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
 
 
 def _of_the_presets(r: dict) -> str:
-    """Where the check reads fewer probe prompts than the preset's runs track, say so (and why, for cpu)."""
+    """Where the check reads fewer probe prompts than the preset's runs track (--n-probe), say so."""
     tracked = (r.get("settings") or {}).get("n_probe")
     if not tracked or tracked == r["n_probe_prompts"]:
         return ""
-    why = ", cut so that the check fits in 30 minutes on 2 CPU cores" if r["settings"].get("preset") == "cpu" else ""
-    return f" of the {tracked} the preset's runs track{why}; `--n-probe {tracked}` reads them all"
+    return f" of the {tracked} the preset's runs track; `--n-probe {tracked}` reads them all"
 
 
 def _pct(x) -> str:
