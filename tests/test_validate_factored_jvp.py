@@ -107,9 +107,11 @@ def test_shared_prompt_batches_answer_what_one_row_each_does(tiny, seed, n_promp
     sequences, a one-token response, prompts in any order."""
     from torch.func import jvp
 
+    from learning_dynamics.validate import forward
     from learning_dynamics.validate.forward import probe_logps
     models, enc, pad = tiny
     model = models[which]
+    assert forward._takes_4d_masks(model)   # else both sides below would be one row per sequence
     g = torch.Generator().manual_seed(seed)
     prompts = [enc.prompt_ids(p) for p in ("Who wrote Hamlet?", "Hi", "Name a colour, please.", "Tell me more.")]
     sequences = []
@@ -151,3 +153,15 @@ def test_a_shared_prompt_batch_attends_within_its_response_only(tiny):
     assert batch.source.tolist() == [1, 2, 1, 5] and batch.n_sequences == 3
     with pytest.raises(ValueError, match="different prompts"):
         make_shared_prompt_batch([[([5], [7]), ([6], [7])]], pad)
+
+
+def test_models_whose_attention_would_misread_the_mask_take_one_row_each(tiny, monkeypatch):
+    from learning_dynamics.validate import forward
+    models, _, _ = tiny
+    config = models["plain"].config
+    assert forward._takes_4d_masks(models["plain"])
+    monkeypatch.setattr(config, "sliding_window", 64, raising=False)
+    assert not forward._takes_4d_masks(models["plain"])
+    monkeypatch.setattr(config, "sliding_window", None, raising=False)
+    monkeypatch.setattr(config, "_attn_implementation", "eager", raising=False)
+    assert not forward._takes_4d_masks(models["plain"])

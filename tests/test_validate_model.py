@@ -144,6 +144,7 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert f"Over the {n_types} probe responses of the first 1 probe prompts" in report
     assert "breaks" in report and "P20" in report and "| k |" in report and "moving kernel" in report
+    assert "by probe type" in report and "| random_tokens |" in report
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 5_000
         assert f"({name})" in report

@@ -186,3 +186,19 @@ def test_the_step_loops_buffers_and_kernels_change_no_number():
         with first_order.fused_attention():
             fused = sequence_logps(model, batch)[0]
     torch.testing.assert_close(fused, math, rtol=1e-10, atol=1e-10)
+
+
+def test_the_k_step_table_by_probe_type_scores_each_type_alone():
+    from learning_dynamics.validate import check
+    names = ["chosen", "rejected", "irrelevant"] * 3
+    actual = np.array([1.0, -5.0, 0.2, 2.0, -6.0, 0.1, 3.0, -7.0, -0.3])
+    predicted = actual * np.array([1, 1, -1, 1, 1, 1, 1, 1, 1]) + 0.01
+    by_type = check.by_probe_type({"predicted": predicted.tolist(), "actual": actual.tolist()}, names)
+    assert list(by_type) == ["chosen", "rejected", "irrelevant"]
+    assert by_type["chosen"]["pearson_r"] == pytest.approx(1.0)
+    pick = [2, 5, 8]
+    assert by_type["irrelevant"] == first_order.agreement(predicted[pick], actual[pick])
+    assert by_type["irrelevant"]["sign_agreement"] == pytest.approx(2 / 3)
+    table = check._by_probe_type_table({"probe_names": names, "k_step": [
+        {"k": 1, "predicted": predicted.tolist(), "actual": actual.tolist()}]})
+    assert any(line.startswith("| irrelevant | ") for line in table)

@@ -175,7 +175,9 @@ def report_markdown(r: dict) -> str:
              "", f"## 1. One SGD step, swept over eta until it breaks ({r['dtype']})", "",
              f"Over the {r.get('n_sweep_sequences', r['n_probe_sequences'])} probe responses of the first "
              f"{r.get('n_sweep_prompts', r['n_probe_prompts'])} probe prompts (`--sweep-prompts`; the AdamW and "
-             f"k-step parts read all {r['n_probe_sequences']}). Step sizes in units of the largest predicted probe "
+             f"k-step parts read all {r['n_probe_sequences']}). The step is on the first probe prompt's training "
+             "pair, so its chosen and rejected responses are among the probes. Step sizes in units of the largest "
+             "predicted probe "
              "change (target nats); the sweep stops after the first eta whose relative error "
              "(mean |actual - predicted| / mean |actual|) passes 100%.", ""]
     for kind, s in r["steps"].items():
@@ -184,7 +186,8 @@ def report_markdown(r: dict) -> str:
                   f"Error slope {_fmt(s['error_slope'])} (theory 2) over the {len(s['eta2_regime_etas'])} etas "
                   f"with relative error < 10%; " + (f"breaks (relative error {_pct(broke['relative_error'])}) at "
                                                     f"eta {broke['eta']:.3g} ({broke['target_nats']:g} nats)."
-                                                    if broke else "does not break within the grid."), "",
+                                                    if broke else "does not break within the grid" +
+                                                    _worst_r(s) + "."), "",
                   "| eta | target nats | Pearson r | relative error | sign agreement | mean abs change |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {e['eta']:.3g} | {e['target_nats']:g} | {_fmt(e['pearson_r'], 6)} | "
@@ -218,6 +221,7 @@ def report_markdown(r: dict) -> str:
               "| k | Pearson r | relative error | sign agreement | mean abs change |", "|---|---|---|---|---|"]
     lines += [f"| {row['k']} | {_fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
               f"{_fmt(row['sign_agreement'], 3)} | {_fmt(row['mean_abs_actual'], 3)} |" for row in t["k_step"]]
+    lines += _by_probe_type_table(t)
     lines += _moving_kernel_table(t)
     p20 = r["P20"]
     lines += ["", f"![k-step curves]({figure['k_step_curves']})", "", "### Kernel drift (P20)", "",
@@ -246,6 +250,40 @@ def report_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _worst_r(step: dict) -> str:
+    """For a step that never breaks the error rule: where its correlation went instead."""
+    rows = [e for e in step["per_eta"] if e["pearson_r"] is not None and np.isfinite(e["pearson_r"])]
+    if not rows:
+        return ""
+    worst = min(rows, key=lambda e: e["pearson_r"])
+    return (f", although its Pearson r falls to {_fmt(worst['pearson_r'], 3)} at {worst['target_nats']:g} nats"
+            if worst["pearson_r"] < 0.5 else "")
+
+
+def by_probe_type(row: dict, names) -> dict:
+    """One k-step row's agreement within each probe type: the pooled r mixes probes that are training
+    targets (chosen, rejected: the probe prompts are training prompts) with probes no step trains on."""
+    from learning_dynamics.validate.first_order import agreement
+    names = np.asarray(names)
+    predicted, actual = np.asarray(row["predicted"]), np.asarray(row["actual"])
+    return {name: agreement(predicted[names == name], actual[names == name]) for name in dict.fromkeys(names)}
+
+
+def _by_probe_type_table(t: dict) -> list:
+    rows = t["k_step"]
+    lines = ["", "### k steps with the frozen kernel, by probe type", "",
+             "Pearson r / relative error within each probe type (its probe prompts' responses); chosen and "
+             "rejected are training targets of the run (the probe prompts are training prompts).", "",
+             "| probe type | " + " | ".join(f"k = {row['k']}" for row in rows) + " | mean abs change at "
+             f"k = {rows[-1]['k']} |", "|---" * (len(rows) + 2) + "|"]
+    tables = [by_probe_type(row, t["probe_names"]) for row in rows]
+    for name in tables[0]:
+        lines.append(f"| {name} | " + " | ".join(f"{_fmt(tab[name]['pearson_r'], 3)} / "
+                                               f"{_pct(tab[name]['relative_error'])}" for tab in tables)
+                     + f" | {_fmt(tables[-1][name]['mean_abs_actual'], 3)} |")
+    return lines
+
+
 def _moving_kernel_table(t: dict) -> list:
     """Frozen vs moving kernel on the same probes: the frozen sum's error split into its two causes."""
     rows = [row for row in t["k_step"] if row.get("moving_kernel")]
@@ -257,7 +295,8 @@ def _moving_kernel_table(t: dict) -> list:
              "moving-kernel sum takes each step's jvp at its own parameters theta_t along its update. "
              "Linearisation error = mean|actual - moving| / mean|actual| (the steps' own second-order "
              "remainders); kernel drift = mean|moving - frozen| / mean|actual| (what the kernel's change between "
-             "theta_0 and theta_t does to the prediction). At k = 1 the two sums are one jvp and drift is 0.", "",
+             "theta_0 and theta_t does to the prediction). At k = 1 the two sums are one jvp and drift is 0 "
+             "up to float32 rounding (the two batch the probes differently).", "",
              "| k | r (frozen) | relative error (frozen) | r (moving) | relative error (moving) = linearisation | "
              "kernel drift | mean abs change |", "|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -206,8 +206,13 @@ def _shared(batch, sequences, pad_id):
 
 
 def _takes_4d_masks(model) -> bool:
-    """SDPA reads a boolean 4D mask as given; eager attention would add it to its scores."""
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
+    """Whether the model's attention reads our boolean 4D mask as given: SDPA does, in transformers 5 (its
+    masking utils pass a 4D mask through; older versions expect an additive one), and a sliding window would
+    be ignored by it, so such models, eager attention and older versions take one row per sequence."""
+    import transformers
+    config = getattr(model, "config", None)
+    return (getattr(config, "_attn_implementation", None) == "sdpa" and not getattr(config, "sliding_window", None)
+            and int(transformers.__version__.split(".")[0]) >= 5)
 
 
 def functional_sequence_logps(model, params, batch):
