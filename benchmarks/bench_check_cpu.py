@@ -65,10 +65,8 @@ def main() -> None:
 
     def jvp(shared, seqs=sequences):
         def run():
-            params = {k: v.detach() for k, v in model.named_parameters()}
             with first_order.exact_math(model):
-                torch.func.jvp(lambda p: probe_logps(model, seqs, pad, device, batch, p, shared_prompts=shared),
-                               (params,), (update,))
+                first_order.predicted_per_unit_eta(model, seqs, update, pad, device, batch, shared_prompts=shared)
         return run
 
     def train_step(context):

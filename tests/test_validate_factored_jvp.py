@@ -105,8 +105,6 @@ def test_shared_prompt_batches_answer_what_one_row_each_does(tiny, seed, n_promp
     """A prompt's responses packed after one copy of it (4D mask, positions restarting) score, and move under
     a jvp (dense and factored), exactly as each sequence on its own row: groups larger than a batch, single
     sequences, a one-token response, prompts in any order."""
-    from torch.func import jvp
-
     from learning_dynamics.validate import forward
     from learning_dynamics.validate.forward import probe_logps
     models, enc, pad = tiny
@@ -123,12 +121,11 @@ def test_shared_prompt_batches_answer_what_one_row_each_does(tiny, seed, n_promp
     sequences.append((prompts[0], enc.response_ids("Paris")))   # a prompt's sequences need not be adjacent
     sequences = [sequences[int(i)] for i in torch.randperm(len(sequences), generator=g)]
     direction, factors = _direction(model, sequences[0], 1.0, pad)
-    params = {k: v.detach() for k, v in model.named_parameters()}
     with first_order.exact_math(model), torch.no_grad():
         shared = probe_logps(model, sequences, pad, "cpu", batch)
         alone = probe_logps(model, sequences, pad, "cpu", batch, shared_prompts=False)
-        _, jvp_alone = jvp(lambda p: probe_logps(model, sequences, pad, "cpu", batch, p, shared_prompts=False),
-                           (params,), (direction,))
+        jvp_alone = first_order.predicted_per_unit_eta(model, sequences, direction, pad, "cpu", batch,
+                                                       shared_prompts=False)
         jvp_shared = first_order.predicted_per_unit_eta(model, sequences, direction, pad, "cpu", batch)
         factored = factored_jvp.predicted_per_unit_eta(model, sequences, direction, factors, pad, "cpu", batch)
     assert torch.isfinite(shared).all() and (shared < 0).all()

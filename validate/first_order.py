@@ -85,15 +85,17 @@ def fused_attention():
         yield
 
 
-def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_size, at=None) -> torch.Tensor:
+def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_size, at=None,
+                           shared_prompts=True) -> torch.Tensor:
     """d log pi(probe) / d eta along the step direction, for every probe (torch.func.jvp, chunked).
 
     at: the parameters (name -> tensor) to take the jvp at; the model's own by default.
+    shared_prompts: as for forward.probe_logps (False: one row per sequence, the reference).
     The reference implementation, for any direction; validate.factored_jvp computes the same
     for a one-sequence SGD direction with fewer matmuls, and the check uses that.
     """
     params = {k: v.detach() for k, v in model.named_parameters()} if at is None else at
-    _, tangent_out = jvp(lambda p: probe_logps(model, sequences, pad_id, device, batch_size, p),
+    _, tangent_out = jvp(lambda p: probe_logps(model, sequences, pad_id, device, batch_size, p, shared_prompts),
                          (params,), (direction,))
     return tangent_out.detach()
 

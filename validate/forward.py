@@ -114,11 +114,8 @@ def make_shared_prompt_batch(groups, pad_id: int) -> SharedPromptBatch:
         first += len(group)
     ids, _ = right_pad(rows, pad_id)
     width = ids.shape[1]
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)      # -1: padding
-    position = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (seg, pos) in enumerate(zip(segments, positions)):
-        segment[r, :len(seg)] = torch.tensor(seg, dtype=torch.long)
-        position[r, :len(pos)] = torch.tensor(pos, dtype=torch.long)
+    segment, _ = right_pad(segments, -1)      # -1: padding
+    position, _ = right_pad(positions, 0)
     query, key = segment[:, :, None], segment[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     mask = causal & (((key == 0) & (query >= 0)) | (key == query))
