@@ -196,7 +196,9 @@ def make_run_dir(root: Path) -> Path:
     from learning_dynamics.validate.presets import settings_for
     from learning_dynamics.validate.report import write_report
 
+    from learning_dynamics.validate.precision import resolve
     s = settings_for("smoke", algo="dpo")
+    s = s.with_changes(precision=resolve(s.precision, s.device).name)   # as a run settles `auto`
     atomic_write_json(root / "settings.json", s.as_dict())
     rng = np.random.default_rng(0)
     probes = [{"prompt_id": str(i), "prompt": f"question {i}", "prompt_ids": [1, 20 + i, 2],

@@ -36,23 +36,25 @@ def test_uniform_means_near_log_v_and_much_nearer_than_at_the_start():
 
 @pytest.mark.parametrize("content", [b"", b"\x00garbage" * 10, None])
 def test_a_damaged_checkpoint_is_named(tmp_path, content):
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
+    weights = _weights(torch.nn.Linear(2, 2))
     path = tmp_path / "checkpoint.pt"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 2, "log": [],
-                "pairs": [1, 2]}, path)
+    torch.save({**weights.state_dict(), "step": 2, "log": [], "pairs": [1, 2]}, path)
     path.write_bytes(content if content is not None else path.read_bytes()[:200])
     with pytest.raises(CorruptFile, match="checkpoint.pt is corrupt .*--fresh"):
-        _load_state(path, model, optimizer, [1, 2], "cpu")
+        _load_state(path, weights, [1, 2], "cpu")
+
+
+def _weights(model):
+    from learning_dynamics.validate.precision import Precision, TrainingWeights
+    return TrainingWeights(model, Precision("fp32", "cpu", "fp32", "test"), lr=1e-3, weight_decay=0.0)
 
 
 def test_a_checkpoint_of_another_model_is_named(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": torch.nn.Linear(3, 3).state_dict(), "optimizer": {}, "step": 2, "log": [], "pairs": []},
                path)
-    model = torch.nn.Linear(2, 2)
     with pytest.raises(CorruptFile, match="cannot restore it"):
-        _load_state(path, model, torch.optim.AdamW(model.parameters()), [], "cpu")
+        _load_state(path, _weights(torch.nn.Linear(2, 2)), [], "cpu")
 
 
 def test_a_dataset_with_one_prompt_warns(tmp_path, capsys):

@@ -144,8 +144,9 @@ def test_two_processes_write_one_report_equal_to_the_one_process_run(dpo_run, tm
            [(r["step"], r["prompt_id"], r["probe"], r["n_tokens"]) for r in b]
     for x, y in zip(a, b):
         for column in ("logp_sum", "entropy_mean", "argmax_logp_sum"):
-            if x["step"] == 0:  # one model, its probe set scored in two shares: the same numbers
-                assert x[column] == pytest.approx(y[column], abs=1e-5)
+            if x["step"] == 0:  # one model, its probe set scored in two shares: the same numbers up to float32
+                # rounding (each share packs its prompts' responses into other batches: measured ~1e-7 relative)
+                assert x[column] == pytest.approx(y[column], rel=1e-6, abs=1e-5)
             else:  # the same 4-pair batches trained in bf16 autocast as 2 + 2: rounding (measured ~2e-5)
                 assert x[column] == pytest.approx(y[column], rel=1e-4)
     for chunk in (one / "mass").iterdir():  # gathered from both processes, in prompt order

@@ -30,6 +30,8 @@ def changed(key, value):
         return "my pairs.jsonl"  # a space: the command must quote it
     if key == "model":
         return "my-models/checkpoint-40"
+    if key == "precision":
+        return "bf16" if value != "bf16" else "fp32"
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):

@@ -14,7 +14,7 @@ import torch
 
 from learning_dynamics.sim import losses
 from learning_dynamics.theory import algorithms as registry
-from learning_dynamics.validate.forward import make_batch, sequence_logps
+from learning_dynamics.validate.forward import in_order, one_batch, sequence_logps
 
 ALGORITHMS = registry.ALGORITHMS
 
@@ -31,9 +31,12 @@ def unigram_f1(response, reference) -> float:
 
 
 def policy_logps(model, sequences, pad_id, device):
-    batch = make_batch(sequences, pad_id).to(device)
-    logps, counts = sequence_logps(model, batch)
-    return logps, counts, batch.n_tokens
+    """Summed log-probs [N] and token counts [N] of `sequences` in their order, in one differentiable batch
+    (the sequences of a prompt after one copy of it: a pair's y+ and y- share the prompt's forward), and the
+    number of tokens the body ran over."""
+    order, batch = one_batch(model, sequences, pad_id)
+    logps, counts = sequence_logps(model, batch.to(device))
+    return in_order(logps, order), in_order(counts, order), batch.n_tokens
 
 
 def _pair_logps(model, examples, pad_id, device, rejected_key="rejected"):

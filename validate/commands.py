@@ -37,10 +37,18 @@ def add_run(sub) -> None:
     p.add_argument("--n-probe", type=arg.POSITIVE_INT, help="probe prompts")
     p.add_argument("--seed", type=arg.SEED, help="random seed, 0 to 2**32-1 (preset default 0)")
     p.add_argument("--checkpoint-every", type=arg.NON_NEGATIVE_INT, help="evaluations between checkpoints (0: at the end only)")
+    add_precision_option(p)
     p.add_argument("--fresh", action="store_true", help="discard an earlier run in --out instead of resuming")
     p.add_argument("--first-order", action="store_true", help="also run the first-order and token-level checks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
+
+
+def add_precision_option(parser) -> None:
+    from learning_dynamics.validate.presets import PRECISIONS
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="auto (default): bf16 where the hardware has it (a CPU with AMX or AVX512-BF16: bf16 "
+                             "working weights, fp32 master weights; a CUDA GPU: bf16 autocast), else fp32")
 
 
 def run_settings(args) -> dict:

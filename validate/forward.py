@@ -7,6 +7,7 @@ from cross-entropy (a fused log-softmax + gather); statistics of the whole
 next-token distribution (entropy, ||pi||^2 via logsumexp(2z) - 2 logsumexp(z),
 max log pi) are computed in chunks of tokens under no_grad.
 """
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -64,11 +65,12 @@ class SharedPromptBatch:
     labels: torch.Tensor          # [N] long
     sequence: torch.Tensor        # [N] long: which of the batch's sequences each token belongs to
     n_sequences: int
+    n_tokens: int                 # tokens the body runs over, padding left out
 
     def to(self, device):
         return SharedPromptBatch(*(getattr(self, f).to(device, non_blocking=True) for f in
                                    ("input_ids", "attention_mask", "position_ids", "source", "labels", "sequence")),
-                                 self.n_sequences)
+                                 self.n_sequences, self.n_tokens)
 
     def body_inputs(self) -> dict:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
@@ -122,7 +124,7 @@ def make_shared_prompt_batch(groups, pad_id: int) -> SharedPromptBatch:
     at = torch.tensor(source, dtype=torch.long).reshape(-1, 2)
     return SharedPromptBatch(ids, mask[:, None], position, at[:, 0] * width + at[:, 1],
                              torch.tensor(labels, dtype=torch.long), torch.tensor(sequence, dtype=torch.long),
-                             sum(map(len, groups)))
+                             sum(map(len, groups)), sum(map(len, rows)))
 
 
 def decoder_body(model):
@@ -136,7 +138,29 @@ def response_logits(model, batch: Batch):
     """
     hidden = decoder_body(model)(**batch.body_inputs()).last_hidden_state
     picked, labels, rows = batch.pick(hidden)
-    return model.get_output_embeddings()(picked), labels, rows
+    return readout(model, picked), labels, rows
+
+
+_FP32_HEADS = {}   # id(weight) -> (weak reference, version, fp32 copy): a no-grad readout re-casts only after the weights change
+
+
+def readout(model, hidden):
+    """The logits of `hidden` [N, H]. Low-precision weights (a CPU run in bf16) are read out in fp32: a bf16
+    logit of 20 is rounded to steps of 0.125, too coarse for a log-prob. Under autocast (a GPU run) the
+    autocast decides, as before."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)      # a functional call's head is a plain function of its params
+    if weight is None or weight.dtype not in (torch.bfloat16, torch.float16) \
+            or torch.is_autocast_enabled(hidden.device.type):
+        return head(hidden)
+    bias = None if head.bias is None else head.bias.float()
+    if torch.is_grad_enabled():
+        return F.linear(hidden.float(), weight.float(), bias)
+    cached = _FP32_HEADS.get(id(weight))
+    if cached is None or cached[0]() is not weight or cached[1] != weight._version:
+        _FP32_HEADS.clear()     # one model's head at a time: a few hundred MB at most
+        cached = _FP32_HEADS[id(weight)] = (weakref.ref(weight), weight._version, weight.detach().float())
+    return F.linear(hidden.float(), cached[2], bias)
 
 
 def sequence_logps(model, batch: Batch):
@@ -163,18 +187,34 @@ def probe_logps(model, sequences, pad_id, device, batch_size, params=None, share
     (tests hold them together). Batches are filled in order of length, so that few tokens are padding;
     the result is in the order of `sequences`.
     """
-    batches = (_shared_prompt_batches(sequences, batch_size, pad_id) if shared_prompts and _takes_4d_masks(model)
-               else _one_row_batches(sequences, batch_size, pad_id))
     out, order = [], []
-    for indices, batch in batches:
+    for indices, batch in batches(model, sequences, batch_size, pad_id, shared_prompts):
         batch = batch.to(device)
         out.append(sequence_logps(model, batch)[0] if params is None
                    else functional_sequence_logps(model, params, batch))
         order += indices
-    out = torch.cat(out)
+    return in_order(torch.cat(out), order)
+
+
+def in_order(values: torch.Tensor, order) -> torch.Tensor:
+    """values[k] belongs to sequence order[k]: the values in the sequences' own order."""
     back = torch.empty(len(order), dtype=torch.long)
-    back[order] = torch.arange(len(order))
-    return out[back.to(out.device)]
+    back[list(order)] = torch.arange(len(order))
+    return values[back.to(values.device)]
+
+
+def batches(model, sequences, batch_size, pad_id, shared_prompts=True):
+    """(indices, batch) over (prompt_ids, response_ids) sequences, filled in order of length so that few tokens
+    are padding: SharedPromptBatch rows (a prompt's sequences after one copy of it) where the model's attention
+    reads the 4D mask, else one row per sequence (validate.forward's two batch kinds agree to rounding)."""
+    if shared_prompts and _takes_4d_masks(model):
+        return _shared_prompt_batches(sequences, batch_size, pad_id)
+    return _one_row_batches(sequences, batch_size, pad_id)
+
+
+def one_batch(model, sequences, pad_id, shared_prompts=True):
+    """All `sequences` in one batch (a training step's, whose loss needs them in one graph): (indices, batch)."""
+    return next(iter(batches(model, sequences, max(len(sequences), 1), pad_id, shared_prompts)))
 
 
 def _one_row_batches(sequences, batch_size, pad_id):

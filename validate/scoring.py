@@ -15,16 +15,14 @@ def scoring_autocast(device):
 
 
 def score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=None) -> list:
-    """Score (prompt_id, probe, prompt_ids, response_ids) in length-sorted batches; one row dict each."""
-    from learning_dynamics.validate.forward import make_batch, score_batch
+    """Score (prompt_id, probe, prompt_ids, response_ids) in length-sorted batches, a prompt's responses after
+    one copy of it where the model allows (validate.forward.batches); one row dict each."""
+    from learning_dynamics.validate.forward import batches, score_batch
     scorer = scorer or score_batch
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]) + len(sequences[i][3]))
     rows = [None] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = make_batch([(sequences[i][2], sequences[i][3]) for i in chunk], pad_id).to(device)
+    for chunk, batch in batches(model, [(s[2], s[3]) for s in sequences], batch_size, pad_id):
         with autocast():
-            scores = scorer(model, batch)
+            scores = scorer(model, batch.to(device))
         for j, i in enumerate(chunk):
             rows[i] = {"prompt_id": sequences[i][0], "probe": sequences[i][1],
                        **{k: (int(v[j]) if k == "n_tokens" else float(v[j])) for k, v in scores.items()}}

@@ -85,9 +85,14 @@ class Loaded:
     model: object
     tokenizer: object
     encoder: object                # validate.encode.Encoder with the settings' length limits
-    autocast: Callable             # bf16 autocast on a GPU that has it, else a no-op context
+    precision: object              # validate.precision.Precision: what the run computes in
     info: object                   # validate.model.LoadedModel (name, source, parameter count)
     seconds: float
+
+    @property
+    def autocast(self) -> Callable:
+        """The context of every forward pass: bf16 autocast on a GPU run in bf16, else a no-op."""
+        return self.precision.autocast
 
     @property
     def pad_id(self) -> int:
@@ -100,13 +105,15 @@ class Loaded:
 
 
 def load(settings, device, progress=print, dtype=None, attn_implementation: str = "sdpa") -> Loaded:
+    """The model in float32 (or `dtype`): a bf16 run casts it when training starts (validate.precision), after
+    its probe set is built, so that both precisions build the same probes."""
     from learning_dynamics.validate.encode import Encoder
     from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.scoring import scoring_autocast
+    from learning_dynamics.validate.precision import resolve
 
     started = time.perf_counter()
+    precision = resolve(settings.get("precision", "auto"), device)
     info = load_model(settings["model"], device=str(device), dtype=dtype, attn_implementation=attn_implementation,
                       progress=progress)
-    autocast = scoring_autocast(device)
     encoder = Encoder(info.tokenizer, settings["max_prompt_tokens"], settings["max_response_tokens"])
-    return Loaded(info.model, info.tokenizer, encoder, autocast, info, time.perf_counter() - started)
+    return Loaded(info.model, info.tokenizer, encoder, precision, info, time.perf_counter() - started)
