@@ -153,7 +153,9 @@ def pair_coefficients(algo, logp_c, logp_r, ref_c, ref_r, beta, kl=None):
                  "len_chosen": 1, "len_rejected": 1, "kl": kl}
     inputs = {k: v for k, v in available.items() if k in wrt + others}
     c = _coefficients(algorithm.loss, **inputs, **registry.hyper_parameters(algo, kl_beta=beta))
-    return np.asarray(c["logp_chosen"], dtype=np.float64), np.asarray(c["logp_rejected"], dtype=np.float64)
+    chosen = np.asarray(c["logp_chosen"], dtype=np.float64)
+    # a response the loss holds constant (dpo-pull-only's y-) gets no push: coefficient 0
+    return chosen, np.asarray(c.get("logp_rejected", np.zeros_like(chosen)), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- problems

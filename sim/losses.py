@@ -110,6 +110,12 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1):
     return losses, _metrics(losses, logp_chosen, logp_rejected, reward_chosen, reward_rejected)
 
 
+def dpo_pull_only_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1):
+    """DPO's loss with log pi(y-) detached: the same per-pair coefficient beta sigma(-u) pulls y+ up, nothing
+    pushes y- down. The counterfactual control of DPO: it differs from DPO's step in the negative gradient only."""
+    return dpo_loss(logp_chosen, logp_rejected.detach(), ref_chosen, ref_rejected, beta)
+
+
 def ipo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1,
              len_chosen=None, len_rejected=None):
     """(h - 1/(2 beta))^2, h the log-ratio margin.
@@ -189,7 +195,8 @@ def kto_kl_estimate(policy_logps, reference_logps):
 
 # theory.residuals' loss name -> its torch form (tests/test_losses_vs_theory.py checks each against sympy)
 LOSS_FUNCTIONS = {"sft": sft_loss, "dpo": dpo_loss, "onpolicy-dpo": dpo_loss, "spin": dpo_loss, "ipo": ipo_loss,
-                  "simpo": simpo_loss, "slic": slic_loss, "dpop": dpop_loss, "sppo": sppo_loss, "pg": pg_loss, "kto": kto_loss}
+                  "simpo": simpo_loss, "slic": slic_loss, "dpop": dpop_loss, "sppo": sppo_loss, "pg": pg_loss, "kto": kto_loss,
+                  "dpo-pull-only": dpo_pull_only_loss}
 
 
 def loss_call(algorithm, available: dict, hyper: dict):

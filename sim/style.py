@@ -64,7 +64,7 @@ PROBE_COLORS = _with_free_colours({
 # `key` is the tracking table's column
 PROBES = {**{f"logps/{p.name}": (p.label, PROBE_COLORS[p.name]) for p in probe_registry.IN_PANEL_ORDER},
           "entropy/chosen": (r"token entropy on $y^+$", PROBE_COLORS["entropy"])}
-VERDICT_COLORS = {"holds": GREEN, "fails": VERMILION, "inconclusive": GREY}
+VERDICT_COLORS = {"holds": GREEN, "fails": VERMILION, "inconclusive": GREY, "not tested": SAND}
 
 # y-axis label of a tracked quantity, by its key's prefix
 UNITS = {

@@ -10,7 +10,7 @@ from learning_dynamics.theory import residuals as R  # noqa: E402
 
 FUNCS = {"sft": L.sft_loss, "dpo": L.dpo_loss, "onpolicy-dpo": L.dpo_loss, "spin": L.dpo_loss,
          "ipo": L.ipo_loss, "simpo": L.simpo_loss, "slic": L.slic_loss, "dpop": L.dpop_loss,
-         "sppo": L.sppo_loss, "pg": L.pg_loss, "kto": L.kto_loss}
+         "sppo": L.sppo_loss, "pg": L.pg_loss, "kto": L.kto_loss, "dpo-pull-only": L.dpo_pull_only_loss}
 
 
 def random_inputs(loss, rng, n=64, per_token=False):
@@ -91,3 +91,19 @@ def test_bad_loss_inputs():
     with pytest.raises(ValueError):
         R.residual_coefficients("ipo", logp_chosen=-1.0, logp_rejected=-2.0, ref_chosen=-1.0,
                                 ref_rejected=-1.0, len_chosen=3.0)
+
+
+def test_pull_only_is_dpo_without_its_negative_gradient():
+    """dpo-pull-only pulls y+ with DPO's own coefficient beta sigma(-u) and leaves y- alone (its gradient is 0)."""
+    rng = np.random.default_rng(7)
+    inputs = random_inputs("dpo", rng)
+    dpo = R.residual_coefficients("dpo", **inputs)
+    pull = R.residual_coefficients("dpo-pull-only", **inputs)
+    np.testing.assert_allclose(pull["logp_chosen"], dpo["logp_chosen"], rtol=1e-12)
+    assert set(pull) == {"logp_chosen"} and (dpo["logp_rejected"] > 0).all()
+    tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) if isinstance(v, np.ndarray) else v
+               for k, v in inputs.items()}
+    losses, _ = L.dpo_pull_only_loss(**tensors)
+    losses.sum().backward()
+    assert tensors["logp_rejected"].grad is None     # detached: no gradient reaches y- at all
+    np.testing.assert_allclose(tensors["logp_chosen"].grad.numpy(), dpo["logp_chosen"], rtol=1e-10)

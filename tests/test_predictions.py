@@ -70,7 +70,7 @@ def test_without_a_control_the_squeeze_and_entropy_claims_are_not_judged():
     rows = {r["id"]: r for r in P.evaluate_run(make_series(DPO_LIKE), "dpo")}
     for pid in ("P09c", "P10"):
         assert rows[pid]["verdict"] == "inconclusive" and not rows[pid]["control"]
-        assert rows[pid]["effect"] > 0 and "no SFT control" in rows[pid]["detail"]
+        assert rows[pid]["effect"] > 0 and "no control" in rows[pid]["detail"]
 
 
 def test_a_squeeze_no_larger_than_sfts_is_not_a_squeeze():
@@ -137,28 +137,31 @@ def test_comparison_is_paired_and_directional():
     strong = make_series(DPO_LIKE, seed=1)
     weak = make_series({k: v / 4 for k, v in DPO_LIKE.items()}, seed=2)
     rows = P.evaluate_comparison({"dpo": strong, "onpolicy-dpo": weak, "extend": strong})
-    steps = _rows(rows, "equal steps")
+    steps = _rows(rows, "equal exposure")
     assert steps["P14"]["verdict"] == "holds" and steps["P14"]["effect"] > 0
     assert steps["P15"]["verdict"] == "inconclusive"  # same squeeze in both runs
-    assert _rows(rows, "matched margin")["P15"]["verdict"] == "inconclusive"
+    assert _rows(rows, "matched margin")["P15b"]["verdict"] == "inconclusive"
+    # at matched margin only the part read on untrained probes: y* is read on y+'s contexts, a training target
+    assert set(_rows(rows, "matched margin")) == {"P14b", "P15b"}
     rows = P.evaluate_comparison({"dpo": weak, "onpolicy-dpo": strong})
-    assert _rows(rows, "equal steps")["P14"]["verdict"] == "fails"
+    assert _rows(rows, "equal exposure")["P14"]["verdict"] == "fails"
 
 
 def test_matched_margin_can_reverse_an_equal_steps_comparison():
-    """The other run barely moves (margin 1/8 of the reference's) but squeezes hard for its margin: at
-    equal steps the reference squeezes more, at the margin both reach the other squeezes more."""
+    """The other run barely moves (margin 1/8 of the reference's) but its other probes fall hard for its margin
+    (half the reference's fall): at equal exposure the reference squeezes more, at the margin both reach the
+    other squeezes more."""
     reference = make_series(DPO_LIKE, n_evals=9, seed=1)
     slow = {k: v / 8 for k, v in DPO_LIKE.items()}
-    slow["greedy"] = 2.0
+    slow.update({p: DPO_LIKE[p] / 2 for p in P.OTHER_PROBES})
     other = make_series(slow, n_evals=9, seed=2)
     for s in (reference, other):
         for probe in list(P.PROBES) + ["chosen"]:
             s[f"n_tokens/{probe}"] = np.full_like(s["logps/chosen"], 1.0)
         s["argmax/chosen"] = s["logps/greedy"]
     rows = P.evaluate_comparison({"dpo": reference, "extend": other})
-    assert _rows(rows, "equal steps")["P15"]["verdict"] == "holds"
-    matched = _rows(rows, "matched margin")["P15"]
+    assert _rows(rows, "equal exposure")["P15b"]["verdict"] == "holds"
+    matched = _rows(rows, "matched margin")["P15b"]
     assert matched["verdict"] == "fails" and "margin first reaches" in matched["detail"]
 
 
@@ -175,13 +178,14 @@ def test_the_squeeze_parts_are_judged_apart():
     reference = _with_token_counts(make_series(DPO_LIKE, n_evals=6, seed=1))
     other_drift = dict(DPO_LIKE, greedy=8.0, **{p: +6.0 for p in P.OTHER_PROBES})
     other = _with_token_counts(make_series(other_drift, n_evals=6, seed=2))
-    for basis in ("matched margin", "equal steps"):
-        rows = _rows(P.evaluate_comparison({"dpo": reference, "onpolicy-dpo": other}), basis)
-        assert rows["P14"]["verdict"] == "holds", rows["P14"]
-        assert rows["P14a"]["verdict"] == "fails" and rows["P14a"]["ci"][1] < 0, rows["P14a"]
-        assert rows["P14b"]["verdict"] == "holds", rows["P14b"]
-        # the index is y*'s gain plus the others' fall: the parts add up, at either basis
-        assert rows["P14"]["effect"] == pytest.approx(rows["P14a"]["effect"] + rows["P14b"]["effect"])
+    compared = P.evaluate_comparison({"dpo": reference, "onpolicy-dpo": other})
+    rows = _rows(compared, "equal exposure")
+    assert rows["P14"]["verdict"] == "holds", rows["P14"]
+    assert rows["P14a"]["verdict"] == "fails" and rows["P14a"]["ci"][1] < 0, rows["P14a"]
+    assert rows["P14b"]["verdict"] == "holds", rows["P14b"]
+    # the index is y*'s gain plus the others' fall: the parts add up
+    assert rows["P14"]["effect"] == pytest.approx(rows["P14a"]["effect"] + rows["P14b"]["effect"])
+    assert _rows(compared, "matched margin")["P14b"]["verdict"] == "holds"
 
 
 def test_the_squeeze_index_reads_no_training_target():
@@ -202,7 +206,7 @@ def test_the_squeeze_index_reads_no_training_target():
 def test_matched_margin_interval_carries_the_matching():
     """Prompts whose margins differ widely move the matched point when resampled: the interval of the
     matched comparison is wider than the one that holds each run's matched evaluation fixed."""
-    from learning_dynamics.theory.squeeze_measures import at_margin, margin_curve, squeeze_index_curve
+    from learning_dynamics.theory.squeeze_measures import at_margin, margin_curve, squeeze_part_curve
 
     rng = np.random.default_rng(3)
     reference = _with_token_counts(make_series(DPO_LIKE, n_evals=4, seed=1))
@@ -210,9 +214,9 @@ def test_matched_margin_interval_carries_the_matching():
     # heavy-tailed margins: a few prompts carry most of the reference's margin
     reference["logps/rejected"] = reference["logps/rejected"] - np.linspace(0, 1, 4)[:, None] * rng.exponential(
         30.0, 40)
-    row = _rows(P.evaluate_comparison({"dpo": reference, "onpolicy-dpo": other}), "matched margin")["P14"]
+    row = _rows(P.evaluate_comparison({"dpo": reference, "onpolicy-dpo": other}), "matched margin")["P14b"]
     target = min(margin_curve(s).mean(axis=1).max() for s in (reference, other))
-    fixed = [np.array([at_margin(margin_curve(s).mean(axis=1), squeeze_index_curve(s)[:, j], target)
+    fixed = [np.array([at_margin(margin_curve(s).mean(axis=1), squeeze_part_curve(s, "others")[:, j], target)
                        for j in range(40)]) for s in (reference, other)]
     _, fixed_ci = S.bootstrap_ci(lambda a, b: np.mean(a) - np.mean(b), fixed)
     assert row["effect"] == pytest.approx(np.mean(fixed[0]) - np.mean(fixed[1]))
@@ -334,7 +338,7 @@ def test_repeating_its_own_sample_is_judged_per_token_against_the_control():
     row = {r["id"]: r for r in P.evaluate_run(series, "dpo", control=control)}["P17r"]
     assert row["verdict"] == "fails" and abs(row["effect"] - (10.0 - 16.0) / 20) < 0.02 and row["ci"][1] < 0
     raw = {r["id"]: r for r in P.evaluate_run(series, "ipo")}["P17r"]   # no control: the raw change, not judged
-    assert raw["verdict"] == "inconclusive" and abs(raw["effect"] - 0.5) < 0.02 and "no SFT control" in raw["detail"]
+    assert raw["verdict"] == "inconclusive" and abs(raw["effect"] - 0.5) < 0.02 and "no control" in raw["detail"]
     older = {k: v for k, v in series.items() if k != "n_tokens/sample_repeated"}   # a run made before the probe
     for run, ctrl in ((older, control), (series, older)):
         row = {r["id"]: r for r in P.evaluate_run(run, "dpo", control=ctrl)}["P17r"]

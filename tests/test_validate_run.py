@@ -110,14 +110,15 @@ def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, t
                  str(root / "sft"), "--out", str(tmp_path)]) == 0
     merged = json.loads((tmp_path / "summary.json").read_text())
     compared = {(r["id"], r["basis"]) for r in merged["predictions"] if " vs " in r["algo"]}
-    assert compared == {(p, b) for p in ("P14", "P14a", "P14b", "P15", "P15a", "P15b") for b in ("matched margin", "equal steps")}
+    assert compared == {(p, "equal exposure") for p in ("P14", "P14a", "P14b", "P15", "P15a", "P15b")} | \
+        {("P14b", "matched margin"), ("P15b", "matched margin")}
     # extend's curves start after its SFT phase: an SFT run from the initial model is no control for it
-    assert merged["controls"] == {"dpo": "sft", "onpolicy-dpo": "sft"}
+    assert merged["controls"] == {"dpo": {"sft": "sft"}, "onpolicy-dpo": {"sft": "sft"}}
     p09c = {r["run"]: r for r in merged["predictions"] if r["id"] == "P09c"}
-    assert p09c["dpo"]["control"] and "minus in the SFT control" in p09c["dpo"]["detail"]
+    assert p09c["dpo"]["control"] == "sft" and "minus in the SFT control" in p09c["dpo"]["detail"]
     assert not p09c["extend"]["control"] and p09c["extend"]["verdict"] == "inconclusive"
     p17r = {r["run"]: r for r in merged["predictions"] if r["id"] == "P17r"}
-    assert p17r["dpo"]["control"] and "minus in the SFT control" in p17r["dpo"]["detail"]
+    assert p17r["dpo"]["control"] == "sft" and "minus in the SFT control" in p17r["dpo"]["detail"]
     assert np.isfinite(p17r["dpo"]["effect"]) and "P17r" in (root / "dpo" / "report.md").read_text()
 
 
@@ -220,3 +221,24 @@ def test_rerunning_a_finished_run_rebuilds_its_report_without_training(runs, mon
     before = json.loads((runs[0] / "sft" / "report.json").read_text())["predictions"]
     assert run(runs[0] / "sft", "--algo", "sft", "--checkpoint-every", "3") == 0  # checkpointing may change
     assert json.loads((runs[0] / "sft" / "report.json").read_text())["predictions"] == before
+
+
+def test_dpo_is_judged_against_its_pull_only_control_first_and_every_run_records_its_regime(runs, tmp_path):
+    """The counterfactual control differs from DPO in the negative gradient only: it is the first control, read at
+    equal steps; SFT follows, labelled. Every run measures its first step's first-order error and its force."""
+    root, _ = runs
+    assert main(["validate", "report", str(root / "dpo"), str(root / "dpo-pull-only"), str(root / "sft"),
+                 "--out", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "summary.json").read_text())
+    assert merged["controls"]["dpo"] == {"dpo-pull-only": "dpo-pull-only", "sft": "sft"}
+    p09c = [r for r in merged["predictions"] if r["id"] == "P09c" and r["run"] == "dpo"]
+    assert [r["control"] for r in p09c] == ["dpo-pull-only", "sft"]
+    assert p09c[0]["primary_control"] and not p09c[1]["primary_control"]
+    assert "pull only control" in p09c[0]["detail"] and "SFT control" in p09c[1]["detail"]
+    for algo in ("dpo", "dpo-pull-only", "sft"):
+        regime = json.loads((root / algo / "report.json").read_text())["regime"]
+        assert (root / algo / "first_step.json").exists()
+        assert 0 <= regime["first_step_error"] < regime["thresholds"]["first_order"]     # smoke: lr 1e-4
+        assert regime["force"][0] == pytest.approx(1.0) and len(regime["visits"]) == len(regime["steps"])
+    pull = json.loads((root / "dpo-pull-only" / "train_log.json").read_text())
+    assert all(np.isfinite(r["loss"]) for r in pull)

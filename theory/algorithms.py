@@ -41,6 +41,8 @@ class Algorithm:
     requires_reference: bool = False
     requires_samples: bool = False
     warmup: Optional[str] = None           # "sft-both" | None
+    # the algorithm whose exact step this one takes without its negative gradient: its counterfactual control
+    control_of: Optional[str] = None
     length_normalised: bool = False        # log-probs enter divided by the response length
     traits: frozenset = frozenset()
     defaults: Mapping = field(default_factory=dict)   # filled from the loss's definition in theory.residuals
@@ -79,6 +81,12 @@ REGISTRY = _register(
     Algorithm("extend", "SFT on y+ and y- first, then DPO with that model as the reference",
               label="extend (SFT, then DPO)", loss="dpo", data="pair", negative="dataset", requires_reference=True,
               warmup="sft-both", traits={"offpolicy-negative", "squeezes"}),
+    Algorithm("dpo-pull-only", "DPO's step with y-'s term detached: the same per-pair coefficient beta sigma(-u) "
+              "pulls y+, the same batches, no push on y- (DPO's counterfactual control)", label="DPO, pull only",
+              loss="dpo-pull-only", data="pair", negative="dataset", requires_reference=True, control_of="dpo"),
+    Algorithm("onpolicy-dpo-pull-only", "on-policy DPO's step with the sample's term detached (its counterfactual "
+              "control)", label="on-policy DPO, pull only", loss="dpo-pull-only", data="pair", negative="policy",
+              requires_reference=True, requires_samples=True, control_of="onpolicy-dpo"),
     Algorithm("pg", "policy gradient, GRPO-style: advantages standardised in a group {y+, y-, samples}; "
               "a negative advantage is a negative gradient", label="policy gradient", loss="pg", data="group",
               requires_samples=True, traits={"squeezes"}),
@@ -88,9 +96,20 @@ REGISTRY = _register(
 )
 
 ALGORITHMS = tuple(REGISTRY)
-# The control run: effects that something else than a negative gradient could also cause are judged as
-# a difference against SFT on the same pairs (theory.predictions, validate.report).
+# The generic control run: effects that something else than a negative gradient could also cause are judged as
+# a difference against SFT on the same pairs (theory.predictions, validate.report), and, first, against the
+# algorithm's counterfactual control where it has one (`control_of`: the same step without the negative gradient).
 CONTROL = "sft"
+
+
+def controls(name: str) -> tuple:
+    """The control runs of `name`, the one its verdicts are judged against first: its counterfactual control
+    (the same step with the negative gradient removed), then SFT on the same pairs. A control has none, and an
+    algorithm with a warm-up phase (extend) has none: its curves start from the model its warm-up left."""
+    algorithm = get(name)
+    if name == CONTROL or algorithm.control_of or algorithm.warmup:
+        return ()
+    return tuple(a.name for a in REGISTRY.values() if a.control_of == name) + (CONTROL,)
 
 
 def get(name: str) -> Algorithm:

@@ -14,7 +14,7 @@ from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.squeeze_measures import (
     SQUEEZE_PARTS, at_margin, describe_bracket, margin_curve, matched_margin_difference, squeeze_index,
     squeeze_part_curve)
-from learning_dynamics.theory.statistics import Outcome, bootstrap_ci, verdict_from_ci
+from learning_dynamics.theory.statistics import Outcome, bootstrap, bootstrap_ci, verdict_from_ci
 
 # Probes that are neither trained on nor y*: under off-policy DPO they all fall.
 OTHER_PROBES = probe_registry.OTHER
@@ -53,8 +53,8 @@ def _too_few(n: int, what: str) -> Optional[Outcome]:
 
 def _outcome(statistic, arrays, detail, seed=0) -> Outcome:
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-    point, ci = bootstrap_ci(statistic, arrays, seed=seed)
-    return Outcome(verdict_from_ci(ci), point, ci, int(arrays[0].shape[-1]), detail)
+    point, ci, p = bootstrap(statistic, arrays, seed=seed)
+    return Outcome(verdict_from_ci(ci), point, ci, int(arrays[0].shape[-1]), detail, p)
 
 
 def rises(key: str):
@@ -111,20 +111,22 @@ def all_other_probes_fall(series, seed=0):
 
 
 def _accepts_control(evaluate, needs: bool = True):
-    """Mark an evaluator that takes the SFT control's series (`needs`: without it the verdict is not judged)."""
+    """Mark an evaluator that takes a control run's series (`needs`: without it the verdict is not judged); it is
+    called with `control_label` (how its detail names the control) and `basis` (how the two runs are read)."""
     evaluate.controlled = True
     evaluate.needs_control = needs
     return evaluate
 
 
 def _unpaired_control(series: Mapping, control: Mapping, keys, prompts: str = "probe prompts") -> Optional[Outcome]:
-    """The control lacks a key, or scores another number of prompts: there is nothing to pair the run with."""
+    """The control lacks a key, or scores another number of prompts or evaluations: there is nothing to pair the
+    run with (a control is read at the run's own evaluations)."""
     missing = _missing(control, keys)
     if missing:
         return missing
     if any(np.shape(control[k])[-1] != np.shape(series[k])[-1] for k in keys):
         return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
-                       f"the run and its SFT control do not share the same {prompts}")
+                       f"the run and its control do not share the same {prompts}")
     return None
 
 
@@ -135,7 +137,7 @@ def against_control(key: str, sign: float, what: str):
     Without a control the raw change is shown and the verdict is inconclusive: SFT alone moves
     these quantities too (it raises y* and lowers the entropy), so the raw change is no evidence.
     """
-    def evaluate(series, seed=0, control=None):
+    def evaluate(series, seed=0, control=None, control_label="SFT", basis=None):
         missing = _missing(series, [key])
         if missing:
             return missing
@@ -143,13 +145,13 @@ def against_control(key: str, sign: float, what: str):
         if control is None:
             point, ci = bootstrap_ci(lambda a: sign * np.mean(a), [run], seed=seed)
             return Outcome("inconclusive", point, ci, int(run.size),
-                           f"no SFT control: raw {what} shown, not judged (SFT alone moves it too)")
+                           f"no control: raw {what} shown, not judged (SFT alone moves it too)")
         unpaired = _unpaired_control(series, control, [key])
         if unpaired:
             return unpaired
         base = _change(control, key)
         return _outcome(lambda a, b: sign * (np.mean(a) - np.mean(b)), [run, base],
-                        f"{what} in this run minus in the SFT control (paired over prompts); "
+                        f"{what} in this run minus in the {control_label} control (paired over prompts); "
                         f"run {sign * np.mean(run):+.3g}, control {sign * np.mean(base):+.3g}", seed)
     return _accepts_control(evaluate)
 
@@ -194,7 +196,8 @@ def squeezes_less(part: str = "index"):
     matching, so the interval carries the uncertainty of where each run reaches the margin too."""
     what = SQUEEZE_PARTS[part]
 
-    def evaluate(series_reference: Mapping, series_other: Mapping, seed=0, basis="matched margin") -> Outcome:
+    def evaluate(series_reference: Mapping, series_other: Mapping, seed=0, basis="matched margin",
+                 from_eval: int = 0) -> Outcome:
         for s in (series_reference, series_other):
             missing = _missing(s, ["logps/greedy", "logps/chosen", "logps/rejected"])
             if missing:
@@ -206,7 +209,13 @@ def squeezes_less(part: str = "index"):
         if basis == "equal steps":
             return _outcome(lambda x, y: np.mean(x) - np.mean(y), [curves[0][-1], curves[1][-1]],
                             f"{what}: the reference run's minus the other's, at the end of each run", seed)
-        margins = [margin_curve(s) for s in (series_reference, series_other)]
+        # matched only among the evaluations from `from_eval` on (after the first epoch, not inside the first
+        # optimizer steps); changes stay changes since the start
+        margins = [margin_curve(s)[from_eval:] for s in (series_reference, series_other)]
+        curves = [c[from_eval:] for c in curves]
+        if not len(margins[0]) or not len(margins[1]):
+            return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
+                           "no evaluation after the first epoch (every probe pair trained on once) to match at")
         point, target, bracket = matched_margin_difference(margins, curves)
         if not target > 0:
             return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
@@ -216,13 +225,14 @@ def squeezes_less(part: str = "index"):
             cols = index.astype(int)
             return matched_margin_difference([m[:, cols] for m in margins], [c[:, cols] for c in curves])[0]
         n = curves[0].shape[1]
-        point, ci = bootstrap_ci(resampled, [np.arange(n, dtype=np.float64)], seed=seed)
+        point, ci, p = bootstrap(resampled, [np.arange(n, dtype=np.float64)], seed=seed)
         ends = [float(m.mean(axis=1)[-1]) for m in margins]
         return Outcome(verdict_from_ci(ci), point, ci, n,
                        f"{what}: the reference run's minus the other's, each where its mean probe margin first "
-                       f"reaches {target:.3g} nats (final margins {ends[0]:.3g} and {ends[1]:.3g}; the reference "
+                       f"reaches {target:.3g} nats, searched from evaluation {from_eval} on (final margins "
+                       f"{ends[0]:.3g} and {ends[1]:.3g}; the reference "
                        f"{describe_bracket(bracket[0])}, the other {describe_bracket(bracket[1])}; "
-                       f"the interval resamples prompts before matching)")
+                       f"the interval resamples prompts before matching)", p)
     return evaluate
 
 
@@ -236,16 +246,16 @@ def _spearman(x, y) -> float:
 def dose_response(dose_key: str, dose_name: str, sign: float):
     """Does the squeeze grow with the dose across prompts? effect = sign * Spearman rho between the
     prompt's initial dose and its squeeze index (against the SFT control's when one is given)."""
-    def evaluate(series, seed=0, control=None):
+    def evaluate(series, seed=0, control=None, control_label="SFT", basis=None):
         missing = _missing(series, [dose_key, "logps/greedy", "n_tokens/chosen"])
         if missing:
             return missing
         dose = np.asarray(series[dose_key], dtype=np.float64)[0]
         strength = squeeze_index(series)
-        against = "raw squeeze index (no SFT control given)"
+        against = "raw squeeze index (no control given)"
         if control is not None and squeeze_index(control).shape == strength.shape:
             strength = strength - squeeze_index(control)
-            against = "squeeze index minus the SFT control's"
+            against = f"squeeze index minus the {control_label} control's"
         thirds = np.array_split(np.argsort(dose), 3)
         bins = ", ".join(f"{dose[t].mean():.3g}: {strength[t].mean():+.3g}" for t in thirds if t.size)
         return _outcome(lambda d, st: sign * _spearman(d, st), [dose, strength],
@@ -290,12 +300,13 @@ def _share_at_mass(tv, gain, target: float) -> float:
 
 
 @_accepts_control
-def mass_into_top_token(series, seed=0, control=None):
+def mass_into_top_token(series, seed=0, control=None, control_label="SFT", basis="matched moved mass"):
     """Of the probability mass that moved on y+'s contexts (total variation from the start), the share the
-    initial top token gained, minus the same share under the SFT control (paired over prompts): SFT's push
-    on y+ moves mass too, into y+'s own tokens, so only the excess over SFT is the squeeze's direction. Both
-    runs are read where they have moved the same mass (the largest mean total variation both reach), since
-    SFT's push on y+ is not DPO's in size; the bootstrap resamples prompts before matching."""
+    initial top token gained, minus the same share under the control (paired over prompts): SFT's push
+    on y+ moves mass too, into y+'s own tokens, so only the excess over SFT is the squeeze's direction. Against
+    SFT both runs are read where they have moved the same mass (the largest mean total variation both reach),
+    since SFT's push on y+ is not DPO's in size; the bootstrap resamples prompts before matching. Against a
+    counterfactual control (basis "equal steps": the same pull on y+, no push on y-) both are read at the end."""
     keys = ["mass/tv", "mass/top_gain"]
     missing = _missing(series, keys)
     if missing:
@@ -304,12 +315,18 @@ def mass_into_top_token(series, seed=0, control=None):
     if control is None:
         point, ci = bootstrap_ci(_top_token_share, [tv[-1], gain[-1]], seed=seed)
         return Outcome("inconclusive", point, ci, int(tv.shape[1]),
-                       "no SFT control: the raw share of the moved mass that went into the initial top token "
+                       "no control: the raw share of the moved mass that went into the initial top token "
                        "is shown, not judged (SFT's push on y+ moves mass too)")
     unpaired = _unpaired_control(series, control, keys)
     if unpaired:
         return unpaired
     tv_c, gain_c = (np.asarray(control[k], dtype=np.float64) for k in keys)
+    if basis == "equal steps":
+        return _outcome(lambda t, g, tc, gc: _top_token_share(t, g) - _top_token_share(tc, gc),
+                        [tv[-1], gain[-1], tv_c[-1], gain_c[-1]],
+                        f"share of the moved mass that went into the initial top token in this run "
+                        f"({_top_token_share(tv[-1], gain[-1]):+.3g}) minus in the {control_label} control "
+                        f"({_top_token_share(tv_c[-1], gain_c[-1]):+.3g}), at equal steps (paired over prompts)", seed)
 
     def difference(index):
         cols = index.astype(int)
@@ -320,18 +337,18 @@ def mass_into_top_token(series, seed=0, control=None):
                 - _share_at_mass(tv_c[:, cols], gain_c[:, cols], target))
     n = tv.shape[1]
     target = min(tv.mean(axis=1).max(), tv_c.mean(axis=1).max())
-    point, ci = bootstrap_ci(difference, [np.arange(n, dtype=np.float64)], seed=seed)
+    point, ci, p = bootstrap(difference, [np.arange(n, dtype=np.float64)], seed=seed)
     return Outcome(verdict_from_ci(ci), point, ci, n,
                    f"share of the moved mass that went into the initial top token in this run "
-                   f"({_share_at_mass(tv, gain, target):+.3g}) minus in the SFT control "
+                   f"({_share_at_mass(tv, gain, target):+.3g}) minus in the {control_label} control "
                    f"({_share_at_mass(tv_c, gain_c, target):+.3g}), each where its mean total variation first "
                    f"reaches {target:.3g} (final {tv.mean(axis=1)[-1]:.3g} and {tv_c.mean(axis=1)[-1]:.3g}); at "
                    f"equal steps {_top_token_share(tv[-1], gain[-1]):+.3g} minus "
-                   f"{_top_token_share(tv_c[-1], gain_c[-1]):+.3g}")
+                   f"{_top_token_share(tv_c[-1], gain_c[-1]):+.3g}", p)
 
 
 @_accepts_control
-def repetition_against_control(series, seed=0, control=None):
+def repetition_against_control(series, seed=0, control=None, control_label="SFT", basis=None):
     """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.repetition:
     PREFIX_WORDS), in the run minus in the SFT control, over the prompts whose generations reach that length
     at the start and the end of both runs: length-matched, and no continuation forced past its end of turn."""
@@ -344,7 +361,7 @@ def repetition_against_control(series, seed=0, control=None):
         keep = np.isfinite(run).all(axis=0)
         point, ci = bootstrap_ci(np.mean, [run[1, keep] - run[0, keep]], seed=seed)
         return Outcome("inconclusive", point, ci, int(keep.sum()),
-                       "no SFT control: the raw change of repetition is shown, not judged")
+                       "no control: the raw change of repetition is shown, not judged")
     unpaired = _unpaired_control(series, control, [key], prompts="generation prompts")
     if unpaired:
         return unpaired
@@ -357,7 +374,7 @@ def repetition_against_control(series, seed=0, control=None):
     d_run, d_base = run[1, keep] - run[0, keep], base[1, keep] - base[0, keep]
     return _outcome(lambda a, b: np.mean(a) - np.mean(b), [d_run, d_base],
                     f"rise of the repeated 4-gram fraction of the generations' first words in this run "
-                    f"({np.mean(d_run):+.3g}) minus in the SFT control ({np.mean(d_base):+.3g}), "
+                    f"({np.mean(d_run):+.3g}) minus in the {control_label} control ({np.mean(d_base):+.3g}), "
                     f"{int(keep.sum())} prompts", seed)
 
 
@@ -375,11 +392,11 @@ _second_copy_rises = against_control("second copy", +1.0, "rise of the per-token
 
 
 @_accepts_control
-def repeats_itself_against_control(series, seed=0, control=None):
+def repeats_itself_against_control(series, seed=0, control=None, control_label="SFT", basis=None):
     """Teacher-forced and length-controlled: the same tokens at every step, whatever the model now generates."""
     missing = _missing(series, _REPEAT_KEYS) or (control is not None and
                                                  _unpaired_control(series, control, _REPEAT_KEYS))
     if missing:
         return missing
-    return _second_copy_rises({"second copy": second_copy_logp(series)}, seed=seed,
+    return _second_copy_rises({"second copy": second_copy_logp(series)}, seed=seed, control_label=control_label,
                               control=None if control is None else {"second copy": second_copy_logp(control)})

@@ -25,8 +25,11 @@ the statistics theory/statistics.py.
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
+import numpy as np
+
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.evaluators import (
     against_control, all_other_probes_fall, dose_response, falls, gains_more_than, mass_into_top_token,
     rejected_falls_more, repeats_itself_against_control, repetition_against_control, rise_then_fall, rises,
@@ -39,7 +42,8 @@ PROBES = {p.name: p.description for p in probe_registry.PROBE_TYPES}
 # Probes that are neither trained on nor y*: under off-policy DPO they all fall.
 OTHER_PROBES = probe_registry.OTHER
 
-VERDICTS = ("holds", "fails", "inconclusive")
+# "not tested": the run was not in the regime the claim is about (theory.regime), so it neither holds nor fails
+VERDICTS = ("holds", "fails", "inconclusive", "not tested")
 # Which algorithms a prediction concerns is read from the registry's traits, never listed by name.
 DPO_FAMILY = algorithms.having("offpolicy-negative")   # negative gradients on the dataset's unlikely y-
 SQUEEZING = algorithms.having("squeezes")              # negative gradients on unlikely responses anywhere
@@ -57,9 +61,16 @@ class Prediction:
     applies_to: tuple = ()        # algorithms a run-level prediction is about
     effect_unit: str = ""
     evaluate: Optional[Callable] = field(default=None, compare=False, repr=False)
+    # what a run must have been for the claim to be tested on it (theory.regime): "first order" steps, an
+    # "active force" on the probe pairs (the claim is read at the last evaluation where it still was)
+    regime: frozenset = frozenset({"first order"})
 
 
 # --------------------------------------------------------------------------- the catalogue
+
+# claims about negative gradients: their mechanism needs the force on the probe pairs to be active, and
+# first-order steps (theory.regime); the others need first-order steps only (SFT's force never saturates)
+SQUEEZE_REGIME = frozenset({"first order", "active force"})
 
 _S = "step"
 _PART_UNITS = {"index": "nats per token of squeeze index", "y*": "nats per token of y* gain",
@@ -70,7 +81,7 @@ def _squeeze_comparisons(pid: str, pair: tuple, formula: str, claims: tuple) -> 
     """A two-run squeeze claim judged on the index (pid) and on each part apart (pid + "a": y*'s gain,
     pid + "b": the other probes' fall): claims in that order."""
     return tuple(Prediction(pid + suffix, claim, formula, pid[1:], "compare", ("lm", "llm"), pair, _PART_UNITS[part],
-                            squeezes_less(part))
+                            squeezes_less(part), regime=SQUEEZE_REGIME)
                  for suffix, part, claim in zip(("", "a", "b"), ("index", "y*", "others"), claims))
 
 
@@ -142,44 +153,55 @@ CATALOGUE = (
     # ---- whole runs: off-policy negative gradients
     Prediction("P09a", "Off-policy DPO ends with log pi(y+) below its start.",
                "theory.squeeze + two-context coupling (X04)", "9", "run", ("lm", "llm"), DPO_FAMILY,
-               "nats", falls("logps/chosen")),
+               "nats", falls("logps/chosen"),
+               regime=SQUEEZE_REGIME),
     Prediction("P09b", "Off-policy DPO lowers both log pi(y+) and log pi(y-), y- faster.",
                "theory.residuals (equal and opposite coefficients, valley of y-)", "9", "run",
-               ("lm", "llm"), DPO_FAMILY, "nats", rejected_falls_more),
+               ("lm", "llm"), DPO_FAMILY, "nats", rejected_falls_more,
+               regime=SQUEEZE_REGIME),
     Prediction("P09c", "Negative gradients on unlikely responses raise y* (the squeeze) more than SFT "
                "on the same pairs does.",
                "theory.squeeze (P02 at rejected-only positions)", "9", "run", ("lm", "llm"),
-               SQUEEZING, "nats", against_control("logps/greedy", +1.0, "rise of log pi(y*)")),
+               SQUEEZING, "nats", against_control("logps/greedy", +1.0, "rise of log pi(y*)"),
+               regime=SQUEEZE_REGIME),
     Prediction("P09d", "Off-policy DPO lowers every other probe response.",
                "theory.squeeze.threshold (labels below ||pi||^2 - pi_k fall)", "9", "run",
-               ("lm", "llm"), DPO_FAMILY, "nats", all_other_probes_fall),
+               ("lm", "llm"), DPO_FAMILY, "nats", all_other_probes_fall,
+               regime=SQUEEZE_REGIME),
     Prediction("P10", "Negative gradients make the model peakier: the mean token entropy on y+'s "
                "contexts falls more than under SFT on the same pairs.", "theory.flow (replicator sharpening)",
                "10", "run", ("lm", "llm"), SQUEEZING, "nats of entropy",
-               against_control("entropy/chosen", -1.0, "fall of the mean token entropy")),
+               against_control("entropy/chosen", -1.0, "fall of the mean token entropy"),
+               regime=SQUEEZE_REGIME),
     Prediction("P17", "Long off-policy DPO raises repetition in greedy generations (the repeated 4-gram "
                "fraction of each generation's first 12 words, against the SFT control).",
                "theory.flow (mass piles onto the argmax)", "17", "run", ("llm",), ("dpo",),
-               "repeated 4-gram fraction", repetition_against_control),
+               "repeated 4-gram fraction", repetition_against_control,
+               regime=SQUEEZE_REGIME),
     Prediction("P17r", "Off-policy DPO raises the model's propensity to repeat its own answer more than SFT on "
                "the same pairs does: the per-token log-prob of re-emitting its initial sample right after it "
                "rises more than under the SFT control.", "theory.flow (mass piles onto the argmax)", "17", "run",
-               ("llm",), DPO_FAMILY, "nats per token, minus SFT's", repeats_itself_against_control),
+               ("llm",), DPO_FAMILY, "nats per token, minus SFT's", repeats_itself_against_control,
+               regime=SQUEEZE_REGIME),
     Prediction("P05r", "Dose-response: prompts whose y- sits in a peakier distribution (lower initial "
                "entropy on y-'s contexts) squeeze harder.", "theory.squeeze.threshold (grows with ||pi||^2)",
                "5", "run", ("llm",), DPO_FAMILY, "Spearman rho",
-               dose_response("entropy/rejected", "mean token entropy on y-'s contexts", -1.0)),
+               dose_response("entropy/rejected", "mean token entropy on y-'s contexts", -1.0),
+               regime=SQUEEZE_REGIME),
     Prediction("P06r", "Dose-response: prompts whose y- is less likely (lower initial per-token "
                "log pi(y-)) squeeze harder.", "theory.squeeze.threshold = ||pi||^2 - pi_k", "6", "run",
                ("llm",), DPO_FAMILY, "Spearman rho",
-               dose_response("logp_mean/rejected", "per-token log pi(y-)", -1.0)),
+               dose_response("logp_mean/rejected", "per-token log pi(y-)", -1.0),
+               regime=SQUEEZE_REGIME),
     Prediction("P08r", "At the positions y+ and y- share, DPO's two pushes cancel: the entropy falls "
                "less there than at y-'s own positions.", "theory.squeeze (shared-context DPO step)", "8",
-               "run", ("llm",), ("dpo", "ipo"), "nats of entropy per token", shared_prefix_does_not_squeeze),
+               "run", ("llm",), ("dpo", "ipo"), "nats of entropy per token", shared_prefix_does_not_squeeze,
+               regime=SQUEEZE_REGIME),
     Prediction("P18r", "Mass conservation directs the squeeze: a larger share of the probability mass that "
                "moves on y+'s contexts goes into the initial top token than under SFT on the same pairs.",
                "theory.softmax.apply_A (A v = v - pi.v)", "18", "run", ("llm",), DPO_FAMILY,
-               "share of moved mass, minus SFT's", mass_into_top_token),
+               "share of moved mass, minus SFT's", mass_into_top_token,
+               regime=SQUEEZE_REGIME),
 
     # ---- two runs on the same probe prompts
     *_squeeze_comparisons("P14", ("dpo", "onpolicy-dpo"), "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", (
@@ -194,6 +216,11 @@ CATALOGUE = (
 
 
 BY_ID = {p.id: p for p in CATALOGUE}
+
+# The primary claims, named before the CPU runs of the verdict-regime issue were made (their COMMANDS.md): what
+# those runs are for. A merged report corrects their family for multiplicity (Holm, validate.pooling); every
+# other verdict is exploratory.
+PRIMARY = ("P09a", "P09c", "P09d", "P10", "P18r")
 
 # the squeeze index reads y* (on y+) and every other probe that is no training target in any context
 _SQUEEZE_PROBES = ("chosen",) + probe_registry.OTHER_UNTRAINED
@@ -269,49 +296,134 @@ def get(prediction_id: str) -> Prediction:
 def _row(prediction: Prediction, outcome: Outcome) -> dict:
     return {"id": prediction.id, "claim": prediction.claim, "verdict": outcome.verdict,
             "effect": outcome.effect, "ci": list(outcome.ci), "n": outcome.n,
-            "unit": prediction.effect_unit, "detail": outcome.detail}
+            "unit": prediction.effect_unit, "detail": outcome.detail, "p_value": outcome.p_value}
 
 
 def _accepts_control(evaluate) -> bool:
     return getattr(evaluate, "controlled", False)
 
 
-def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, control: Mapping = None) -> list:
+def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, control: Mapping = None,
+                 controls: Mapping = None, regime=None) -> list:
     """Every run-level prediction about `algo` at this level, as report rows.
 
-    control: the series of the SFT control run (same pairs, seed and probe prompts); predictions
-    that something else could also cause are judged as the difference against it.
+    controls: {control algorithm: its series} for the runs on the same pairs, seed and probe prompts among
+    theory.algorithms.controls(algo); predictions that something else could also cause are judged as the
+    difference against each, one row per control: first the counterfactual control (the same step without the
+    negative gradient, read at equal steps; the row with "primary_control"), then SFT, labelled. `control`
+    alone: the SFT control's series. regime: theory.regime.Regime of the run; a claim is "not tested" outside the
+    regime it is about, and read at the last evaluation where the run was still in it.
     """
+    if controls is None:
+        controls = {algorithms.CONTROL: control} if control is not None else {}
+    present = [name for name in algorithms.controls(algo) if controls.get(name) is not None]
     rows = []
     for prediction in CATALOGUE:
         if prediction.scope == "run" and algo in prediction.applies_to and level in prediction.levels:
+            last, reason = regimes.gate(regime, prediction.regime) if regime is not None else (None, None)
+            if reason:
+                rows.append(_not_tested(prediction, reason))
+                continue
+            read, read_controls = _read_at(series, last), {k: _read_at(v, last) for k, v in controls.items()}
             if _accepts_control(prediction.evaluate):
-                ctrl = control if algo != algorithms.CONTROL else None
-                row = _row(prediction, prediction.evaluate(series, seed=seed, control=ctrl))
-                row["control"] = ctrl is not None
-                row["needs_control"] = getattr(prediction.evaluate, "needs_control", False)
+                new = _controlled_rows(prediction, read, read_controls, present, seed)
             else:
-                row = _row(prediction, prediction.evaluate(series, seed=seed))
-            rows.append(row)
+                new = [_row(prediction, prediction.evaluate(read, seed=seed))]
+            rows += [_read_note(r, regime, last) for r in new]
     return rows
 
 
-def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int = 0) -> list:
+def _read_at(series: Optional[Mapping], last: Optional[int]):
+    """The series as a claim reads it: whole, or up to evaluation `last` (the run's regime ended there)."""
+    if series is None or last is None:
+        return series
+    n = len(np.asarray(series["logps/chosen"])) if "logps/chosen" in series else None
+    return series if n is None or last >= n - 1 else regimes.truncated(series, last)
+
+
+def _read_note(row: dict, regime, last) -> dict:
+    if regime is None or last is None or last >= len(regime.steps) - 1:
+        return row
+    note = (f"read at step {regime.steps[last]}, the last evaluation where the mean force on the probe pairs was "
+            f"at least {regimes.ACTIVE:.0%} of its start (the run went on to step {regime.steps[-1]})")
+    return dict(row, detail=f"{note}; {row['detail']}" if row.get("detail") else note, read_step=regime.steps[last])
+
+
+def _not_tested(prediction: Prediction, reason: str) -> dict:
+    nan = float("nan")
+    return dict(_row(prediction, Outcome("not tested", nan, (nan, nan), 0, reason)), not_tested=reason)
+
+
+def _controlled_rows(prediction: Prediction, series: Mapping, controls: Mapping, present: list, seed: int) -> list:
+    needs = getattr(prediction.evaluate, "needs_control", False)
+    if not present:
+        return [dict(_row(prediction, prediction.evaluate(series, seed=seed)), control=None, needs_control=needs,
+                     primary_control=True)]
+    rows = []
+    for rank, name in enumerate(present):
+        counterfactual = algorithms.get(name).control_of is not None
+        outcome = prediction.evaluate(series, seed=seed, control=controls[name],
+                                      control_label=algorithms.get(name).label,
+                                      **({"basis": "equal steps"} if counterfactual else {}))
+        rows.append(dict(_row(prediction, outcome), control=name, needs_control=needs, primary_control=rank == 0))
+    return rows
+
+
+def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int = 0, regime_by_algo=None) -> list:
     """Every two-run prediction whose two algorithms are both in `series_by_algo`.
 
-    `applies_to` is (reference, other): the other run is predicted to squeeze
-    less. Each comparison gives two rows: at matched preference margin (the
-    verdict) and at equal steps ("basis"). For "extend", pass the series of its
-    DPO phase only.
+    `applies_to` is (reference, other): the other run is predicted to squeeze less. Each comparison is read at
+    equal exposure (both runs at the same steps; with one batch order, each probe pair after as many visits in
+    both: the regimes' visit counts are checked) and, for the part read on untrained probes only (the other
+    probes' fall: y* is read on y+'s contexts, a training target), also at matched preference margin, searched
+    only after the first epoch (every probe pair trained on once), not inside the first optimizer steps. For
+    "extend", pass the series of its DPO phase only.
     """
+    regime_by_algo = regime_by_algo or {}
     rows = []
     for prediction in CATALOGUE:
         if prediction.scope != "compare" or level not in prediction.levels:
             continue
         reference, other = prediction.applies_to
-        if reference in series_by_algo and other in series_by_algo:
-            for basis in ("matched margin", "equal steps"):
-                outcome = prediction.evaluate(series_by_algo[reference], series_by_algo[other], seed=seed,
-                                              basis=basis)
-                rows.append(dict(_row(prediction, outcome), basis=basis))
+        if reference not in series_by_algo or other not in series_by_algo:
+            continue
+        pair = [regime_by_algo.get(reference), regime_by_algo.get(other)]
+        last, reason = _both_in_regime(prediction, *pair)
+        for basis in ("equal exposure",) + (("matched margin",) if prediction.id.endswith("b") else ()):
+            if reason or (basis == "equal exposure" and _unequal_exposure(*pair)):
+                why = reason or "not tested: the two runs did not visit the probe pairs equally (another batch order)"
+                rows.append(dict(_not_tested(prediction, why), basis=basis))
+                continue
+            outcome = prediction.evaluate(_read_at(series_by_algo[reference], last),
+                                          _read_at(series_by_algo[other], last), seed=seed,
+                                          basis="equal steps" if basis == "equal exposure" else basis,
+                                          from_eval=_after_first_epoch(pair))
+            rows.append(dict(_row(prediction, outcome), basis=basis))
     return rows
+
+
+def _unequal_exposure(first, second) -> bool:
+    if first is None or second is None or first.visits is None or second.visits is None:
+        return False
+    return len(first.visits) != len(second.visits) or not np.allclose(first.visits, second.visits)
+
+
+def _after_first_epoch(regimes_pair) -> int:
+    """The first evaluation after which both runs had trained on every probe pair (0 where not measured)."""
+    epochs = [r.first_epoch for r in regimes_pair if r is not None and r.covered is not None]
+    if any(e is None for e in epochs):
+        return 10 ** 9        # some pair never trained: no evaluation qualifies
+    return max(epochs, default=0)
+
+
+def _both_in_regime(prediction: Prediction, first, second) -> tuple:
+    """(last evaluation both runs are read at, or None; a reason not tested, or None)."""
+    lasts = []
+    for name, regime in (("the reference run", first), ("the other run", second)):
+        if regime is None:
+            continue
+        last, reason = regimes.gate(regime, prediction.regime)
+        if reason:
+            return None, f"{name}: {reason}"
+        lasts.append(last)
+    return (min(lasts) if lasts else None), None

@@ -14,7 +14,7 @@ import numpy as np
 
 from learning_dynamics.theory import _sym
 
-LOSSES = ("sft", "dpo", "onpolicy-dpo", "spin", "ipo", "simpo", "slic", "dpop", "sppo", "pg", "kto")
+LOSSES = ("sft", "dpo", "onpolicy-dpo", "spin", "ipo", "simpo", "slic", "dpop", "sppo", "pg", "kto", "dpo-pull-only")
 
 # loss -> (log-prob inputs differentiated, other inputs, defaults); mirrors sim/losses.py
 _DPO = (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "beta"), {"beta": 0.1})
@@ -33,6 +33,8 @@ _SPEC = {
     "pg": (("logp",), ("advantages",), {}),
     # one desirable (y+) and one undesirable (y-) example; kl is the detached reference-KL estimate
     "kto": (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "kl", "beta"), {"beta": 0.1}),
+    # DPO's loss with log pi(y-) held constant (detached): the same coefficient beta sigma(-u) on y+, no push on y-
+    "dpo-pull-only": (("logp_chosen",), ("logp_rejected", "ref_chosen", "ref_rejected", "beta"), {"beta": 0.1}),
 }
 
 
@@ -91,7 +93,7 @@ def _symbolic():
     dpo = -logsigmoid(beta * (lc - rc) - beta * (lr - rr))
     losses = {
         "sft": -lc,
-        "dpo": dpo, "onpolicy-dpo": dpo, "spin": dpo,
+        "dpo": dpo, "onpolicy-dpo": dpo, "spin": dpo, "dpo-pull-only": dpo,
         "ipo": ((lc - rc) / Lc - (lr - rr) / Lr - 1 / (2 * beta)) ** 2,
         "simpo": -logsigmoid(beta * lc / Lc - beta * lr / Lr - S["gamma"]),
         "slic": sp.Max(0, S["delta"] - lc + lr) - lam * lc,
@@ -187,10 +189,12 @@ def derivations():
     steps = [("G = c d log pi_y / dz, c = dL/dlog pi_y (3 labels, y = 1):", s["G"]),
              ("minus c (e_y - pi):", s["G_check"])]
     for name in LOSSES:
-        if name in ("onpolicy-dpo", "spin"):
+        if name in ("onpolicy-dpo", "spin", "dpo-pull-only"):
             continue
         steps.append((f"{name}: L =", s["losses"][name]))
         for var, g in s["grads"][name].items():
             steps.append((f"   dL/d{var} =", g))
     steps.append(("onpolicy-dpo and spin: the DPO loss on other responses (same coefficients)", None))
+    steps.append(("dpo-pull-only: the DPO loss differentiated in log pi(y+) only (y- detached): DPO's pull on y+, "
+                  "with its coefficient, and no negative gradient", None))
     return [Derivation("Residual terms G of each loss", tuple(steps))]

@@ -1,8 +1,10 @@
 """The statistics behind every verdict: the bootstrap CI over prompts (scipy.stats.bootstrap) and the
 verdict it decides, the Wilson interval of a fraction of cases (scipy.stats.binomtest), and
 precision/recall of a predicted set (scikit-learn)."""
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -14,29 +16,91 @@ class Outcome:
     ci: tuple
     n: int
     detail: str = ""
+    p_value: Optional[float] = None      # two-sided bootstrap p of "effect = 0" (what a multiplicity correction reads)
 
     def as_dict(self) -> dict:
         return {"verdict": self.verdict, "effect": self.effect, "ci": list(self.ci),
-                "n": self.n, "detail": self.detail}
+                "n": self.n, "detail": self.detail, "p_value": self.p_value}
 
 
-def bootstrap_ci(statistic: Callable, arrays, n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95):
-    """Point estimate and percentile CI of `statistic(*arrays)`, resampling prompts (scipy.stats.bootstrap).
+# the training seed of every unit (prompt column) while a pooled verdict is computed (`grouped_by`)
+_GROUPS = contextvars.ContextVar("bootstrap_groups", default=None)
 
-    Every array has prompts on axis -1 and is resampled with the same indices
-    (paired: two runs on the same probe prompts keep their pairing).
-    """
+
+@contextlib.contextmanager
+def grouped_by(groups):
+    """Inside the block every bootstrap is hierarchical: it resamples the groups (training seeds) first, then the
+    units (prompts) within each group drawn, so that an interval over several seeds carries the seed-to-seed
+    variation too. `groups`: one label per unit (column), in the columns' order."""
+    token = _GROUPS.set(np.asarray(groups))
+    try:
+        yield
+    finally:
+        _GROUPS.reset(token)
+
+
+def bootstrap(statistic: Callable, arrays, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
+    """(point, percentile CI, two-sided p of 0) of `statistic(*arrays)`, resampling prompts: every array has
+    prompts on axis -1 and is resampled with the same indices (paired: two runs on the same probe prompts keep
+    their pairing); within `grouped_by`, seeds first, then prompts (a hierarchical bootstrap). Without groups the
+    resampling is scipy.stats.bootstrap's."""
     from scipy import stats
 
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     point = float(statistic(*arrays))
+    nan = float("nan")
     if arrays[0].shape[-1] < 2 or not np.isfinite(point):
-        return point, (float("nan"), float("nan"))
-    result = stats.bootstrap(arrays, lambda *a: statistic(*a), n_resamples=n_boot, paired=True,
-                             vectorized=False, axis=-1, confidence_level=level, method="percentile",
-                             rng=np.random.default_rng(seed))
-    return point, (float(result.confidence_interval.low), float(result.confidence_interval.high))
+        return point, (nan, nan), None
+    groups = _GROUPS.get()
+    rng = np.random.default_rng(seed)
+    if groups is not None and groups.shape[0] == arrays[0].shape[-1] and len(np.unique(groups)) > 1:
+        draws = _hierarchical(statistic, arrays, groups, n_boot, rng)
+    else:
+        result = stats.bootstrap(arrays, lambda *a: statistic(*a), n_resamples=n_boot, paired=True,
+                                 vectorized=False, axis=-1, confidence_level=level, method="percentile", rng=rng)
+        draws = np.asarray(result.bootstrap_distribution, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if draws.size < 2:
+        return point, (nan, nan), None
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    p = min(1.0, 2 * min((np.sum(draws <= 0) + 1), (np.sum(draws >= 0) + 1)) / (draws.size + 1))
+    return point, (float(low), float(high)), float(p)
+
+
+def _hierarchical(statistic, arrays, groups, n_boot, rng) -> np.ndarray:
+    labels = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in labels]
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(len(members), size=len(members))
+        index = np.concatenate([rng.choice(members[g], size=members[g].size) for g in picked])
+        out[b] = statistic(*[a[..., index] for a in arrays])
+    return out
+
+
+def bootstrap_ci(statistic: Callable, arrays, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """(point, percentile CI) of `bootstrap`."""
+    point, ci, _ = bootstrap(statistic, arrays, n_boot, seed, level)
+    return point, ci
+
+
+def holm(p_values) -> list:
+    """Holm's step-down adjusted p-values (family-wise error control), in the order given; None stays None."""
+    known = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    adjusted = [None] * len(p_values)
+    running, m = 0.0, len(known)
+    for rank, (p, i) in enumerate(sorted(known)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict_from_p(effect: float, p: Optional[float], alpha: float = 0.05) -> str:
+    """The verdict of an adjusted p-value: the effect's sign where p < alpha, else inconclusive."""
+    if p is None or not np.isfinite(effect) or p >= alpha:
+        return "inconclusive"
+    return "holds" if effect > 0 else "fails"
 
 
 def verdict_from_ci(ci) -> str:

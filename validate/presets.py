@@ -9,7 +9,7 @@ cpu     the real SmolLM2-135M-Instruct on 2 CPU cores, under 40 minutes a run: 2
 default one algorithm on SmolLM2-135M-Instruct on one GPU in a few minutes.
 """
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Optional
 
@@ -18,6 +18,7 @@ from learning_dynamics.theory.arguments import LR_MAX, check_seed
 from learning_dynamics.theory.errors import UserError
 
 ALGORITHMS = registry.ALGORITHMS
+PRECISIONS = ("auto", "fp32", "bf16")   # validate.precision resolves "auto" on the machine that runs
 
 
 def hyper_setting(algorithm, name: str) -> str:
@@ -37,16 +38,16 @@ def _hyper_defaults() -> dict:
     return out
 
 
-COMMON = dict(algo="dpo", data=None, seed=0, **_hyper_defaults(),
+COMMON = dict(algo="dpo", data=None, seed=0, **_hyper_defaults(), precision="auto",
               max_prompt_tokens=96, max_response_tokens=48, n_samples=2, weight_decay=0.0)
 
 PRESETS = {
-    "smoke": dict(COMMON, model="tiny-random", device="cpu", steps=4, batch_pairs=4, lr=1e-3,
+    "smoke": dict(COMMON, model="tiny-random", device="cpu", steps=4, batch_pairs=4, lr=1e-4,
                   eval_every=2, n_train=48, n_probe=6, eval_batch=32, gen_prompts=2, gen_tokens=8,
                   sample_every=2, extend_sft_steps=2, checkpoint_every=1, max_response_tokens=16),
     "cpu": dict(COMMON, model="smollm2", device="cpu", steps=24, batch_pairs=4, lr=5e-5, eval_every=8,
                 n_train=48, n_probe=24, eval_batch=32, gen_prompts=8, gen_tokens=24, sample_every=4,
-                extend_sft_steps=8, checkpoint_every=1),
+                extend_sft_steps=None, checkpoint_every=1),
     "default": dict(COMMON, model="smollm2", device="cuda", steps=240, batch_pairs=32, lr=5e-6,
                     eval_every=20, n_train=None, n_probe=200, eval_batch=256, gen_prompts=32,
                     gen_tokens=48, sample_every=8, extend_sft_steps=80, checkpoint_every=4),
@@ -57,7 +58,7 @@ RESUMABLE_CHANGES = ("checkpoint_every",)
 
 # settings a user may change with a flag; the others come from the preset
 OVERRIDABLE = ("model", "data", "algo", "steps", "device", "seed", "lr", "beta", "batch_pairs",
-               "eval_every", "n_probe", "checkpoint_every")
+               "eval_every", "n_probe", "checkpoint_every", "precision")
 
 
 def settings_for(preset: str, **overrides) -> "Settings":
@@ -90,6 +91,8 @@ def check(settings: dict) -> None:
     if registry.get(settings["algo"]).data == "unpaired" and settings["batch_pairs"] < 2:
         raise UserError(f"--algo {settings['algo']} estimates the reference KL from mismatched pairs of a batch: "
                         "it needs --batch-pairs of at least 2")
+    if settings["precision"] not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
     if settings["checkpoint_every"] < 0:
         raise UserError("--checkpoint-every must be >= 0 (0: only at the end)")
 
@@ -120,12 +123,13 @@ class Settings(Mapping):
     gen_prompts: int
     gen_tokens: int
     sample_every: int
-    extend_sft_steps: int
+    extend_sft_steps: Optional[int]   # None: one epoch over the training pairs (validate.run.warmup_steps)
     checkpoint_every: int
     max_prompt_tokens: int
     max_response_tokens: int
     n_samples: int
     weight_decay: float
+    precision: str = "auto"        # "auto" until a run resolves it (validate.precision), then "fp32" or "bf16"
     hyper: Mapping = field(default_factory=dict)
 
     @classmethod
@@ -139,7 +143,8 @@ class Settings(Mapping):
         unknown = sorted(set(values) - names)
         if unknown:
             raise UserError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(names | set(HYPER_SETTINGS)))}")
-        missing = sorted(names - set(values))
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        missing = sorted(names - set(values) - optional)
         if missing:
             raise UserError(f"setting {missing[0]!r} is missing")
         return cls(**values, hyper=MappingProxyType(hyper))

@@ -12,10 +12,11 @@ import numpy as np
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready, read_json
 from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
+from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import provenance
+from learning_dynamics.validate import pooling, provenance
 from learning_dynamics.validate.repetition import prefix_repetition
 
 
@@ -59,8 +60,11 @@ def load_series(run_dir: Path):
         raise CorruptFile(run_dir / "tracking", str(err).split(";")[0]) from None
     steps = steps_of(rows)
     paths = [run_dir / "generations" / f"step_{int(s):09d}.json" for s in steps]
-    generations = [_read_json(path, expect=list) for path in paths]
-    if all(g for g in generations):
+    found = [(path, g) for path, g in ((path, _read_json(path, expect=list)) for path in paths) if g]
+    # a run generates at its first and last evaluation, the two a verdict compares (older runs: at every one);
+    # the generation series have a row for each evaluation that generated
+    if found and found[0][0] == paths[0] and found[-1][0] == paths[-1]:
+        paths, generations = [path for path, _ in found], [g for _, g in found]
         odd = next((path for path, g in zip(paths, generations) if len(g) != len(generations[0])), None)
         if odd is not None:
             raise CorruptFile(odd, f"holds another number of generations than {paths[0].name}")
@@ -95,6 +99,12 @@ def _generation_stat(path, records, key) -> np.ndarray:
     except (KeyError, TypeError, ValueError):
         raise CorruptFile(path, f"a generation record has no numeric {key!r}") from None
     return values
+
+
+def run_regime(run_dir: Path, settings, info, series, steps) -> tuple:
+    """(theory.regime.Regime, the first step's agreement) of a run, from its logs (validate.regime)."""
+    from learning_dynamics.validate.regime import measure_run
+    return measure_run(run_dir, settings, info, series, steps, TrackingTable(run_dir / "tracking").read())
 
 
 def _figures(run_dir: Path, series, steps, algo: str) -> list:
@@ -134,11 +144,21 @@ CONTROL_MATCH = ("model", "data", "seed", "n_train", "n_probe", "max_prompt_toke
 
 
 def is_control_for(control_settings: dict, settings: dict) -> bool:
-    """An SFT run on the same pairs, probe prompts and seed, as long, evaluated at the same steps, from the
-    same starting model (a run with a warm-up phase, extend, tracks its curves from the model it left)."""
-    return control_settings.get("algo") == CONTROL and settings.get("algo") != CONTROL and \
-        algorithms.get(settings["algo"]).warmup is None and all(
-            control_settings.get(k) == settings.get(k) for k in CONTROL_MATCH)
+    """A control of the run's algorithm (theory.algorithms.controls: its counterfactual control, SFT) on the same
+    pairs, probe prompts and seed, as long, evaluated at the same steps, from the same starting model (a run with
+    a warm-up phase, extend, tracks its curves from the model it left: it has none)."""
+    return control_settings.get("algo") in algorithms.controls(settings["algo"]) and all(
+        control_settings.get(k) == settings.get(k) for k in CONTROL_MATCH)
+
+
+def controls_among(settings: dict, candidates: dict) -> dict:
+    """{control algorithm: run directory} of `settings`' controls among `candidates` ({dir: settings}), in the
+    order the run is judged against them."""
+    found = {}
+    for d, cs in candidates.items():
+        if is_control_for(cs, settings):
+            found.setdefault(cs["algo"], d)
+    return {name: found[name] for name in algorithms.controls(settings["algo"]) if name in found}
 
 
 def _caveats(rows, design_info) -> list:
@@ -154,22 +174,27 @@ def _caveats(rows, design_info) -> list:
     return lines
 
 
-def write_report(run_dir, control=None) -> dict:
-    """control: the run directory of this run's SFT control (P09c, P10, P17, P05r, P06r are judged
-    against it)."""
+def write_report(run_dir, control=None, controls=None) -> dict:
+    """controls: {control algorithm: run directory} of this run's controls (validate.report.controls_among): P09c,
+    P10, P17, P17r, P18r, P05r and P06r are judged against each, the counterfactual control first; `control`
+    alone: the SFT control's directory."""
     run_dir = Path(run_dir)
+    if controls is None:
+        controls = {CONTROL: control} if control else {}
     settings = load_settings(run_dir)
     info = _read_json(run_dir / "run_info.json", {})
     stopped = read_stopped(run_dir)
     algo = settings["algo"]
+    regime, first_step = None, {}
     if stopped and not list((run_dir / "tracking").glob("step_*.csv")):
         series, steps, rows, figures = {}, np.array([], dtype=np.int64), _unevaluated_rows(algo), []
     else:
         series, steps = load_series(run_dir)
         with np.errstate(all="ignore"):  # a stopped run's last evaluation may hold non-finite log-probs
-            control_series = load_series(Path(control))[0] if control else None
+            regime, first_step = run_regime(run_dir, settings, info, series, steps)
+            control_series = {name: load_series(Path(d))[0] for name, d in controls.items()}
             rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"],
-                                            control=control_series)
+                                            controls=control_series, regime=regime)
         figures = _figures(run_dir, series, steps, algo)
     if stopped:
         rows = _inconclusive(rows, stopped)
@@ -192,7 +217,8 @@ def write_report(run_dir, control=None) -> dict:
         "run": {k: v for k, v in info.items() if k not in ("fingerprints", "reproduce", "reproduce_error")},
         "steps": steps.tolist(),
         "first_order": first_order, "predictions": rows, "figures": figures,
-        "control": str(control) if control else None, "design": design_info,
+        "controls": {name: str(d) for name, d in controls.items()}, "design": design_info,
+        "regime": None if regime is None else {**regime.as_dict(), "first_step": first_step},
         "caveats": _caveats(rows, design_info),
         "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
@@ -202,18 +228,31 @@ def write_report(run_dir, control=None) -> dict:
     return report
 
 
+def _controls_line(report) -> str:
+    controls = report.get("controls") or ({CONTROL: report["control"]} if report.get("control") else {})
+    if not controls:
+        return ("No control given: claims that something else than a negative gradient could also cause are shown "
+                "but not judged (`ldyn validate report RUN CONTROL` judges them).")
+    return "Controls (same pairs, probes and seed), judged against in this order: " + "; ".join(
+        f"`{d}` ({algorithms.get(name).label}" + (": the same step without the negative gradient, read at equal "
+                                                   "steps)" if algorithms.get(name).control_of else ")")
+        for name, d in controls.items()) + "."
+
+
 def _fmt(x, digits=3):
-    return "n/a" if x is None else f"{x:.{digits}g}"
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}g}"
 
 
 def _judged(r) -> str:
+    role = {"primary": "; primary, Holm-corrected", "exploratory": ""}.get(r.get("role"), "")
+    seeds = f"{len(r['seeds'])} seeds, " if r.get("seeds") else ""
     if r.get("basis"):
-        return r["basis"]
+        return seeds + r["basis"] + role
     if r.get("control"):
-        return "vs SFT control"
+        return f"{seeds}vs {algorithms.get(r['control']).label} control{role}"
     if r.get("needs_control"):
         return "no control: not judged"
-    return "this run"
+    return (seeds + "this run" if seeds else "this run") + role
 
 
 def prediction_table(rows, with_algo: bool = False) -> str:
@@ -226,6 +265,42 @@ def prediction_table(rows, with_algo: bool = False) -> str:
                      f"{r['id']} | {r['claim']} | {_judged(r)} | **{r['verdict']}** | {_fmt(r['effect'])}{unit} | "
                      f"[{_fmt(ci[0])}, {_fmt(ci[1])}] |")
     return "\n".join(lines)
+
+
+def _not_tested(rows) -> list:
+    """[(reason, [ids])] of the rows judged "not tested", each reason once."""
+    reasons = {}
+    for r in rows:
+        if r.get("not_tested"):
+            reasons.setdefault(r["not_tested"].removeprefix("not tested: "), []).append(r["id"])
+    return list(reasons.items())
+
+
+def _regime_lines(regime) -> list:
+    """report.md's account of the run's regime (theory.regime): was the force active, were the steps first-order."""
+    if not regime:
+        return []
+    lines = ["## Regime", ""]
+    first = regime.get("first_step") or {}
+    th = regime["thresholds"]
+    if first:
+        lines.append(f"First optimizer step, predicted to first order (a jvp along the real update) against the "
+                     f"tracked change over {first['n']} probe responses: relative error "
+                     f"{first['relative_error']:.1%}, Pearson r {first['pearson_r']:.4f}: "
+                     + ("first-order" if regime["first_order"] else
+                        f"**not first-order** (> {th['first_order']:.0%}): claims that need first-order steps are "
+                        "not tested") + ".")
+    if regime.get("force"):
+        cells = ", ".join(f"{s}: {f:.2f}" + (f" ({q:.0%} saturated)" if q else "")
+                          for s, f, q in zip(regime["steps"], regime["force"], regime["saturated"]))
+        lines.append(f"Mean share of the initial force left on the probe pairs (DPO: sigma(-u)/sigma(0); saturated: "
+                     f"below {th['saturated']:.0%}), by step: {cells}. Claims about negative gradients are read at "
+                     f"step {regime['active_until_step']}, the last evaluation with at least {th['active']:.0%}.")
+    if regime.get("visits"):
+        lines.append("Mean visits per probe pair before each evaluation: " + ", ".join(
+            f"{s}: {v:.2g}" for s, v in zip(regime["steps"], regime["visits"])) + ".")
+    lines += [f"Note: {n}." for n in regime.get("notes", [])]
+    return lines + [""]
 
 
 def _design_lines(report) -> list:
@@ -269,11 +344,11 @@ def markdown(report: dict) -> str:
                  "before the end (verdicts below are over the steps it reached).", ""]),
              reproduce_line(report), "",
              "## Predictions", "",
-             (f"Control: `{report['control']}` (SFT on the same pairs, probes and seed)." if report.get("control")
-              else "No SFT control given: claims that SFT could also cause are shown but not judged "
-                   "(`ldyn validate report RUN CONTROL` judges them)."), "",
+             _controls_line(report), "",
              prediction_table(report["predictions"]) if report["predictions"] else
              "(no run-level prediction of the catalogue concerns this algorithm)", "",
+             *[f"Not tested ({', '.join(ids)}): {reason}." for reason, ids in _not_tested(report["predictions"])],
+             "", *_regime_lines(report.get("regime")),
              *_design_lines(report)]
     fo = report.get("first_order")
     if fo:
@@ -314,14 +389,15 @@ def merge(run_dirs, out) -> dict:
         raise UserError("no run directory among the arguments (each needs settings.json and tracking/)")
     names = _labels(list(settings_of))
     for d, s in settings_of.items():
-        control = next((c for c, cs in settings_of.items() if is_control_for(cs, s)), None)
-        runs[d] = (write_report(d, control=control), control)
+        controls = controls_among(s, settings_of)
+        runs[d] = (write_report(d, controls=controls), controls)
     series = {d: load_series(Path(d))[0] for d in runs}
     prints = {names[d]: rep.get("fingerprints") or {} for d, (rep, _) in runs.items()}
     for d in map(Path, run_dirs):
         if not (d / "settings.json").exists() and (d / "first_order.json").exists():
             prints[d.name] = _read_json(d / "first_order.json").get("fingerprints") or {}
     rows = [dict(r, run=names[d], algo=rep["algo"]) for d, (rep, _) in runs.items() for r in rep["predictions"]]
+    rows = _pooled(settings_of, runs, series, names) + rows
     for prediction in predictions.CATALOGUE:
         if prediction.scope != "compare":
             continue
@@ -330,16 +406,21 @@ def merge(run_dirs, out) -> dict:
             for b, sb in settings_of.items():
                 if sa["algo"] == reference and sb["algo"] == other and all(
                         sa.get(k) == sb.get(k) for k in ("model", "data", "seed", "n_train", "n_probe")):
+                    regime_by_algo = {algo: regimes.Regime.from_dict(runs[d][0]["regime"])
+                                      for algo, d in ((reference, a), (other, b)) if runs[d][0].get("regime")}
                     for r in predictions.evaluate_comparison({reference: series[a], other: series[b]},
-                                                             level="llm", seed=sa["seed"]):
+                                                             level="llm", seed=sa["seed"],
+                                                             regime_by_algo=regime_by_algo):
                         if r["id"] == prediction.id:
                             rows.append(dict(r, run=f"{names[a]} vs {names[b]}", algo=f"{reference} vs {other}"))
+    rows = pooling.correct_for_multiplicity(rows)
     first_order = checks + [dict(rep["first_order"], algo=names[d]) for d, (rep, _) in runs.items()
                             if rep.get("first_order")]
     devices = {rep["device"] for rep, _ in runs.values()}
     out = Path(out)
     merged = json_ready({"runs": {names[d]: d for d in runs},
-                     "controls": {names[d]: names[c] for d, (_, c) in runs.items() if c},
+                     "controls": {names[d]: {name: names[c] for name, c in cs.items()} for d, (_, cs) in runs.items()
+                                  if cs},
                      "predictions": rows, "first_order": first_order, "versions": provenance.versions(),
                      "fingerprints": prints, "warning": _merge_warning(prints),
                      "model": sorted({rep["model"] for rep, _ in runs.values()}),
@@ -351,8 +432,10 @@ def merge(run_dirs, out) -> dict:
                               for r in rows], out)
     lines = ["# Verdicts over all runs", "", f"Model: {', '.join(merged['model'])}; device: "
              f"{', '.join(merged['device'])}.", ""]
-    for run, control in merged["controls"].items():
-        lines.append(f"- `{run}` is judged against the SFT control `{control}` (same pairs, probes and seed).")
+    for run, controls in merged["controls"].items():
+        lines.append(f"- `{run}` is judged against " + ", then ".join(
+            f"the {algorithms.get(name).label} control `{c}`" for name, c in controls.items()) +
+            " (same pairs, probes and seed).")
     lines += ["", prediction_table(rows, with_algo=True), ""]
     if figure:
         lines += [f"![every verdict: effect and 95% CI per run]({figure.name})", ""]
@@ -372,6 +455,15 @@ def merge(run_dirs, out) -> dict:
                          f"{_fmt(squeeze['recall'], 2)} against the measured one.")
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return merged
+
+
+def _pooled(settings_of, runs, series, names) -> list:
+    """The verdicts of every seed group among the runs, over its seeds together (validate.pooling)."""
+    regime_of = {d: regimes.Regime.from_dict(rep["regime"]) for d, (rep, _) in runs.items() if rep.get("regime")}
+    controls_of = {d: cs for d, (_, cs) in runs.items()}
+    with np.errstate(all="ignore"):
+        return [r for group in pooling.seed_groups(settings_of)
+                for r in pooling.pooled_rows(group, settings_of, series, regime_of, controls_of, names)]
 
 
 def _labels(dirs) -> dict:

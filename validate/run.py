@@ -4,7 +4,8 @@ A run directory holds everything, written atomically as it is made:
     settings.json          what was asked (a resumed run must ask the same)
     probes.json            the probe set (texts and token ids)
     tracking/step_*.csv    one chunk per evaluation (sim.tracking's schema)
-    generations/step_*.json greedy generations (natural and fixed length) and their repetition statistics
+    generations/step_*.json greedy generations (natural and fixed length) and their repetition statistics,
+                           at the first and the last evaluation (what P17 compares)
     mass/step_*.json       per probe prompt, how far y+'s next-token distributions moved and into the top token
     design.json            which probe texts are also training targets (validate.design)
     train_log.json         per-step losses and metrics under TRL's names
@@ -23,11 +24,14 @@ from learning_dynamics.sim.io import atomic_write_json, read_json
 from learning_dynamics.sim.tracking import TrackingTable, read_chunk
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import algorithms as algos
-from learning_dynamics.validate import health, session
+from learning_dynamics.validate import health, regime, session
 from learning_dynamics.validate.presets import Settings
 # the forward passes that `ldyn validate run` and the TRL monitor (validate.monitor) share
 from learning_dynamics.validate.scoring import greedy_generations, mass_records
 from learning_dynamics.validate.scoring import score_rows as _score_rows
+
+
+CPU_JVP_BATCH = 8      # probe sequences per jvp on a CPU (validate.check.CPU_BATCH: small batches stay in cache)
 
 
 class RunStopped(UserError):
@@ -93,8 +97,9 @@ def _prepare_out(out: Path, settings: Settings, fresh: bool) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 
-def evaluate(model, step, state: RunState) -> None:
-    """Score every probe sequence and a few greedy generations; each lands in its own atomic file."""
+def evaluate(model, step, state: RunState, generations: bool = True) -> None:
+    """Score every probe sequence, and (`generations`) a few greedy generations; each lands in its own atomic
+    file."""
     model.eval()
     rows = state.score(model, state.sequences)
     bad = [r for r in rows if not math.isfinite(r["logp_sum"])]
@@ -102,9 +107,10 @@ def evaluate(model, step, state: RunState) -> None:
     gap = health.entropy_gap(rows, state.log_vocab)
     if step == 0 or state.initial_gap is None:
         state.initial_gap = _initial_gap(state) if step else gap
-    records = greedy_generations(model, state.gen_prompts, state.loaded.tokenizer, state.eos, state.pad_id,
-                                 state.settings, state.loaded.autocast)
-    atomic_write_json(state.out / "generations" / f"step_{step:09d}.json", records)
+    if generations:
+        records = greedy_generations(model, state.gen_prompts, state.loaded.tokenizer, state.eos, state.pad_id,
+                                     state.settings, state.loaded.autocast)
+        atomic_write_json(state.out / "generations" / f"step_{step:09d}.json", records)
     _track_mass(model, step, state)
     model.train()
     if bad:
@@ -151,11 +157,9 @@ def _summed_logps(model, batch) -> dict:
 
 def _reference_logps(pairs, keys, state: RunState) -> None:
     """Fill ref_<key> for each pair, once, with the frozen reference model (no entropy or ||pi||^2 pass)."""
-    for key in keys:
-        sequences = [(str(i), key, p["prompt"], p[key]) for i, p in enumerate(pairs)]
-        rows = state.score(state.ref_model, sequences, scorer=_summed_logps)
-        for p, r in zip(pairs, rows):
-            p[f"ref_{key}"] = r["logp_sum"]
+    sequences = [(i, key, p["prompt"], p[key]) for key in keys for i, p in enumerate(pairs)]   # one pass: a
+    for (i, key, _, _), row in zip(sequences, state.score(state.ref_model, sequences, scorer=_summed_logps)):
+        pairs[i][f"ref_{key}"] = row["logp_sum"]                                   # pair's prompt is run once
 
 
 def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
@@ -177,25 +181,24 @@ def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
         _reference_logps([pairs[i] for i in indices], ("sample",), state)
 
 
-def _save_state(path: Path, model, optimizer, step, phase, pairs, log) -> None:
+def _save_state(path: Path, weights, step, phase, pairs, log) -> None:
     from learning_dynamics.sim.io import atomic_torch_save
-    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                       "phase": phase, "pairs": pairs, "log": log}, path)
+    atomic_torch_save({**weights.state_dict(), "step": step, "phase": phase, "pairs": pairs, "log": log}, path)
 
 
 def train(state: RunState, model, pairs) -> None:
-    import torch
     from tqdm.auto import tqdm
 
+    from learning_dynamics.validate.precision import TrainingWeights
+
     s, out, algorithm = state.settings, state.out, state.settings.algorithm
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay,
-                                  fused=state.device.type == "cuda")
-    sft_steps = s.extend_sft_steps if algorithm.warmup == "sft-both" else 0
+    weights = TrainingWeights(model, state.loaded.precision, lr=s.lr, weight_decay=s.weight_decay)
+    sft_steps = warmup_steps(s, len(pairs)) if algorithm.warmup == "sft-both" else 0
     total = sft_steps + s.steps
     state_path = out / "state" / "checkpoint.pt"
     start, log = 0, []
     if state_path.exists():
-        start, log = _load_state(state_path, model, optimizer, pairs, state.device)
+        start, log = _load_state(state_path, weights, pairs, state.device)
         state.progress(f"resuming {out} at step {start} of {total}")
     elif algorithm.requires_reference and not algorithm.warmup:
         _reference_logps(pairs, ("chosen", "rejected"), state)
@@ -212,11 +215,15 @@ def train(state: RunState, model, pairs) -> None:
             _reference_logps(pairs, ("chosen", "rejected"), state)
         evaluates = session.is_evaluation_step(tracked(step), s.eval_every)
         if phase == "main" and evaluates and tracked(step) not in done:
-            evaluate(model, tracked(step), state)
-            _maybe_checkpoint(state, state_path, model, optimizer, step, phase, pairs)
-        indices = session.batch_indices(step, len(pairs), s.batch_pairs, s.seed)
+            # greedy generations feed P17, which compares the first and the last evaluation only
+            evaluate(model, tracked(step), state, generations=tracked(step) == 0)
+            _maybe_checkpoint(state, state_path, weights, step, phase, pairs)
+        # the main phase takes the batches of a run without a warm-up, in the same order (extend's DPO phase is
+        # DPO's, batch for batch); the warm-up phase goes through the pairs from the start of the order too
+        order_step = tracked(step) if phase == "main" else step
+        indices = session.batch_indices(order_step, len(pairs), s.batch_pairs, s.seed)
         if algorithm.requires_samples and step % s.sample_every == 0:
-            upcoming = sorted({i for t in range(step, min(step + s.sample_every, total))
+            upcoming = sorted({i for t in range(order_step, min(order_step + s.sample_every, tracked(total)))
                                for i in session.batch_indices(t, len(pairs), s.batch_pairs, s.seed)})
             _draw_samples(model, pairs, upcoming, step, state)
         with state.loaded.autocast():
@@ -225,14 +232,18 @@ def train(state: RunState, model, pairs) -> None:
         reason = health.diverged(step, loss.item())
         if reason:
             _stop(state, step, reason)
-        optimizer.zero_grad(set_to_none=True)
+        weights.zero_grad()
         loss.backward()
-        # max_norm=inf: the total norm, nothing clipped; a non-finite one stops before the weights take it
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+        grad_norm = weights.grad_norm()   # nothing clipped; a non-finite norm stops before the weights take it
         reason = health.diverged(step, loss.item(), grad_norm)
         if reason:
             _stop(state, step, reason)
-        optimizer.step()
+        first_step = phase == "main" and tracked(step) == 0 and not (out / regime.FIRST_STEP).exists()
+        theta0 = weights.parameters_fp32() if first_step else None
+        weights.step()
+        if first_step:
+            _predict_first_step(state, model, theta0, weights.parameters_fp32(), step)
+            del theta0
         tokens += n_tokens
         log.append({"step": step, "phase": phase, **{k: round(v, 6) for k, v in metrics.items()},
                     "grad_norm": round(grad_norm, 6)})
@@ -244,17 +255,29 @@ def train(state: RunState, model, pairs) -> None:
         evaluate(model, tracked(total), state)
     _write_log(out, log)
     if s.checkpoint_every or state_path.exists():
-        _save_state(state_path, model, optimizer, total, "done", pairs, log)
+        _save_state(state_path, weights, total, "done", pairs, log)
     state.tokens_per_second = tokens / max(time.perf_counter() - clock, 1e-9)
 
 
-def _load_state(path: Path, model, optimizer, pairs, device):
+def warmup_steps(settings, n_pairs: int) -> int:
+    """Steps of a warm-up phase (extend's SFT on y+ and y-): as set, or one epoch, so that it covers every pair."""
+    return settings.extend_sft_steps or max(n_pairs // settings.batch_pairs, 1)
+
+
+def _predict_first_step(state: RunState, model, theta0, theta1, step) -> None:
+    """The regime check's first-order prediction of the first tracked step (validate.regime)."""
+    batch = CPU_JVP_BATCH if state.device.type == "cpu" else min(state.settings.eval_batch, 64)
+    state.progress("first step: predicting every probe's change to first order (one jvp along the update)")
+    rows = regime.predict_first_step(model, theta0, theta1, state.sequences, state.pad_id, state.device, batch)
+    regime.write_first_step(state.out, step, rows)
+
+
+def _load_state(path: Path, weights, pairs, device):
     """Restore a checkpoint in place; (step, log). A damaged one is named, never an unpickling traceback."""
     import torch
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        weights.load_state_dict(state)
         start, log, saved_pairs = int(state["step"]), list(state["log"]), list(state["pairs"])
     except Exception as err:  # noqa: BLE001  (torch.load raises a dozen unrelated types for a damaged file)
         problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
@@ -265,12 +288,12 @@ def _load_state(path: Path, model, optimizer, pairs, device):
     return start, log
 
 
-def _maybe_checkpoint(state: RunState, path, model, optimizer, step, phase, pairs):
+def _maybe_checkpoint(state: RunState, path, weights, step, phase, pairs):
     every = state.settings.checkpoint_every
     state.evals += 1
     _write_log(state.out, state.log)
     if every and state.evals % every == 0:
-        _save_state(path, model, optimizer, step, phase, pairs, state.log)
+        _save_state(path, weights, step, phase, pairs, state.log)
 
 
 def _write_log(out: Path, log) -> None:
@@ -290,8 +313,11 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
     from learning_dynamics.validate import probes as probe_set
     from learning_dynamics.validate.report import read_stopped, write_report
 
+    from learning_dynamics.validate.precision import resolve
     settings, out = Settings.of(settings), Path(out)
     device = session.device(settings.device)
+    # `auto` is settled once, where the run starts: a resume on other hardware asks for the same precision
+    settings = settings.with_changes(precision=resolve(settings.precision, device).name)
     _prepare_out(out, settings, fresh)
     try:
         done = read_json(out / "report.json", {}, expect=dict)
@@ -319,7 +345,8 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
                                                irrelevant=examples.irrelevant)
         atomic_write_json(probes_path, probes, sort_keys=False)  # the probe order is the tracking row order
     atomic_write_json(out / "design.json", design.measure(probes, examples.train))
-    state = RunState(settings, out, loaded, device, ref_model=copy.deepcopy(model).eval().requires_grad_(False),
+    reference = copy.deepcopy(model).to(loaded.precision.weights_dtype).eval().requires_grad_(False)
+    state = RunState(settings, out, loaded, device, ref_model=reference,
                      table=TrackingTable(out / "tracking"), sequences=probe_set.tracked_sequences(probes),
                      gen_prompts=probes[:settings.gen_prompts], eos=probe_set.eos_ids(tokenizer),
                      end_of_turn=probe_set.end_of_turn_ids(tokenizer),
@@ -328,6 +355,7 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
     train(state, model, pairs)
     info = {"model": loaded.info.name, "model_source": loaded.info.source, "n_params": loaded.info.n_params,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "precision": loaded.precision.as_dict(),
             "load_seconds": round(loaded.seconds, 2), "train_tokens_per_second": round(state.tokens_per_second, 1),
             "wall_seconds": round(time.perf_counter() - started, 2), "n_train_pairs": len(pairs),
             "n_probe_prompts": len(probes), "versions": provenance.versions(),

@@ -59,8 +59,9 @@ def plot_verdicts(rows, path, title="Every prediction: effect and 95% CI per run
                 verdict = member.get("verdict", "inconclusive")
                 color = style.VERDICT_COLORS.get(verdict, style.GREY)
                 if effect is None:
-                    ax.text(0.5, y, "n/a", transform=ax.get_yaxis_transform(), ha="center", va="center",
-                            fontsize=6, color=style.GREY)
+                    ax.text(0.5, y, "not tested" if verdict == "not tested" else "n/a",
+                            transform=ax.get_yaxis_transform(), ha="center", va="center", fontsize=6,
+                            color=style.GREY)
                     continue
                 if ci[0] is not None and ci[1] is not None:
                     ax.plot([ci[0], ci[1]], [y, y], color=color, lw=1.4, solid_capstyle="butt")

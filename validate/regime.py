@@ -1,0 +1,102 @@
+"""A run's regime (theory.regime), measured: the first optimizer step's first-order error on the probe set, the
+visits each probe pair had before every evaluation, and the force left on the probe pairs.
+
+During `ldyn validate run`, the first training step of the tracked phase is also predicted to first order: a jvp of
+every probe's log-prob along the real update theta_1 - theta_0, taken at theta_0 in float32 on SDPA's math kernel
+(validate.first_order), written to first_step.json. The actual change is the tracked change from step 0 to step 1
+(every run evaluates at step 1), so the report needs no model to read the error.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from learning_dynamics.sim.io import atomic_write_json, read_json
+from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.theory import regime as regimes
+from learning_dynamics.theory.errors import CorruptFile
+
+FIRST_STEP = "first_step.json"
+
+
+def predict_first_step(model, theta0: dict, theta1: dict, sequences, pad_id, device, batch_size) -> list:
+    """d log pi(probe) along theta_1 - theta_0 at theta_0, for each (prompt_id, probe, prompt_ids, response_ids)
+    said once (a repeated probe adds no response of its own); one {"prompt_id", "probe", "predicted"} each."""
+    import torch
+
+    from learning_dynamics.validate.first_order import exact_math, predicted_per_unit_eta
+    said = [s for s in sequences if s[1] in probe_registry.SAID_ONCE]
+    direction = {k: theta1[k] - theta0[k] for k in theta0}
+    was_training = model.training
+    model.eval()
+    try:
+        with exact_math(model):
+            predicted = predicted_per_unit_eta(model, [(s[2], s[3]) for s in said], direction, pad_id, device,
+                                               batch_size, at=theta0)
+    finally:
+        model.train(was_training)
+    del direction
+    return [{"prompt_id": s[0], "probe": s[1], "predicted": float(v)}
+            for s, v in zip(said, predicted.float().cpu().tolist())]
+
+
+def write_first_step(out: Path, step: int, rows: list) -> None:
+    atomic_write_json(Path(out) / FIRST_STEP, {"step": int(step), "rows": rows})
+
+
+def first_step_error(run_dir: Path, rows_by_step) -> dict:
+    """The first step's agreement (validate.first_order.agreement) from first_step.json and the tracked change
+    from evaluation 0 to evaluation 1; {} when either is missing."""
+    from learning_dynamics.validate.first_order import agreement
+    path = Path(run_dir) / FIRST_STEP
+    saved = read_json(path, expect=dict)
+    if not saved or 0 not in rows_by_step or 1 not in rows_by_step:
+        return {}
+    try:
+        predicted = {(str(r["prompt_id"]), r["probe"]): float(r["predicted"]) for r in saved["rows"]}
+    except (KeyError, TypeError, ValueError):
+        raise CorruptFile(path, "its rows lack prompt_id, probe or predicted") from None
+    before, after = rows_by_step[0], rows_by_step[1]
+    keys = [k for k in predicted if k in before and k in after]
+    if len(keys) < 2:
+        return {}
+    actual = np.array([after[k] - before[k] for k in keys])
+    guess = np.array([predicted[k] for k in keys])
+    return {**agreement(guess, actual), "n": len(keys)}
+
+
+def visits(n_pairs: int, batch_pairs: int, seed: int, steps, n_probe: int) -> np.ndarray:
+    """[n_evals, n_probe]: how many training steps before each evaluation step held each probe pair (probe
+    prompt i is training pair i: validate.session.examples puts the probe pairs first)."""
+    from learning_dynamics.validate.session import batch_indices
+    steps = [int(s) for s in steps]
+    counts = np.zeros(n_pairs)
+    out, done = [], 0
+    for step in steps:
+        for t in range(done, step):
+            counts[batch_indices(t, n_pairs, batch_pairs, seed)] += 1
+        done = max(done, step)
+        out.append(counts[:n_probe].copy())
+    return np.array(out)
+
+
+def measure_run(run_dir: Path, settings, info: dict, series, steps, tracked_rows) -> tuple:
+    """(theory.regime.Regime, the first step's agreement or {}) of one run directory (report.json's "regime")."""
+    from learning_dynamics.theory import algorithms
+    from learning_dynamics.validate.algorithms import hyper_parameters
+    algorithm = algorithms.get(settings["algo"])
+    hyper = hyper_parameters(algorithm, settings)
+    by_step = {}
+    for r in tracked_rows:
+        by_step.setdefault(int(r["step"]), {})[(str(r["prompt_id"]), r["probe"])] = float(r["logp_sum"])
+    ordered = sorted(by_step)
+    first = first_step_error(run_dir, {i: by_step[s] for i, s in enumerate(ordered[:2])} if len(ordered) > 1
+                             else {})
+    n_pairs = info.get("n_train_pairs")
+    seen = None
+    if isinstance(n_pairs, int) and n_pairs > 0 and "batch_pairs" in settings:
+        n_probe = np.shape(series["logps/chosen"])[1] if "logps/chosen" in series else 0
+        seen = visits(n_pairs, settings["batch_pairs"], settings["seed"], steps, min(n_probe, n_pairs))
+    regime = regimes.measure(series, steps, algorithm.loss, hyper, visits=seen,
+                             first_step_error=first.get("relative_error"))
+    return regime, first
+
