@@ -22,6 +22,7 @@ the interval lies above 0, "fails" when below, else "inconclusive". A failed
 prediction is a result, reported as such. The evaluators are theory/evaluators.py,
 the statistics theory/statistics.py.
 """
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
@@ -31,10 +32,11 @@ from learning_dynamics.theory import algorithms
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.evaluators import (
+    MIN_SUBSET_PROMPTS,
     against_control, all_other_probes_fall, dose_response, falls, gains_more_than, mass_into_top_token,
     rejected_falls_more, repeats_itself_against_control, repetition_against_control, rise_then_fall, rises,
     shared_prefix_does_not_squeeze, squeezes_less)
-from learning_dynamics.theory.statistics import Outcome
+from learning_dynamics.theory.statistics import Outcome, current_groups, grouped_by
 
 # The probe types and their descriptions come from the probe registry (theory.probes).
 PROBES = {p.name: p.description for p in probe_registry.PROBE_TYPES}
@@ -325,12 +327,51 @@ def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, 
                 rows.append(_not_tested(prediction, reason))
                 continue
             read, read_controls = _read_at(series, last), {k: _read_at(v, last) for k, v in controls.items()}
-            if _accepts_control(prediction.evaluate):
-                new = _controlled_rows(prediction, read, read_controls, present, seed)
-            else:
-                new = [_row(prediction, prediction.evaluate(read, seed=seed))]
-            rows += [_read_note(r, regime, last) for r in new]
+            usable, dropped = _usable_prompts(prediction, [read, *read_controls.values()])
+            if usable is not None and usable.sum() < MIN_SUBSET_PROMPTS:
+                rows.append(_row(prediction, Outcome("inconclusive", float("nan"), (float("nan"),) * 2,
+                                                     int(usable.sum()), f"only {int(usable.sum())} probe prompts "
+                                                     f"have usable probes ({dropped})")))
+                continue
+            with _only(usable):
+                read = _columns(read, usable)
+                read_controls = {k: _columns(v, usable) for k, v in read_controls.items()}
+                if _accepts_control(prediction.evaluate):
+                    new = _controlled_rows(prediction, read, read_controls, present, seed)
+                else:
+                    new = [_row(prediction, prediction.evaluate(read, seed=seed))]
+            rows += [_dropped_note(_read_note(r, regime, last), dropped) for r in new]
     return rows
+
+
+def _usable_prompts(prediction: Prediction, series_list) -> tuple:
+    """(bool mask of the prompts whose probes this prediction reads are all usable, or None when all are;
+    what was left out). A probe marked unusable (validate.probe_quality) is NaN in its series."""
+    probes = PROBES_USED.get(prediction.id, ())
+    keys = [f"logps/{p}" for p in probes]
+    masks = [np.isfinite(np.asarray(s[k], dtype=float)).all(axis=0) for s in series_list if s for k in keys if k in s]
+    if not masks:
+        return None, ""
+    usable = np.logical_and.reduce(masks)
+    if usable.all():
+        return None, ""
+    return usable, f"{int((~usable).sum())} of {usable.size} probe prompts left out: an unusable model-written probe"
+
+
+def _columns(series, usable):
+    if series is None or usable is None:
+        return series
+    return {k: np.asarray(v)[..., usable] for k, v in series.items()}
+
+
+def _only(usable):
+    """Within a pooled (grouped) bootstrap, the groups of the prompts kept."""
+    groups = current_groups()
+    return grouped_by(groups[usable]) if usable is not None and groups is not None else contextlib.nullcontext()
+
+
+def _dropped_note(row: dict, dropped: str) -> dict:
+    return dict(row, detail=f"{dropped}; {row['detail']}") if dropped else row
 
 
 def _read_at(series: Optional[Mapping], last: Optional[int]):

@@ -39,6 +39,11 @@ def grouped_by(groups):
         _GROUPS.reset(token)
 
 
+def current_groups():
+    """The groups of `grouped_by` in effect (None outside it)."""
+    return _GROUPS.get()
+
+
 def bootstrap(statistic: Callable, arrays, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:
     """(point, percentile CI, two-sided p of 0) of `statistic(*arrays)`, resampling prompts: every array has
     prompts on axis -1 and is resampled with the same indices (paired: two runs on the same probe prompts keep

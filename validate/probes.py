@@ -12,7 +12,7 @@ no text: it is the per-position argmax under teacher forcing on y+, scored with 
 """
 import numpy as np
 
-from learning_dynamics.validate import probe_texts
+from learning_dynamics.validate import probe_quality, probe_texts
 from learning_dynamics.validate.generate import generate
 
 
@@ -107,7 +107,8 @@ def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, t
         tokens["sample_repeated"] = repeated_response(tokens["initial_sample"], end, separator)
         texts["sample_repeated"] = tokenizer.decode(tokens["sample_repeated"][:-len(end)])
         out.append({"prompt_id": str(i), "prompt": probe["prompt"], "prompt_ids": ids, "texts": texts,
-                    "ids": tokens, "aux_ids": {"shared_prefix": shared_prefix(tokens["chosen"], tokens["rejected"])}})
+                    "ids": tokens, "aux_ids": {"shared_prefix": shared_prefix(tokens["chosen"], tokens["rejected"])},
+                    "unusable": probe_quality.unusable(texts)})
     return out
 
 

@@ -16,7 +16,7 @@ from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import pooling, provenance
+from learning_dynamics.validate import pooling, probe_quality, provenance
 from learning_dynamics.validate.repetition import prefix_repetition
 
 
@@ -75,6 +75,7 @@ def load_series(run_dir: Path):
         if all("text" in r for g in generations for r in g):
             series["gen/rep4_prefix"] = np.array([[prefix_repetition(str(r["text"])) for r in g]
                                                   for g in generations])
+    _mask_unusable(series, _read_json(run_dir / "probes.json", [], expect=list), _prompt_order(rows))
     mass = [_read_json(run_dir / "mass" / f"step_{int(s):09d}.json", expect=list) for s in steps]
     if all(mass):
         order = {p: i for i, p in enumerate(_prompt_order(rows))}
@@ -85,6 +86,18 @@ def load_series(run_dir: Path):
                     table[i, order[str(r["prompt_id"])]] = r[key]
             series[f"mass/{key[:-5]}"] = table
     return series, steps
+
+
+def _mask_unusable(series, probe_set, prompts) -> None:
+    """NaN where a probe was marked unusable (validate.probe_quality): the verdicts that read it leave its prompt
+    out; the curves and summaries average over the rest."""
+    column = {p: i for i, p in enumerate(prompts)}
+    for record in probe_set:
+        for probe in (record.get("unusable") or {}) if isinstance(record, dict) else ():
+            j = column.get(str(record.get("prompt_id")))
+            for key in [k for k in series if k.endswith(f"/{probe}")] if j is not None else ():
+                series[key] = np.array(series[key], dtype=float)
+                series[key][:, j] = np.nan
 
 
 def _prompt_order(rows) -> list:
@@ -161,17 +174,22 @@ def controls_among(settings: dict, candidates: dict) -> dict:
     return {name: found[name] for name in algorithms.controls(settings["algo"]) if name in found}
 
 
+def _caveat(row, design_info) -> str:
+    """Why a verdict's probes are also training targets (validate.design), or ''."""
+    from learning_dynamics.validate.design import overlapping
+    hits = overlapping(design_info, predictions.PROBES_USED.get(row["id"], ()))
+    n = (design_info or {}).get("n_probe_prompts")
+    return ", ".join(f"{p} is a training target for {c} of {n} probe prompts" for p, c in hits.items())
+
+
+def _flagged(rows, design_info) -> list:
+    """The rows, each with its caveat (a flag in every table row that reads a probe that is a training target)."""
+    return [dict(r, caveat=_caveat(r, design_info)) if _caveat(r, design_info) else r for r in rows]
+
+
 def _caveats(rows, design_info) -> list:
     """One line per verdict whose probes are also training targets (validate.design)."""
-    from learning_dynamics.validate.design import overlapping
-    lines = []
-    for r in rows:
-        hits = overlapping(design_info, predictions.PROBES_USED.get(r["id"], ()))
-        if hits:
-            n = design_info["n_probe_prompts"]
-            lines.append(f"- {r['id']}: " + ", ".join(f"{p} is a training target for {c} of {n} probe prompts"
-                                                     for p, c in hits.items()))
-    return lines
+    return [f"- {r['id']}: {_caveat(r, design_info)}" for r in rows if _caveat(r, design_info)]
 
 
 def write_report(run_dir, control=None, controls=None) -> dict:
@@ -216,10 +234,11 @@ def write_report(run_dir, control=None, controls=None) -> dict:
         "versions": info.get("versions") or provenance.versions(),
         "run": {k: v for k, v in info.items() if k not in ("fingerprints", "reproduce", "reproduce_error")},
         "steps": steps.tolist(),
-        "first_order": first_order, "predictions": rows, "figures": figures,
+        "first_order": first_order, "figures": figures,
         "controls": {name: str(d) for name, d in controls.items()}, "design": design_info,
         "regime": None if regime is None else {**regime.as_dict(), "first_step": first_step},
-        "caveats": _caveats(rows, design_info),
+        "unusable_probes": probe_quality.summary(_read_json(run_dir / "probes.json", [], expect=list)),
+        "caveats": _caveats(rows, design_info), "predictions": _flagged(rows, design_info),
         "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
     })
@@ -261,9 +280,13 @@ def prediction_table(rows, with_algo: bool = False) -> str:
     for r in rows:
         ci = r.get("ci") or [None, None]
         unit = f" {r['unit']}" if r.get("unit") else ""
+        flag = "†" if r.get("caveat") else ""
         lines.append("| " + (f"{r['run']} | " if with_algo else "") +
-                     f"{r['id']} | {r['claim']} | {_judged(r)} | **{r['verdict']}** | {_fmt(r['effect'])}{unit} | "
+                     f"{r['id']}{flag} | {r['claim']} | {_judged(r)} | **{r['verdict']}** | {_fmt(r['effect'])}{unit} | "
                      f"[{_fmt(ci[0])}, {_fmt(ci[1])}] |")
+    if any(r.get("caveat") for r in rows):
+        lines += ["", "† reads a probe that is also a training target: " + "; ".join(dict.fromkeys(
+            f"{r['id']}: {r['caveat']}" for r in rows if r.get("caveat")))]
     return "\n".join(lines)
 
 
@@ -316,6 +339,10 @@ def _design_lines(report) -> list:
     if report.get("caveats"):
         lines += ["Verdicts whose probes are training targets (read them with that in mind):", "",
                   *report["caveats"], ""]
+    if report.get("unusable_probes"):
+        lines += ["Model-written probes left out of the verdicts that read them (validate.probe_quality): " + "; ".join(
+            f"{probe} of {sum(c.values())} probe prompts (" + ", ".join(f"{n} {why}" for why, n in c.items()) + ")"
+            for probe, c in report["unusable_probes"].items()) + ".", ""]
     return lines
 
 
@@ -412,7 +439,8 @@ def merge(run_dirs, out) -> dict:
                                                              level="llm", seed=sa["seed"],
                                                              regime_by_algo=regime_by_algo):
                         if r["id"] == prediction.id:
-                            rows.append(dict(r, run=f"{names[a]} vs {names[b]}", algo=f"{reference} vs {other}"))
+                            rows += _flagged([dict(r, run=f"{names[a]} vs {names[b]}", algo=f"{reference} vs {other}")],
+                                             runs[a][0].get("design"))
     rows = pooling.correct_for_multiplicity(rows)
     first_order = checks + [dict(rep["first_order"], algo=names[d]) for d, (rep, _) in runs.items()
                             if rep.get("first_order")]
