@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe-prompts", type=int, default=8)
     parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time the step under torch.compile (inductor)")
     args = parser.parse_args()
     units = cpu_bf16_units()
     fp32_peak = matmul_peak(torch.float32, 2048)
@@ -136,6 +137,14 @@ def main() -> None:
     if units and now.name != "bf16":
         units_to_time["step_bf16"] = dpo_step(copy.deepcopy(base), Precision("bf16", "cpu", "bf16", now.hardware),
                                               pairs, settings, pad)
+    if args.compile:   # inductor on the CPU: kept only if its warm-up pays within one cpu-preset run
+        compiled = copy.deepcopy(base)
+        compiled.get_decoder().compile(dynamic=True)
+        step = dpo_step(compiled, now, pairs, settings, pad)
+        clock = time.perf_counter()
+        step()
+        step.warmup = time.perf_counter() - clock
+        units_to_time["step_compiled"] = step
     if not args.no_trl:
         try:
             units_to_time["step_trl"] = trl_step(copy.deepcopy(base), copy.deepcopy(base).eval(), tok, batch, settings)
@@ -162,7 +171,8 @@ def report(seconds, units, sequences, probes, settings, now, cpu_units, fp32_pea
     before = seconds["step_before"]
     print(f"  DPO step, {settings.batch_pairs} pairs (forward, backward, AdamW):")
     for key, label in (("step_before", "fp32, one row per sequence (before)"), ("step_now", f"{now.name}, shared "
-                       "prompts (now)"), ("step_bf16", "bf16, shared prompts"), ("step_trl", "TRL DPOTrainer")):
+                       "prompts (now)"), ("step_bf16", "bf16, shared prompts"), ("step_compiled", "now, torch.compile"),
+                       ("step_trl", "TRL DPOTrainer")):
         if key in seconds:
             tokens = units[key].tokens if hasattr(units[key], "tokens") else None
             rate = f", {tokens / seconds[key]:.0f} tokens/s" if tokens else ""
@@ -170,6 +180,12 @@ def report(seconds, units, sequences, probes, settings, now, cpu_units, fp32_pea
             print(f"    {label:40s} {seconds[key]:7.2f} s{rate}{achieved}; before/this {before / seconds[key]:.2f}x")
     if "step_trl" in seconds:
         print(f"    TRL / now: {seconds['step_trl'] / seconds['step_now']:.2f}x")
+    if "step_compiled" in seconds:
+        saved = seconds["step_now"] - seconds["step_compiled"]
+        warmup = units["step_compiled"].warmup
+        pays = f"pays for itself after {warmup / saved:.0f} steps" if saved > 0 else "never pays (it is not faster)"
+        print(f"    torch.compile (inductor): warm-up {warmup:.0f} s, then {seconds['step_compiled']:.2f} s a step: "
+              f"{pays} (a cpu-preset run has {settings.steps})")
     scored = sum(len(p) + len(r) for _, _, p, r in sequences)
     print(f"  evaluation of {len(probes)} probe prompts ({len(sequences)} sequences, {scored} tokens one row each):")
     gen = seconds["generations"]
