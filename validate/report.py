@@ -15,7 +15,7 @@ from learning_dynamics.theory import predictions
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import provenance
+from learning_dynamics.validate import provenance, report_notes
 from learning_dynamics.validate.repetition import prefix_repetition
 
 
@@ -154,9 +154,9 @@ def _caveats(rows, design_info) -> list:
     return lines
 
 
-def write_report(run_dir, control=None) -> dict:
+def write_report(run_dir, control=None, control_note=None) -> dict:
     """control: the run directory of this run's SFT control (P09c, P10, P17, P05r, P06r are judged
-    against it)."""
+    against it); control_note: why there is none (validate.report_notes)."""
     run_dir = Path(run_dir)
     settings = load_settings(run_dir)
     info = _read_json(run_dir / "run_info.json", {})
@@ -171,9 +171,10 @@ def write_report(run_dir, control=None) -> dict:
             rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"],
                                             control=control_series)
         figures = _figures(run_dir, series, steps, algo)
+    design_info = _read_json(run_dir / "design.json")
+    rows = report_notes.mark_skipped(rows, (design_info or {}).get("skipped_probes"))
     if stopped:
         rows = _inconclusive(rows, stopped)
-    design_info = _read_json(run_dir / "design.json")
     first_order = _read_json(run_dir / "first_order.json")
     if first_order:
         figures += [f for f in first_order.get("figures", []) if isinstance(f, str)]
@@ -193,6 +194,7 @@ def write_report(run_dir, control=None) -> dict:
         "steps": steps.tolist(),
         "first_order": first_order, "predictions": rows, "figures": figures,
         "control": str(control) if control else None, "design": design_info,
+        "control_note": None if control else (control_note or "no SFT run was given with it"),
         "caveats": _caveats(rows, design_info),
         "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
@@ -259,8 +261,8 @@ def markdown(report: dict) -> str:
     parts = [f"# {report['algo']} on {report['model']}", "",
              f"Device: {report['device']}; preset `{s['preset']}`; {s['steps']} steps of {s['batch_pairs']} pairs, "
              f"lr {s['lr']}, beta {s['beta']}, seed {report['seed']}; "
-             f"{run.get('n_train_pairs', '?')} training pairs, {run.get('n_probe_prompts', '?')} probe prompts; "
-             f"training throughput {run.get('train_tokens_per_second', '?')} tokens/s.", "",
+             f"{run.get('n_train_pairs', '?')} training pairs, {run.get('n_probe_prompts', '?')} probe "
+             f"prompts{report_notes.throughput(run)}.", "",
              *([] if not report.get("stopped") else [
                  f"**Stopped at step {report['stopped']['step']}:** {report['stopped']['reason']}. Every verdict "
                  "below is inconclusive: a diverged or collapsed model tests no prediction.", ""]),
@@ -269,12 +271,10 @@ def markdown(report: dict) -> str:
                  "before the end (verdicts below are over the steps it reached).", ""]),
              reproduce_line(report), "",
              "## Predictions", "",
-             (f"Control: `{report['control']}` (SFT on the same pairs, probes and seed)." if report.get("control")
-              else "No SFT control given: claims that SFT could also cause are shown but not judged "
-                   "(`ldyn validate report RUN CONTROL` judges them)."), "",
+             *report_notes.control_lines(report), report_notes.SIGN, "",
              prediction_table(report["predictions"]) if report["predictions"] else
              "(no run-level prediction of the catalogue concerns this algorithm)", "",
-             *_design_lines(report)]
+             *report_notes.skipped_lines(report.get("design")), *_design_lines(report)]
     fo = report.get("first_order")
     if fo:
         parts += ["## First-order (eNTK) check", "",
@@ -315,7 +315,9 @@ def merge(run_dirs, out) -> dict:
     names = _labels(list(settings_of))
     for d, s in settings_of.items():
         control = next((c for c, cs in settings_of.items() if is_control_for(cs, s)), None)
-        runs[d] = (write_report(d, control=control), control)
+        sft = {names[c]: cs for c, cs in settings_of.items() if c != d and cs.get("algo") == CONTROL}
+        note = None if control else report_notes.no_control_note(s, sft, CONTROL_MATCH)
+        runs[d] = (write_report(d, control=control, control_note=note), control)
     series = {d: load_series(Path(d))[0] for d in runs}
     prints = {names[d]: rep.get("fingerprints") or {} for d, (rep, _) in runs.items()}
     for d in map(Path, run_dirs):
