@@ -32,12 +32,12 @@ def detect(row, where: str) -> str:
         return "language modeling (messages)"
     if ("chosen" in row) != ("rejected" in row):
         return data._record(row, where)   # a preference row missing one response: validate.data's one line
-    for name, keys in FORMATS.items():
-        if all(k in row for k in keys):
-            return name
     if "completion" in row and "label" in row:
         raise UserError(f"{where}: unpaired preference data (prompt, completion, label) has no pairs and no single "
                         "y+ per prompt; give ProbeMonitor preference or prompt-completion rows")
+    for name, keys in FORMATS.items():
+        if all(k in row for k in keys):
+            return name
     raise UserError(f"{where}: not a TRL data format (keys {sorted(row)}); expected one of: " +
                     "; ".join(", ".join(keys) for keys in FORMATS.values()))
 
@@ -51,6 +51,12 @@ def _prompt(value, where: str, allow_empty: bool = False):
     if messages[-1]["role"] != "user":
         raise UserError(f"{where}: \"prompt\" must end with a user message")
     return messages
+
+
+def _full_conversation(value) -> bool:
+    """A chat response that starts before the assistant's turn: it holds its prompt (TRL's implicit prompt)."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping) and \
+        value[0].get("role") != "assistant"
 
 
 def _record(row, fmt: str, where: str) -> dict:
@@ -74,7 +80,7 @@ def _record(row, fmt: str, where: str) -> dict:
     if fmt == "prompt-completion":
         return {"prompt": _prompt(row["prompt"], where), "chosen": data._response_text(row["completion"], where,
                                                                                        "completion")}
-    if fmt == "implicit preference" or isinstance(row["chosen"], list) != isinstance(row["prompt"], list):
+    if fmt == "implicit preference" or _full_conversation(row["chosen"]):
         from trl.data_utils import maybe_extract_prompt  # prompt-less, or a prompt column beside full conversations
         for key in ("chosen", "rejected"):
             if not (isinstance(row[key], str) and row[key].strip()) and not isinstance(row[key], list):
