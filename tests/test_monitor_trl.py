@@ -42,14 +42,17 @@ def test_dpo_probe_logps_equal_the_logps_trl_logs(tmp_path, chat):
     assert design["tokenization"].startswith("DPOTrainer's own") and design["skipped_probes"] == {}
 
 
-@pytest.mark.parametrize("chat", [False, True], ids=["plain", "conversational"])
-def test_sft_completion_logp_equals_the_trainers_tokenized_completion(tmp_path, chat):
-    """SFT's y+ is the completion: its log-prob from TRL's own tokenized row (labels: the completion mask)."""
+@pytest.mark.parametrize("kind", ["plain", "conversational", "text"])
+def test_sft_completion_logp_equals_the_trainers_tokenized_completion(tmp_path, kind):
+    """SFT's y+ is the completion (for `text` rows: every token after the first, which is what SFT trains): its
+    log-prob from TRL's own tokenized row (labels: the completion mask)."""
     import torch
     from trl import SFTConfig, SFTTrainer
     pairs = monitor_runs.preference_rows(3)
-    rows = [{"prompt": [dict(USER, content=r["prompt"])], "completion": [dict(ASSISTANT, content=r["chosen"])]}
-            if chat else {"prompt": r["prompt"], "completion": r["chosen"]} for r in pairs]
+    rows = {"plain": [{"prompt": r["prompt"], "completion": r["chosen"]} for r in pairs],
+            "conversational": [{"prompt": [dict(USER, content=r["prompt"])],
+                                "completion": [dict(ASSISTANT, content=r["chosen"])]} for r in pairs],
+            "text": [{"text": f"{r['prompt']} {r['chosen']}"} for r in pairs]}[kind]
     trainer = monitor_runs.one_pair(SFTTrainer, SFTConfig, rows, tmp_path / "sft", max_length=64)
     row = trainer.train_dataset[0]
     ids, labels = torch.tensor(row["input_ids"]), torch.tensor(row["labels"])
@@ -61,8 +64,8 @@ def test_sft_completion_logp_equals_the_trainers_tokenized_completion(tmp_path, 
     assert _step_zero(trainer)["probes/logps/chosen"] == pytest.approx(expected, abs=1e-4)
     report = json.loads((tmp_path / "sft" / "report.json").read_text())
     assert set(report["design"]["skipped_probes"]) == {"rejected", "rejected_rephrase", "rejected_format"}
-    assert report["design"]["skipped_probes"]["rejected"] == \
-        "needs y- (a rejected response), which prompt-completion data lacks"
+    lacks = "prompt-completion" if kind != "text" else "language modeling (text)"
+    assert report["design"]["skipped_probes"]["rejected"] == f"needs y- (a rejected response), which {lacks} data lacks"
     p13a = next(r for r in report["predictions"] if r["id"] == "P13a")   # SFT: y- rises then falls
     assert p13a["verdict"] == "inconclusive" and "rejected not built: needs y-" in p13a["inconclusive_reason"]
     assert "Probe types not built" in (tmp_path / "sft" / "report.md").read_text()

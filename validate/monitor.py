@@ -32,7 +32,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.trainers import Processes, find_trainer, frozen_copy, infer_algo, ldyn_precision
+from learning_dynamics.validate.trainers import (Processes, find_trainer, frozen_copy, fsdp_not_applied, infer_algo,
+                                                 ldyn_precision)
 
 
 @contextlib.contextmanager
@@ -146,6 +147,8 @@ class ProbeMonitor(TrainerCallback):
         if self.tokenizer.pad_token_id is None:
             raise UserError("ProbeMonitor: the tokenizer has no pad token; set tokenizer.pad_token first")
         self.procs = Processes.of(self.trainer)
+        if fsdp_not_applied(args, self.procs):
+            self._say(fsdp_not_applied(args, self.procs))
         _check_vocabulary(self.procs.unwrap(model), self.tokenizer)
         names = [c.__name__ for c in type(self.trainer).__mro__] if self.trainer is not None else []
         self.settings = self._settings(args, state, model, self.algo or infer_algo(names, args), names)

@@ -48,6 +48,9 @@ def control_mismatch(control_settings: dict, settings: dict, match) -> str:
 
 def no_control_note(settings: dict, candidates: dict, match) -> str:
     """Why a run got no SFT control among `candidates` ({name: settings} of the SFT runs given with it)."""
+    from learning_dynamics.theory import algorithms
+    if algorithms.get(settings["algo"]).warmup is not None:
+        return "its curves start after its own SFT phase, so no SFT run from the initial model controls it"
     if not candidates:
         return "no SFT run on the same pairs was given with it"
     return "; ".join(f"`{name}` is no control for it ({control_mismatch(cs, settings, match) or 'another design'})"
