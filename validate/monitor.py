@@ -130,7 +130,7 @@ class ProbeMonitor(TrainerCallback):
         self.out = writable_folder(out, "ProbeMonitor out")
         self.history = []          # metrics when no trainer is in reach to log them
         self.seconds = {"build": 0.0, "evaluate": 0.0, "report": 0.0}
-        self.evaluations, self.stopped, self.reference, self.replica, self.reached = 0, None, None, None, []
+        self.evaluations, self.stopped, self.reference, self.replica = 0, None, None, None
 
     # ------------------------------------------------------------------ callback events
 
@@ -360,9 +360,9 @@ class ProbeMonitor(TrainerCallback):
         from learning_dynamics.validate.report import write_report
         started = time.perf_counter()
         report = write_report(self.out)
-        if getattr(self, "published", None) != (step, report["complete"]):
-            self.published = (step, report["complete"])
-            self.reached = publish(self.trainer, self.trainer.args if self.trainer else None, self.out, report, step)
+        if getattr(self, "published", None) != step:   # the end's report repeats the last evaluation's verdicts
+            self.published = step
+            publish(self.trainer, self.trainer.args if self.trainer else None, self.out, report, step)
         self.seconds["report"] += time.perf_counter() - started
 
     def _write_start(self, probes, model) -> None:

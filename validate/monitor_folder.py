@@ -95,6 +95,7 @@ def run_info(monitor, state, unwrapped) -> dict:
     import time
 
     from learning_dynamics.validate import provenance
+    from learning_dynamics.validate.monitor_reporters import reporters
     wall = time.perf_counter() - monitor.train_started
     spent = monitor.seconds["evaluate"] + monitor.seconds["report"]
     dataset = getattr(monitor.trainer, "train_dataset", None)
@@ -105,7 +106,7 @@ def run_info(monitor, state, unwrapped) -> dict:
         "device": s["device"], "processes": procs.world, "distributed": procs.kind,
         "trainer_mixed_precision": str(getattr(procs.accelerator, "mixed_precision", None)),
         "scoring_precision": _scoring_precision(s["device"]), "tokenization": monitor.encoder.rule,
-        "data_format": monitor.data_format, "reporters": monitor.reached,
+        "data_format": monitor.data_format, "reporters": reporters(monitor.trainer),
         "steps_trained": state.global_step, "n_train_pairs": len(dataset) if hasattr(dataset, "__len__") else None,
         "n_probe_prompts": len(monitor.probes), "n_probe_sequences": len(monitor.sequences),
         "evaluations": monitor.evaluations, "probe_build_seconds": round(monitor.seconds["build"], 3),

@@ -17,6 +17,14 @@ def _callbacks(trainer, name: str) -> list:
     return [cb for cb in getattr(handler, "callbacks", ()) if type(cb).__name__ == name]
 
 
+REPORTERS = {"TensorBoardCallback": "tensorboard", "WandbCallback": "wandb"}
+
+
+def reporters(trainer) -> list:
+    """The reporters of the trainer's report_to that receive the figure and the verdicts."""
+    return [name for callback, name in REPORTERS.items() if _callbacks(trainer, callback)]
+
+
 def verdict_rows(report: dict) -> list:
     """One row per verdict: COLUMNS, the reason when it is inconclusive (or why it was not judged)."""
     from learning_dynamics.validate.report import _judged
