@@ -355,7 +355,7 @@ def merge(run_dirs, out) -> dict:
              f"{', '.join(merged['device'])}.", ""]
     for run, control in merged["controls"].items():
         lines.append(f"- `{run}` is judged against the SFT control `{control}` (same pairs, probes and seed).")
-    lines += ["", prediction_table(rows, with_algo=True), ""]
+    lines += ["", report_notes.SIGN, "", prediction_table(rows, with_algo=True), ""]
     if figure:
         lines += [f"![every verdict: effect and 95% CI per run]({figure.name})", ""]
     for run, caveats in merged["caveats"].items():
