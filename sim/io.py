@@ -110,21 +110,22 @@ def json_ready(obj, significant=None, decimals=None, drop=()):
     return clean(obj)
 
 
-def writable_folder(out) -> Path:
-    """Create `out` and prove it is writable now, not after a minute of training."""
+def writable_folder(out, name: str = "--out") -> Path:
+    """Create `out` and prove it is writable now, not after a minute of training; `name`: what the user called
+    it (the CLI's --out, or a Python argument such as `ProbeMonitor(out=...)`)."""
     from learning_dynamics.theory.errors import UserError
 
     if not str(out).strip():
-        raise UserError("--out is empty; give a folder (. for the working directory)")
+        raise UserError(f"{name} is empty; give a folder (. for the working directory)")
     out = Path(out)
     try:
         if out.exists() and not out.is_dir():
-            raise UserError(f"--out {str(out)!r} exists and is not a folder; give a folder path")
+            raise UserError(f"{name} {str(out)!r} exists and is not a folder; give a folder path")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as err:
-        raise UserError(f"cannot write to --out {str(out)!r} ({err.strerror or err}); choose a writable folder") from None
+        raise UserError(f"cannot write to {name} {str(out)!r} ({err.strerror or err}); choose a writable folder") from None
     return out
 
 

@@ -6,6 +6,8 @@ shows the mean over prompts and a band of +-1 standard error of that mean, so
 a reader sees both the direction and whether it stands out of the prompt noise.
 Labels, colours and units come from sim.style.
 """
+import re
+
 import numpy as np
 
 from learning_dynamics.sim import style
@@ -32,9 +34,28 @@ def _steps(steps, n_evals):
     return np.arange(n_evals) if steps is None else np.asarray(steps)
 
 
+TITLE_CHARS = 18   # a panel title longer than this (visible characters) wraps: narrow panels clip it
+_WORD = re.compile(r"(?:\$[^$]*\$|[^\s$])+")   # a word; mathtext ($...$) is never split
+
+
+def _visible(text: str) -> int:
+    return len(re.sub(r"\$[^$]*\$", "xx", text))
+
+
+def wrap_title(label: str, width: int = TITLE_CHARS) -> str:
+    """`label` over lines of about `width` visible characters, breaking only at spaces outside mathtext."""
+    lines = []
+    for word in _WORD.findall(label):
+        if lines and _visible(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
 def panel_title(key: str) -> str:
     if key in style.PROBES:
-        return style.probe_label(key)
+        return wrap_title(style.probe_label(key))
     _, _, cls = key.partition("/")
     if cls in POSITION_LABELS:  # the y label says what is plotted; a longer title runs into the next panel
         return POSITION_LABELS[cls]

@@ -64,9 +64,15 @@ def test_dpo_run_writes_the_run_directory_of_ldyn_validate_run(dpo_run, tmp_path
     start = [r["logp_sum"] for r in rows if r["step"] == 0 and r["probe"] == "chosen"]
     assert logged[0]["probes/logps/chosen"] == pytest.approx(sum(start) / len(start), abs=1e-9)
     assert trainer.model.training  # the monitor handed the model back in training mode
-    # `ldyn validate report` rebuilds and merges it like a run of its own
+    markdown = (out / "report.md").read_text()   # no throughput the monitor did not measure; how to read an effect
+    assert "throughput" not in markdown and "a positive value is the direction the prediction states" in markdown
+    assert "No SFT control (no SFT run was given with it)" in markdown
+    # `ldyn validate report` rebuilds and merges it like a run of its own: into --out, or into the run itself
     assert main(["validate", "report", str(out), "--out", str(tmp_path)]) == 0
     assert {r["id"] for r in json.loads((tmp_path / "summary.json").read_text())["predictions"]} >= {"P09a"}
+    assert main(["validate", "report", str(out)]) == 0
+    assert (out / "summary.md").exists() and (out / "verdicts.png").exists()
+    assert not (out.parent / "summary.md").exists()
 
 
 def test_tracked_logps_equal_ldyn_scoring_of_the_same_checkpoint(dpo_run, tmp_path):

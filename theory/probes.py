@@ -18,7 +18,8 @@ design: "own" (the probe prompt's own pair), "other pair" (trained on under anot
 which is what P12a/P12b are about); validate.design flags every other overlap.
 
 The tuple's order is the scoring order of every layer (changing it reorders batches);
-`panel` orders the plots.
+`panel` orders the plots. `needs` names the responses the data must hold (TRL's prompt/completion
+data has no y-, prompt-only data neither y+ nor y-): a probe whose data lacks them is not built.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -34,27 +35,35 @@ class ProbeType:
     other: bool = True
     trained: Optional[str] = None   # "own" | "other pair" | None: a training target by design
     repeats: Optional[str] = None   # the probe whose tokens it says twice
+    needs: tuple = ()               # the responses the data must hold to build it ("chosen" y+, "rejected" y-)
 
 
 PROBE_TYPES = (
     ProbeType("chosen", r"$y^+$ (chosen)", "y+ (the chosen response)", "text", 0, other=False,
-              trained="own"),
+              trained="own", needs=("chosen",)),
     ProbeType("rejected", r"$y^-$ (rejected)", "y- (the rejected response)", "text", 3, other=False,
-              trained="own"),
-    ProbeType("chosen_rephrase", r"$y^+$ rephrased", "y+ rephrased: same meaning, different words", "model", 1),
-    ProbeType("chosen_format", r"$y^+$'s format, new meaning", "y+'s format with a different meaning", "text", 2),
-    ProbeType("rejected_rephrase", r"$y^-$ rephrased", "y- rephrased: same meaning, different words", "model", 4),
-    ProbeType("rejected_format", r"$y^-$'s format, new meaning", "y-'s format with a different meaning", "text", 5),
+              trained="own", needs=("rejected",)),
+    ProbeType("chosen_rephrase", r"$y^+$ rephrased", "y+ rephrased: same meaning, different words", "model", 1,
+              needs=("chosen",)),
+    ProbeType("chosen_format", r"$y^+$'s format, new meaning", "y+'s format with a different meaning", "text", 2,
+              needs=("chosen",)),
+    ProbeType("rejected_rephrase", r"$y^-$ rephrased", "y- rephrased: same meaning, different words", "model", 4,
+              needs=("rejected",)),
+    ProbeType("rejected_format", r"$y^-$'s format, new meaning", "y-'s format with a different meaning", "text", 5,
+              needs=("rejected",)),
     ProbeType("other_chosen", r"$y_{j\neq i}$ (other prompt's $y^+$)", "another training prompt's y+ (y_{j != i})",
-              "text", 6, trained="other pair"),
-    ProbeType("test_response", "test response", "a held-out prompt's response", "text", 7),
+              "text", 6, trained="other pair", needs=("chosen",)),
+    ProbeType("test_response", "test response", "a held-out prompt's response", "text", 7,
+              needs=("chosen",)),
     ProbeType("irrelevant", "fluent irrelevant", "a fluent irrelevant sentence", "text", 8),
-    ProbeType("chosen_shuffled", r"$y^+$ words shuffled", "y+ with its words shuffled", "text", 9),
+    ProbeType("chosen_shuffled", r"$y^+$ words shuffled", "y+ with its words shuffled", "text", 9,
+              needs=("chosen",)),
     ProbeType("random_tokens", "random tokens", "random tokens", "model", 10),
     ProbeType("initial_sample", "initial model's sample", "a sample of the initial model (on-policy y)",
               "model", 11),
     ProbeType("greedy", r"$y^*$ (argmax after $y^+$'s prefixes)",
-              "y*: per-position argmax under teacher forcing on y+'s prefixes", "scored", 12, other=False),
+              "y*: per-position argmax under teacher forcing on y+'s prefixes", "scored", 12, other=False,
+              needs=("chosen",)),
     ProbeType("sample_repeated", "initial sample said twice",
               "the initial model's sample, a newline, then the same tokens again", "model", 13, other=False,
               repeats="initial_sample"),
@@ -72,6 +81,14 @@ OTHER = tuple(p.name for p in PROBE_TYPES if p.other)
 OTHER_UNTRAINED = tuple(p.name for p in PROBE_TYPES if p.other and p.trained is None)
 SAID_ONCE = tuple(p for p in WITH_RESPONSE if BY_NAME[p].repeats is None)   # each response scored once
 IN_PANEL_ORDER = tuple(sorted(PROBE_TYPES, key=lambda p: p.panel))
+
+
+RESPONSES = {"chosen": "y+ (a chosen response)", "rejected": "y- (a rejected response)"}
+
+
+def buildable(fields) -> tuple:
+    """The probe types data holding the responses `fields` (a subset of RESPONSES) can build."""
+    return tuple(p.name for p in PROBE_TYPES if set(p.needs) <= set(fields))
 
 
 def get(name: str) -> ProbeType:

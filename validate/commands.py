@@ -198,9 +198,17 @@ def add_report(sub) -> None:
                     "every run's verdicts and the two-run comparisons.",
         epilog="example: ldyn validate report runs/dpo runs/onpolicy-dpo runs/extend --out runs")
     p.add_argument("runs", nargs="+", metavar="DIR", type=arg.path)
-    p.add_argument("--out", type=arg.path, help="where summary.md goes (default: the first DIR's parent)")
+    p.add_argument("--out", type=arg.path, help="where summary.md, summary.json and verdicts.png go (default: DIR "
+                                                "itself when one DIR is given, else the folder that holds all DIRs)")
     add_format_option(p)
     p.set_defaults(func=_report)
+
+
+def _default_summary_folder(runs) -> Path:
+    """One run: its own folder (never its parent, which may hold anything); several: the folder holding them all."""
+    import os
+    paths = [str(Path(d).resolve()) for d in runs]
+    return Path(paths[0]) if len(set(paths)) == 1 else Path(os.path.commonpath(paths))
 
 
 def _report(args) -> int:
@@ -208,7 +216,7 @@ def _report(args) -> int:
     for d in args.runs:
         if not Path(d).is_dir():
             raise UserError(f"no run directory {d}")
-    out = writable_folder(args.out if args.out is not None else Path(args.runs[0]).resolve().parent)
+    out = writable_folder(args.out if args.out is not None else _default_summary_folder(args.runs))
     merged = merge(args.runs, out)
     if merged.get("warning"):
         print(f"ldyn: warning: {merged['warning']}", file=sys.stderr)

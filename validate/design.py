@@ -28,7 +28,8 @@ def measure(probe_set, train_examples) -> dict:
     for ex in train_examples:
         prompt = _norm(ex["prompt"])
         for role in ("chosen", "rejected"):
-            where.setdefault(_norm(ex[role]), set()).add((prompt, role))
+            if isinstance(ex.get(role), str):   # prompt/completion data has no y-, prompt-only data neither
+                where.setdefault(_norm(ex[role]), set()).add((prompt, role))
     probes = sorted({name for p in probe_set for name in p["texts"]})
     overlap = {name: {"any": 0, "as_chosen": 0, "as_rejected": 0} for name in probes}
     for p in probe_set:

@@ -39,6 +39,23 @@ class Encoder:
             return ids[:self.max_response - n_end] + ids[-n_end:]
         return self._cached("r", text, make)
 
+    # the interface the probe set is built through (validate.trl_tokens.TrainerEncoder has the trainer's rule)
+    rule = "ldyn's own: every prompt through the chat template, a response is its text then the end of turn"
+
+    def instruction_ids(self, text: str) -> list:
+        return self.prompt_ids(text)
+
+    def end_ids(self, prompt) -> list:
+        """What ends every response (the template's end of turn)."""
+        return self.response_ids("")
+
+    def responses(self, prompt, texts: dict):
+        """(prompt ids, {name: response ids})."""
+        return self.prompt_ids(prompt), {k: self.response_ids(v) for k, v in texts.items()}
+
+    def fit(self, prompt_ids, tokens: dict, where: str):
+        return prompt_ids, tokens    # cut already, per prompt and response
+
 
 _MARK = "\u2063LDYN-RESPONSE\u2063"
 _EOT_CACHE = {}

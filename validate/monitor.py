@@ -4,7 +4,10 @@
 
 When training starts, the monitor builds the probe set that `ldyn validate run --data pairs.jsonl` builds
 (the probe types that need generation use the trainer's model as it is at that moment, step 0 of a new
-run). Every `every` optimizer steps, and after the last one, it scores the whole set with the trainer's
+run), from data in any TRL format (validate.trl_formats: a probe type the data cannot build is skipped with
+its reason), tokenized as the trainer tokenizes (validate.trl_tokens), so that a probe's log-prob is the
+quantity the trainer trains. The folder holds one run (validate.monitor_folder: the same run is resumed,
+another refused, `overwrite=True` replaces it). Every `every` optimizer steps, and after the last one, it scores the whole set with the trainer's
 current model (unwrapped, in eval mode, under inference mode, in ldyn's precision whatever mixed precision
 the trainer uses, through validate.scoring, the functions `ldyn validate run` evaluates with, then back to
 the mode it was in) and writes into `out` the run directory that `ldyn validate run` writes: settings.json,
@@ -13,7 +16,8 @@ command, fingerprints and versions), curves.png, report.json and report.md, with
 trainer's algorithm. `ldyn validate report` rebuilds and merges it like any other run. The means over
 probe prompts go into the trainer's own logs (`probes/logps/chosen`, `probes/logps/y_star`,
 `probes/entropy`, ...), so they reach `report_to`. A run whose loss or probe log-probs become non-finite,
-or whose model collapses to uniform (validate.health), is stopped, with stopped.json and the reason.
+or whose model collapses to uniform (validate.health), is stopped, with stopped.json and the reason. The
+curves figure and the verdict table also go to the trainer's TensorBoard and W&B (validate.monitor_reporters).
 
 Several processes: under data parallelism every process scores a strided share of the probe sequences,
 the main process gathers the rows and writes; nothing is written twice. Under FSDP or DeepSpeed ZeRO-3
@@ -28,15 +32,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.trainers import Processes, find_trainer, frozen_copy, infer_algo, ldyn_precision
-
-
-def _trl_row(record) -> dict:
-    """A checked record back in TRL's preference format (chat prompts get chat responses)."""
-    if isinstance(record["prompt"], str):
-        return {k: record[k] for k in ("prompt", "chosen", "rejected")}
-    return {"prompt": record["prompt"], **{k: [{"role": "assistant", "content": record[k]}]
-                                           for k in ("chosen", "rejected")}}
+from learning_dynamics.validate.trainers import (Processes, find_trainer, frozen_copy, fsdp_not_applied, infer_algo,
+                                                 ldyn_precision)
 
 
 @contextlib.contextmanager
@@ -59,54 +56,78 @@ def _positive_ints(**values) -> None:
             raise UserError(f"ProbeMonitor: {name} must be a positive integer, got {value!r}")
 
 
+def _attempt(make, *args):
+    """(None, make(*args)), or (its UserError's line, None): the main process's failure, to broadcast."""
+    try:
+        return None, make(*args)
+    except UserError as err:
+        return str(err), None
+
+
+def _check_vocabulary(model, tokenizer) -> None:
+    """A token id past the model's embedding would end in an IndexError mid-run: one line before training."""
+    embedding = model.get_input_embeddings()
+    rows = getattr(embedding, "num_embeddings", None) or model.config.get_text_config().vocab_size
+    if rows < len(tokenizer):
+        raise UserError(f"ProbeMonitor: the model's vocabulary has {rows} tokens but the tokenizer has {len(tokenizer)}, "
+                        "so some token ids have no embedding; use the model's own tokenizer, or resize the model with "
+                        "model.resize_token_embeddings(len(tokenizer)) before training")
+
+
 class ProbeMonitor(TrainerCallback):
     """Track the probe set of `ldyn validate run` during a transformers/TRL run; see the module docstring.
 
-    probe_data: TRL preference data (a JSONL path, a list of dicts or a `datasets.Dataset`; "prompt",
-        "chosen", "rejected", plain strings or chat messages). As with `ldyn validate run --data`, the
-        first tenth (at most 50 rows) is the held-out split, and the next `n_probe` rows are the probe
-        prompts: pass your training data to probe trained-on pairs, as the paper does.
-        `train_rows` holds the rows after the held-out split, in TRL's format, to train on exactly the split
-        `ldyn validate run` trains on.
+    probe_data: TRL data (a JSONL path, a list of dicts or a `datasets.Dataset`) in any format the DPO, SFT and
+        GRPO trainers read: preference (explicit or implicit prompt), prompt-completion, language modeling
+        (`messages` or `text`), prompt-only; plain strings or chat messages. As with `ldyn validate run --data`,
+        the first tenth (at most 50 rows) is the held-out split, and the next `n_probe` rows are the probe
+        prompts: pass your training data to probe trained-on responses, as the paper does. `train_rows` holds
+        the rows after the held-out split, as given, to train on exactly the split `ldyn validate run` trains on.
     every: optimizer steps between evaluations (and one after the last step).
+    out: the run's folder. A folder holding the same run (same settings, data and model) is resumed; one holding
+        another run is refused; overwrite=True replaces it (only the monitor's own files are deleted).
     algo: the algorithm whose predictions are judged; inferred from the trainer class and its loss_type.
+    max_prompt_tokens: cuts prompts only when no TRL trainer is in reach (a TRL trainer's own max_length cuts
+        otherwise); max_response_tokens: the length of generated probes (rephrases, samples), and the cut of a
+        response without a TRL trainer.
     track_mass: keep a frozen copy of the model as it is at step 0 (one more model in memory) to track how far
         y+'s next-token distributions move and into which token (mass/, P18r), as `ldyn validate run` does.
-    live_report: rewrite curves.png and report.json/.md after every evaluation, not only at the end.
+    live_report: rewrite curves.png and report.json/.md (and send them to report_to) after every evaluation,
+        not only at the end.
     """
 
     def __init__(self, probe_data, every: int = 100, out="runs/probe-monitor", algo=None, n_probe: int = 32,
                  eval_batch: int = 64, max_prompt_tokens: int = 96, max_response_tokens: int = 48,
                  gen_prompts: int = 8, gen_tokens: int = 48, seed: int = 0, track_mass: bool = True,
-                 live_report: bool = True):
+                 live_report: bool = True, overwrite: bool = False):
         from learning_dynamics.sim.io import writable_folder
-        from learning_dynamics.validate import data
+        from learning_dynamics.validate import session, trl_formats
         from learning_dynamics.validate.algorithms import ALGORITHMS
-        from learning_dynamics.validate import session
         _positive_ints(every=every, n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                        max_response_tokens=max_response_tokens, gen_tokens=gen_tokens)
         if isinstance(gen_prompts, bool) or not isinstance(gen_prompts, int) or gen_prompts < 0:
             raise UserError(f"ProbeMonitor: gen_prompts must be an integer >= 0, got {gen_prompts!r}")
         if algo is not None and algo not in ALGORITHMS:
             raise UserError(f"ProbeMonitor: unknown algo {algo!r}; choose one of {', '.join(ALGORITHMS)}")
-        self.data_for_fingerprint = probe_data
+        rows, self.records, self.data_format = trl_formats.load(probe_data, "ProbeMonitor probe_data")
+        self.data_for_fingerprint = probe_data if isinstance(probe_data, (str, Path)) else rows
         if isinstance(probe_data, (str, Path)):
             self.source = str(probe_data)
-            self.records = data.load_preference_jsonl(probe_data)
         else:
             from learning_dynamics.validate.provenance import data_fingerprint
-            self.records = data.preference_records(probe_data, source="ProbeMonitor probe_data")
             # the rows' hash in the name: `ldyn validate report` pairs runs (SFT controls) by equal data
-            digest = data_fingerprint(probe_data)["sha256"][:16]
-            self.source = f"in-memory {type(probe_data).__name__} of {len(self.records)} rows, sha256 {digest}"
+            digest = data_fingerprint(rows)["sha256"][:16]
+            self.source = f"in-memory {type(probe_data).__name__} of {len(rows)} rows, sha256 {digest}"
         self.options = dict(n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                             max_response_tokens=max_response_tokens, gen_prompts=gen_prompts,
                             gen_tokens=gen_tokens, seed=seed, n_train=None, data=self.source)
         # the same split as `ldyn validate run --data`: bad data fails here, before any training
         self.splits = session.examples(self.options, rows=self.records)
-        self.train_rows = [_trl_row(r) for r in self.records[len(self.splits.test):]]
+        self.train_rows = rows[len(self.splits.test):]
+        self.skipped = trl_formats.skipped(self.records, self.data_format)
         self.every, self.algo, self.track_mass, self.live_report = every, algo, track_mass, live_report
-        self.out = writable_folder(out)
+        self.overwrite = overwrite
+        self.out = writable_folder(out, "ProbeMonitor out")
         self.history = []          # metrics when no trainer is in reach to log them
         self.seconds = {"build": 0.0, "evaluate": 0.0, "report": 0.0}
         self.evaluations, self.stopped, self.reference, self.replica = 0, None, None, None
@@ -116,6 +137,7 @@ class ProbeMonitor(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         from learning_dynamics.validate import probes as probe_set
         from learning_dynamics.validate.encode import Encoder
+        from learning_dynamics.validate.trl_tokens import trainer_encoder
         self.trainer = find_trainer(self)
         if self.trainer is not None:
             model, processing_class = self.trainer.model, self.trainer.processing_class
@@ -125,23 +147,27 @@ class ProbeMonitor(TrainerCallback):
         if self.tokenizer.pad_token_id is None:
             raise UserError("ProbeMonitor: the tokenizer has no pad token; set tokenizer.pad_token first")
         self.procs = Processes.of(self.trainer)
+        if fsdp_not_applied(args, self.procs):
+            self._say(fsdp_not_applied(args, self.procs))
+        _check_vocabulary(self.procs.unwrap(model), self.tokenizer)
         names = [c.__name__ for c in type(self.trainer).__mro__] if self.trainer is not None else []
         self.settings = self._settings(args, state, model, self.algo or infer_algo(names, args), names)
-        self.encoder = Encoder(self.tokenizer, self.options["max_prompt_tokens"], self.options["max_response_tokens"])
+        base = Encoder(self.tokenizer, self.options["max_prompt_tokens"], self.options["max_response_tokens"])
+        self.encoder = trainer_encoder(self.trainer, self.tokenizer, base)
         self.eos = probe_set.eos_ids(self.tokenizer)
         self.first_step = state.global_step  # > 0: resumed from a checkpoint, the step-0 model is gone
         if self.first_step and self.track_mass:
             self._say("resumed run: mass tracking (P18r) needs the step-0 model and stops here")
         started = time.perf_counter()
-        probes = self.procs.broadcast(self._prepare(state) if self.procs.is_main else None)  # None: build now
+        # None: build now; a UserError on the main process stops every process with its line
+        failed, probes = self.procs.broadcast(_attempt(self._prepare, state, model) if self.procs.is_main else None)
+        if failed:
+            raise UserError(failed)
         if probes is None:
-            split = self.splits
             with self._scoring_model(model) as (module, _):
                 if module is not None and self.procs.is_main:
                     with _evaluating(module):
-                        probes = probe_set.build_probe_set(module, self.tokenizer, self.encoder, split.probe, split.train,
-                                                           split.test, self.settings, progress=self._say,
-                                                           irrelevant=split.irrelevant)
+                        probes = self._build(module)
             probes = self.procs.broadcast(probes)
         self.probes, self.sequences = probes, probe_set.tracked_sequences(probes)
         if self.procs.is_main:
@@ -150,6 +176,15 @@ class ProbeMonitor(TrainerCallback):
         self.train_started = time.perf_counter()
         if state.global_step not in self.done:
             self._evaluate(state.global_step, model, control)
+
+    def _build(self, module):
+        """Main process: the probe set of the held-out split, in the trainer's tokenization."""
+        from learning_dynamics.validate import probes as probe_set
+        from learning_dynamics.validate.trl_formats import anchor_unprompted
+        split = self.splits
+        return probe_set.build_probe_set(module, self.tokenizer, self.encoder, anchor_unprompted(split.probe, self.encoder),
+                                         split.train, split.test, self.settings, progress=self._say,
+                                         irrelevant=split.irrelevant)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
@@ -170,7 +205,7 @@ class ProbeMonitor(TrainerCallback):
             self._evaluate(step, self.trainer.model if self.trainer is not None else model, control)
         if self.procs.is_main:
             self._write_run_info(state, model)
-            self._write_report()
+            self._write_report(step)
 
     # ------------------------------------------------------------------ the work
 
@@ -185,21 +220,16 @@ class ProbeMonitor(TrainerCallback):
                     # DPO's beta; GRPO's `beta` is its KL coefficient, another quantity
                     beta=getattr(args, "beta", None) if algo in ("dpo", "ipo") else None)
 
-    def _prepare(self, state):
-        """Main process: set up `out`; the probe set to reuse on a resumed run, or None."""
+    def _prepare(self, state, model):
+        """Main process: set up `out` (validate.monitor_folder); the probe set to reuse on a resumed run, or None."""
         from learning_dynamics.sim.io import read_json
         from learning_dynamics.sim.tracking import TrackingTable
-        from learning_dynamics.validate.run import _prepare_out
-        previous = read_json(self.out / "settings.json", {}, expect=dict)
-        if previous and previous.get("preset") != "monitor":
-            raise UserError(f"{self.out} holds a run of `ldyn validate run`; give ProbeMonitor another out")
-        # a run that starts at step 0 starts over: earlier curves in `out` would mix with the new ones
-        _prepare_out(self.out, self.settings, fresh=state.global_step == 0)
+        from learning_dynamics.validate import monitor_folder, provenance
+        self.provenance = {"reproduce": provenance.current_command(),
+                           "fingerprints": provenance.fingerprints(self.data_for_fingerprint, self.procs.unwrap(model))}
+        monitor_folder.open_run(self.out, self.settings, self.provenance["fingerprints"], state.global_step,
+                                self.overwrite)
         self.table = TrackingTable(self.out / "tracking")
-        for step in self.table.completed_steps():   # resumed from a checkpoint: later evaluations are redone
-            if step > state.global_step:
-                for sub, suffix in (("tracking", "csv"), ("generations", "json"), ("mass", "json")):
-                    (self.out / sub / f"step_{step:09d}.{suffix}").unlink(missing_ok=True)
         return read_json(self.out / "probes.json", None, expect=list)
 
     @property
@@ -235,7 +265,8 @@ class ProbeMonitor(TrainerCallback):
         share, rows, mass, records = [], [], [], None
         with self._scoring_model(model) as (module, shared):
             if module is not None:
-                if self.track_mass and self.reference is None and step == 0 == self.first_step:
+                has_chosen = "chosen" not in self.skipped   # P18r's mass moves on y+'s contexts
+                if self.track_mass and has_chosen and self.reference is None and step == 0 == self.first_step:
                     self.reference = frozen_copy(module)
                 rank, world = (self.procs.rank, self.procs.world) if shared else (0, 1)
                 share = list(range(rank, len(self.sequences), world))
@@ -272,7 +303,7 @@ class ProbeMonitor(TrainerCallback):
         if reason:
             self._stop(step, reason, control)
         elif self.procs.is_main and self.live_report and len(self.done) > 1:
-            self._write_report()
+            self._write_report(step)
 
     def _health(self, step, rows):
         """Main process: why the run must stop (validate.health, as `ldyn validate run` judges), or None."""
@@ -323,63 +354,34 @@ class ProbeMonitor(TrainerCallback):
             out["probes/entropy"] = float(np.mean([r["entropy_mean"] for r in by_probe["chosen"]]))
         return out
 
-    def _write_report(self) -> None:
+    def _write_report(self, step: int) -> None:
+        """report.json/.md and curves.png, then the figure and the verdicts to the trainer's reporters."""
+        from learning_dynamics.validate.monitor_reporters import publish
         from learning_dynamics.validate.report import write_report
         started = time.perf_counter()
-        write_report(self.out)
+        report = write_report(self.out)
+        if getattr(self, "published", None) != step:   # the end's report repeats the last evaluation's verdicts
+            self.published = step
+            publish(self.trainer, self.trainer.args if self.trainer else None, self.out, report, step)
         self.seconds["report"] += time.perf_counter() - started
 
-    def _trained_pairs(self):
-        """The pairs the trainer trains on when its dataset holds preference pairs, else probe_data's split."""
-        from learning_dynamics.validate.data import preference_records
-        dataset = getattr(self.trainer, "train_dataset", None)
-        if {"prompt", "chosen", "rejected"} <= set(getattr(dataset, "column_names", None) or ()):
-            try:
-                pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in dataset]
-                return preference_records(pairs, source="the trainer's train_dataset"), "the trainer's train_dataset"
-            except UserError:
-                pass
-        return self.splits.train, "probe_data after its held-out rows (the trainer's train_dataset has no pairs)"
-
     def _write_start(self, probes, model) -> None:
-        """probes.json, design.json, and run_info.json's command and fingerprints (validate.provenance); the
-        numbers follow at the end (report.json counts a run complete only once run_info.json has them)."""
+        """probes.json, design.json (with the data format, the tokenization and the probe types skipped), and
+        run_info.json's command and fingerprints (validate.provenance); the numbers follow at the end (report.json
+        counts a run complete only once run_info.json has them)."""
         from learning_dynamics.sim.io import atomic_write_json
-        from learning_dynamics.validate import design, provenance
+        from learning_dynamics.validate import design
+        from learning_dynamics.validate.trl_formats import trained_records
         atomic_write_json(self.out / "probes.json", probes, sort_keys=False)  # the probe order is the row order
-        trained, source = self._trained_pairs()
-        atomic_write_json(self.out / "design.json", dict(design.measure(probes, trained), train_source=source))
-        self.provenance = {"reproduce": provenance.current_command(),
-                           "fingerprints": provenance.fingerprints(self.data_for_fingerprint, self.procs.unwrap(model))}
+        trained = trained_records(getattr(self.trainer, "train_dataset", None))
+        source = "the trainer's train_dataset" if trained else "probe_data after its held-out rows"
+        atomic_write_json(self.out / "design.json", dict(
+            design.measure(probes, trained or self.splits.train), train_source=source, data_format=self.data_format,
+            tokenization=self.encoder.rule, skipped_probes=self.skipped))
         atomic_write_json(self.out / "run_info.json", {**self.provenance, "partial": True})
-
-    def _scoring_precision(self) -> str:
-        import contextlib
-
-        import torch
-
-        from learning_dynamics.validate.scoring import scoring_autocast
-        fp32 = scoring_autocast(torch.device(self.settings["device"])) is contextlib.nullcontext
-        return "float32" if fp32 else "bf16 autocast"
 
     def _write_run_info(self, state, model) -> None:
         from learning_dynamics.sim.io import atomic_write_json
-        from learning_dynamics.validate import provenance
-        unwrapped = self.procs.unwrap(model)
-        wall = time.perf_counter() - self.train_started
-        monitor = self.seconds["evaluate"] + self.seconds["report"]
-        dataset = getattr(self.trainer, "train_dataset", None)
+        from learning_dynamics.validate.monitor_folder import run_info
         atomic_write_json(self.out / "train_log.json", [h for h in state.log_history if "loss" in h])
-        atomic_write_json(self.out / "run_info.json", {
-            "model": self.settings["model"], "model_source": self.settings["model"], "trainer": self.settings["trainer"],
-            "n_params": sum(p.numel() for p in unwrapped.parameters()) if unwrapped is not None else None,
-            "device": self.settings["device"], "processes": self.procs.world, "distributed": self.procs.kind,
-            "trainer_mixed_precision": str(getattr(self.procs.accelerator, "mixed_precision", None)),
-            "scoring_precision": self._scoring_precision(),
-            "steps_trained": state.global_step, "n_train_pairs": len(dataset) if hasattr(dataset, "__len__") else None,
-            "n_probe_prompts": len(self.probes), "n_probe_sequences": len(self.sequences),
-            "evaluations": self.evaluations, "probe_build_seconds": round(self.seconds["build"], 3),
-            "monitor_seconds": round(monitor, 3), "train_wall_seconds": round(wall, 3),
-            # the monitor's share of the training loop's wall time, probe build excluded (paid once)
-            "monitor_overhead_ratio": round(monitor / max(wall - monitor, 1e-9), 4),
-            "versions": provenance.versions(libraries=("trl",)), **self.provenance})
+        atomic_write_json(self.out / "run_info.json", run_info(self, state, self.procs.unwrap(model)))

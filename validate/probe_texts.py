@@ -26,6 +26,8 @@ import re
 from learning_dynamics.theory import probes as probe_registry
 
 TEXT_PROBES = probe_registry.TEXT                                              # built here
+RESPONSES = tuple(probe_registry.RESPONSES)                                    # what a data row may hold
+IRRELEVANT_WORDS = 12   # the irrelevant sentence's length in words when there is no y+ to match
 MODEL_PROBES = tuple(p for p in probe_registry.NAMES if p not in TEXT_PROBES)  # validate.probes, or y* at scoring
 
 REPHRASE_INSTRUCTION = ("Rephrase the following text with different words but exactly the same meaning. "
@@ -192,53 +194,66 @@ def _untrained(make, targets, tries: int = 16) -> str:
 
 
 def training_targets(train_examples) -> set:
-    """Normalised texts of every response a training pair trains on (chosen and rejected)."""
-    return {_norm(ex[k]) for ex in train_examples for k in ("chosen", "rejected")}
+    """Normalised texts of every response a training pair trains on (chosen and rejected, those it has)."""
+    return {_norm(ex[k]) for ex in train_examples for k in RESPONSES if isinstance(ex.get(k), str)}
+
+
+def response_fields(examples) -> tuple:
+    """The responses every example holds: ("chosen", "rejected") for preference data, ("chosen",) for
+    prompt/completion or language-modeling data, () for prompt-only data."""
+    return tuple(k for k in RESPONSES if examples and all(isinstance(ex.get(k), str) for ex in examples))
 
 
 def build_probe_texts(probe_examples, train_examples, test_examples, irrelevant_pool, seed: int = 0) -> list:
-    """One dict per probe example: prompt, source, the TEXT_PROBES responses, and meta.
+    """One dict per probe example: prompt, source, the TEXT_PROBES responses its data can build, and meta.
 
     irrelevant_pool: strings or dicts with "text" (and optional "source"); an
     irrelevant sentence comes from another source file than the probe's when it can.
     The irrelevant sentence and the test response avoid training targets when they
-    can (validate.design measures what is left).
+    can (validate.design measures what is left). A probe type that needs a response the
+    data lacks (theory.probes' `needs`: y- in prompt/completion data) is left out.
     """
     if not probe_examples:
         raise ValueError("no probe examples")
     if not train_examples or not test_examples or not irrelevant_pool:
         raise ValueError("build_probe_texts needs training examples, test examples and an irrelevant pool")
+    fields = response_fields(probe_examples)
     rng = random.Random(f"ldyn-probe-texts-{seed}")
     pool = [{"text": p, "source": ""} if isinstance(p, str) else {"text": p["text"], "source": p.get("source", "")}
             for p in irrelevant_pool]
-    words = content_word_pool([ex["chosen"] for ex in train_examples] + [ex["rejected"] for ex in train_examples])
+    words = content_word_pool([ex[k] for k in fields for ex in train_examples if isinstance(ex.get(k), str)])
     targets = training_targets(train_examples)
     pool = [p for p in pool if _norm(p["text"]) not in targets] or pool
-    untrained_tests = [ex for ex in test_examples if _norm(ex["chosen"]) not in targets] or test_examples
-    rows = []
-    for ex in probe_examples:
-        key, chosen, rejected = _norm(ex["prompt"]), ex["chosen"], ex["rejected"]
-        avoid = {_norm(chosen), _norm(rejected)}
-        other = _choose_other(rng, train_examples, key, avoid)
-        test = _choose_other(rng, untrained_tests, key, avoid)
-        n_words = len(chosen.split())
-        source = ex.get("source", "")
-        candidates = [p for p in pool if _norm(p["text"]) not in avoid and (not source or p["source"] != source)] \
-            or [p for p in pool if _norm(p["text"]) not in avoid] or pool
-        sample = [candidates[rng.randrange(len(candidates))] for _ in range(min(12, len(candidates)))]
-        irrelevant = min(sample, key=lambda p: abs(len(p["text"].split()) - n_words))
-        rows.append({
-            "prompt": ex["prompt"],
-            "source": source,
-            "chosen": chosen,
-            "rejected": rejected,
-            "chosen_format": _untrained(lambda: format_probe(chosen, words, rng), targets),
-            "rejected_format": _untrained(lambda: format_probe(rejected, words, rng), targets),
-            "other_chosen": other["chosen"],
-            "test_response": test["chosen"],
-            "irrelevant": irrelevant["text"],
-            "chosen_shuffled": shuffled_words(chosen, rng),
-            "meta": {"other_prompt": other["prompt"], "test_prompt": test["prompt"],
-                     "irrelevant_source": irrelevant["source"]},
-        })
-    return rows
+    has_chosen = [ex for ex in test_examples if isinstance(ex.get("chosen"), str)]
+    untrained_tests = [ex for ex in has_chosen if _norm(ex["chosen"]) not in targets] or has_chosen
+    others = [ex for ex in train_examples if isinstance(ex.get("chosen"), str)]
+    return [_probe_row(ex, fields, others, untrained_tests, pool, words, targets, rng) for ex in probe_examples]
+
+
+def _probe_row(ex, fields, others, tests, pool, words, targets, rng) -> dict:
+    """The text probes of one probe example (rng draws in a fixed order: the same seed gives the same texts)."""
+    key, chosen, rejected = _norm(ex["prompt"]), ex.get("chosen"), ex.get("rejected")
+    avoid = {_norm(t) for t in (chosen, rejected) if t is not None}
+    row, meta = {"prompt": ex["prompt"], "source": ex.get("source", "")}, {}
+    if "chosen" in fields:
+        other, test = _choose_other(rng, others, key, avoid), _choose_other(rng, tests, key, avoid)
+        row.update(chosen=chosen, other_chosen=other["chosen"], test_response=test["chosen"])
+        meta.update(other_prompt=other["prompt"], test_prompt=test["prompt"])
+    if "rejected" in fields:
+        row["rejected"] = rejected
+    source = row["source"]
+    n_words = len(chosen.split()) if chosen is not None else IRRELEVANT_WORDS
+    candidates = [p for p in pool if _norm(p["text"]) not in avoid and (not source or p["source"] != source)] \
+        or [p for p in pool if _norm(p["text"]) not in avoid] or pool
+    sample = [candidates[rng.randrange(len(candidates))] for _ in range(min(12, len(candidates)))]
+    irrelevant = min(sample, key=lambda p: abs(len(p["text"].split()) - n_words))
+    row["irrelevant"] = irrelevant["text"]
+    meta["irrelevant_source"] = irrelevant["source"]
+    if "chosen" in fields:
+        row["chosen_format"] = _untrained(lambda: format_probe(chosen, words, rng), targets)
+    if "rejected" in fields:
+        row["rejected_format"] = _untrained(lambda: format_probe(rejected, words, rng), targets)
+    if "chosen" in fields:
+        row["chosen_shuffled"] = shuffled_words(chosen, rng)
+    row["meta"] = meta
+    return row

@@ -69,20 +69,19 @@ def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, t
                     progress=print, irrelevant=None) -> list:
     """A list of {"prompt_id", "prompt", "texts": {probe: str}, "ids": {probe: [int]}, "prompt_ids"}.
 
+    encoder: validate.encode.Encoder (ldyn's tokenization) or validate.trl_tokens.TrainerEncoder (a trainer's).
     irrelevant: the pool of irrelevant sentences (default: the corpus's fluent
-    sentences that are not training targets).
+    sentences that are not training targets). Only the probe types the data can build are built
+    (theory.probes' `needs`: prompt/completion data has no y-, prompt-only data no y+ either).
     """
     seed = settings["seed"]
     if not irrelevant:
         irrelevant = probe_texts.irrelevant_pool(exclude=probe_texts.training_targets(train_examples))
     probes = probe_texts.build_probe_texts(probe_examples, train_examples, test_examples, irrelevant, seed)
-    pad_id = tokenizer.pad_token_id
-    stop = eos_ids(tokenizer)
-    end = end_of_turn_ids(tokenizer)
-    separator = separator_ids(tokenizer)
-    n_new = settings["max_response_tokens"]
-    rephrase_prompts = [encoder.prompt_ids(probe_texts.REPHRASE_INSTRUCTION.format(text=p[key]))
-                        for key in ("chosen", "rejected") for p in probes]
+    fields = probe_texts.response_fields(probe_examples)
+    pad_id, stop, n_new = tokenizer.pad_token_id, eos_ids(tokenizer), settings["max_response_tokens"]
+    rephrase_prompts = [encoder.instruction_ids(probe_texts.REPHRASE_INSTRUCTION.format(text=p[key]))
+                        for key in fields for p in probes]
     progress(f"generating {len(rephrase_prompts)} rephrases and {len(probes)} initial samples")
     rephrased = generate(model, rephrase_prompts, stop, pad_id, n_new, sample=False,
                          batch_size=settings["eval_batch"])
@@ -90,26 +89,36 @@ def build_probe_set(model, tokenizer, encoder, probe_examples, train_examples, t
     samples = generate(model, prompt_ids, stop, pad_id, n_new, sample=True, seed=seed + 1,
                        batch_size=settings["eval_batch"])
     rng = np.random.default_rng(seed + 2)
-    vocab = len(tokenizer)
     out = []
-    for i, (probe, ids) in enumerate(zip(probes, prompt_ids)):
-        texts = {k: probe[k] for k in probe_texts.TEXT_PROBES}
-        texts["chosen_rephrase"] = tokenizer.decode(rephrased[i], skip_special_tokens=True).strip()
-        texts["rejected_rephrase"] = tokenizer.decode(rephrased[len(probes) + i], skip_special_tokens=True).strip()
+    for i, probe in enumerate(probes):
+        texts = {k: probe[k] for k in probe_texts.TEXT_PROBES if k in probe}
+        for j, key in enumerate(fields):
+            texts[f"{key}_rephrase"] = tokenizer.decode(rephrased[j * len(probes) + i], skip_special_tokens=True).strip()
         texts["initial_sample"] = tokenizer.decode(samples[i], skip_special_tokens=True).strip()
-        tokens = {k: encoder.response_ids(v) for k, v in texts.items()}
-        tokens["random_tokens"] = [int(t) for t in probe_texts.random_token_ids(
-            vocab, max(len(tokens["chosen"]) - 1, 1), rng, exclude=special_ids(tokenizer))] + end
-        texts["random_tokens"] = tokenizer.decode(tokens["random_tokens"])
-        for key, value in tokens.items():
-            if not value:  # an empty generation still needs an end of turn to be scored
-                tokens[key] = list(end)
-        tokens["sample_repeated"] = repeated_response(tokens["initial_sample"], end, separator)
-        texts["sample_repeated"] = tokenizer.decode(tokens["sample_repeated"][:-len(end)])
-        out.append({"prompt_id": str(i), "prompt": probe["prompt"], "prompt_ids": ids, "texts": texts,
-                    "ids": tokens, "aux_ids": {"shared_prefix": shared_prefix(tokens["chosen"], tokens["rejected"])},
-                    "unusable": probe_quality.unusable(texts)})
+        out.append(_probe_record(str(i), probe["prompt"], texts, tokenizer, encoder, rng))
     return out
+
+
+def _probe_record(prompt_id, prompt, texts, tokenizer, encoder, rng) -> dict:
+    """One probe prompt's record: its texts' ids in the encoder's tokenization, random tokens and the repeated
+    sample built from ids, all cut as the encoder cuts."""
+    end = encoder.end_ids(prompt)
+    ids, tokens = encoder.responses(prompt, texts)
+    basis = tokens.get("chosen") or tokens["initial_sample"]   # random tokens as long as y+ (or the sample)
+    tokens["random_tokens"] = [int(t) for t in probe_texts.random_token_ids(
+        len(tokenizer), max(len(basis) - len(end), 1), rng, exclude=special_ids(tokenizer))] + end
+    texts["random_tokens"] = tokenizer.decode(tokens["random_tokens"])
+    for key, value in tokens.items():
+        if not value:  # an empty generation still needs an end of turn to be scored
+            tokens[key] = list(end)
+    tokens["sample_repeated"] = repeated_response(tokens["initial_sample"], end, separator_ids(tokenizer))
+    texts["sample_repeated"] = tokenizer.decode(tokens["sample_repeated"][:-len(end)])
+    ids, tokens = encoder.fit(ids, tokens, f"probe prompt {prompt_id}")
+    record = {"prompt_id": prompt_id, "prompt": prompt, "prompt_ids": ids, "texts": texts, "ids": tokens,
+              "unusable": probe_quality.unusable(texts)}
+    if "chosen" in tokens and "rejected" in tokens:
+        record["aux_ids"] = {"shared_prefix": shared_prefix(tokens["chosen"], tokens["rejected"])}
+    return record
 
 
 def shared_prefix(chosen, rejected) -> list:

@@ -16,7 +16,7 @@ from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import pooling, probe_quality, provenance
+from learning_dynamics.validate import pooling, probe_quality, provenance, report_notes
 from learning_dynamics.validate.repetition import prefix_repetition
 
 
@@ -192,10 +192,10 @@ def _caveats(rows, design_info) -> list:
     return [f"- {r['id']}: {_caveat(r, design_info)}" for r in rows if _caveat(r, design_info)]
 
 
-def write_report(run_dir, control=None, controls=None) -> dict:
+def write_report(run_dir, control=None, controls=None, control_note=None) -> dict:
     """controls: {control algorithm: run directory} of this run's controls (validate.report.controls_among): P09c,
     P10, P17, P17r, P18r, P05r and P06r are judged against each, the counterfactual control first; `control`
-    alone: the SFT control's directory."""
+    alone: the SFT control's directory; control_note: why there is none (validate.report_notes)."""
     run_dir = Path(run_dir)
     if controls is None:
         controls = {CONTROL: control} if control else {}
@@ -214,9 +214,10 @@ def write_report(run_dir, control=None, controls=None) -> dict:
             rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"],
                                             controls=control_series, regime=regime)
         figures = _figures(run_dir, series, steps, algo)
+    design_info = _read_json(run_dir / "design.json")
+    rows = report_notes.mark_skipped(rows, (design_info or {}).get("skipped_probes"))
     if stopped:
         rows = _inconclusive(rows, stopped)
-    design_info = _read_json(run_dir / "design.json")
     first_order = _read_json(run_dir / "first_order.json")
     if first_order:
         figures += [f for f in first_order.get("figures", []) if isinstance(f, str)]
@@ -236,6 +237,7 @@ def write_report(run_dir, control=None, controls=None) -> dict:
         "steps": steps.tolist(),
         "first_order": first_order, "figures": figures,
         "controls": {name: str(d) for name, d in controls.items()}, "design": design_info,
+        "control_note": None if controls else (control_note or "no control run was given with it"),
         "regime": None if regime is None else {**regime.as_dict(), "first_step": first_step},
         "unusable_probes": probe_quality.summary(_read_json(run_dir / "probes.json", [], expect=list)),
         "caveats": _caveats(rows, design_info), "predictions": _flagged(rows, design_info),
@@ -245,17 +247,6 @@ def write_report(run_dir, control=None, controls=None) -> dict:
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", markdown(report))
     return report
-
-
-def _controls_line(report) -> str:
-    controls = report.get("controls") or ({CONTROL: report["control"]} if report.get("control") else {})
-    if not controls:
-        return ("No control given: claims that something else than a negative gradient could also cause are shown "
-                "but not judged (`ldyn validate report RUN CONTROL` judges them).")
-    return "Controls (same pairs, probes and seed), judged against in this order: " + "; ".join(
-        f"`{d}` ({algorithms.get(name).label}" + (": the same step without the negative gradient, read at equal "
-                                                   "steps)" if algorithms.get(name).control_of else ")")
-        for name, d in controls.items()) + "."
 
 
 def _fmt(x, digits=3):
@@ -361,8 +352,8 @@ def markdown(report: dict) -> str:
     parts = [f"# {report['algo']} on {report['model']}", "",
              f"Device: {report['device']}; preset `{s['preset']}`; {s['steps']} steps of {s['batch_pairs']} pairs, "
              f"lr {s['lr']}, beta {s['beta']}, seed {report['seed']}; "
-             f"{run.get('n_train_pairs', '?')} training pairs, {run.get('n_probe_prompts', '?')} probe prompts; "
-             f"training throughput {run.get('train_tokens_per_second', '?')} tokens/s.", "",
+             f"{run.get('n_train_pairs', '?')} training pairs, {run.get('n_probe_prompts', '?')} probe "
+             f"prompts{report_notes.throughput(run)}.", "",
              *([] if not report.get("stopped") else [
                  f"**Stopped at step {report['stopped']['step']}:** {report['stopped']['reason']}. Every verdict "
                  "below is inconclusive: a diverged or collapsed model tests no prediction.", ""]),
@@ -371,12 +362,12 @@ def markdown(report: dict) -> str:
                  "before the end (verdicts below are over the steps it reached).", ""]),
              reproduce_line(report), "",
              "## Predictions", "",
-             _controls_line(report), "",
+             *report_notes.control_lines(report), report_notes.SIGN, "",
              prediction_table(report["predictions"]) if report["predictions"] else
              "(no run-level prediction of the catalogue concerns this algorithm)", "",
              *[f"Not tested ({', '.join(ids)}): {reason}." for reason, ids in _not_tested(report["predictions"])],
              "", *_regime_lines(report.get("regime")),
-             *_design_lines(report)]
+             *report_notes.skipped_lines(report.get("design")), *_design_lines(report)]
     fo = report.get("first_order")
     if fo:
         parts += ["## First-order (eNTK) check", "",
@@ -417,7 +408,9 @@ def merge(run_dirs, out) -> dict:
     names = _labels(list(settings_of))
     for d, s in settings_of.items():
         controls = controls_among(s, settings_of)
-        runs[d] = (write_report(d, controls=controls), controls)
+        sft = {names[c]: cs for c, cs in settings_of.items() if c != d and cs.get("algo") == CONTROL}
+        note = None if controls else report_notes.no_control_note(s, sft, CONTROL_MATCH)
+        runs[d] = (write_report(d, controls=controls, control_note=note), controls)
     series = {d: load_series(Path(d))[0] for d in runs}
     prints = {names[d]: rep.get("fingerprints") or {} for d, (rep, _) in runs.items()}
     for d in map(Path, run_dirs):
@@ -464,7 +457,7 @@ def merge(run_dirs, out) -> dict:
         lines.append(f"- `{run}` is judged against " + ", then ".join(
             f"the {algorithms.get(name).label} control `{c}`" for name, c in controls.items()) +
             " (same pairs, probes and seed).")
-    lines += ["", prediction_table(rows, with_algo=True), ""]
+    lines += ["", report_notes.SIGN, "", prediction_table(rows, with_algo=True), ""]
     if figure:
         lines += [f"![every verdict: effect and 95% CI per run]({figure.name})", ""]
     for run, caveats in merged["caveats"].items():

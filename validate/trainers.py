@@ -98,6 +98,17 @@ class Processes:
         return self.accelerator.get_state_dict(wrapped)
 
 
+def fsdp_not_applied(args, procs) -> str:
+    """A line when the trainer asked for FSDP but accelerate runs another kind (accelerate 1.16 turns FSDP on
+    only for GPU-type processes: on CPU processes it runs plain data parallelism), else ''."""
+    import os
+    asked = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if not asked or procs.kind == "FSDP":
+        return ""
+    return (f"FSDP was asked for but accelerate runs this as {procs.kind} (accelerate turns FSDP on for GPU "
+            "processes only): every process holds the whole model")
+
+
 @contextlib.contextmanager
 def ldyn_precision(module):
     """Score and generate as `ldyn validate run` does, whatever mixed precision the trainer trains in.
