@@ -4,8 +4,10 @@ two-process run it launches:  accelerate launch --multi_gpu --num_processes 2 te
 import sys
 
 STEPS, EVERY, N_PROBE = 2, 1, 4
+# fp32 scoring pinned: the equality tests compare with TRL's and the checkpoint's float32 log-probs, and `auto` picks
+# bf16 on a CPU with AMX
 MONITOR = dict(every=EVERY, n_probe=N_PROBE, max_response_tokens=16, gen_prompts=2, gen_tokens=8, eval_batch=16,
-               live_report=False)
+               live_report=False, precision="fp32")
 
 
 def preference_rows(n: int = 24) -> list:
@@ -80,7 +82,8 @@ def grpo(out, batch: int = 4, prompt_only: bool = False, report_to=(), **monitor
 
 
 # one pair, one step, float32: the monitor's step-0 numbers against the ones TRL logs for that step
-EQUAL = dict(every=1, n_probe=1, gen_prompts=0, max_response_tokens=8, track_mass=False, live_report=False)
+EQUAL = dict(every=1, n_probe=1, gen_prompts=0, max_response_tokens=8, track_mass=False, live_report=False,
+             precision="fp32")
 
 
 def as_chat(rows) -> list:

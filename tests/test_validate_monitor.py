@@ -66,7 +66,7 @@ def test_dpo_run_writes_the_run_directory_of_ldyn_validate_run(dpo_run, tmp_path
     assert trainer.model.training  # the monitor handed the model back in training mode
     markdown = (out / "report.md").read_text()   # no throughput the monitor did not measure; how to read an effect
     assert "throughput" not in markdown and "a positive value is the direction the prediction states" in markdown
-    assert "No SFT control (no SFT run was given with it)" in markdown
+    assert "No control (no control run was given with it)" in markdown
     # `ldyn validate report` rebuilds and merges it like a run of its own: into --out, or into the run itself
     assert main(["validate", "report", str(out), "--out", str(tmp_path)]) == 0
     assert {r["id"] for r in json.loads((tmp_path / "summary.json").read_text())["predictions"]} >= {"P09a"}

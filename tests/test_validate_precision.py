@@ -132,3 +132,15 @@ def test_bf16_scoring_tracks_fp32_on_smollm2():
     sequences = [(encoder.prompt_ids(p), encoder.response_ids(r)) for p, r in texts]
     bf16 = copy.deepcopy(loaded.model).to(torch.bfloat16)
     assert _mean_token_gap(loaded.model, bf16, sequences) < TOLERANCE
+
+
+def test_the_monitor_scores_a_bf16_copy_and_leaves_the_trainers_weights_alone():
+    from learning_dynamics.validate.precision import in_precision
+    model = _tiny().model
+    scored = in_precision(model, _bf16())
+    assert scored is not model and next(scored.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    assert in_precision(model, prec.Precision("fp32", "cpu", "fp32", "test")) is model
+    with pytest.raises(UserError, match="precision must be one of"):
+        from learning_dynamics.validate.monitor import ProbeMonitor
+        ProbeMonitor([{"prompt": "a", "chosen": "b", "rejected": "c"}] * 4, precision="fp16")

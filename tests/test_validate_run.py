@@ -117,7 +117,7 @@ def test_dpo_run_reports_the_dpo_predictions_and_the_merge_compares_runs(runs, t
     p09c = {r["run"]: r for r in merged["predictions"] if r["id"] == "P09c"}
     assert p09c["dpo"]["control"] == "sft" and "minus in the SFT control" in p09c["dpo"]["detail"]
     assert not p09c["extend"]["control"] and p09c["extend"]["verdict"] == "inconclusive"
-    assert "No SFT control (its curves start after its own SFT phase" in (root / "extend" / "report.md").read_text()
+    assert "No control (its curves start after its own SFT phase" in (root / "extend" / "report.md").read_text()
     p17r = {r["run"]: r for r in merged["predictions"] if r["id"] == "P17r"}
     assert p17r["dpo"]["control"] == "sft" and "minus in the SFT control" in p17r["dpo"]["detail"]
     assert np.isfinite(p17r["dpo"]["effect"]) and "P17r" in (root / "dpo" / "report.md").read_text()
@@ -133,7 +133,7 @@ def test_a_run_without_a_matching_control_says_why(runs, tmp_path):
     (tmp_path / "sft" / "settings.json").write_text(json.dumps(dict(settings, steps=settings["steps"] + 2)))
     assert main(["validate", "report", str(tmp_path / "dpo"), str(tmp_path / "sft")]) == 0
     steps = settings["steps"]
-    assert f"No SFT control (`sft` is no control for it (steps {steps + 2} there, {steps} here))" in \
+    assert f"No control (`sft` is no control for it (steps {steps + 2} there, {steps} here))" in \
         (tmp_path / "dpo" / "report.md").read_text()
     assert (tmp_path / "summary.md").exists()   # several runs without --out: the folder that holds them
 

@@ -110,13 +110,14 @@ def _listed(values):
     return None if values is None else [float(v) for v in values]
 
 
-def measure(series: Mapping, steps, loss: str, hyper: Mapping, visits=None, first_step_error=None) -> Regime:
-    """The regime of a run from its tracked curves, its visits per probe pair ([n_evals, n_prompts] or None) and
-    its first step's first-order error (None: not measured)."""
-    curve = force_curve(series, loss, hyper)
+def measure(series: Mapping, steps, loss: Optional[str], hyper: Mapping, visits=None, first_step_error=None) -> Regime:
+    """The regime of a run from its tracked curves (the force of `loss` on the probe pairs; None: not tracked), its
+    visits per probe pair ([n_evals, n_prompts] or None) and its first step's first-order error (None: not
+    measured)."""
+    curve = None if loss is None else force_curve(series, loss, hyper)
     notes = []
     if curve is None:
-        notes.append(f"the {loss} loss's force on the probe pairs is not tracked (it reads a sample, a group or a "
+        notes.append("the loss's force on the probe pairs is not tracked (it reads a policy sample, a group or a "
                      "KL estimate): claims are read at the end of the run")
     if first_step_error is None:
         notes.append("the first step's first-order error was not measured: claims are judged without it")

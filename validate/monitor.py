@@ -32,19 +32,20 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.precision import PRECISIONS, in_precision, resolve
 from learning_dynamics.validate.trainers import (Processes, find_trainer, frozen_copy, fsdp_not_applied, infer_algo,
                                                  ldyn_precision)
 
 
 @contextlib.contextmanager
-def _evaluating(model):
+def _evaluating(model, precision=None):
     """Eval mode, inference mode and ldyn's precision for the block (yields its autocast); the model's own
     mode afterwards."""
     import torch
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), ldyn_precision(model) as autocast:
+        with torch.inference_mode(), ldyn_precision(model, precision) as autocast:
             yield autocast
     finally:
         model.train(was_training)
@@ -99,12 +100,14 @@ class ProbeMonitor(TrainerCallback):
     def __init__(self, probe_data, every: int = 100, out="runs/probe-monitor", algo=None, n_probe: int = 32,
                  eval_batch: int = 64, max_prompt_tokens: int = 96, max_response_tokens: int = 48,
                  gen_prompts: int = 8, gen_tokens: int = 48, seed: int = 0, track_mass: bool = True,
-                 live_report: bool = True, overwrite: bool = False):
+                 live_report: bool = True, overwrite: bool = False, precision: str = "auto"):
         from learning_dynamics.sim.io import writable_folder
         from learning_dynamics.validate import session, trl_formats
         from learning_dynamics.validate.algorithms import ALGORITHMS
         _positive_ints(every=every, n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                        max_response_tokens=max_response_tokens, gen_tokens=gen_tokens)
+        if precision not in PRECISIONS:
+            raise UserError(f"ProbeMonitor: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(gen_prompts, bool) or not isinstance(gen_prompts, int) or gen_prompts < 0:
             raise UserError(f"ProbeMonitor: gen_prompts must be an integer >= 0, got {gen_prompts!r}")
         if algo is not None and algo not in ALGORITHMS:
@@ -121,6 +124,7 @@ class ProbeMonitor(TrainerCallback):
         self.options = dict(n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                             max_response_tokens=max_response_tokens, gen_prompts=gen_prompts,
                             gen_tokens=gen_tokens, seed=seed, n_train=None, data=self.source)
+        self.requested_precision = precision   # settled on the trainer's device when training starts
         # the same split as `ldyn validate run --data`: bad data fails here, before any training
         self.splits = session.examples(self.options, rows=self.records)
         self.train_rows = rows[len(self.splits.test):]
@@ -212,11 +216,13 @@ class ProbeMonitor(TrainerCallback):
     def _settings(self, args, state, model, algo, names) -> dict:
         unwrapped = self.procs.unwrap(model)
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.procs.world
+        self.precision = resolve(self.requested_precision, next(unwrapped.parameters()).device)
         return dict(self.options, algo=algo, preset="monitor", trainer=names[0] if names else "a transformers Trainer",
                     loss_type=getattr(args, "loss_type", None),
                     model=str(getattr(unwrapped.config, "_name_or_path", "") or type(unwrapped).__name__),
                     device=str(next(unwrapped.parameters()).device.type), steps=int(state.max_steps),
                     eval_every=self.every, batch_pairs=int(batch), lr=float(args.learning_rate),
+                    precision=self.precision.name,
                     # DPO's beta; GRPO's `beta` is its KL coefficient, another quantity
                     beta=getattr(args, "beta", None) if algo in ("dpo", "ipo") else None)
 
@@ -272,7 +278,8 @@ class ProbeMonitor(TrainerCallback):
                 share = list(range(rank, len(self.sequences), world))
                 mine = [self.sequences[i] for i in share]
                 device = next(module.parameters()).device
-                with _evaluating(module) as autocast:
+                module = in_precision(module, self.precision)
+                with _evaluating(module, self.precision) as autocast:
                     rows = score_rows(module, mine, pad, device, s["eval_batch"], autocast)
                     if self.reference is not None:
                         mass = mass_records(module, self.reference, mine, pad, device, autocast)

@@ -81,15 +81,6 @@ def open_run(out: Path, settings: dict, prints: dict, start_step: int, overwrite
     atomic_write_json(out / "settings.json", dict(settings))
 
 
-def _scoring_precision(device: str) -> str:
-    import contextlib
-
-    import torch
-
-    from learning_dynamics.validate.scoring import scoring_autocast
-    return "float32" if scoring_autocast(torch.device(device)) is contextlib.nullcontext else "bf16 autocast"
-
-
 def run_info(monitor, state, unwrapped) -> dict:
     """run_info.json at the end of a monitored run: what ran, where, how long, with the start's provenance."""
     import time
@@ -105,7 +96,8 @@ def run_info(monitor, state, unwrapped) -> dict:
         "n_params": sum(p.numel() for p in unwrapped.parameters()) if unwrapped is not None else None,
         "device": s["device"], "processes": procs.world, "distributed": procs.kind,
         "trainer_mixed_precision": str(getattr(procs.accelerator, "mixed_precision", None)),
-        "scoring_precision": _scoring_precision(s["device"]), "tokenization": monitor.encoder.rule,
+        "scoring_precision": {"fp32": "float32"}.get(monitor.precision.name, monitor.precision.name),
+        "precision": monitor.precision.as_dict(), "tokenization": monitor.encoder.rule,
         "data_format": monitor.data_format, "reporters": reporters(monitor.trainer),
         "steps_trained": state.global_step, "n_train_pairs": len(dataset) if hasattr(dataset, "__len__") else None,
         "n_probe_prompts": len(monitor.probes), "n_probe_sequences": len(monitor.sequences),

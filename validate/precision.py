@@ -16,7 +16,7 @@ from pathlib import Path
 
 from learning_dynamics.theory.errors import UserError
 
-CHOICES = ("auto", "fp32", "bf16")
+CHOICES = PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_bf16_units() -> tuple:
@@ -179,3 +179,15 @@ class TrainingWeights:
                     if id(tensor) in by_tensor:
                         by_tensor[id(tensor)].copy_(state["model"][name])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def in_precision(model, precision: Precision):
+    """The model to score in `precision`: itself, or, for bf16 on a CPU when its weights are fp32 (a trainer's
+    model), a bf16 copy, so that the trainer's own weights are never touched."""
+    import copy
+
+    if precision is None or not precision.low_precision_weights:
+        return model
+    if next(model.parameters()).dtype == precision.weights_dtype:
+        return model
+    return copy.deepcopy(model).to(precision.weights_dtype).eval().requires_grad_(False)

@@ -92,11 +92,13 @@ def measure_run(run_dir: Path, settings, info: dict, series, steps, tracked_rows
     first = first_step_error(run_dir, {i: by_step[s] for i, s in enumerate(ordered[:2])} if len(ordered) > 1
                              else {})
     n_pairs = info.get("n_train_pairs")
+    n_probe = np.shape(series["logps/chosen"])[1] if "logps/chosen" in series else 0
     seen = None
-    if isinstance(n_pairs, int) and n_pairs > 0 and "batch_pairs" in settings:
-        n_probe = np.shape(series["logps/chosen"])[1] if "logps/chosen" in series else 0
+    # ldyn's own batch schedule (validate.session.batch_indices); a monitored run's batches are its trainer's
+    if settings.get("preset") != "monitor" and isinstance(n_pairs, int) and n_pairs > 0 and n_probe:
         seen = visits(n_pairs, settings["batch_pairs"], settings["seed"], steps, min(n_probe, n_pairs))
-    regime = regimes.measure(series, steps, algorithm.loss, hyper, visits=seen,
-                             first_step_error=first.get("relative_error"))
+    # a policy-sample negative is not the tracked y-: the force on the probe pairs is not what training sees
+    regime = regimes.measure(series, steps, algorithm.loss if algorithm.negative != "policy" else None, hyper,
+                             visits=seen, first_step_error=first.get("relative_error"))
     return regime, first
 

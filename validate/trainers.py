@@ -110,13 +110,13 @@ def fsdp_not_applied(args, procs) -> str:
 
 
 @contextlib.contextmanager
-def ldyn_precision(module):
+def ldyn_precision(module, precision=None):
     """Score and generate as `ldyn validate run` does, whatever mixed precision the trainer trains in.
 
     accelerate's bf16/fp16 replaces the prepared model's forward by an autocast wrapper (keeping the original
     as `_original_forward`), which `model.generate` goes through; an outer autocast may also be active. Both
-    are switched off for the block; validate.scoring.scoring_autocast then applies ldyn's own precision
-    (float32, or bf16 autocast on a CUDA GPU that supports it). Weights stored in bf16 stay bf16.
+    are switched off for the block; then ldyn's own precision applies (validate.precision: `precision`'s autocast,
+    by default float32, or bf16 autocast on a CUDA GPU that supports it). Weights stored in bf16 stay bf16.
     """
     import torch
 
@@ -128,7 +128,7 @@ def ldyn_precision(module):
         module.forward = original
     try:
         with torch.autocast(device.type, enabled=False):
-            yield scoring_autocast(device)
+            yield scoring_autocast(device) if precision is None else precision.autocast
     finally:
         if original is not None:
             module.forward = patched
