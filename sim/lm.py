@@ -304,7 +304,7 @@ class Finetuner:
 
     def loss(self, batch):
         import torch
-        from learning_dynamics.sim.losses import kto_kl_estimate, kto_mismatched, loss_call, sft_loss
+        from learning_dynamics.sim.losses import kto_reference_kl, loss_call, sft_loss
 
         pad = self.language.pad_id
         prompts = [self.prompts[i] for i in batch]
@@ -322,11 +322,8 @@ class Finetuner:
         if self.algorithm.requires_reference:
             inputs.update(ref_chosen=self.reference_chosen[batch], ref_rejected=self.reference_rejected[batch])
         if self.algorithm.data == "unpaired":   # TRL's KL estimate from the batch's mismatched pairs
-            mismatched = kto_mismatched(prompts + prompts, chosen + rejected)
-            with torch.no_grad():
-                kl_prompts, kl_responses = [p for p, _ in mismatched], [r for _, r in mismatched]
-                inputs["kl"] = kto_kl_estimate(response_logps(self.policy, kl_prompts, kl_responses, pad),
-                                               response_logps(self.reference, kl_prompts, kl_responses, pad))
+            inputs["kl"] = kto_reference_kl(lambda model, ps, rs: response_logps(model, ps, rs, pad), self.policy,
+                                            self.reference, prompts + prompts, chosen + rejected)
         hyper = registry.hyper_parameters(self.algorithm.name, kl_beta=self.config.beta)
         return loss_call(self.algorithm, inputs, hyper)[0].mean()
 

@@ -76,6 +76,20 @@ def token_stats(logits: torch.Tensor, mask: torch.Tensor) -> dict:
 
 # --------------------------------------------------------------------------- losses
 
+# theory.residuals' loss name -> its torch form, filled by @implements (tests/test_losses_vs_theory.py checks that
+# every loss of theory.residuals has one, and holds each to the sympy form's gradients)
+LOSS_FUNCTIONS = {}
+
+
+def implements(*names):
+    """Register a torch loss as the form of theory.residuals' losses `names`."""
+    def register(function):
+        for name in names:
+            LOSS_FUNCTIONS[name] = function
+        return function
+    return register
+
+
 def _metrics(losses, logp_chosen, logp_rejected=None, reward_chosen=None, reward_rejected=None):
     with torch.no_grad():
         out = {"loss": losses.mean().item(), "logps/chosen": logp_chosen.mean().item()}
@@ -92,12 +106,14 @@ def _metrics(losses, logp_chosen, logp_rejected=None, reward_chosen=None, reward
     return out
 
 
+@implements('sft')
 def sft_loss(logp_chosen):
     """Negative log-likelihood of the whole response (summed over its tokens)."""
     losses = -logp_chosen
     return losses, _metrics(losses, logp_chosen)
 
 
+@implements('dpo', 'onpolicy-dpo', 'spin')
 def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1):
     """-log sigmoid(beta * (r(y+) - r(y-))) with r = log pi - log pi_ref.
 
@@ -110,12 +126,14 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1):
     return losses, _metrics(losses, logp_chosen, logp_rejected, reward_chosen, reward_rejected)
 
 
+@implements('dpo-pull-only')
 def dpo_pull_only_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1):
     """DPO's loss with log pi(y-) detached: the same per-pair coefficient beta sigma(-u) pulls y+ up, nothing
     pushes y- down. The counterfactual control of DPO: it differs from DPO's step in the negative gradient only."""
     return dpo_loss(logp_chosen, logp_rejected.detach(), ref_chosen, ref_rejected, beta)
 
 
+@implements('ipo')
 def ipo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1,
              len_chosen=None, len_rejected=None):
     """(h - 1/(2 beta))^2, h the log-ratio margin.
@@ -134,6 +152,7 @@ def ipo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1,
     return losses, _metrics(losses, logp_chosen, logp_rejected, ratio_chosen, ratio_rejected)
 
 
+@implements('simpo')
 def simpo_loss(logp_chosen, logp_rejected, len_chosen, len_rejected, beta=2.0, gamma=0.5):
     """Reference-free, length-normalised: -log sigmoid(beta (lp+/|y+| - lp-/|y-|) - gamma)."""
     reward_chosen = beta * logp_chosen / len_chosen
@@ -142,12 +161,14 @@ def simpo_loss(logp_chosen, logp_rejected, len_chosen, len_rejected, beta=2.0, g
     return losses, _metrics(losses, logp_chosen, logp_rejected, reward_chosen, reward_rejected)
 
 
+@implements('slic')
 def slic_loss(logp_chosen, logp_rejected, delta=1.0, lam=0.1):
     """SLiC-HF: hinge on the log-likelihood margin plus an SFT term on y+."""
     losses = torch.clamp(delta - logp_chosen + logp_rejected, min=0) - lam * logp_chosen
     return losses, _metrics(losses, logp_chosen, logp_rejected, logp_chosen, logp_rejected)
 
 
+@implements('dpop')
 def dpop_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1, lam=50.0):
     """DPO-Positive: DPO with a penalty inside the sigmoid when pi(y+) < pi_ref(y+)."""
     reward_chosen = beta * (logp_chosen - ref_chosen)
@@ -157,18 +178,21 @@ def dpop_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta=0.1, la
     return losses, _metrics(losses, logp_chosen, logp_rejected, reward_chosen, reward_rejected)
 
 
+@implements('sppo')
 def sppo_loss(logp, ref_logp, win_prob, eta=1.0):
     """SPPO: regress the log-ratio of an on-policy sample onto eta (P(win) - 1/2)."""
     losses = (logp - ref_logp - eta * (win_prob - 0.5)) ** 2
     return losses, _metrics(losses, logp)
 
 
+@implements('pg')
 def pg_loss(logp, advantages):
     """Policy gradient with a signed advantage: a negative advantage is a negative gradient."""
     losses = -advantages.detach() * logp
     return losses, _metrics(losses, logp)
 
 
+@implements('kto')
 def kto_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, kl, beta=0.1):
     """KTO on unpaired examples (TRL's loss_type "kto"): 1 - sigmoid(beta (r(y+) - kl)) for each
     desirable example and 1 - sigmoid(beta (kl - r(y-))) for each undesirable one, r = log pi - log pi_ref,
@@ -182,6 +206,16 @@ def kto_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, kl, beta=0.1)
     return losses, metrics
 
 
+def kto_reference_kl(score, policy, reference, prompts, completions):
+    """TRL's reference-KL estimate for a batch of unpaired rows, the one way every layer takes it: the policy's and
+    the reference's log-probs of the batch's mismatched (prompt, completion) pairs, `score(model, prompts,
+    completions) -> [N]`, through kto_kl_estimate (no gradient)."""
+    mismatched = kto_mismatched(prompts, completions)
+    kl_prompts, kl_completions = [p for p, _ in mismatched], [c for _, c in mismatched]
+    with torch.no_grad():
+        return kto_kl_estimate(score(policy, kl_prompts, kl_completions), score(reference, kl_prompts, kl_completions))
+
+
 def kto_mismatched(prompts, completions):
     """TRL's KL pairs: each prompt with the completion one row before it in the batch (cyclically)."""
     return list(zip(prompts, completions[-1:] + completions[:-1]))
@@ -191,12 +225,6 @@ def kto_kl_estimate(policy_logps, reference_logps):
     """TRL's reference-KL estimate: mean of log pi - log pi_ref over the mismatched pairs, clamped at 0,
     no gradient (it shifts the rewards; it is not trained)."""
     return (policy_logps - reference_logps).mean().detach().clamp(min=0)
-
-
-# theory.residuals' loss name -> its torch form (tests/test_losses_vs_theory.py checks each against sympy)
-LOSS_FUNCTIONS = {"sft": sft_loss, "dpo": dpo_loss, "onpolicy-dpo": dpo_loss, "spin": dpo_loss, "ipo": ipo_loss,
-                  "simpo": simpo_loss, "slic": slic_loss, "dpop": dpop_loss, "sppo": sppo_loss, "pg": pg_loss, "kto": kto_loss,
-                  "dpo-pull-only": dpo_pull_only_loss}
 
 
 def loss_call(algorithm, available: dict, hyper: dict):

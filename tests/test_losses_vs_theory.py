@@ -8,13 +8,16 @@ torch = pytest.importorskip("torch")
 from learning_dynamics.sim import losses as L  # noqa: E402
 from learning_dynamics.theory import residuals as R  # noqa: E402
 
-FUNCS = {"sft": L.sft_loss, "dpo": L.dpo_loss, "onpolicy-dpo": L.dpo_loss, "spin": L.dpo_loss,
-         "ipo": L.ipo_loss, "simpo": L.simpo_loss, "slic": L.slic_loss, "dpop": L.dpop_loss,
-         "sppo": L.sppo_loss, "pg": L.pg_loss, "kto": L.kto_loss, "dpo-pull-only": L.dpo_pull_only_loss}
+FUNCS = L.LOSS_FUNCTIONS
+
+
+def test_every_loss_has_one_torch_form():
+    assert set(FUNCS) == set(R.LOSSES)
 
 
 def random_inputs(loss, rng, n=64, per_token=False):
-    wrt, others, defaults = R._SPEC[loss]
+    spec = R.get(loss)
+    wrt, others, defaults = spec.wrt, spec.others, spec.defaults
     values = {}
     for name in wrt + others:
         if name.startswith("len_"):
@@ -35,7 +38,7 @@ def test_coefficients_equal_autograd(loss, per_token):
     """Every loss; IPO in both conventions (summed, and TRL's per-token lengths)."""
     rng = np.random.default_rng(hash((loss, per_token)) % 2 ** 32)
     inputs = random_inputs(loss, rng, per_token=per_token)
-    wrt = R._SPEC[loss][0]
+    wrt = R.get(loss).wrt
     tensors = {k: (torch.tensor(v, dtype=torch.float64, requires_grad=k in wrt) if isinstance(v, np.ndarray)
                    else v) for k, v in inputs.items()}
     losses, _ = FUNCS[loss](**tensors)
@@ -52,7 +55,8 @@ def test_coefficients_equal_autograd(loss, per_token):
 @pytest.mark.parametrize("loss", R.LOSSES)
 def test_defaults_mirror_sim_losses(loss):
     params = inspect.signature(FUNCS[loss]).parameters
-    wrt, others, defaults = R._SPEC[loss]
+    spec = R.get(loss)
+    wrt, others, defaults = spec.wrt, spec.others, spec.defaults
     assert set(params) == set(wrt) | set(others)
     for name, value in defaults.items():
         assert params[name].default == value, (loss, name)

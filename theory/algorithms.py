@@ -44,6 +44,10 @@ class Algorithm:
     # the algorithm whose exact step this one takes without its negative gradient: its counterfactual control
     control_of: Optional[str] = None
     length_normalised: bool = False        # log-probs enter divided by the response length
+    # the batch rule: pairs a step needs at least (KTO's reference-KL estimate pairs prompts with other rows)
+    min_batch_pairs: int = 1
+    # the TRL trainers that train it: (trainer class, its config's loss_type or None for any)
+    trl: tuple = ()
     traits: frozenset = frozenset()
     defaults: Mapping = field(default_factory=dict)   # filled from the loss's definition in theory.residuals
 
@@ -66,15 +70,16 @@ def _register(*algorithms) -> Mapping:
 
 REGISTRY = _register(
     Algorithm("sft", "-log pi(y+): supervised finetuning on the chosen response", label="SFT", loss="sft",
-              data="chosen", traits={"positive-only"}),
+              data="chosen", traits={"positive-only"}, trl=(("SFTTrainer", None), ("DPOTrainer", "sft"))),
     Algorithm("dpo", "off-policy DPO on the dataset's (y+, y-)", label="off-policy DPO", loss="dpo", data="pair",
-              negative="dataset", requires_reference=True, traits={"offpolicy-negative", "squeezes"}),
+              negative="dataset", requires_reference=True, traits={"offpolicy-negative", "squeezes"},
+              trl=(("DPOTrainer", "sigmoid"),)),
     Algorithm("onpolicy-dpo", "DPO whose y- is a fresh sample of the policy; the dataset's y+ ranks above it",
               label="on-policy DPO", loss="dpo", data="pair", negative="policy", requires_reference=True,
               requires_samples=True, traits={"onpolicy-negative"}),
     Algorithm("ipo", "IPO, each log-ratio divided by its response length (TRL's convention)", label="IPO",
               loss="ipo", data="pair", negative="dataset", requires_reference=True, length_normalised=True,
-              traits={"offpolicy-negative", "squeezes"}),
+              traits={"offpolicy-negative", "squeezes"}, trl=(("DPOTrainer", "ipo"),)),
     Algorithm("simpo", "SimPO: reference-free, length-normalised, with a target margin gamma", label="SimPO",
               loss="simpo", data="pair", negative="dataset", length_normalised=True,
               traits={"offpolicy-negative", "squeezes"}),
@@ -89,10 +94,11 @@ REGISTRY = _register(
               requires_reference=True, requires_samples=True, control_of="onpolicy-dpo"),
     Algorithm("pg", "policy gradient, GRPO-style: advantages standardised in a group {y+, y-, samples}; "
               "a negative advantage is a negative gradient", label="policy gradient", loss="pg", data="group",
-              requires_samples=True, traits={"squeezes"}),
+              requires_samples=True, traits={"squeezes"}, trl=(("GRPOTrainer", None), ("RLOOTrainer", None))),
     Algorithm("kto", "KTO: y+ and y- as unpaired desirable and undesirable examples, each against TRL's "
               "estimate of the policy-reference KL (mismatched prompt-completion pairs of the batch)", label="KTO",
-              loss="kto", data="unpaired", negative="dataset", requires_reference=True, traits={"squeezes"}),
+              loss="kto", data="unpaired", negative="dataset", requires_reference=True, traits={"squeezes"},
+              min_batch_pairs=2, trl=(("KTOTrainer", None),)),
 )
 
 ALGORITHMS = tuple(REGISTRY)
@@ -118,6 +124,16 @@ def get(name: str) -> Algorithm:
     except KeyError:
         from learning_dynamics.theory.errors import UserError
         raise UserError(f"unknown algorithm {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+def trained_by(trainer_names, loss_type=None) -> Optional[Algorithm]:
+    """The algorithm a TRL trainer trains (its class names, most derived first; its config's loss_type), or None."""
+    for name in trainer_names:
+        for algorithm in REGISTRY.values():
+            for trainer, loss in algorithm.trl:
+                if trainer == name and loss in (None, loss_type):
+                    return algorithm
+    return None
 
 
 def having(trait: str) -> tuple:

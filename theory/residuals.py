@@ -9,43 +9,112 @@ so c < 0 is a positive (SFT-like) push on y and c > 0 a negative gradient.
 DPO: c(y+) = -beta sigma(-u), c(y-) = +beta sigma(-u), u the reward margin.
 """
 import functools
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
 from learning_dynamics.theory import _sym
 
-LOSSES = ("sft", "dpo", "onpolicy-dpo", "spin", "ipo", "simpo", "slic", "dpop", "sppo", "pg", "kto", "dpo-pull-only")
+@dataclass(frozen=True)
+class Loss:
+    """One finetuning loss: its inputs, its hyper-parameter defaults and its sympy form, in one place.
 
-# loss -> (log-prob inputs differentiated, other inputs, defaults); mirrors sim/losses.py
-_DPO = (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "beta"), {"beta": 0.1})
-_SPEC = {
-    "sft": (("logp_chosen",), (), {}),
-    "dpo": _DPO, "onpolicy-dpo": _DPO, "spin": _DPO,
-    "ipo": (("logp_chosen", "logp_rejected"),
-            ("ref_chosen", "ref_rejected", "beta", "len_chosen", "len_rejected"),
-            {"beta": 0.1, "len_chosen": None, "len_rejected": None}),
-    "simpo": (("logp_chosen", "logp_rejected"), ("len_chosen", "len_rejected", "beta", "gamma"),
-              {"beta": 2.0, "gamma": 0.5}),
-    "slic": (("logp_chosen", "logp_rejected"), ("delta", "lam"), {"delta": 1.0, "lam": 0.1}),
-    "dpop": (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "beta", "lam"),
-             {"beta": 0.1, "lam": 50.0}),
-    "sppo": (("logp",), ("ref_logp", "win_prob", "eta"), {"eta": 1.0}),
-    "pg": (("logp",), ("advantages",), {}),
+    wrt: the log-prob inputs G is taken with respect to; others: every other input (a log-prob in `others` is
+    held constant: detached in the torch form, as dpo-pull-only's y-). formula(S, sigmoid, logsigmoid) -> the
+    sympy loss, S the symbols by input name. sim.losses registers the torch form under the same name (a test
+    fails for a loss without one, and holds the two to each other's gradients).
+    """
+    name: str
+    wrt: tuple
+    others: tuple
+    defaults: Mapping
+    formula: Callable = field(compare=False, repr=False)
+    same_as: Optional[str] = None    # derived once, under this loss's name (the DPO loss on other responses)
+
+
+def _dpo(S, sigmoid, logsigmoid):
+    beta = S["beta"]
+    return -logsigmoid(beta * (S["logp_chosen"] - S["ref_chosen"]) - beta * (S["logp_rejected"] - S["ref_rejected"]))
+
+
+def _ipo(S, sigmoid, logsigmoid):
+    ratio = (S["logp_chosen"] - S["ref_chosen"]) / S["len_chosen"] - (S["logp_rejected"] - S["ref_rejected"]) / \
+        S["len_rejected"]
+    return (ratio - 1 / (2 * S["beta"])) ** 2
+
+
+def _simpo(S, sigmoid, logsigmoid):
+    beta = S["beta"]
+    return -logsigmoid(beta * S["logp_chosen"] / S["len_chosen"] - beta * S["logp_rejected"] / S["len_rejected"]
+                       - S["gamma"])
+
+
+def _slic(S, sigmoid, logsigmoid):
+    import sympy as sp
+    return sp.Max(0, S["delta"] - S["logp_chosen"] + S["logp_rejected"]) - S["lam"] * S["logp_chosen"]
+
+
+def _dpop(S, sigmoid, logsigmoid):
+    import sympy as sp
+    beta, lc, rc = S["beta"], S["logp_chosen"], S["ref_chosen"]
+    return -logsigmoid(beta * (lc - rc) - beta * (S["logp_rejected"] - S["ref_rejected"])
+                       - beta * S["lam"] * sp.Max(0, rc - lc))
+
+
+def _sppo(S, sigmoid, logsigmoid):
+    import sympy as sp
+    return (S["logp"] - S["ref_logp"] - S["eta"] * (S["win_prob"] - sp.Rational(1, 2))) ** 2
+
+
+def _kto(S, sigmoid, logsigmoid):
+    # TRL's loss_type "kto" (Eqn 7 of the KTO paper), z = kl held constant: 1 - sigma(beta (r(y+) - z)) for a
+    # desirable example, 1 - sigma(beta (z - r(y-))) for an undesirable one
+    beta, kl = S["beta"], S["kl"]
+    return (1 - sigmoid(beta * (S["logp_chosen"] - S["ref_chosen"] - kl))) + \
+        (1 - sigmoid(beta * (kl - (S["logp_rejected"] - S["ref_rejected"]))))
+
+
+_PAIR = ("logp_chosen", "logp_rejected")
+_DPO_INPUTS = dict(wrt=_PAIR, others=("ref_chosen", "ref_rejected", "beta"), defaults={"beta": 0.1}, formula=_dpo)
+_LOSSES = (
+    Loss("sft", ("logp_chosen",), (), {}, lambda S, sigmoid, logsigmoid: -S["logp_chosen"]),
+    Loss("dpo", **_DPO_INPUTS),
+    Loss("onpolicy-dpo", **_DPO_INPUTS, same_as="dpo"),
+    Loss("spin", **_DPO_INPUTS, same_as="dpo"),
+    Loss("ipo", _PAIR, ("ref_chosen", "ref_rejected", "beta", "len_chosen", "len_rejected"),
+         {"beta": 0.1, "len_chosen": None, "len_rejected": None}, _ipo),
+    Loss("simpo", _PAIR, ("len_chosen", "len_rejected", "beta", "gamma"), {"beta": 2.0, "gamma": 0.5}, _simpo),
+    Loss("slic", _PAIR, ("delta", "lam"), {"delta": 1.0, "lam": 0.1}, _slic),
+    Loss("dpop", _PAIR, ("ref_chosen", "ref_rejected", "beta", "lam"), {"beta": 0.1, "lam": 50.0}, _dpop),
+    Loss("sppo", ("logp",), ("ref_logp", "win_prob", "eta"), {"eta": 1.0}, _sppo),
+    Loss("pg", ("logp",), ("advantages",), {}, lambda S, sigmoid, logsigmoid: -S["advantages"] * S["logp"]),
     # one desirable (y+) and one undesirable (y-) example; kl is the detached reference-KL estimate
-    "kto": (("logp_chosen", "logp_rejected"), ("ref_chosen", "ref_rejected", "kl", "beta"), {"beta": 0.1}),
+    Loss("kto", _PAIR, ("ref_chosen", "ref_rejected", "kl", "beta"), {"beta": 0.1}, _kto),
     # DPO's loss with log pi(y-) held constant (detached): the same coefficient beta sigma(-u) on y+, no push on y-
-    "dpo-pull-only": (("logp_chosen",), ("logp_rejected", "ref_chosen", "ref_rejected", "beta"), {"beta": 0.1}),
-}
+    Loss("dpo-pull-only", ("logp_chosen",), ("logp_rejected", "ref_chosen", "ref_rejected", "beta"), {"beta": 0.1},
+         _dpo, same_as="dpo"),
+)
+BY_NAME = MappingProxyType({loss.name: loss for loss in _LOSSES})
+LOSSES = tuple(BY_NAME)
+
+
+def get(name: str) -> Loss:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}") from None
 
 
 def loss_inputs(loss) -> tuple:
     """(log-prob inputs that G is taken with respect to, the other inputs) of `loss`."""
-    return _SPEC[loss][0], _SPEC[loss][1]
+    return get(loss).wrt, get(loss).others
 
 
 def loss_defaults(loss) -> dict:
     """Hyper-parameter defaults of `loss`: the one place they are written (sim.losses mirrors them, tested)."""
-    return dict(_SPEC[loss][2])
+    return dict(get(loss).defaults)
 
 
 def _sigmoid_np(x):
@@ -86,26 +155,10 @@ def _symbolic():
     import sympy as sp
 
     sigmoid, logsigmoid = _functions()
-    names = {n for spec in _SPEC.values() for group in spec[:2] for n in group}
+    names = {n for loss in _LOSSES for n in loss.wrt + loss.others}
     S = {n: sp.Symbol(n, real=True) for n in sorted(names)}
-    lc, lr, rc, rr, beta = (S[n] for n in ("logp_chosen", "logp_rejected", "ref_chosen", "ref_rejected", "beta"))
-    Lc, Lr, lam = S["len_chosen"], S["len_rejected"], S["lam"]
-    dpo = -logsigmoid(beta * (lc - rc) - beta * (lr - rr))
-    losses = {
-        "sft": -lc,
-        "dpo": dpo, "onpolicy-dpo": dpo, "spin": dpo, "dpo-pull-only": dpo,
-        "ipo": ((lc - rc) / Lc - (lr - rr) / Lr - 1 / (2 * beta)) ** 2,
-        "simpo": -logsigmoid(beta * lc / Lc - beta * lr / Lr - S["gamma"]),
-        "slic": sp.Max(0, S["delta"] - lc + lr) - lam * lc,
-        "dpop": -logsigmoid(beta * (lc - rc) - beta * (lr - rr) - beta * lam * sp.Max(0, rc - lc)),
-        "sppo": (S["logp"] - S["ref_logp"] - S["eta"] * (S["win_prob"] - sp.Rational(1, 2))) ** 2,
-        "pg": -S["advantages"] * S["logp"],
-        # KTO (TRL's loss_type "kto", Eqn 7 of the KTO paper), z = kl held constant:
-        # 1 - sigma(beta (r(y+) - z)) for a desirable example, 1 - sigma(beta (z - r(y-))) for an undesirable one
-        "kto": (1 - sigmoid(beta * (lc - rc - S["kl"]))) + (1 - sigmoid(beta * (S["kl"] - (lr - rr)))),
-    }
-    grads = {name: {v: sp.diff(loss, S[v]) for v in _SPEC[name][0]}
-             for name, loss in losses.items()}
+    losses = {loss.name: loss.formula(S, sigmoid, logsigmoid) for loss in _LOSSES}
+    grads = {loss.name: {v: sp.diff(losses[loss.name], S[v]) for v in loss.wrt} for loss in _LOSSES}
     # the logit-space residual: d/dz of log softmax(z)_y, on 3 labels with y = label 1
     z = sp.symbols("z1:4", real=True)
     c = sp.Symbol("c", real=True)
@@ -126,7 +179,7 @@ def _grad_fn(loss, var):
 
     sigmoid, logsigmoid = _functions()
     s = _symbolic()
-    args = [s["S"][n] for n in _SPEC[loss][0] + _SPEC[loss][1]]
+    args = [s["S"][n] for n in get(loss).wrt + get(loss).others]
     fn = sp.lambdify(args, s["grads"][loss][var],
                      modules=[{"sigmoid": _sigmoid_np, "logsigmoid": _logsigmoid_np,
                                "Heaviside": _heaviside_np}, "numpy"])
@@ -142,9 +195,8 @@ def residual_coefficients(loss, **inputs):
     """dL/dlog pi(response) for each log-prob input of `loss`, keyed by its argument name
     ("logp_chosen", "logp_rejected"; "logp" for sppo and pg). Inputs and defaults are
     those of the matching sim.losses function; arrays broadcast."""
-    if loss not in _SPEC:
-        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
-    wrt, others, defaults = _SPEC[loss]
+    spec = get(loss)
+    wrt, others, defaults = spec.wrt, spec.others, spec.defaults
     unknown = set(inputs) - set(wrt) - set(others)
     if unknown:
         raise TypeError(f"{loss}: unexpected inputs {sorted(unknown)}")
@@ -188,13 +240,16 @@ def derivations():
     s = _symbolic()
     steps = [("G = c d log pi_y / dz, c = dL/dlog pi_y (3 labels, y = 1):", s["G"]),
              ("minus c (e_y - pi):", s["G_check"])]
-    for name in LOSSES:
-        if name in ("onpolicy-dpo", "spin", "dpo-pull-only"):
+    for loss in _LOSSES:
+        if loss.same_as:
             continue
-        steps.append((f"{name}: L =", s["losses"][name]))
-        for var, g in s["grads"][name].items():
+        steps.append((f"{loss.name}: L =", s["losses"][loss.name]))
+        for var, g in s["grads"][loss.name].items():
             steps.append((f"   dL/d{var} =", g))
-    steps.append(("onpolicy-dpo and spin: the DPO loss on other responses (same coefficients)", None))
-    steps.append(("dpo-pull-only: the DPO loss differentiated in log pi(y+) only (y- detached): DPO's pull on y+, "
-                  "with its coefficient, and no negative gradient", None))
+    for loss in _LOSSES:
+        if loss.same_as:
+            held = [n for n in loss.others if n.startswith("logp")]
+            steps.append((f"{loss.name}: the {loss.same_as} loss" + (f", differentiated in {', '.join(loss.wrt)} only "
+                          f"({', '.join(held)} held constant): no push on it" if held else
+                          " on other responses (same coefficients)"), None))
     return [Derivation("Residual terms G of each loss", tuple(steps))]

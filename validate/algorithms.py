@@ -103,10 +103,8 @@ def _unpaired_step(algorithm, model, examples, settings, pad_id, device, referen
     prompts = [e["prompt"] for e in examples] * 2
     completions = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
     logps, counts, n_tokens = policy_logps(model, list(zip(prompts, completions)), pad_id, device)
-    mismatched = losses.kto_mismatched(prompts, completions)
-    with torch.no_grad():
-        kl = losses.kto_kl_estimate(policy_logps(model, mismatched, pad_id, device)[0],
-                                    policy_logps(reference, mismatched, pad_id, device)[0])
+    kl = losses.kto_reference_kl(lambda m, ps, cs: policy_logps(m, list(zip(ps, cs)), pad_id, device)[0], model,
+                                 reference, prompts, completions)
     available = {"logp_chosen": logps[:b], "logp_rejected": logps[b:], "kl": kl,
                  "ref_chosen": _reference(examples, "ref_chosen", device),
                  "ref_rejected": _reference(examples, "ref_rejected", device)}

@@ -88,9 +88,10 @@ def check(settings: dict) -> None:
             raise UserError(f"--{key} must be a number in (0, {LR_MAX:g}], got {value!r}")
     if settings["device"] not in ("cpu", "cuda") and not str(settings["device"]).startswith("cuda:"):
         raise UserError(f"--device must be cpu or cuda, got {settings['device']!r}")
-    if registry.get(settings["algo"]).data == "unpaired" and settings["batch_pairs"] < 2:
-        raise UserError(f"--algo {settings['algo']} estimates the reference KL from mismatched pairs of a batch: "
-                        "it needs --batch-pairs of at least 2")
+    algorithm = registry.get(settings["algo"])
+    if settings["batch_pairs"] < algorithm.min_batch_pairs:
+        raise UserError(f"--algo {algorithm.name} needs --batch-pairs of at least {algorithm.min_batch_pairs} (it "
+                        f"trains on {algorithm.data} data: {algorithm.summary})")
     if settings["precision"] not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
     if settings["checkpoint_every"] < 0:

@@ -10,29 +10,24 @@ from dataclasses import dataclass
 
 from learning_dynamics.theory.errors import UserError
 
-# Trainer classes -> the algorithm whose predictions apply.
-TRAINER_ALGOS = {"SFTTrainer": "sft", "GRPOTrainer": "pg", "RLOOTrainer": "pg", "KTOTrainer": "kto"}
-# DPOTrainer's loss_type -> algorithm; a loss outside this table has no catalogue entry (pass algo=).
-DPO_LOSS_ALGOS = {("sigmoid",): "dpo", ("ipo",): "ipo", ("sft",): "sft"}
 # TRL's config classes name their trainer, for a callback used without its trainer in reach.
 CONFIG_TRAINERS = {"DPOConfig": "DPOTrainer", "SFTConfig": "SFTTrainer", "GRPOConfig": "GRPOTrainer",
                    "RLOOConfig": "RLOOTrainer", "KTOConfig": "KTOTrainer"}
 
 
 def infer_algo(trainer_names, args) -> str:
-    """The algorithm of a run from its trainer's class names (MRO) and its config's loss_type."""
-    from learning_dynamics.validate.algorithms import ALGORITHMS
+    """The algorithm of a run from its trainer's class names (MRO) and its config's loss_type (each record of
+    theory.algorithms names the TRL trainers that train it)."""
+    from learning_dynamics.theory.algorithms import ALGORITHMS, trained_by
     names = list(trainer_names) + [CONFIG_TRAINERS.get(type(args).__name__, "")]
+    loss = getattr(args, "loss_type", "sigmoid") if "DPOTrainer" in names else None
+    losses = [loss] if isinstance(loss, str) or loss is None else list(loss)
+    algorithm = trained_by(names, losses[0]) if len(losses) == 1 else None
+    if algorithm is not None:
+        return algorithm.name
     if "DPOTrainer" in names:
-        loss = getattr(args, "loss_type", ["sigmoid"])
-        loss = tuple([loss] if isinstance(loss, str) else loss)
-        if loss not in DPO_LOSS_ALGOS:
-            raise UserError(f"DPOTrainer with loss_type={list(loss)} has no algorithm in the catalogue; pass "
-                            f"ProbeMonitor(..., algo=...) with one of {', '.join(ALGORITHMS)}")
-        return DPO_LOSS_ALGOS[loss]
-    for name in names:
-        if name in TRAINER_ALGOS:
-            return TRAINER_ALGOS[name]
+        raise UserError(f"DPOTrainer with loss_type={losses} has no algorithm in the catalogue; pass "
+                        f"ProbeMonitor(..., algo=...) with one of {', '.join(ALGORITHMS)}")
     raise UserError(f"cannot tell the algorithm of a {names[0] or type(args).__name__} run; pass "
                     f"ProbeMonitor(..., algo=...) with one of {', '.join(ALGORITHMS)}")
 
