@@ -7,8 +7,9 @@ jvp pairs: one vjp of a training sequence's response logits along a cotangent c 
 probes' response logits along it (validate.factored_jvp.logit_jvp) gives K(p, u) c for every probe at once, read
 off in four views:
 
-- "K sketch": S[p, a, u, b] = w_{p,a}^T K(p, u) w_{u,b}, each w Gaussian over (position, vocabulary) of its
-  sequence, drawn once (seeded) and the same at every checkpoint. For independent w, E<S, S'> = <K, K'>_F, so the
+- "K sketch": S[p, a, u, b] = w_{p,a}^T K(p, u) w_{u,b}, each w a random direction over (position, vocabulary)
+  of its sequence with E[w w^T] = I (a Gaussian vector over the vocabulary times a random sign per position),
+  drawn once (seeded) and the same at every checkpoint. For independent w, E<S, S'> = <K, K'>_F, so the
   sketch's cosine between checkpoints estimates the whole logit kernel's (Frobenius) cosine;
 - "K tokens" (exact, no sketch): at every probe position the logits of the step-0 top tokens and of fixed random
   tokens, against the training sequence's step-0 top-token logits summed over its positions;
@@ -99,36 +100,52 @@ class KernelViews:
         self.tokens = self.train_top = None
 
     # ------------------------------------------------------------------ fixed readouts (drawn at step 0)
-    def _gaussian(self, kind: int, index: int, rows: int, vocab: int, count: int) -> torch.Tensor:
-        """[rows, support or V, count] Gaussian directions, the same at every checkpoint."""
+    def _directions(self, kind: int, index: int, rows: int, vocab: int, count: int) -> tuple:
+        """(signs [rows, count], g [support or V, count]): direction a is w[m, v] = signs[m, a] g[v, a], Gaussian
+        over the vocabulary and a random sign per position, so E[w w^T] = I (all the sketch's unbiasedness needs)
+        at a V-vector's storage, not a [rows, V] one; the same at every checkpoint."""
+        gen = _generator(self.seed, kind, index)
         width = vocab if self.support is None else len(self.support)
-        return torch.randn(rows, width, count, generator=_generator(self.seed, kind, index), dtype=torch.float64)
+        g = torch.randn(width, count, generator=gen, dtype=torch.float64)
+        signs = torch.randint(2, (rows, count), generator=gen).double() * 2 - 1
+        return signs, g
 
     def _on_support(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.support is None else t[:, self.support]
 
-    def omega_probe(self, s: int, rows: int, vocab: int) -> torch.Tensor:
-        """Probe s's directions [rows * support, count]: the readout of a logit tangent t is
-        t[:, support].reshape(-1) @ omega (the whole vocabulary when no support is given)."""
+    def _probe_directions(self, s: int, rows: int, vocab: int) -> tuple:
         if s not in self._omega_probe:
-            self._omega_probe[s] = self._gaussian(0, s, rows, vocab, self.sketch_probe).reshape(-1, self.sketch_probe)
+            self._omega_probe[s] = self._directions(0, s, rows, vocab, self.sketch_probe)
         return self._omega_probe[s]
+
+    def sketch_readout(self, s: int, t: torch.Tensor) -> torch.Tensor:
+        """w_{s,a} . t for every direction a of probe s: [count], from a logit tangent t [rows, V]."""
+        signs, g = self._probe_directions(s, *t.shape)
+        return (signs * (self._on_support(t) @ g)).sum(0)
+
+    def omega_probe(self, s: int, rows: int, vocab: int) -> torch.Tensor:
+        """Probe s's directions as one dense [rows * (support or V), count] matrix (for checks; the sketch reads
+        them through sketch_readout)."""
+        signs, g = self._probe_directions(s, rows, vocab)
+        return (signs[:, None, :] * g[None]).reshape(-1, self.sketch_probe)
 
     def omega_train(self, u: int, rows: int, vocab: int) -> list:
         """Training sequence u's directions, each a cotangent [rows, V] (zero off the support)."""
-        draws = self._gaussian(1, u, rows, vocab, self.sketch_train)
-        if self.support is not None:
-            full = torch.zeros(rows, vocab, self.sketch_train, dtype=torch.float64)
-            full[:, self.support] = draws
-            draws = full
-        return [draws[..., b] for b in range(self.sketch_train)]
+        signs, g = self._directions(1, u, rows, vocab, self.sketch_train)
+        out = []
+        for b in range(self.sketch_train):
+            full = torch.zeros(rows, vocab, dtype=torch.float64)
+            full[:, self.support if self.support is not None else slice(None)] = signs[:, b, None] * g[:, b]
+            out.append(full)
+        return out
 
     def _fix_tokens(self, probe_logits: dict) -> None:
         """Each probe position's step-0 top tokens and fixed random ones; each training position's top token."""
         self.tokens = {}
         for s, logits in probe_logits.items():
             top = logits.topk(min(TOP_TOKENS, logits.shape[-1]), dim=-1).indices.cpu()
-            rand = torch.randint(logits.shape[-1], (logits.shape[0], RANDOM_TOKENS), generator=_generator(self.seed, 2, s))
+            rand = torch.randint(logits.shape[-1], (logits.shape[0], RANDOM_TOKENS),
+                                 generator=_generator(self.seed, 2, s))
             self.tokens[s] = torch.cat([top, rand], dim=1)
         self.train_top = []
         with torch.no_grad():
@@ -159,7 +176,7 @@ class KernelViews:
             for j, s in enumerate(indices):
                 t = tangent[rows == j].double().cpu()
                 if view == "K sketch":
-                    value = self._on_support(t).reshape(-1) @ self.omega_probe(s, *t.shape)
+                    value = self.sketch_readout(s, t)
                 elif view == "K tokens":
                     value = t.gather(1, self.tokens[s]).reshape(-1)
                 else:   # a^T K g: the label's row of A, e_y - pi
@@ -245,27 +262,26 @@ def cosine_of(first, later) -> float:
 
 def cosine_with_ci(dot, n0, nt, seed: int = 0, level: float = 0.95) -> tuple:
     """Cosine of two block matrices from per-block sums ([probe, train] arrays), and a percentile bootstrap CI
-    that resamples probe rows and training columns independently (each axis with more than one entry)."""
+    that resamples probe rows and training columns independently (each axis with more than one entry).
+
+    A resample is a count per row and per column, so its cosine is w_r^T dot w_c / sqrt(w_r^T n0 w_c w_r^T nt w_c):
+    every resample at once (scipy.stats.bootstrap, vectorized).
+    """
     from scipy.stats import bootstrap
-
-    def statistic(rows, cols):
-        rows, cols = np.asarray(rows, dtype=int), np.asarray(cols, dtype=int)
-        pick = np.ix_(rows, cols)
-        return float(dot[pick].sum() / max(np.sqrt(n0[pick].sum() * nt[pick].sum()), 1e-300))
-
-    every = [np.arange(n) for n in dot.shape]
-    point = statistic(*every)
+    dot, n0, nt = (np.asarray(a, dtype=float) for a in (dot, n0, nt))
     axes = [i for i, n in enumerate(dot.shape) if n > 1]
+
+    def statistic(*picked, axis=-1):
+        weights = [np.ones(n) for n in dot.shape]
+        for i, idx in zip(axes, picked):
+            weights[i] = (np.asarray(idx)[..., :, None] == np.arange(dot.shape[i])).sum(-2)
+        total = [np.einsum("...s,su,...u->...", weights[0], m, weights[1]) for m in (dot, n0, nt)]
+        return total[0] / np.maximum(np.sqrt(total[1] * total[2]), 1e-300)
+
+    point = float(statistic(*[np.arange(dot.shape[i]) for i in axes]))
     if not axes or not np.isfinite(point):
         return point, (float("nan"), float("nan"))
-
-    def resampled(*picked):
-        idx = list(every)
-        for i, p in zip(axes, picked):
-            idx[i] = p
-        return statistic(*idx)
-
-    res = bootstrap(tuple(every[i] for i in axes), resampled, paired=False, vectorized=False,
+    res = bootstrap(tuple(np.arange(dot.shape[i]) for i in axes), statistic, paired=False, vectorized=True,
                     n_resamples=N_RESAMPLES, method="percentile", confidence_level=level,
                     rng=np.random.default_rng(seed))
     return point, (float(res.confidence_interval.low), float(res.confidence_interval.high))

@@ -141,12 +141,16 @@ def summarise(records: list, kinds: list) -> dict:
                 entry[token] = None
                 continue
             scale = max(float(np.abs(exact).mean()), 1e-300)
+            toward = np.stack([np.sign(exact) * parts[n] for n in CHANNELS])   # each channel, signed as the change
+            largest = np.argmax(toward, axis=0)
             entry[token] = {"mean_exact": float(exact.mean()), "mean_actual": float(actual.mean()),
                             "rises_exact": float(np.mean(exact > 0)), "rises_actual": float(np.mean(actual > 0)),
                             "channels": {n: {"mean": float(v.mean()), "share": float(v.mean() / exact.mean())
                                              if exact.mean() else float("nan"),
                                              "mean_abs_over_exact": float(np.abs(v).mean() / scale),
-                                             "same_sign": float(np.mean(np.sign(v) == np.sign(exact)))}
+                                             "same_sign": float(np.mean(np.sign(v) == np.sign(exact))),
+                                             "largest_at": (float(np.mean(largest == CHANNELS.index(n)))
+                                                            if n in CHANNELS else None)}
                                          for n, v in parts.items()},
                             "carrier": max(CHANNELS, key=lambda n: np.sign(exact.mean()) * parts[n].mean())}
         out["by_kind"][kind] = entry

@@ -177,7 +177,8 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
             "kernel": {"probes": len(views.probes), "train_sequences": len(trains),
                        "matrices": {str(t): [[float(c[0]) for c in row] for row in v["A.K.G"]]
                                     for t, v in views.values.items()},
-                       "sketch": views.sketch_matrices(), "sketch_directions": [views.sketch_probe, views.sketch_train]},
+                       "sketch": views.sketch_matrices(),
+                       "sketch_directions": [views.sketch_probe, views.sketch_train]},
             "P20": p20_described(drift)}
 
 
@@ -237,7 +238,7 @@ def p20_described(drift: dict) -> dict:
     k = drift["K sketch"]
     steps = k["steps"]
     return {"id": "P20", "claim": "The eNTK is relatively stable during training.", "verdict": "inconclusive",
-            "inconclusive_reason": "described, not judged: the paper gives no number for \"relatively stable\"",
+            "inconclusive_reason": "the paper gives no number for \"relatively stable\"",
             "effect": k["similarity"][-1], "ci": k["ci"][-1], "threshold": None, "n": k["n_probe"],
             "n_train": k["n_train"],
             "effect_unit": f"cosine similarity of the logit eNTK (Gaussian sketch) at step {steps[-1]} with step "
