@@ -53,8 +53,8 @@ def pair_sweep_lines(ps) -> list:
 
 def p20_lines(p20: dict) -> list:
     lines = ["### Kernel drift (P20) on the logit eNTK", ""]
-    if "views" not in p20:     # a check from before the logit eNTK views
-        return lines + [f"**{p20['verdict']}**: {p20['effect_unit']} = {_fmt(p20['effect'], 4)}, 95% CI "
+    if "views" not in p20:     # a check from before the logit eNTK views: P20 on A.K.G, judged at 0.9
+        return ["### Kernel drift (P20)", "", f"**{p20['verdict']}**: {p20['effect_unit']} = {_fmt(p20['effect'], 4)}, 95% CI "
                         f"[{_fmt(p20['ci'][0], 4)}, {_fmt(p20['ci'][1], 4)}]. {p20['detail']}.", ""]
     views, steps = p20["views"], p20["steps"]
     lines += [f"**Described, not judged** (verdict {p20['verdict']}: {p20['inconclusive_reason']}; the 0.9 of "
