@@ -71,15 +71,21 @@ def sweep_pair(model, pair: dict, sequences: list, pad_id, device, batch_size) -
 
 
 def summarise(values, seed: int = 0) -> dict:
-    """Median (censored values count as beyond the grid), bootstrap 95% interval of the median, range, counts."""
+    """Median, bootstrap 95% interval of the median and range over pairs; a censored value (None: beyond the
+    grid) ranks above every crossing, and a statistic that lands among the censored is beyond the grid (inf)."""
     from learning_dynamics.theory.statistics import bootstrap_ci
-    finite = [v for v in values if v is not None]
-    data = np.array([np.inf if v is None else v for v in values], dtype=float)
-    if not len(data):
+    finite = [float(v) for v in values if v is not None]
+    if not values:
         return {"median": None, "ci": [None, None], "min": None, "max": None, "n": 0, "n_crossed": 0}
+    top = max(finite, default=1.0)
+    stand_in = 2.0 * top + 1.0              # above every crossing, so ranks (all a median reads) are kept
+    data = np.array([stand_in if v is None else v for v in values], dtype=float)
     point, ci = bootstrap_ci(np.median, [data], seed=seed)
-    return {"median": point, "ci": list(ci), "min": float(data.min()), "max": float(data.max()),
-            "n": int(len(data)), "n_crossed": len(finite)}
+
+    def back(x):
+        return float(np.inf) if x > top else float(x)
+    return {"median": back(point), "ci": [back(ci[0]), back(ci[1])], "min": back(data.min()),
+            "max": back(data.max()), "n": int(len(data)), "n_crossed": len(finite)}
 
 
 def over_pairs(per_pair: list, seed: int = 0) -> dict:
