@@ -137,6 +137,7 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     p20 = result["P20"]
     assert p20["verdict"] in VERDICTS and p20["ci"][0] <= p20["effect"] <= p20["ci"][1]
     assert p20["similarity"][0] == pytest.approx(1.0) and len(p20["similarity"]) == len(K_STEPS["smoke"]) + 1
+    _assert_kernel_views_pair_sweep_and_channels(result)
     squeeze = result["token_squeeze"]["rejected_only"]
     assert squeeze["positions"] > 0 and 0 <= squeeze["precision"] <= 1 and 0 <= squeeze["top"]["precision"] <= 1
     assert squeeze["top"]["n"] <= 50 * squeeze["positions"] < squeeze["n"]
@@ -144,7 +145,35 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert f"Over the {n_types} probe responses of the first 1 probe prompts" in report
     assert "breaks" in report and "P20" in report and "| k |" in report and "moving kernel" in report
+    assert "Where it breaks, over 2 training pairs" in report and "per-token channels" in report
+    assert "Described, not judged" in report and "| K, Gaussian sketch" in report
     assert "by probe type" in report and "| random_tokens |" in report
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 5_000
         assert f"({name})" in report
+
+
+def _assert_kernel_views_pair_sweep_and_channels(result):
+    """The smoke check's P20 views, sweep over pairs and channels (issue 24's parts)."""
+    from learning_dynamics.validate.trajectory import K_STEPS
+    p20 = result["P20"]
+    # P20 on the logit eNTK, described: no threshold, every view's curve with a CI over probes and training sequences
+    assert p20["verdict"] == "inconclusive" and p20["threshold"] is None and "no number" in p20["inconclusive_reason"]
+    assert set(p20["views"]) == {"K sketch", "K tokens", "A.K.G", "A", "G"} and p20["n_train"] == 4
+    for view in p20["views"].values():
+        assert view["similarity"][0] == pytest.approx(1.0) and len(view["ci"]) == len(K_STEPS["smoke"]) + 1
+    assert p20["views"]["A.K.G"]["similarity"][-1] < 0.99 and len(p20["views"]["K sketch"]["halves"]) == 2
+    # the sweep over pairs: each pair's crossings, summarised over pairs
+    sweep = result["pair_sweep"]
+    assert sweep["n_pairs"] == result["check_sizes"]["sweep_pairs"] == 2 and len(sweep["per_pair"]) == 2
+    for kind in ("positive", "negative", "dpo"):
+        broke = sweep["summary"][kind]["breaks_at"]["target_nats"]
+        crossings = [p[kind]["breaks_at"] for p in sweep["per_pair"]]
+        assert broke["n"] == 2 and broke["n_crossed"] == sum(c is not None for c in crossings)
+        if broke["n_crossed"] == 2:
+            assert broke["min"] <= broke["median"] <= broke["max"]
+    # the DPO step's channels sum to the exact jvp of log pi
+    channels = result["token_channels"]
+    assert channels["max_sum_gap"] < 1e-9
+    assert channels["by_kind"]["rejected_only"]["top"]["carrier"] in ("hidden (body)", "hidden (input embedding)",
+                                                                      "readout")

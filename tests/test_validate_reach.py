@@ -199,6 +199,26 @@ def test_the_k_step_table_by_probe_type_scores_each_type_alone():
     pick = [2, 5, 8]
     assert by_type["irrelevant"] == first_order.agreement(predicted[pick], actual[pick])
     assert by_type["irrelevant"]["sign_agreement"] == pytest.approx(2 / 3)
-    table = check._by_probe_type_table({"probe_names": names, "k_step": [
+    from learning_dynamics.validate import check_report
+    table = check_report._by_probe_type_table({"probe_names": names, "k_step": [
         {"k": 1, "predicted": predicted.tolist(), "actual": actual.tolist()}]})
     assert any(line.startswith("| irrelevant | ") for line in table)
+
+
+def test_the_pair_sweep_interpolates_each_crossing_and_summarises_over_pairs():
+    from learning_dynamics.validate import pair_sweep
+    rows = [dict(_row(n, e), eta=n * 2e-4) for n, e in ((1, 0.01), (3, 0.05), (10, 0.4), (30, 2.0))]
+    broke = pair_sweep.crossing(rows, 1.0)
+    # log-log between (10, 0.4) and (30, 2.0): error ~ nats^1.46, so 100% at 10 * 2.5 ** (1 / 1.46)
+    assert broke["interpolated"] and broke["target_nats"] == pytest.approx(10 * 2.5 ** (np.log(3) / np.log(5)))
+    assert broke["eta"] == pytest.approx(broke["target_nats"] * 2e-4)
+    assert 3 < pair_sweep.crossing(rows, 0.1)["target_nats"] < 10
+    assert pair_sweep.crossing(rows, 5.0) is None                          # never on the grid: censored
+    assert pair_sweep.crossing(rows, 0.001) == {"target_nats": 1, "eta": 2e-4, "interpolated": False}
+    summary = pair_sweep.summarise([10.0, 20.0, None, 40.0, 30.0])
+    assert summary["median"] == 30.0 and summary["n"] == 5 and summary["n_crossed"] == 4
+    assert summary["ci"][0] <= 30.0 and summary["max"] == np.inf            # the censored pair is beyond the grid
+    beyond = pair_sweep.summarise([None, None, 5.0])
+    assert beyond["median"] == np.inf and beyond["n_crossed"] == 1
+    sets = pair_sweep.pair_probe_sets([{"prompt_id": i} for i in range(3)], 8)
+    assert [[p["prompt_id"] for p in s] for s in sets] == [[0, 1], [1, 2], [2, 0]]    # own prompt, then the next

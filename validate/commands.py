@@ -1,5 +1,6 @@
 """The `ldyn validate` commands: run, check, report. Heavy imports happen in the handlers."""
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -95,10 +96,12 @@ def add_check(sub) -> None:
     p = sub.add_parser(
         "check", help="how far the first-order (eNTK) picture carries: eta sweep, AdamW update, k steps, P20",
         description="One plain SGD step on a training pair (y+ push, y- push, DPO step), swept over eta until the "
-                    "jvp prediction's relative error passes 100%%; the prediction along AdamW's real update (first "
-                    "and mid-run step); k AdamW steps predicted with the frozen step-0 kernel; the kernel's drift "
-                    "(P20, bootstrap CI); the token-level rising set after a DPO-shaped step. Writes "
-                    "first_order.json, report.md and figures into --out.",
+                    "jvp prediction's relative error passes 100%%, and the same on a coarse grid for --sweep-pairs "
+                    "pairs (where it breaks: median and interval over pairs); the prediction along AdamW's real "
+                    "update (first and mid-run step); k AdamW steps predicted with the frozen step-0 kernel; the "
+                    "kernel's drift (P20) on the logit eNTK beside A.K.G, A and G (bootstrap CI over probe and "
+                    "training sequences); the token-level rising set after a DPO-shaped step and its per-token "
+                    "channels (hidden state vs readout). Writes first_order.json, report.md and figures into --out.",
         epilog="example: ldyn validate check --first-order --device cuda --out runs/first-order\n"
                "         ldyn validate check --first-order --device cpu --n-probe 4 --batch-pairs 2 --out runs/fo-cpu",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,6 +120,9 @@ def add_check(sub) -> None:
     p.add_argument("--sweep-prompts", type=arg.POSITIVE_INT,
                    help=f"probe prompts whose responses the eta sweep reads (default: {_by_preset(check.SWEEP_PROMPTS)}; "
                         "at most --n-probe); the AdamW, k-step and P20 parts read them all")
+    p.add_argument("--sweep-pairs", type=arg.POSITIVE_INT,
+                   help=f"training pairs the coarse eta sweep steps on, each over its own and the next probe prompt's "
+                        f"responses (default: {_by_preset(check.SWEEP_PAIRS)}; at most --n-probe)")
     p.add_argument("--squeeze-pairs", type=arg.POSITIVE_INT,
                    help=f"pairs in the token-level check (default: {_by_preset(check.N_SQUEEZE_PAIRS)})")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
@@ -148,13 +154,14 @@ def check_settings(args) -> dict:
 
 def _check(args) -> int:
     from learning_dynamics.validate.check import run_checks
-    for key in ("n_probe", "sweep_prompts", "squeeze_pairs"):
+    for key in ("n_probe", "sweep_prompts", "sweep_pairs", "squeeze_pairs"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
     k_steps = _int_list(args.k_steps) if args.k_steps is not None else None
     result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet, n_probe=args.n_probe,
                         squeeze_pairs=args.squeeze_pairs, k_steps=k_steps, dtype=args.dtype,
-                        moving_probes=args.moving_probes, sweep_prompts=args.sweep_prompts)
+                        moving_probes=args.moving_probes, sweep_prompts=args.sweep_prompts,
+                        sweep_pairs=args.sweep_pairs)
     fo = result["first_order"]
     print(f"first-order check on {fo['model']}: results in {args.out}/report.md")
     print(f"  eta sweep over {fo['n_sweep_sequences']} probe responses ({fo['n_sweep_prompts']} probe prompts); "
@@ -178,15 +185,35 @@ def _check(args) -> int:
             f"k={r['k']} r {r['moving_kernel']['moving']['pearson_r']:.4f} linearisation err "
             f"{r['moving_kernel']['linearisation_error']:.3g}, drift {r['moving_kernel']['kernel_drift_error']:.3g}"
             for r in moving))
+    _print_later_parts(fo, result["token_squeeze"]["rejected_only"])
+    return 0
+
+
+def _g(x) -> str:
+    """A number for the console; None (beyond a grid, or no interval) as '-'."""
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def _print_later_parts(fo: dict, ts: dict) -> None:
+    """The console lines of P20, the sweep over pairs, the token-level squeeze and its channels."""
     p20 = fo["P20"]
-    print(f"  P20 {p20['verdict']}: kernel cosine {p20['effect']:.4f} [{p20['ci'][0]}, {p20['ci'][1]}] "
-          f"(threshold {p20['threshold']})")
-    ts = result["token_squeeze"]["rejected_only"]
+    views = p20.get("views", {})
+    print(f"  P20 described ({p20['verdict']}: no threshold is the paper's): logit eNTK sketch cosine "
+          f"{p20['effect']:.4f} [{_g(p20['ci'][0])}, {_g(p20['ci'][1])}] at step {p20['steps'][-1]}; " + ", ".join(
+              f"{name} {v['similarity'][-1]:.4f}" for name, v in views.items() if name != "K sketch"))
+    for kind, s in (fo.get("pair_sweep") or {}).get("summary", {}).items():
+        broke = s["breaks_at"]["target_nats"]
+        print(f"  {kind:8s} step over {broke['n']} pairs: breaks at a median {_g(broke['median'])} nats "
+              f"[{_g(broke['ci'][0])}, {_g(broke['ci'][1])}] ({broke['n_crossed']} break on the grid)")
     if ts["positions"]:
         print(f"  token-level squeeze: argmax rises at {ts['argmax_rises']:.2f} of rejected-only positions; "
               f"threshold precision/recall {ts['precision']:.2f}/{ts['recall']:.2f} over the vocabulary, "
               f"{ts['top']['precision']:.2f}/{ts['top']['recall']:.2f} over the top {ts['top']['tokens_per_position']}")
-    return 0
+    top = ((fo.get("token_channels") or {}).get("by_kind", {}).get("rejected_only") or {}).get("top")
+    if top:
+        print(f"  channels: the top token's first-order rise at rejected-only positions is carried by "
+              f"{top['carrier']} ({100 * top['channels'][top['carrier']]['share']:.0f}%); channels sum to the "
+              f"exact jvp within {fo['token_channels']['max_sum_gap']:.1e}")
 
 
 def add_report(sub) -> None:

@@ -22,7 +22,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from learning_dynamics.validate.forward import decoder_body, probe_logps
+from learning_dynamics.validate.forward import decoder_body, functional_response_logits, batches, probe_logps
 
 
 class Factors:
@@ -126,3 +126,22 @@ def predicted_per_unit_eta(model, sequences, direction, factors: Factors, pad_id
         params = {k: (v.detach() if k in factored else fwAD.make_dual(v.detach(), direction[k]))
                   for k, v in model.named_parameters()}
         return fwAD.unpack_dual(probe_logps(model, sequences, pad_id, device, batch_size, params)).tangent
+
+
+@torch.no_grad()
+def logit_jvp(model, sequences, direction, factors: Factors, pad_id, device, batch_size, read) -> None:
+    """The jvp of the probes' response logits along `direction` (its linear layers' entries in `factors`).
+
+    Per batch calls read(indices, labels, rows, logits, tangent): `indices` map the batch's sequences to
+    `sequences`, `rows` each token's sequence within the batch, logits and tangent are [N, V] (one batch's
+    response tokens, never the whole probe set's). The same forward as predicted_per_unit_eta, stopped at the
+    logits: validate.logit_kernel reads K = J(probe) J(train)^T off it, apart from A.
+    """
+    factored = factors.factored()
+    with fwAD.dual_level(), _patched(factored):
+        params = {k: (v.detach() if k in factored else fwAD.make_dual(v.detach(), direction[k]))
+                  for k, v in model.named_parameters()}
+        for indices, batch in batches(model, sequences, batch_size, pad_id):
+            logits, labels, rows = functional_response_logits(model, params, batch.to(device))
+            primal, tangent = fwAD.unpack_dual(logits)
+            read(indices, labels, rows, primal, tangent)

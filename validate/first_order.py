@@ -160,12 +160,14 @@ def agreement(predicted: np.ndarray, actual: np.ndarray) -> dict:
             "mean_abs_actual": float(np.abs(actual).mean())}
 
 
-def sweep(model, direction, per_eta, sequences, before, pad_id, device, batch_size, progress=None) -> dict:
-    """Step theta along `direction` with growing eta until the relative error passes 100%."""
+def sweep(model, direction, per_eta, sequences, before, pad_id, device, batch_size, progress=None,
+          grid=TARGET_NATS) -> dict:
+    """Step theta along `direction` with growing eta (`grid`: the largest predicted probe change, in nats)
+    until the relative error passes 100%."""
     scale = float(per_eta.abs().max())
     predicted_unit = per_eta.cpu().numpy()
     rows, kept, saved = [], None, snapshot(model)
-    for nats in TARGET_NATS:
+    for nats in grid:
         eta = nats / scale
         with stepped(model, direction, eta, saved), torch.no_grad():
             actual = (probe_logps(model, sequences, pad_id, device, batch_size) - before).cpu().numpy()

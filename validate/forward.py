@@ -252,18 +252,29 @@ def _takes_4d_masks(model) -> bool:
             and int(transformers.__version__.split(".")[0]) >= 5)
 
 
+class _Bound:
+    """What sequence_logps and response_logits ask of a model, answered with `params` (name -> tensor)."""
+
+    def __init__(self, model, params):
+        self.model, self.params = model, params
+
+    def get_decoder(self):
+        return lambda **kw: functional_call(self.model.get_decoder(), _sub(self.params, "model."), (), kw)
+
+    def get_output_embeddings(self):
+        head = self.model.get_output_embeddings()
+        name = "lm_head.weight" if "lm_head.weight" in self.params else "model.embed_tokens.weight"
+        return lambda h: F.linear(h, self.params[name], head.bias)
+
+
 def functional_sequence_logps(model, params, batch):
     """sequence_logps with the weights taken from `params` (name -> tensor, e.g. dual tensors for a jvp)."""
-    class Bound:  # what sequence_logps asks of a model, answered with `params`
-        def get_decoder(self):
-            return lambda **kw: functional_call(model.get_decoder(), _sub(params, "model."), (), kw)
+    return sequence_logps(_Bound(model, params), batch)[0]
 
-        def get_output_embeddings(self):
-            head = model.get_output_embeddings()
-            name = "lm_head.weight" if "lm_head.weight" in params else "model.embed_tokens.weight"
-            return lambda h: F.linear(h, params[name], head.bias)
 
-    return sequence_logps(Bound(), batch)[0]
+def functional_response_logits(model, params, batch):
+    """response_logits with the weights taken from `params`: logits [N, V], labels [N], sequence index [N]."""
+    return response_logits(_Bound(model, params), batch)
 
 
 def _sub(params, prefix):

@@ -35,6 +35,7 @@ TOP_TOKENS = 50     # tokens per position that "carry the mass" for the pooled p
 
 from learning_dynamics.theory.statistics import precision_recall
 from learning_dynamics.theory.squeeze import threshold
+from learning_dynamics.validate import token_channels
 from learning_dynamics.validate.first_order import stepped
 from learning_dynamics.validate.forward import make_batch, response_logits, sequence_logps
 
@@ -62,18 +63,22 @@ def dpo_direction(model, pair, pad_id, device) -> dict:
     return direction
 
 
-def check_pair(model, pair, nats, pad_id, device) -> dict:
+def check_pair(model, pair, nats, pad_id, device, channels: bool = False) -> dict:
     """Per-position records of one pair: kind, argmax rises, predicted and measured rising sets.
 
     The step size is eta = nats / ||grad L||^2, which lowers L by `nats` to first order:
     the same size of step for every pair, whatever its gradient norm.
+    channels: also split each position's first-order change into validate.token_channels' channels ("channels").
     """
     before = _distributions(model, pair["prompt"], pair["rejected"], pad_id, device)
-    direction = dpo_direction(model, pair, pad_id, device)
+    with token_channels.head_gradient(model) as head:
+        direction = dpo_direction(model, pair, pad_id, device)
     eta = nats / max(sum(float((v * v).sum()) for v in direction.values()), 1e-30)
     with stepped(model, direction, eta):
         after = _distributions(model, pair["prompt"], pair["rejected"], pad_id, device)
     change = (after - before).cpu().numpy()
+    split = (token_channels.pair_channels(model, pair, direction, eta, before, change, pad_id, device,
+                                          head.get("weight")) if channels else None)
     logp = before.cpu().numpy()
     pi = np.exp(logp)
     tokens = np.array(pair["rejected"])
@@ -95,7 +100,7 @@ def check_pair(model, pair, nats, pad_id, device) -> dict:
             "argmax_rises": change[rows, top] > 0, "argmax_change": change[rows, top],
             "target_change": change[rows, tokens],
             "predicted": predicted & others, "measured": (change > 0) & others, "top": top_mask & others,
-            "spread": spread, "shift": shift}
+            "spread": spread, "shift": shift, "channels": split}
 
 
 def _equal_shift(change, mask):
