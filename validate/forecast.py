@@ -1,0 +1,192 @@
+"""`ldyn validate forecast`: before training, which preference pairs will push their chosen answer down.
+
+    from learning_dynamics.validate.forecast import forecast
+    result = forecast("pairs.jsonl", model="smollm2", algo="dpo", out="forecast")   # or pairs=[{...}, ...]
+    result["summary"]            # "k of N pairs are forecast to lower their chosen answer; ..."
+    [r for r in result["pairs"] if r["displacing"]]
+
+Per pair (validate.forecast_steps): the exact first-order change of log pi(y+), log pi(y-) and log pi(y*) from one
+step on that pair alone (a plain SGD step, per unit learning rate, and the first AdamW step at --lr), CHES and its
+length-normalised form, and cheap proxies. `verify`: the real steps, and how well each predictor ranks and flags
+the pairs whose y+ actually falls (validate.forecast_report). `train_steps`: the forecast again after that many
+AdamW steps over the pairs, and how much of the run's fall of y+ the pairs flagged at step 0 hold.
+Long parts keep their results in forecast.partial.json, so the same command resumes after an interruption.
+"""
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from learning_dynamics.sim.io import atomic_write_json, json_ready
+from learning_dynamics.theory.errors import UserError
+
+DEFAULT_PAIRS = 64        # of the built-in data when no file is given
+PARTIAL = "forecast.partial.json"
+
+
+def select_pairs(pairs, n_pairs=None) -> tuple:
+    """(TRL records, data setting): a JSONL path, in-memory rows, or None for the built-in pairs; the first n_pairs."""
+    from learning_dynamics.validate import data
+    if pairs is None:
+        records, data_setting = data.default_dataset(seed=0)["train"], None
+        n_pairs = n_pairs or DEFAULT_PAIRS
+    elif isinstance(pairs, (str, Path)):
+        records, data_setting = data.load_preference_jsonl(pairs), str(pairs)
+    else:
+        records, data_setting = data.preference_records(pairs), None
+    if n_pairs is not None:
+        if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 1:
+            raise UserError(f"--n-pairs must be a positive integer, got {n_pairs!r}")
+        records = records[:n_pairs]
+    if len(records) < 2:
+        raise UserError(f"a forecast ranks pairs: need at least 2 preference pairs, found {len(records)}")
+    return records, data_setting
+
+
+def forecast_settings(preset="cpu", **overrides):
+    """The run settings a forecast reads (model, device, algo, lr, beta, seed, batch size, token limits)."""
+    from learning_dynamics.validate.presets import settings_for
+    from learning_dynamics.validate.trajectory import TRAJECTORY_ALGOS
+    settings = settings_for(preset, **overrides)
+    if settings.algo not in TRAJECTORY_ALGOS:
+        raise UserError(f"--algo {settings.algo} cannot be forecast: it needs samples of the policy or a batch of its "
+                        f"own (GRPO groups, on-policy DPO, KTO); choose one of {', '.join(TRAJECTORY_ALGOS)}")
+    return settings
+
+
+def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", device=None, lr=None, beta=None,
+             seed=None, batch_pairs=None, verify=False, train_steps=0, out=None, filter=False, quiet=False,
+             progress=print) -> dict:
+    """Forecast, per preference pair, the one-step change of log pi(y+), log pi(y-), log pi(y*); see the module doc.
+
+    pairs: a TRL preference JSONL path, rows (dicts with prompt/chosen/rejected, plain or conversational), or None
+    (the built-in pairs, 64 by default). model: what `--model` takes ('smollm2', a local HF folder, a .gguf file).
+    out: a folder for forecast.json/.csv/.md, the figure and (filter=True) filtered.jsonl; None writes nothing.
+    Returns forecast.json's content: "pairs" (one record each), "summary", "verification", "across_training".
+    """
+    records, data_setting = select_pairs(pairs, n_pairs)
+    settings = forecast_settings(preset, model=model, device=device, algo=algo, lr=lr, beta=beta, seed=seed,
+                                 batch_pairs=batch_pairs, data=data_setting)
+    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 0:
+        raise UserError(f"--train-steps must be a non-negative integer, got {train_steps!r}")
+    if out is not None:
+        from learning_dynamics.sim.io import writable_folder
+        out = Path(writable_folder(out))
+    options = {"n_pairs": len(records), "verify": bool(verify), "train_steps": train_steps, "filter": bool(filter)}
+    fingerprint_data = data_setting or (None if pairs is None else records)   # None: the built-in pairs
+    result = _compute(settings, records, options, out, progress if not quiet else (lambda *_: None), quiet,
+                      fingerprint_data)
+    result["data_records"] = records
+    if out is not None:
+        from learning_dynamics.validate.forecast_report import write_outputs
+        write_outputs(result, out)
+        (out / PARTIAL).unlink(missing_ok=True)
+    return result
+
+
+class Parts:
+    """Finished parts of a forecast in --out/forecast.partial.json, valid while the settings and pairs match."""
+
+    def __init__(self, out, key: str):
+        self.path = None if out is None else Path(out) / PARTIAL
+        self.key, self.done = key, {}
+        if self.path is not None and self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("parts"), dict):
+                self.done = saved["parts"]
+
+    def keep(self, name: str, value) -> None:
+        self.done[name] = json_ready(value)
+        if self.path is not None:
+            atomic_write_json(self.path, {"key": self.key, "parts": self.done})
+
+
+def _key(settings, records, options) -> str:
+    text = json.dumps([dict(settings), records, options], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _each_pair(name, parts, pairs, compute, quiet):
+    """compute(i, pair) for every pair with a tqdm bar, resuming from the pairs `parts` already holds."""
+    from tqdm.auto import tqdm
+    done = list(parts.done.get(name, []))
+    for i in tqdm(range(len(done), len(pairs)), initial=len(done), total=len(pairs), desc=name, disable=quiet):
+        done.append(compute(i, pairs[i]))
+        parts.keep(name, done)
+    return done
+
+
+def _compute(settings, records, options, out, progress, quiet, fingerprint_data) -> dict:
+    """Load the model, forecast every pair, then the verification and the later forecast when asked."""
+    import torch
+    from learning_dynamics.validate import first_order, forecast_report, provenance, session
+    from learning_dynamics.validate import forecast_steps as steps
+    from learning_dynamics.validate.algorithms import hyper_parameters
+    started, seconds = time.perf_counter(), {}
+
+    def lap(name):
+        seconds[name] = round(time.perf_counter() - started - sum(seconds.values()), 1)
+
+    device = session.device(settings.device)
+    loaded = session.load(settings, device, progress=progress, dtype=torch.float32)
+    model, pad_id = loaded.model, loaded.pad_id
+    pairs = loaded.tokenize(records)
+    parts = Parts(out, _key(settings, records, options))
+    hyper = hyper_parameters(settings.algorithm, settings)
+    lap("load")
+
+    def step(reference=None, adamw=True):
+        return lambda i, pair: steps.forecast_pair(model, pair, settings.algorithm, hyper, pad_id, device, settings.lr,
+                                                   settings.weight_decay, None if reference is None else reference[i],
+                                                   adamw)
+
+    result = {"verification": None, "across_training": None}
+    with first_order.exact_math(model):
+        step0 = _each_pair("forecast", parts, pairs, step(), quiet)
+        lap("forecast")
+        if options["verify"]:
+            eta, saved = steps.sgd_eta(step0), first_order.snapshot(model)
+            actual = _each_pair("verify", parts, pairs, lambda i, pair: steps.verify_pair(
+                model, pair, settings, pad_id, device, eta, saved), quiet)
+            del saved
+            for record, changes in zip(step0, actual):
+                record.update(changes)
+            result["verification"] = forecast_report.verification(step0, eta, settings.lr)
+            lap("verify")
+        if options["train_steps"]:
+            reference = [(r["logp_chosen"], r["logp_rejected"]) for r in step0]
+            log = steps.train(model, pairs, settings, options["train_steps"], pad_id, device, reference,
+                              None if quiet else progress)
+            lap("train")
+            parts.done.pop("forecast_later", None)     # the trained weights are not kept: a resumed run retrains
+            later = _each_pair("forecast_later", parts, pairs, step(reference, adamw=False), quiet)
+            result["across_training"] = forecast_report.across_training(step0, later, log, settings)
+            lap("forecast_later")
+    for i, record in enumerate(step0):
+        record["index"] = i
+    result.update(
+        model=loaded.info.name, device=str(device), algo=settings.algo, n_pairs=len(step0), pairs=step0,
+        predictors=[{"name": p.name, "label": p.label, "flags": p.flags, "optimizer": p.optimizer}
+                    for p in steps.PREDICTORS],
+        summary=forecast_report.summary_line(step0, result["verification"]),
+        seconds=round(time.perf_counter() - started, 1), seconds_by_part=seconds,
+        settings=provenance.public_settings(settings), options=options,
+        **provenance.safely(forecast_command, settings, options, out),
+        fingerprints=provenance.fingerprints(fingerprint_data, settings.model),
+        versions=provenance.versions())
+    return result
+
+
+def forecast_command(settings, options, out) -> str:
+    """`ldyn validate forecast ...` that repeats this forecast (into a fresh folder beside `out`)."""
+    from learning_dynamics.validate import provenance
+    from learning_dynamics.validate.presets import PRESETS
+    values = dict(provenance.public_settings(settings), **options)
+    if values["data"] is None and options["n_pairs"] == DEFAULT_PAIRS:
+        values["n_pairs"] = None          # the built-in data's default
+    values.setdefault("format", provenance._figure_format())
+    return provenance.reproduce_command(("validate", "forecast"), values, PRESETS[settings.preset],
+                                        provenance.reproduce_out(out or "forecast"), always=("preset", "algo"))
