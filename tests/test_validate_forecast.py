@@ -202,7 +202,6 @@ def test_the_command_end_to_end_with_verification_training_and_filter(tmp_path, 
     assert filtered == [train[r["index"]] for r in kept]
     for name in ("forecast_sgd.png", "forecast_adamw.png", "forecast_run.png", "forecast.md"):
         assert (out / name).stat().st_size > 1000, name
-    assert not (out / "forecast.partial.json").exists()
     assert result["reproduce"].startswith("ldyn validate forecast") and "--verify" in result["reproduce"]
 
 
@@ -220,11 +219,15 @@ def test_an_interrupted_forecast_resumes_from_its_finished_pairs(tmp_path, monke
     monkeypatch.setattr(steps, "forecast_pair", stop_after_three)
     with pytest.raises(KeyboardInterrupt):
         api.forecast(None, n_pairs=5, preset="smoke", out=tmp_path, quiet=True)
-    assert len(json.loads((tmp_path / "forecast.partial.json").read_text())["parts"]["forecast"]) == 3
+    assert len(json.loads((tmp_path / "forecast.parts.json").read_text())["parts"]["forecast"]) == 3
     calls.clear()
     monkeypatch.setattr(steps, "forecast_pair", lambda *a, **k: calls.append(1) or real(*a, **k))
     result = api.forecast(None, n_pairs=5, preset="smoke", out=tmp_path, quiet=True)
     assert len(calls) == 2 and len(result["pairs"]) == 5
+    calls.clear()      # more options on the same folder: the step-0 forecast is reused, the verification runs
+    verified = api.forecast(None, n_pairs=5, preset="smoke", out=tmp_path, quiet=True, verify=True)
+    assert not calls and [r["sgd_dlogp_chosen"] for r in verified["pairs"]] == \
+        [r["sgd_dlogp_chosen"] for r in result["pairs"]]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -10,8 +10,11 @@ step on that pair alone (a plain SGD step, per unit learning rate, and the first
 length-normalised form, and cheap proxies. `verify`: the real steps, and how well each predictor ranks and flags
 the pairs whose y+ actually falls (validate.forecast_report). `train_steps`: the forecast again after that many
 AdamW steps over the pairs, and how much of the run's fall of y+ the pairs flagged at step 0 hold.
-Long parts keep their results in forecast.partial.json, so the same command resumes after an interruption.
+Finished parts (the step-0 forecast and the verification, pair by pair) stay in forecast.parts.json: the same
+command resumes after an interruption, and one with more options (--verify, --train-steps) or a newer report
+writer reuses them while the settings and the pairs are the same.
 """
+import functools
 import hashlib
 import json
 import time
@@ -21,14 +24,14 @@ from learning_dynamics.sim.io import atomic_write_json, json_ready
 from learning_dynamics.theory.errors import UserError
 
 DEFAULT_PAIRS = 64        # of the built-in data when no file is given
-PARTIAL = "forecast.partial.json"
+PARTS = "forecast.parts.json"
 
 
 def select_pairs(pairs, n_pairs=None) -> tuple:
     """(TRL records, data setting): a JSONL path, in-memory rows, or None for the built-in pairs; the first n_pairs."""
     from learning_dynamics.validate import data
     if pairs is None:
-        records, data_setting = data.default_dataset(seed=0)["train"], None
+        records, data_setting = [dict(r) for r in _builtin_pairs()], None
         n_pairs = n_pairs or DEFAULT_PAIRS
     elif isinstance(pairs, (str, Path)):
         records, data_setting = data.load_preference_jsonl(pairs), str(pairs)
@@ -41,6 +44,13 @@ def select_pairs(pairs, n_pairs=None) -> tuple:
     if len(records) < 2:
         raise UserError(f"a forecast ranks pairs: need at least 2 preference pairs, found {len(records)}")
     return records, data_setting
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_pairs() -> tuple:
+    """The built-in data's training pairs (`ldyn validate run`'s split); building them takes a second."""
+    from learning_dynamics.validate import data
+    return tuple(data.default_dataset(seed=0)["train"])
 
 
 def forecast_settings(preset="cpu", **overrides):
@@ -80,15 +90,14 @@ def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", 
     if out is not None:
         from learning_dynamics.validate.forecast_report import write_outputs
         write_outputs(result, out)
-        (out / PARTIAL).unlink(missing_ok=True)
     return result
 
 
 class Parts:
-    """Finished parts of a forecast in --out/forecast.partial.json, valid while the settings and pairs match."""
+    """Finished parts of a forecast in --out/forecast.parts.json, valid while the settings and pairs match."""
 
     def __init__(self, out, key: str):
-        self.path = None if out is None else Path(out) / PARTIAL
+        self.path = None if out is None else Path(out) / PARTS
         self.key, self.done = key, {}
         if self.path is not None and self.path.is_file():
             try:
@@ -104,8 +113,9 @@ class Parts:
             atomic_write_json(self.path, {"key": self.key, "parts": self.done})
 
 
-def _key(settings, records, options) -> str:
-    text = json.dumps([dict(settings), records, options], sort_keys=True, default=str)
+def _key(settings, records) -> str:
+    """What the step-0 forecast and the verification depend on (the options only choose which parts run)."""
+    text = json.dumps([dict(settings), records], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -134,7 +144,7 @@ def _compute(settings, records, options, out, progress, quiet, fingerprint_data)
     loaded = session.load(settings, device, progress=progress, dtype=torch.float32)
     model, pad_id = loaded.model, loaded.pad_id
     pairs = loaded.tokenize(records)
-    parts = Parts(out, _key(settings, records, options))
+    parts = Parts(out, _key(settings, records))
     hyper = hyper_parameters(settings.algorithm, settings)
     lap("load")
 
@@ -145,7 +155,7 @@ def _compute(settings, records, options, out, progress, quiet, fingerprint_data)
 
     result = {"verification": None, "across_training": None}
     with first_order.exact_math(model):
-        step0 = _each_pair("forecast", parts, pairs, step(), quiet)
+        step0 = [dict(r) for r in _each_pair("forecast", parts, pairs, step(), quiet)]   # kept parts stay as made
         lap("forecast")
         if options["verify"]:
             eta, saved = steps.sgd_eta(step0), first_order.snapshot(model)
