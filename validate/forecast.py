@@ -129,12 +129,55 @@ def _each_pair(name, parts, pairs, compute, quiet):
     return done
 
 
+class _Job:
+    """One forecast's model, pairs and settings, and its parts: the step-0 forecast, the verification, the run."""
+
+    def __init__(self, settings, loaded, records, parts: Parts, quiet: bool):
+        from learning_dynamics.validate.algorithms import hyper_parameters
+        self.settings, self.model, self.pad_id, self.parts, self.quiet = settings, loaded.model, loaded.pad_id, parts, \
+            quiet
+        self.device = next(loaded.model.parameters()).device
+        self.pairs = loaded.tokenize(records)
+        self.hyper = hyper_parameters(settings.algorithm, settings)
+
+    def forecast(self, name: str, reference=None, adamw: bool = True) -> list:
+        from learning_dynamics.validate import forecast_steps as steps
+        s = self.settings
+        return [dict(r) for r in _each_pair(name, self.parts, self.pairs, lambda i, pair: steps.forecast_pair(
+            self.model, pair, s.algorithm, self.hyper, self.pad_id, self.device, s.lr, s.weight_decay,
+            None if reference is None else reference[i], adamw), self.quiet)]   # copies: kept parts stay as made
+
+    def verify(self, step0: list) -> dict:
+        """The real steps, their changes merged into the step-0 records, and every predictor judged."""
+        from learning_dynamics.validate import first_order, forecast_report
+        from learning_dynamics.validate import forecast_steps as steps
+        eta, saved = steps.sgd_eta(step0), first_order.snapshot(self.model)
+        actual = _each_pair("verify", self.parts, self.pairs, lambda i, pair: steps.verify_pair(
+            self.model, pair, self.settings, self.pad_id, self.device, eta, saved), self.quiet)
+        del saved
+        for record, changes in zip(step0, actual):
+            record.update(changes)
+        return forecast_report.verification(step0, eta, self.settings.lr)
+
+    def across_training(self, step0: list, steps_to_train: int, lap, progress) -> dict:
+        """Train, forecast again at the trained weights (the trained weights are not kept: a resumed run retrains)."""
+        from learning_dynamics.validate import forecast_report
+        from learning_dynamics.validate import forecast_steps as steps
+        reference = [(r["logp_chosen"], r["logp_rejected"]) for r in step0]
+        log = steps.train(self.model, self.pairs, self.settings, steps_to_train, self.pad_id, self.device, reference,
+                          None if self.quiet else progress)
+        lap("train")
+        self.parts.done.pop("forecast_later", None)
+        later = self.forecast("forecast_later", reference, adamw=False)
+        lap("forecast_later")
+        return forecast_report.across_training(step0, later, log, self.settings)
+
+
 def _compute(settings, records, options, out, progress, quiet, fingerprint_data) -> dict:
     """Load the model, forecast every pair, then the verification and the later forecast when asked."""
     import torch
     from learning_dynamics.validate import first_order, forecast_report, provenance, session
-    from learning_dynamics.validate import forecast_steps as steps
-    from learning_dynamics.validate.algorithms import hyper_parameters
+    from learning_dynamics.validate.forecast_steps import PREDICTORS
     started, seconds = time.perf_counter(), {}
 
     def lap(name):
@@ -142,51 +185,27 @@ def _compute(settings, records, options, out, progress, quiet, fingerprint_data)
 
     device = session.device(settings.device)
     loaded = session.load(settings, device, progress=progress, dtype=torch.float32)
-    model, pad_id = loaded.model, loaded.pad_id
-    pairs = loaded.tokenize(records)
-    parts = Parts(out, _key(settings, records))
-    hyper = hyper_parameters(settings.algorithm, settings)
+    job = _Job(settings, loaded, records, Parts(out, _key(settings, records)), quiet)
     lap("load")
-
-    def step(reference=None, adamw=True):
-        return lambda i, pair: steps.forecast_pair(model, pair, settings.algorithm, hyper, pad_id, device, settings.lr,
-                                                   settings.weight_decay, None if reference is None else reference[i],
-                                                   adamw)
-
     result = {"verification": None, "across_training": None}
-    with first_order.exact_math(model):
-        step0 = [dict(r) for r in _each_pair("forecast", parts, pairs, step(), quiet)]   # kept parts stay as made
+    with first_order.exact_math(job.model):
+        step0 = job.forecast("forecast")
         lap("forecast")
         if options["verify"]:
-            eta, saved = steps.sgd_eta(step0), first_order.snapshot(model)
-            actual = _each_pair("verify", parts, pairs, lambda i, pair: steps.verify_pair(
-                model, pair, settings, pad_id, device, eta, saved), quiet)
-            del saved
-            for record, changes in zip(step0, actual):
-                record.update(changes)
-            result["verification"] = forecast_report.verification(step0, eta, settings.lr)
+            result["verification"] = job.verify(step0)
             lap("verify")
         if options["train_steps"]:
-            reference = [(r["logp_chosen"], r["logp_rejected"]) for r in step0]
-            log = steps.train(model, pairs, settings, options["train_steps"], pad_id, device, reference,
-                              None if quiet else progress)
-            lap("train")
-            parts.done.pop("forecast_later", None)     # the trained weights are not kept: a resumed run retrains
-            later = _each_pair("forecast_later", parts, pairs, step(reference, adamw=False), quiet)
-            result["across_training"] = forecast_report.across_training(step0, later, log, settings)
-            lap("forecast_later")
+            result["across_training"] = job.across_training(step0, options["train_steps"], lap, progress)
     for i, record in enumerate(step0):
         record["index"] = i
     result.update(
         model=loaded.info.name, device=str(device), algo=settings.algo, n_pairs=len(step0), pairs=step0,
-        predictors=[{"name": p.name, "label": p.label, "flags": p.flags, "optimizer": p.optimizer}
-                    for p in steps.PREDICTORS],
+        predictors=[{"name": p.name, "label": p.label, "flags": p.flags, "optimizer": p.optimizer} for p in PREDICTORS],
         summary=forecast_report.summary_line(step0, result["verification"]),
         seconds=round(time.perf_counter() - started, 1), seconds_by_part=seconds,
         settings=provenance.public_settings(settings), options=options,
         **provenance.safely(forecast_command, settings, options, out),
-        fingerprints=provenance.fingerprints(fingerprint_data, settings.model),
-        versions=provenance.versions())
+        fingerprints=provenance.fingerprints(fingerprint_data, settings.model), versions=provenance.versions())
     return result
 
 
