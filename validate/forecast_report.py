@@ -155,7 +155,8 @@ def summary_line(records, verified=None) -> str:
         sgd = verified["by_optimizer"]["sgd"]
         exact = next(j for j in sgd["predictors"] if j["predictor"] == FLAG_PREDICTOR)
         line += (f"; in the real SGD steps {sgd['n_fell']} chosen answers fell and the flagged pairs hold "
-                 f"{_pct(exact['fall_share'])} of that fall")
+                 f"{_pct(exact['fall_share'])} of that fall" if sgd["n_fell"] else
+                 "; in the real SGD steps no chosen answer fell")
     return line
 
 
@@ -253,9 +254,11 @@ def markdown(result, rows) -> str:
              "step on that pair alone: the model's own eNTK through a jvp along the step (a plain SGD step, per unit "
              "learning rate; and the first AdamW step, whose update is about -lr sign(g)). A pair is *displacing* "
              "when its predicted change of log pi(y+) is negative (the flags, this summary and `--filter` use the "
-             "SGD step's). CHES = <h+, h-> - ||h+||^2 over the summed last hidden states (Razin et al., ICLR 2025) "
-             "flags a pair when positive; ||G|| and the y+/y- similarities only rank. The proxies know neither the "
-             "optimizer nor the step size.", ""]
+             "SGD step's). CHES = `<h+, h-> - ||h+||^2` over the summed last hidden states (Razin et al., ICLR 2025) "
+             "flags a pair when positive; `||G||` and the y+/y- similarities only rank. The proxies know neither "
+             "the optimizer nor the step size. Spearman rho: of each predictor's forecast with the measured change "
+             "of log pi(y+), a proxy's score turned around (higher CHES = predicted to fall harder), so that a "
+             "positive rho is a right ranking for every predictor.", ""]
     if result.get("verification"):
         lines += _verification_lines(result["verification"])
     if result.get("across_training"):
