@@ -106,7 +106,8 @@ FLAGS = {  # subcommand -> {flag: kind}; a kind of None is a switch
     ("validate", "forecast"): {"--out": "path", "--format": "word", "--data": "path", "--n-pairs": "number",
                                "--preset": "word", "--model": "word", "--algo": "word", "--device": "word",
                                "--lr": "number", "--beta": "number", "--batch-pairs": "number", "--seed": "number",
-                               "--verify": None, "--train-steps": "number", "--filter": None, "--quiet": None},
+                               "--verify": None, "--train-steps": "number", "--from-run": "path", "--filter": None,
+                               "--quiet": None},
 }
 POOLS = {"number": NUMBERS, "list": LISTS, "word": WORDS, "path": PATHS}
 # values that pass argparse, drawn half of the time so that the checks past it (settings, data, folders) are

@@ -17,7 +17,7 @@ from learning_dynamics.validate.encode import Encoder
 from learning_dynamics.validate.forward import make_batch, sequence_logps
 from learning_dynamics.validate.ldyn import main
 from learning_dynamics.validate.model import load_model
-from learning_dynamics.validate.presets import settings_for
+from learning_dynamics.validate.presets import PRESETS, settings_for
 
 TEXTS = [("Who wrote Hamlet?", "Shakespeare wrote it.", "Marlowe wrote it, I think."),
          ("What is the capital of France?", "Paris.", "The capital of France is Paris, of course."),
@@ -245,3 +245,22 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, argv, message):
     code = main(["validate", "forecast", "--preset", "smoke", "--out", str(tmp_path / "out"), *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_forecast_again_at_a_runs_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["validate", "run", "--preset", "smoke", "--algo", "dpo", "--quiet", "--out", str(run)]) == 0
+    out = tmp_path / "forecast"
+    code = main(["validate", "forecast", "--preset", "smoke", "--n-pairs", "5", "--from-run", str(run), "--quiet",
+                 "--out", str(out)])
+    assert code == 0 and f"the run in {run}" in capsys.readouterr().out
+    result = json.loads((out / "forecast.json").read_text())
+    t = result["across_training"]
+    assert t["source"] == str(run) and t["steps"] == PRESETS["smoke"]["steps"] and len(t["train_log"]) == t["steps"]
+    assert any(abs(c) > 1e-3 for c in t["run_change_chosen"])        # the checkpoint's weights were loaded
+    assert "--from-run" in result["reproduce"]
+    code = main(["validate", "forecast", "--preset", "smoke", "--from-run", str(run), "--train-steps", "2", "--out",
+                 str(out)])
+    assert code == 2 and "not both" in capsys.readouterr().err
+    code = main(["validate", "forecast", "--preset", "smoke", "--from-run", str(tmp_path), "--out", str(out)])
+    assert code == 2 and "no state/checkpoint.pt" in capsys.readouterr().err

@@ -242,6 +242,9 @@ def add_forecast(sub) -> None:
     p.add_argument("--train-steps", type=arg.NON_NEGATIVE_INT, default=0,
                    help="then train this many AdamW steps over the pairs and forecast again: do the pairs flagged "
                         "at step 0 hold the run's fall of y+?")
+    p.add_argument("--from-run", type=arg.path, metavar="RUN_DIR",
+                   help="instead of --train-steps, forecast again at the checkpoint of an `ldyn validate run` folder "
+                        "(state/checkpoint.pt, same model): do the pairs flagged at step 0 hold that run's fall?")
     p.add_argument("--filter", action="store_true", help="also write filtered.jsonl: the pairs not flagged "
                                                          "displacing, in TRL's format")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -253,8 +256,8 @@ def _forecast(args) -> int:
     out = writable_folder(args.out)
     result = forecast(args.data, model=args.model, algo=args.algo, n_pairs=args.n_pairs, preset=args.preset,
                       device=args.device, lr=args.lr, beta=args.beta, seed=args.seed, batch_pairs=args.batch_pairs,
-                      verify=args.verify, train_steps=args.train_steps, out=out, filter=args.filter,
-                      quiet=args.quiet)
+                      verify=args.verify, train_steps=args.train_steps, from_run=args.from_run, out=out,
+                      filter=args.filter, quiet=args.quiet)
     from learning_dynamics.validate.forecast_report import FLAG_PREDICTOR, _num, _pct
     print(f"{result['summary']}.")
     for step, judged in ((result["verification"] or {}).get("by_optimizer") or {}).items():
@@ -264,7 +267,8 @@ def _forecast(args) -> int:
     if run:
         exact = next(j for j in run["predictors"] if j["predictor"] == FLAG_PREDICTOR)
         print(f"  over {run['steps']} training steps y+ fell for {run['n_fell']} of {result['n_pairs']} pairs; the "
-              f"pairs flagged at step 0 hold {_pct(exact['fall_share'])} of that fall")
+              f"pairs flagged at step 0 hold {_pct(exact['fall_share'])} of that fall" +
+              (f" (the run in {run['source']})" if run.get("source") else ""))
     print(f"  table, figures and report in {out}/forecast.md" +
           (f"; {out}/filtered.jsonl holds the other pairs" if args.filter else ""))
     return 0

@@ -65,12 +65,14 @@ def forecast_settings(preset="cpu", **overrides):
 
 
 def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", device=None, lr=None, beta=None,
-             seed=None, batch_pairs=None, verify=False, train_steps=0, out=None, filter=False, quiet=False,
-             progress=print) -> dict:
+             seed=None, batch_pairs=None, verify=False, train_steps=0, from_run=None, out=None, filter=False,
+             quiet=False, progress=print) -> dict:
     """Forecast, per preference pair, the one-step change of log pi(y+), log pi(y-), log pi(y*); see the module doc.
 
     pairs: a TRL preference JSONL path, rows (dicts with prompt/chosen/rejected, plain or conversational), or None
     (the built-in pairs, 64 by default). model: what `--model` takes ('smollm2', a local HF folder, a .gguf file).
+    train_steps: then train that many AdamW steps over the pairs and forecast again; from_run: instead, forecast again
+    at the weights of an `ldyn validate run` folder's checkpoint (state/checkpoint.pt; same model and initial weights).
     out: a folder for forecast.json/.csv/.md, the figure and (filter=True) filtered.jsonl; None writes nothing.
     Returns forecast.json's content: "pairs" (one record each), "summary", "verification", "across_training".
     """
@@ -79,10 +81,14 @@ def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", 
                                  batch_pairs=batch_pairs, data=data_setting)
     if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 0:
         raise UserError(f"--train-steps must be a non-negative integer, got {train_steps!r}")
+    if from_run is not None:
+        run_checkpoint(from_run, settings, train_steps)     # a bad folder fails before the model loads
+        from_run = str(from_run)
     if out is not None:
         from learning_dynamics.sim.io import writable_folder
         out = Path(writable_folder(out))
-    options = {"n_pairs": len(records), "verify": bool(verify), "train_steps": train_steps, "filter": bool(filter)}
+    options = {"n_pairs": len(records), "verify": bool(verify), "train_steps": train_steps, "from_run": from_run,
+               "filter": bool(filter)}
     fingerprint_data = data_setting or (None if pairs is None else records)   # None: the built-in pairs
     result = _compute(settings, records, options, out, progress if not quiet else (lambda *_: None), quiet,
                       fingerprint_data)
@@ -91,6 +97,23 @@ def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", 
         from learning_dynamics.validate.forecast_report import write_outputs
         write_outputs(result, out)
     return result
+
+
+def run_checkpoint(run_dir, settings, train_steps=0) -> Path:
+    """The checkpoint of an `ldyn validate run` folder trained from the forecast's model; one clear line if not."""
+    from learning_dynamics.sim.io import read_json
+    run_dir = Path(run_dir)
+    if train_steps:
+        raise UserError("give --train-steps or --from-run, not both: each names the later weights")
+    path = run_dir / "state" / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no state/checkpoint.pt (a run folder of `ldyn validate run`, which keeps its "
+                        "checkpoint with --checkpoint-every)")
+    trained = read_json(run_dir / "settings.json", {}, expect=dict).get("model")
+    if trained != settings.model:
+        raise UserError(f"{run_dir} trained --model {trained!r}; the forecast loads {settings.model!r}: give the "
+                        "run's model, so both start from the same weights")
+    return path
 
 
 class Parts:
@@ -170,7 +193,33 @@ class _Job:
         self.parts.done.pop("forecast_later", None)
         later = self.forecast("forecast_later", reference, adamw=False)
         lap("forecast_later")
-        return forecast_report.across_training(step0, later, log, self.settings)
+        s = self.settings
+        return forecast_report.across_training(step0, later, {"steps": len(log), "lr": s.lr, "batch_pairs":
+                                                              s.batch_pairs, "train_log": log, "source": None})
+
+    def at_checkpoint(self, step0: list, run_dir: str, lap) -> dict:
+        """The forecast again at a run's checkpoint, and the change of y+ from the initial weights to it."""
+        from learning_dynamics.sim.io import read_json
+        from learning_dynamics.theory.errors import CorruptFile
+        from learning_dynamics.validate import forecast_report
+        import torch
+        path = run_checkpoint(run_dir, self.settings)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            steps, log = int(state["step"]), list(state["log"])
+        except Exception as err:  # noqa: BLE001  (torch.load raises a dozen unrelated types for a damaged file)
+            raise CorruptFile(path, f"cannot load its weights into the model: {str(err).strip()[:100]}",
+                              "give the folder of a finished run of this model") from None
+        run = read_json(Path(run_dir) / "settings.json", {}, expect=dict)
+        lap("load_checkpoint")
+        reference = [(r["logp_chosen"], r["logp_rejected"]) for r in step0]
+        self.parts.done.pop("forecast_later", None)
+        later = self.forecast("forecast_later", reference, adamw=False)
+        lap("forecast_later")
+        return forecast_report.across_training(step0, later, {"steps": steps, "lr": run.get("lr"), "batch_pairs":
+                                                              run.get("batch_pairs"), "train_log": log,
+                                                              "source": str(run_dir)})
 
 
 def _compute(settings, records, options, out, progress, quiet, fingerprint_data) -> dict:
@@ -196,6 +245,8 @@ def _compute(settings, records, options, out, progress, quiet, fingerprint_data)
             lap("verify")
         if options["train_steps"]:
             result["across_training"] = job.across_training(step0, options["train_steps"], lap, progress)
+        elif options["from_run"]:
+            result["across_training"] = job.at_checkpoint(step0, options["from_run"], lap)
     for i, record in enumerate(step0):
         record["index"] = i
     result.update(

@@ -125,13 +125,17 @@ def verification(records, eta: float, lr: float) -> dict:
     return out
 
 
-def across_training(step0, later, log, settings) -> dict:
-    """Do the pairs flagged at step 0 hold most of the run's fall of y+? And how far the forecast itself moved."""
+def across_training(step0, later, run: dict) -> dict:
+    """Do the pairs flagged at step 0 hold most of the run's fall of y+? And how far the forecast itself moved.
+
+    run: steps, lr, batch_pairs, train_log and source (None: trained by the forecast over its pairs; else the run
+    folder whose checkpoint gave the later weights).
+    """
     change = column(later, "logp_chosen") - column(step0, "logp_chosen")
     exact = predictor(FLAG_PREDICTOR)
     flags0, flags_later = exact.displacing(step0), exact.displacing(later)
     keep = ("logp_chosen", "logp_rejected", "coef_chosen", "sgd_dlogp_chosen", "sgd_dlogp_rejected", "ches")
-    return {"steps": len(log), "lr": settings.lr, "batch_pairs": settings.batch_pairs, "train_log": log,
+    return {**run,
             "run_change_chosen": change.tolist(), "n_fell": int((change < 0).sum()),
             "total_fall": float(np.maximum(-change, 0).sum()), "mean_change": float(change.mean()),
             "random_top_overlap": random_overlap(len(change)),
@@ -304,9 +308,12 @@ def _verification_lines(v) -> list:
 def _training_lines(t, n) -> list:
     exact = next(j for j in t["predictors"] if j["predictor"] == FLAG_PREDICTOR)
     later = t["later"]
+    trained = (f"{t['steps']} AdamW steps of {t['batch_pairs']} pairs at lr {t['lr']:g} over these {n} pairs "
+               "(batches as `ldyn validate run` draws them)" if not t.get("source") else
+               f"The run in `{t['source']}` ({t['steps']} steps of {t['batch_pairs']} pairs at lr {t['lr']:g}, on its "
+               "own training pairs; its checkpoint gives the later weights)")
     return ["## Across training", "",
-            f"{t['steps']} AdamW steps of {t['batch_pairs']} pairs at lr {t['lr']:g} over these {n} pairs "
-            f"(batches as `ldyn validate run` draws them). The chosen answer's log-prob changed by "
+            f"{trained}. The chosen answer's log-prob changed by "
             f"{t['mean_change']:+.3g} nats on average; it fell for {t['n_fell']} of {n} pairs (total fall "
             f"{t['total_fall']:.3g} nats). The pairs flagged at step 0 ({exact['n_predicted']} of {n}) hold "
             f"**{_pct(exact['fall_share'])}** {_ci(exact['fall_share_ci'], True)} of that fall; a random set of the "
