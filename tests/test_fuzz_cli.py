@@ -103,6 +103,11 @@ FLAGS = {  # subcommand -> {flag: kind}; a kind of None is a switch
                             "--squeeze-pairs": "number", "--sweep-prompts": "number", "--dtype": "word",
                             "--k-steps": "list", "--moving-probes": "number"},
     ("validate", "report"): {"DIR": "path", "--out": "path", "--format": "word"},
+    ("validate", "forecast"): {"--out": "path", "--format": "word", "--data": "path", "--n-pairs": "number",
+                               "--preset": "word", "--model": "word", "--algo": "word", "--device": "word",
+                               "--lr": "number", "--beta": "number", "--batch-pairs": "number", "--seed": "number",
+                               "--verify": None, "--train-steps": "number", "--from-run": "path", "--filter": None,
+                               "--quiet": None},
 }
 POOLS = {"number": NUMBERS, "list": LISTS, "word": WORDS, "path": PATHS}
 # values that pass argparse, drawn half of the time so that the checks past it (settings, data, folders) are
@@ -114,6 +119,7 @@ PLAUSIBLE = {"number": ["0", "1", "2", "3", "4", "0.001", "0.5", "7"], "list": [
 USUAL = {("validate", "run"): ["--preset", "smoke", "--quiet", "--out", "{tmp}/out"],
          ("validate", "check"): ["--first-order", "--preset", "smoke", "--device", "cpu", "--out", "{tmp}/out"],
          ("validate", "report"): ["{run}"],
+         ("validate", "forecast"): ["--preset", "smoke", "--quiet", "--out", "{tmp}/out"],
          ("theory", "squeeze"): ["--probs", "0.5,0.3,0.2", "--negative", "2"],
          ("sim", "logits"): ["--quick"], ("sim", "digits"): ["--quick"], ("sim", "lm"): ["--quick"]}
 
@@ -165,7 +171,8 @@ def _fill(argv, files):
 
 
 ARGV_COUNTS = {("theory", "squeeze"): 90, ("validate", "run"): 60, ("validate", "check"): 25,
-               ("validate", "report"): 30, ("sim", "logits"): 35, ("sim", "digits"): 25, ("sim", "lm"): 25,
+               ("validate", "report"): 30, ("validate", "forecast"): 25, ("sim", "logits"): 35, ("sim", "digits"): 25,
+               ("sim", "lm"): 25,
                ("tour",): 10, ("theory", "derive"): 4}
 assert sum(ARGV_COUNTS.values()) >= 300
 

@@ -51,7 +51,8 @@ def test_format_option_is_on_every_drawing_command_and_rejects_others(capsys):
 
     parser = build_parser()
     for argv in (["tour"], ["sim", "logits"], ["sim", "digits"], ["sim", "lm"], ["validate", "report", "d"],
-                 ["validate", "run", "--out", "d"], ["validate", "check", "--first-order", "--out", "d"]):
+                 ["validate", "run", "--out", "d"], ["validate", "check", "--first-order", "--out", "d"],
+                 ["validate", "forecast", "--out", "d"]):
         assert parser.parse_args(argv + ["--format", "svg"]).format == "svg"
     assert main(["sim", "lm", "--format", "jpg"]) == 2  # main returns argparse's exit code
     assert "--format" in capsys.readouterr().err

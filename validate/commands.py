@@ -252,4 +252,69 @@ def _report(args) -> int:
     return 0
 
 
-PARSERS = [add_run, add_check, add_report]
+def add_forecast(sub) -> None:
+    from learning_dynamics.validate.forecast import DEFAULT_PAIRS
+    from learning_dynamics.validate.presets import PRESETS
+    p = sub.add_parser(
+        "forecast", help="before training: which preference pairs will push their own chosen answer down",
+        description="Per pair, the first-order change of log pi(y+), log pi(y-) and log pi(y*) from one step of "
+                    "--algo on that pair alone (the model's own eNTK through a jvp; plain SGD and the first AdamW "
+                    "step), beside CHES (Razin et al.) and cheap proxies. Writes forecast.csv/.md/.json and figures "
+                    "into --out; --verify takes the real steps and scores every predictor against them.",
+        epilog="example: ldyn validate forecast --data pairs.jsonl --out forecast --filter\n"
+               "         ldyn validate forecast --preset smoke --verify --train-steps 4 --out /tmp/forecast",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=arg.path, required=True, help="output folder (created; the same command resumes)")
+    add_format_option(p)
+    p.add_argument("--data", type=arg.path, help="TRL preference JSONL (prompt/chosen/rejected, plain or chat); "
+                                                  f"default: the built-in chatterbot-corpus pairs")
+    p.add_argument("--n-pairs", type=arg.POSITIVE_INT,
+                   help=f"forecast the first N pairs (default: all of --data, {DEFAULT_PAIRS} built-in ones)")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                   help="model, device, lr and token limits (default cpu: SmolLM2 on the CPU, AdamW lr 5e-5; "
+                        "smoke: a tiny random Llama)")
+    p.add_argument("--model", help="'smollm2' (default), 'tiny-random', a local HF folder, a .gguf file")
+    p.add_argument("--algo", help="the step forecast: dpo (default), sft, ipo or simpo")
+    p.add_argument("--device", help="cpu or cuda (preset's default)")
+    p.add_argument("--lr", type=arg.LR, help="AdamW learning rate of the forecast's and the run's steps")
+    p.add_argument("--beta", type=arg.BETA, help="DPO/IPO beta")
+    p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="pairs per step of --train-steps")
+    p.add_argument("--seed", type=arg.SEED, help="random seed of --train-steps' batches (preset default 0)")
+    p.add_argument("--verify", action="store_true",
+                   help="take one real SGD step and one first AdamW step per pair and score every predictor")
+    p.add_argument("--train-steps", type=arg.NON_NEGATIVE_INT, default=0,
+                   help="then train this many AdamW steps over the pairs and forecast again: do the pairs flagged "
+                        "at step 0 hold the run's fall of y+?")
+    p.add_argument("--from-run", type=arg.path, metavar="RUN_DIR",
+                   help="instead of --train-steps, forecast again at the checkpoint of an `ldyn validate run` folder "
+                        "(state/checkpoint.pt, same model): do the pairs flagged at step 0 hold that run's fall?")
+    p.add_argument("--filter", action="store_true", help="also write filtered.jsonl: the pairs not flagged "
+                                                         "displacing, in TRL's format")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_forecast)
+
+
+def _forecast(args) -> int:
+    from learning_dynamics.validate.forecast import forecast
+    out = writable_folder(args.out)
+    result = forecast(args.data, model=args.model, algo=args.algo, n_pairs=args.n_pairs, preset=args.preset,
+                      device=args.device, lr=args.lr, beta=args.beta, seed=args.seed, batch_pairs=args.batch_pairs,
+                      verify=args.verify, train_steps=args.train_steps, from_run=args.from_run, out=out,
+                      filter=args.filter, quiet=args.quiet)
+    from learning_dynamics.validate.forecast_report import FLAG_PREDICTOR, _num, _pct
+    print(f"{result['summary']}.")
+    for step, judged in ((result["verification"] or {}).get("by_optimizer") or {}).items():
+        print(f"  {step} step: " + ", ".join(f"{j['predictor']} rho {_num(j['spearman'], 2)} top-10% "
+                                             f"{_pct(j['top_overlap'])}" for j in judged["predictors"]))
+    run = result["across_training"]
+    if run:
+        exact = next(j for j in run["predictors"] if j["predictor"] == FLAG_PREDICTOR)
+        print(f"  over {run['steps']} training steps y+ fell for {run['n_fell']} of {result['n_pairs']} pairs; the "
+              f"pairs flagged at step 0 hold {_pct(exact['fall_share'])} of that fall" +
+              (f" (the run in {run['source']})" if run.get("source") else ""))
+    print(f"  table, figures and report in {out}/forecast.md" +
+          (f"; {out}/filtered.jsonl holds the other pairs" if args.filter else ""))
+    return 0
+
+
+PARSERS = [add_run, add_check, add_report, add_forecast]

@@ -118,13 +118,20 @@ def _patched(factored: dict):
         kernel.key, kernel.value = (None, None), None   # frees the last probe batch's activations
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def dual_parameters(model, direction, factors: Factors):
+    """The model's parameters as dual tensors along `direction` (its factored layers through `factors`):
+    any functional forward inside the block (forward.functional_sequence_logps on a batch of one's own) carries
+    its jvp along the direction; read it with torch.autograd.forward_ad.unpack_dual(...).tangent."""
+    factored = factors.factored()
+    with torch.no_grad(), fwAD.dual_level(), _patched(factored):
+        yield {k: (v.detach() if k in factored else fwAD.make_dual(v.detach(), direction[k]))
+               for k, v in model.named_parameters()}
+
+
 def predicted_per_unit_eta(model, sequences, direction, factors: Factors, pad_id, device, batch_size):
     """d log pi(probe) / d eta along `direction`, whose linear layers' entries `factors` hold."""
-    factored = factors.factored()
-    with fwAD.dual_level(), _patched(factored):
-        params = {k: (v.detach() if k in factored else fwAD.make_dual(v.detach(), direction[k]))
-                  for k, v in model.named_parameters()}
+    with dual_parameters(model, direction, factors) as params:
         return fwAD.unpack_dual(probe_logps(model, sequences, pad_id, device, batch_size, params)).tangent
 
 
