@@ -25,13 +25,15 @@ the statistics theory/statistics.py.
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
+import numpy as np
+
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.evaluators import (
     against_control, all_other_probes_fall, dose_response, falls, gains_more_than, mass_into_top_token,
     rejected_falls_more, repeats_itself_against_control, repetition_against_control, rise_then_fall, rises,
     shared_prefix_does_not_squeeze, squeezes_less)
-from learning_dynamics.theory.statistics import Outcome
+from learning_dynamics.theory.statistics import Outcome, above_noise, noise_floor
 
 # The probe types and their descriptions come from the probe registry (theory.probes).
 PROBES = {p.name: p.description for p in probe_registry.PROBE_TYPES}
@@ -276,33 +278,54 @@ def _accepts_control(evaluate) -> bool:
     return getattr(evaluate, "controlled", False)
 
 
-def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, control: Mapping = None) -> list:
+def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, control: Mapping = None,
+                 precision: str = "float32") -> list:
     """Every run-level prediction about `algo` at this level, as report rows.
 
     control: the series of the SFT control run (same pairs, seed and probe prompts); predictions
     that something else could also cause are judged as the difference against it.
+    precision: what the probes were scored in; a verdict in nats must clear its numerical noise
+    (theory.statistics.above_noise), else it is inconclusive with that reason.
     """
     rows = []
     for prediction in CATALOGUE:
         if prediction.scope == "run" and algo in prediction.applies_to and level in prediction.levels:
             if _accepts_control(prediction.evaluate):
                 ctrl = control if algo != algorithms.CONTROL else None
-                row = _row(prediction, prediction.evaluate(series, seed=seed, control=ctrl))
-                row["control"] = ctrl is not None
-                row["needs_control"] = getattr(prediction.evaluate, "needs_control", False)
+                outcome = prediction.evaluate(series, seed=seed, control=ctrl)
+                extra = {"control": ctrl is not None,
+                         "needs_control": getattr(prediction.evaluate, "needs_control", False)}
             else:
-                row = _row(prediction, prediction.evaluate(series, seed=seed))
+                outcome, extra = prediction.evaluate(series, seed=seed), {}
+            floor = noise_in_unit(prediction.effect_unit, series, precision)
+            judged = outcome if floor is None else above_noise(outcome, floor, precision)
+            row = dict(_row(prediction, judged), **extra)
+            if judged is not outcome:
+                row["inconclusive_reason"] = judged.detail.split(";")[0]
             rows.append(row)
     return rows
 
 
-def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int = 0) -> list:
+def noise_in_unit(unit: str, series: Mapping, precision: str = "float32"):
+    """The numerical noise of an effect in `unit`: per token for per-token units ("nats per token ...", mean
+    entropies), times the probes' mean response length for a summed log-prob ("nats"); None for a unitless
+    statistic (a rank correlation, a fraction), whose noise is not a round-off."""
+    if not unit.startswith("nats"):
+        return None
+    if "per token" in unit or "entropy" in unit:
+        return noise_floor(1, precision)
+    lengths = np.asarray(series.get("n_tokens/chosen", [[1.0]]), dtype=np.float64)[0]
+    return noise_floor(float(np.mean(lengths)) if lengths.size else 1.0, precision)
+
+
+def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int = 0,
+                        precision: str = "float32") -> list:
     """Every two-run prediction whose two algorithms are both in `series_by_algo`.
 
     `applies_to` is (reference, other): the other run is predicted to squeeze
     less. Each comparison gives two rows: at matched preference margin (the
     verdict) and at equal steps ("basis"). For "extend", pass the series of its
-    DPO phase only.
+    DPO phase only. precision: as for evaluate_run.
     """
     rows = []
     for prediction in CATALOGUE:
@@ -310,8 +333,10 @@ def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int =
             continue
         reference, other = prediction.applies_to
         if reference in series_by_algo and other in series_by_algo:
+            floor = noise_in_unit(prediction.effect_unit, series_by_algo[reference], precision)
             for basis in ("matched margin", "equal steps"):
                 outcome = prediction.evaluate(series_by_algo[reference], series_by_algo[other], seed=seed,
                                               basis=basis)
-                rows.append(dict(_row(prediction, outcome), basis=basis))
+                judged = outcome if floor is None else above_noise(outcome, floor, precision)
+                rows.append(dict(_row(prediction, judged), basis=basis))
     return rows

@@ -88,10 +88,11 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
     model, tokenizer, pad_id = loaded.model, loaded.tokenizer, loaded.pad_id
     # the runs' own split, so that the k-step run trains on the preset's training pairs whatever the check's
     # sizes; the token-level pairs are the first probe pairs of a split that sets that many aside
-    examples = session.examples(settings, n_probe=max(n_probe, settings.n_probe))
+    examples = session.examples(settings, n_probe=max(n_probe, settings.n_probe), encoder=loaded.encoder)
     probe_examples = examples.probe
     squeeze_examples = (probe_examples if squeeze_pairs <= len(probe_examples)
-                        else session.examples(settings, n_probe=squeeze_pairs).probe)[:squeeze_pairs]
+                        else session.examples(settings, n_probe=squeeze_pairs,
+                                              encoder=loaded.encoder).probe)[:squeeze_pairs]
     batch = CPU_BATCH if device.type == "cpu" else min(settings.eval_batch, 64)
     lap("load")
     with first_order.exact_math(model):
