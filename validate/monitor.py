@@ -189,13 +189,14 @@ class ProbeMonitor(TrainerCallback):
         """Main process: set up `out`; the probe set to reuse on a resumed run, or None."""
         from learning_dynamics.sim.io import read_json
         from learning_dynamics.sim.tracking import TrackingTable
+        from learning_dynamics.validate import identity
         from learning_dynamics.validate.run import _prepare_out
         previous = read_json(self.out / "settings.json", {}, expect=dict)
         if previous and previous.get("preset") != "monitor":
             raise UserError(f"{self.out} holds a run of `ldyn validate run`; give ProbeMonitor another out")
         # a run that starts at step 0 starts over: earlier curves in `out` would mix with the new ones
         _prepare_out(self.out, self.settings, fresh=state.global_step == 0)
-        self.table = TrackingTable(self.out / "tracking")
+        self.table = TrackingTable(self.out / "tracking", run_id=identity.run_id(self.out))
         for step in self.table.completed_steps():   # resumed from a checkpoint: later evaluations are redone
             if step > state.global_step:
                 for sub, suffix in (("tracking", "csv"), ("generations", "json"), ("mass", "json")):
@@ -349,7 +350,7 @@ class ProbeMonitor(TrainerCallback):
         atomic_write_json(self.out / "probes.json", probes, sort_keys=False)  # the probe order is the row order
         trained, source = self._trained_pairs()
         atomic_write_json(self.out / "design.json", dict(design.measure(probes, trained), train_source=source))
-        self.provenance = {"reproduce": provenance.current_command(),
+        self.provenance = {"run_id": self.table.run_id, "reproduce": provenance.current_command(),
                            "fingerprints": provenance.fingerprints(self.data_for_fingerprint, self.procs.unwrap(model))}
         atomic_write_json(self.out / "run_info.json", {**self.provenance, "partial": True})
 
