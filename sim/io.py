@@ -61,6 +61,8 @@ def _create_temp(path: Path):
             return os.open(tmp, flags, 0o666), str(tmp)
         except FileExistsError:
             continue
+        except OSError as err:  # a read-only folder: name the file that could not be written, not the temp
+            raise type(err)(err.errno, err.strerror, str(path)) from None
     raise FileExistsError(f"cannot create a temporary file beside {path}")
 
 

@@ -31,6 +31,8 @@ Then every step-scope prediction of theory.predictions at level "logits" is
 checked on many random cases (sim/logits_theorems*.py); figures in sim/logits_figures.py,
 the command in sim/logits_cli.py.
 """
+import math
+
 import numpy as np
 
 from learning_dynamics.theory import algorithms as registry
@@ -40,7 +42,10 @@ PRESETS = {
     "default": dict(runs=1000, vocab=50, steps=200),
     "quick": dict(runs=200, vocab=30, steps=60),
 }
-LIMITS = {"runs": 1_000_000, "vocab": 1_000_000, "steps": 100_000}
+# compare_flow integrates the gradient flow with scipy's LSODA, whose work array holds a dense V x V Jacobian
+# (8 V^2 bytes): 2 GiB of it bounds the vocabulary at 16384 labels
+FLOW_MEMORY_BYTES = 2**31
+LIMITS = {"runs": 1_000_000, "vocab": math.isqrt(FLOW_MEMORY_BYTES // 8), "steps": 100_000}
 DEFAULT_LR = 0.5
 DEFAULT_BETA = 0.5
 EPS = np.finfo(np.float64).eps

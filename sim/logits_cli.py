@@ -108,9 +108,10 @@ def add_parser(subparsers):
     p.add_argument("--out", type=arg.path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
     add_format_option(p)
     p.add_argument("--seed", type=arg.SEED, default=0, help="random seed (default 0)")
-    p.add_argument("--runs", type=arg.POSITIVE_INT, help="random starting distributions / theorem cases (default 1000; quick 200)")
-    p.add_argument("--vocab", type=arg.POSITIVE_INT, help="number of labels V (default 50; quick 30)")
-    p.add_argument("--steps", type=arg.POSITIVE_INT, help="steps per algorithm (default 200; quick 60)")
+    p.add_argument("--runs", type=arg.integer(1, LIMITS["runs"], "a number of runs"), help="random starting distributions / theorem cases (default 1000; quick 200)")
+    p.add_argument("--vocab", type=arg.integer(3, LIMITS["vocab"], "a number of labels"),
+                   help=f"number of labels V, 3 to {LIMITS['vocab']} (default 50; quick 30)")
+    p.add_argument("--steps", type=arg.integer(1, LIMITS["steps"], "a number of steps"), help="steps per algorithm (default 200; quick 60)")
     p.add_argument("--lr", type=arg.LR, default=DEFAULT_LR, help=f"step size eta (default {DEFAULT_LR})")
     p.add_argument("--beta", type=arg.BETA, default=DEFAULT_BETA, help=f"DPO/IPO beta (default {DEFAULT_BETA})")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
@@ -120,7 +121,7 @@ def add_parser(subparsers):
 
 def handle(args):
     summary = run_logits(args.out, seed=args.seed, preset="quick" if args.quick else "default",
-                         progress=not args.json or sys.stderr.isatty(), runs=args.runs, vocab=args.vocab,
+                         progress=sys.stderr is not None and sys.stderr.isatty(), runs=args.runs, vocab=args.vocab,
                          steps=args.steps, lr=args.lr, beta=args.beta)
     if args.json:
         print(json.dumps(_deterministic(summary), sort_keys=True, allow_nan=False))

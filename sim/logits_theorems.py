@@ -215,7 +215,8 @@ def theorem_p08(rng, n, vocab, beta):
     mask = _others(plus, vocab, minus)
     spread = np.where(mask, d, -np.inf).max(-1) - np.where(mask, d, np.inf).min(-1)
     ok = (spread <= 2 * _tol(z, new)) | (mask.sum(-1) == 0)
-    return _result(ok, mask.sum(-1) >= 2, "one DPO step (theory.residuals coefficients) with y+ and y- on "
-                   "the same logits: max - min of the measured dlog pi over the other labels is 0 up to "
-                   f"round-off (largest spread {float(spread[mask.sum(-1) >= 2].max()):.2e})",
-                   "2 x 256 eps x logit magnitude")
+    decided = mask.sum(-1) >= 2   # a spread needs two labels besides y+ and y- (none when V = 3)
+    largest = f"largest spread {float(spread[decided].max()):.2e}" if decided.any() else "no case has two other labels"
+    return _result(ok, decided, "one DPO step (theory.residuals coefficients) with y+ and y- on "
+                   f"the same logits: max - min of the measured dlog pi over the other labels is 0 up to "
+                   f"round-off ({largest})", "2 x 256 eps x logit magnitude")

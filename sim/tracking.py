@@ -11,8 +11,14 @@ loses at most the evaluation in flight, never corrupts an earlier one, and a
 resumed run asks `completed_steps()` which evaluations it can skip. `read()`
 merges the chunks in step order; `series_from_table` turns the rows into the
 [n_evals, n_prompts] arrays that theory.predictions evaluates.
+
+A table made with a `run_id` (validate's runs) also keeps `manifest.json`: the run id and the SHA-256 of every
+chunk it wrote, updated before the chunk itself. Reading such a table refuses a chunk the manifest does not
+list with those bytes (another run's chunk copied in), and a manifest of another run; `completed_steps()`
+counts only this run's chunks, so a resumed run evaluates a foreign step again, over it.
 """
 import csv
+import hashlib
 import io
 import math
 import re
@@ -26,6 +32,7 @@ COLUMNS = ("step", "prompt_id", "probe", "logp_sum", "logp_mean", "n_tokens", "e
            "sqnorm_mean", "argmax_logp_sum")
 FLOAT_COLUMNS = ("logp_sum", "logp_mean", "entropy_mean", "sqnorm_mean", "argmax_logp_sum")
 _CHUNK = re.compile(r"^step_(\d+)\.csv$")
+MANIFEST = "manifest.json"
 
 
 def _chunk_name(step: int) -> str:
@@ -44,18 +51,42 @@ class TrackingTable:
     with a stale one); the default keeps them, which is how a run resumes.
     """
 
-    def __init__(self, directory, fresh: bool = False):
+    def __init__(self, directory, fresh: bool = False, run_id: str = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
         if fresh:
             for path in self._chunk_paths():
                 path.unlink()
+            (self.directory / MANIFEST).unlink(missing_ok=True)
 
     def _chunk_paths(self):
         return sorted(p for p in self.directory.iterdir() if _CHUNK.match(p.name))
 
     def completed_steps(self) -> list:
-        return sorted(int(_CHUNK.match(p.name).group(1)) for p in self._chunk_paths())
+        return sorted(int(_CHUNK.match(p.name).group(1)) for p in self._chunk_paths() if self._ours(p))
+
+    def _manifest(self) -> dict:
+        """{chunk name: sha256} this run wrote; {} without a run id (nothing to check)."""
+        from learning_dynamics.sim.io import read_json
+        from learning_dynamics.theory.errors import CorruptFile
+        if self.run_id is None:
+            return {}
+        path = self.directory / MANIFEST
+        manifest = read_json(path, {"run_id": self.run_id, "chunks": {}}, expect=dict)
+        if manifest.get("run_id") != self.run_id or not isinstance(manifest.get("chunks"), dict):
+            raise CorruptFile(path, f"it belongs to another run (run id {manifest.get('run_id')}, not "
+                                    f"{self.run_id})", "remove tracking/ or rerun with --fresh to start over")
+        return manifest["chunks"]
+
+    def _ours(self, path: Path) -> bool:
+        return self.run_id is None or self._manifest().get(path.name) == _sha256(path.read_bytes())
+
+    def _record(self, name: str, text: str) -> None:
+        if self.run_id is not None:
+            from learning_dynamics.sim.io import atomic_write_json
+            chunks = dict(self._manifest(), **{name: _sha256(text.encode("utf-8"))})
+            atomic_write_json(self.directory / MANIFEST, {"run_id": self.run_id, "chunks": chunks})
 
     def append(self, step: int, rows) -> Path:
         """Write one evaluation's rows (dicts with COLUMNS, `step` filled in) as one chunk.
@@ -76,12 +107,18 @@ class TrackingTable:
             if missing:
                 raise ValueError(f"tracking row lacks {missing}")
             writer.writerow([_format(row[c]) for c in COLUMNS])
+        self._record(_chunk_name(step), buffer.getvalue())   # first: a crash between leaves no unlisted chunk
         return atomic_write_text(self.directory / _chunk_name(step), buffer.getvalue())
 
     def read(self) -> list:
-        """All rows of all chunks, in step order, values typed back."""
+        """All rows of all chunks, in step order, values typed back; a chunk of another run is refused."""
+        from learning_dynamics.theory.errors import UserError
         rows = []
         for path in self._chunk_paths():
+            if not self._ours(path):
+                raise UserError(f"{path} was not written by this run (run id {self.run_id}: tracking/{MANIFEST} "
+                                "does not list it with these bytes); remove it, or rerun the run's command to "
+                                "evaluate that step again")
             rows.extend(read_chunk(path))
         return rows
 
@@ -93,6 +130,10 @@ class TrackingTable:
         for row in self.read():
             writer.writerow([_format(row[c]) for c in COLUMNS])
         return atomic_write_text(path, buffer.getvalue())
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_chunk(path) -> list:

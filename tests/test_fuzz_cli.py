@@ -162,6 +162,14 @@ def files(tmp_path_factory):
     (root / "empty.jsonl").write_text("")
     (root / "one-prompt.jsonl").write_text("".join(
         json.dumps({"prompt": "same", "chosen": f"yes {i}", "rejected": f"no {i}"}) + "\n" for i in range(6)))
+    pairs = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": f"It is {2 * i + 1}."}
+             for i in range(12)]
+    jsonl = lambda rows: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)  # noqa: E731
+    (root / "good.jsonl").write_text(jsonl(pairs))
+    (root / "same.jsonl").write_text(jsonl(dict(p, rejected=p["chosen"]) for p in pairs))
+    (root / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + jsonl(pairs).encode())
+    (root / "separators.jsonl").write_text(jsonl(dict(p, prompt=p["prompt"] + "\u2028\u0085 ok") for p in pairs))
+    (root / "surrogate.jsonl").write_text(jsonl(pairs).replace("plus 3", "plus \\ud800"))
     run = make_run_dir(root / "run")
     return {"tmp": root, "run": run}
 
@@ -194,8 +202,9 @@ PROBES = ("chosen", "rejected", "chosen_rephrase", "rejected_rephrase", "chosen_
           "other_chosen", "test_response", "irrelevant", "chosen_shuffled", "random_tokens", "initial_sample")
 
 
-def make_run_dir(root: Path) -> Path:
-    """A finished smoke-preset DPO run's files, written by the writers a run uses, with made-up numbers."""
+def make_run_dir(root: Path, algo: str = "dpo", run_id: str = None, seed: int = 0, report: bool = True) -> Path:
+    """A finished smoke-preset run's files, written by the writers a run uses, with made-up numbers; with a
+    run_id, as a run writes them now (run.json, the tracking manifest, the id in run_info and checkpoint)."""
     import torch
 
     from learning_dynamics.sim.io import atomic_write_json
@@ -204,15 +213,18 @@ def make_run_dir(root: Path) -> Path:
     from learning_dynamics.validate.report import write_report
 
     from learning_dynamics.validate.precision import resolve
-    s = settings_for("smoke", algo="dpo")
+    s = settings_for("smoke", algo=algo)
     s = s.with_changes(precision=resolve(s.precision, s.device).name)   # as a run settles `auto`
     atomic_write_json(root / "settings.json", s.as_dict())
-    rng = np.random.default_rng(0)
+    stamp = {} if run_id is None else {"run_id": run_id}
+    if run_id is not None:
+        atomic_write_json(root / "run.json", {"run_id": run_id, "fingerprints": FINGERPRINTS})
+    rng = np.random.default_rng(seed)
     probes = [{"prompt_id": str(i), "prompt": f"question {i}", "prompt_ids": [1, 20 + i, 2],
                "texts": {p: f"{p} {i}" for p in PROBES}, "ids": {p: [30 + i, 40, 2] for p in PROBES}}
               for i in range(s["n_probe"])]
     atomic_write_json(root / "probes.json", probes, sort_keys=False)
-    table = TrackingTable(root / "tracking")
+    table = TrackingTable(root / "tracking", run_id=run_id)
     for step in range(0, s["steps"] + 1, s["eval_every"]):
         table.append(step, [{"prompt_id": str(i), "probe": p, "logp_sum": -rng.uniform(5, 50), "n_tokens": 3,
                              "entropy_mean": rng.uniform(1, 9), "sqnorm_mean": rng.uniform(0, 1),
@@ -222,12 +234,20 @@ def make_run_dir(root: Path) -> Path:
                             "rep4": rng.uniform()} for i in range(s["gen_prompts"])])
     log = [{"step": t, "phase": "main", "loss": 0.69 - 0.01 * t, "grad_norm": 1.0} for t in range(s["steps"])]
     atomic_write_json(root / "train_log.json", log)
-    atomic_write_json(root / "run_info.json", {"model": "tiny-random", "device": "cpu", "n_train_pairs": 48})
+    atomic_write_json(root / "run_info.json", {"model": "tiny-random", "device": "cpu", "n_train_pairs": 48,
+                                               **stamp, **({"fingerprints": FINGERPRINTS} if run_id else {})})
     (root / "state").mkdir()
-    torch.save({"model": {}, "optimizer": {}, "step": s["steps"], "phase": "done", "pairs": [], "log": log},
+    torch.save({"model": {}, "optimizer": {}, "step": s["steps"], "phase": "done", "pairs": [], "log": log, **stamp},
                root / "state" / "checkpoint.pt")
-    write_report(root)
+    if report:
+        write_report(root)
     return root
+
+
+# what run.json and run_info.json record of a run made with make_run_dir(run_id=...)
+FINGERPRINTS = {"code": {"version": "0.1.0", "commit": "abc1234", "dirty": False},
+                "data": {"name": "pairs.jsonl", "sha256": "11" * 32, "n_pairs": 48},
+                "model": {"name": "tiny-random", "sha256": "22" * 32}}
 
 
 KINDS = ("truncated", "garbled", "empty", "random bytes")
@@ -325,3 +345,40 @@ def test_umask_is_respected(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+# --------------------------------------------------------------------------- issue 26: every case, one by one
+
+RUN = ["validate", "run", "--preset", "smoke", "--quiet", "--out"]
+CHECK = ["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu", "--out"]
+# (argv, the words its one error line must hold; None: accepted, the work would start)
+CASES = [
+    (RUN + ["{tmp}/o1", "--data", "{tmp}/same.jsonl"], "every one of its 12 pairs has chosen equal to rejected"),
+    (RUN + ["{tmp}/o2", "--data", "{tmp}/surrogate.jsonl"], "surrogate.jsonl:4: \"prompt\" holds a lone surrogate"),
+    (RUN + ["{tmp}/o3", "--data", "{tmp}/bom.jsonl"], None),
+    (RUN + ["{tmp}/o4", "--data", "{tmp}/separators.jsonl"], None),
+    (RUN + ["{tmp}/o5", "--data", "{tmp}/good.jsonl", "--batch-pairs", "100000"], "--batch-pairs 100000 is more than"),
+    (RUN + ["{tmp}/o6", "--data", "{tmp}/good.jsonl", "--n-probe", "40"], "40 probe pairs asked"),
+    (RUN + ["{tmp}/o7", "--steps", "99999999999999999999"], "--steps: 99999999999999999999 is out of range"),
+    (RUN + ["{tmp}/o8", "--data", "{tmp}/fifo"], "a FIFO that nobody wrote to"),
+    (CHECK + ["{tmp}/c1", "--algo", "pg"], "'pg' is not a loss the check's k-step run can train"),
+    (CHECK + ["{tmp}/c2", "--k-steps", "1,,5"], "'1,,5' has an empty item"),
+    (CHECK + ["{tmp}/c3", "--sweep-prompts", "5", "--n-probe", "2"], "--sweep-prompts 5 is more than the 2"),
+    (CHECK + ["{run}"], "holds a run (settings.json)"),
+    (["sim", "logits", "--vocab", "1000000"], "--vocab: 1000000 is out of range"),
+    (["sim", "logits", "--vocab", "2"], "--vocab: 2 is out of range"),
+]
+
+
+@pytest.mark.parametrize("argv, words", CASES, ids=[" ".join(c[0][1:3] + c[0][-2:]) for c in CASES])
+def test_each_bad_input_of_issue_26_is_one_line_and_exit_2(argv, words, stubbed, files, capsys, monkeypatch):
+    from learning_dynamics.validate import data_file
+    monkeypatch.setattr(data_file, "FIFO_WAIT_SECONDS", 0.1)
+    if not (files["tmp"] / "fifo").exists():
+        os.mkfifo(files["tmp"] / "fifo")
+    argv = _fill(argv, files)
+    code, err = call(argv, capsys)
+    assert_clean(argv, code, err)
+    assert (code, words and words in err) == ((2, True) if words else (0, None)), err
+    if words and words.startswith("every one"):
+        assert not (files["tmp"] / "o1" / "settings.json").exists()   # refused before the folder is touched

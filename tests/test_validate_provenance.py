@@ -27,7 +27,7 @@ def changed(key, value):
     if key == "device":
         return "cuda:1" if value == "cpu" else "cpu"
     if key == "data":
-        return "my pairs.jsonl"  # a space: the command must quote it
+        return "/data/my pairs.jsonl"  # a space: the command must quote it (--data is made absolute)
     if key == "model":
         return "my-models/checkpoint-40"
     if key == "precision":
@@ -153,14 +153,15 @@ def test_records_in_memory_and_a_loaded_model_have_fingerprints(tmp_path):
 
 FLAGS = ["--algo", "ipo", "--steps", "3", "--lr", "0.0007", "--beta", "0.2", "--batch-pairs", "3",
          "--eval-every", "1", "--n-probe", "3", "--seed", "7", "--checkpoint-every", "0"]
-VOLATILE = ("wall_seconds", "load_seconds", "train_tokens_per_second", "model_source")
+VOLATILE = ("wall_seconds", "load_seconds", "train_tokens_per_second", "model_source", "run_id")
 
 
 def comparable(report):
-    """Everything but the clock and where the command writes."""
+    """Everything but the clock, where the command writes, and the run id (each run has its own)."""
     report = json.loads(json.dumps(report))
     for key in VOLATILE:
         report["run"].pop(key)
+    assert len(report.pop("run_id")) == 32
     argv = shlex.split(report.pop("reproduce"))
     return report, argv[:argv.index("--out")]
 
@@ -179,7 +180,6 @@ def reproduced(tmp_path_factory):
     first = json.loads((root / "original" / "report.json").read_text())
     again = root / "elsewhere"
     again.mkdir()
-    (again / "pairs.jsonl").write_bytes(data.read_bytes())
     argv = shlex.split(first["reproduce"])
     assert argv[0] == "ldyn"
     done = subprocess.run([sys.executable, "-m", "learning_dynamics.validate.ldyn", *argv[1:], "--quiet"],
@@ -190,12 +190,12 @@ def reproduced(tmp_path_factory):
 
 
 def test_the_reproduce_command_names_every_changed_setting(reproduced):
-    _, _, first, _ = reproduced
+    _, data, first, _ = reproduced
     argv = shlex.split(first["reproduce"])
     assert argv[:7] == ["ldyn", "validate", "run", "--preset", "smoke", "--algo", "ipo"]
     for flag, value in zip(FLAGS[::2], FLAGS[1::2]):
         assert argv[argv.index(flag) + 1] == value, flag
-    assert argv[argv.index("--data") + 1] == "pairs.jsonl"  # the file's name, not the path it had here
+    assert argv[argv.index("--data") + 1] == str(data)  # absolute: the command runs from any folder
     assert argv[argv.index("--out") + 1] == "original-repro"
     assert first["reproduce"] in (reproduced[0] / "original" / "report.md").read_text()
 
@@ -206,7 +206,8 @@ def test_the_report_records_data_model_and_code_fingerprints(reproduced):
     assert prints["data"] == {"name": "pairs.jsonl", "n_pairs": 20,
                               "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
     assert first["data"] == "pairs.jsonl" and first["settings"]["data"] == "pairs.jsonl"
-    assert str(data.parent) not in json.dumps(first)
+    assert str(data.parent) not in json.dumps(dict(first, reproduce=None))  # only the command names the path
+    assert prints["data"]["sha256"] in (reproduced[0] / "original" / "report.md").read_text()  # in full
     assert prints["model"]["name"] == "tiny-random" and len(prints["model"]["config_sha256"]) == 64
     assert len(prints["model"]["sha256"]) == 64 and prints["model"]["weight_files"]
     assert prints["code"]["version"] and "commit" in prints["code"]

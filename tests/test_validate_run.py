@@ -178,7 +178,7 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(runs, tmp_path, monkeypa
         assert row["logp_sum"] == pytest.approx(straight[k]["logp_sum"], rel=1e-4, abs=1e-4), k
 
 
-def test_user_data_in_trl_chat_format(tmp_path):
+def test_user_data_in_trl_chat_format(tmp_path, capsys):
     data = tmp_path / "prefs.jsonl"
     rows = [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
              "chosen": [{"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}],
@@ -187,6 +187,12 @@ def test_user_data_in_trl_chat_format(tmp_path):
     assert run(tmp_path / "run", "--algo", "sft", "--data", str(data)) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["data"] == data.name and {r["id"] for r in report["predictions"]} >= {"P12d", "P12a"}
+    before = report["fingerprints"]["data"]["sha256"]
+    data.write_text("\n".join(json.dumps(r) for r in rows[::-1]) + "\n")   # same name, other contents
+    err = one_line_error(capsys, ["validate", "run", "--preset", "smoke", "--quiet", "--out", str(tmp_path / "run"),
+                                  "--algo", "sft", "--data", str(data)])
+    assert f"trained on other data (data sha256 {before[:16]} there, " in err and "--fresh" in err
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["fingerprints"]["data"]["sha256"] == before
 
 
 def one_line_error(capsys, argv):

@@ -10,6 +10,8 @@ import math
 
 # numpy's legacy and torch's generators both accept this range; larger seeds overflow torch.manual_seed
 SEED_MAX = 2**32 - 1
+# a step number names its tracking chunk with 9 digits (sim.tracking: step_000000120.csv), so no run goes past this
+STEP_MAX = 10**9 - 1
 # AdamW and plain SGD both move weights by about lr per step; far above this every weight is noise,
 # and near 1e38 torch's float32 step size overflows (see issue 14)
 LR_MAX = 1e3
@@ -60,7 +62,23 @@ def _span(low, high):
     return f">= {low}" if high is None else f"from {low} to {high}"
 
 
+def integer_list(low: int = None, high: int = None, what: str = "integers"):
+    """An argparse type: comma-separated ints, each in [low, high]; an empty item (`1,,5`) is refused, not skipped."""
+    one = integer(low, high, what)
+
+    def parse(text: str) -> list:
+        items = str(text).split(",")
+        if any(not item.strip() for item in items):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item: give {what} separated by single commas, "
+                                             "such as 1,5,20")
+        return [one(item) for item in items]
+
+    parse.__name__ = what
+    return parse
+
+
 SEED = integer(0, SEED_MAX, "a seed")
+STEPS = integer(1, STEP_MAX, "a number of steps")
 POSITIVE_INT = integer(1, None, "an integer")
 NON_NEGATIVE_INT = integer(0, None, "an integer")
 LR = real(0.0, LR_MAX, low_open=True, what="a learning rate")
@@ -82,3 +100,12 @@ def path(text: str) -> str:
     if not str(text).strip():
         raise argparse.ArgumentTypeError("an empty path; give a file or folder name (. for the working directory)")
     return text
+
+
+def absolute_path(text: str) -> str:
+    """A file a run records (--data): absolute, so that the run's reproduce command works from any folder.
+
+    os.path.abspath, not resolve(): a link such as /dev/fd/63 (`--data <(cat pairs.jsonl)`) stays as given.
+    """
+    import os
+    return os.path.abspath(path(text))

@@ -16,14 +16,7 @@ def all_derivations():
 
 
 def print_derivations(latex: bool = False) -> None:
-    import os
-    import sys
-
-    try:
-        for derivation in all_derivations():
-            print(derivation.render(latex=latex))
-            print()
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `ldyn theory derive | head`: the reader left; stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    # a reader that leaves (`ldyn theory derive | head`) is handled where every command's output is (ldyn.main)
+    for derivation in all_derivations():
+        print(derivation.render(latex=latex))
+        print()

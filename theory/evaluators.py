@@ -359,6 +359,9 @@ def repetition_against_control(series, seed=0, control=None, control_label="SFT"
     run = np.asarray(series[key], dtype=np.float64)[[0, -1]]
     if control is None:
         keep = np.isfinite(run).all(axis=0)
+        if not keep.any():   # no generation reaches the compared length: there is no change to show
+            return _too_few(0, f"of {run.shape[1]} have generations of at least the compared length at the start "
+                            "and the end (and no SFT control is given)")
         point, ci = bootstrap_ci(np.mean, [run[1, keep] - run[0, keep]], seed=seed)
         return Outcome("inconclusive", point, ci, int(keep.sum()),
                        "no control: the raw change of repetition is shown, not judged")

@@ -36,7 +36,7 @@ from learning_dynamics.theory.evaluators import (
     against_control, all_other_probes_fall, dose_response, falls, gains_more_than, mass_into_top_token,
     rejected_falls_more, repeats_itself_against_control, repetition_against_control, rise_then_fall, rises,
     shared_prefix_does_not_squeeze, squeezes_less)
-from learning_dynamics.theory.statistics import Outcome, current_groups, grouped_by
+from learning_dynamics.theory.statistics import Outcome, above_noise, current_groups, grouped_by, noise_floor
 
 # The probe types and their descriptions come from the probe registry (theory.probes).
 PROBES = {p.name: p.description for p in probe_registry.PROBE_TYPES}
@@ -306,7 +306,7 @@ def _accepts_control(evaluate) -> bool:
 
 
 def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, control: Mapping = None,
-                 controls: Mapping = None, regime=None) -> list:
+                 controls: Mapping = None, regime=None, precision: str = "float32") -> list:
     """Every run-level prediction about `algo` at this level, as report rows.
 
     controls: {control algorithm: its series} for the runs on the same pairs, seed and probe prompts among
@@ -314,7 +314,9 @@ def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, 
     difference against each, one row per control: first the counterfactual control (the same step without the
     negative gradient, read at equal steps; the row with "primary_control"), then SFT, labelled. `control`
     alone: the SFT control's series. regime: theory.regime.Regime of the run; a claim is "not tested" outside the
-    regime it is about, and read at the last evaluation where the run was still in it.
+    regime it is about, and read at the last evaluation where the run was still in it. precision: what the probes
+    were scored in; a verdict in nats must clear its numerical noise (theory.statistics.above_noise), else it is
+    inconclusive with that reason.
     """
     if controls is None:
         controls = {algorithms.CONTROL: control} if control is not None else {}
@@ -337,11 +339,33 @@ def evaluate_run(series: Mapping, algo: str, level: str = "llm", seed: int = 0, 
                 read = _columns(read, usable)
                 read_controls = {k: _columns(v, usable) for k, v in read_controls.items()}
                 if _accepts_control(prediction.evaluate):
-                    new = _controlled_rows(prediction, read, read_controls, present, seed)
+                    new = _controlled_rows(prediction, read, read_controls, present, seed, precision)
                 else:
-                    new = [_row(prediction, prediction.evaluate(read, seed=seed))]
+                    new = [_judged_row(prediction, prediction.evaluate(read, seed=seed), read, precision)]
             rows += [_dropped_note(_read_note(r, regime, last), dropped) for r in new]
     return rows
+
+
+def noise_in_unit(unit: str, series: Mapping, precision: str = "float32"):
+    """The numerical noise of an effect in `unit`: per token for per-token units ("nats per token ...", mean
+    entropies), times the probes' mean response length for a summed log-prob ("nats"); None for a unitless
+    statistic (a rank correlation, a fraction), whose noise is not a round-off."""
+    if not unit.startswith("nats"):
+        return None
+    if "per token" in unit or "entropy" in unit:
+        return noise_floor(1, precision)
+    lengths = np.asarray(series.get("n_tokens/chosen", [[1.0]]), dtype=np.float64)[0]
+    return noise_floor(float(np.mean(lengths)) if lengths.size else 1.0, precision)
+
+
+def _judged_row(prediction: Prediction, outcome: Outcome, series: Mapping, precision: str) -> dict:
+    """The report row of `outcome`, inconclusive when its effect does not clear the scoring's round-off."""
+    floor = noise_in_unit(prediction.effect_unit, series, precision)
+    judged = outcome if floor is None else above_noise(outcome, floor, precision)
+    row = _row(prediction, judged)
+    if judged is not outcome:
+        row["inconclusive_reason"] = judged.detail.split(";")[0]
+    return row
 
 
 def _usable_prompts(prediction: Prediction, series_list) -> tuple:
@@ -395,22 +419,25 @@ def _not_tested(prediction: Prediction, reason: str) -> dict:
     return dict(_row(prediction, Outcome("not tested", nan, (nan, nan), 0, reason)), not_tested=reason)
 
 
-def _controlled_rows(prediction: Prediction, series: Mapping, controls: Mapping, present: list, seed: int) -> list:
+def _controlled_rows(prediction: Prediction, series: Mapping, controls: Mapping, present: list, seed: int,
+                     precision: str = "float32") -> list:
     needs = getattr(prediction.evaluate, "needs_control", False)
     if not present:
-        return [dict(_row(prediction, prediction.evaluate(series, seed=seed)), control=None, needs_control=needs,
-                     primary_control=True)]
+        return [dict(_judged_row(prediction, prediction.evaluate(series, seed=seed), series, precision),
+                     control=None, needs_control=needs, primary_control=True)]
     rows = []
     for rank, name in enumerate(present):
         counterfactual = algorithms.get(name).control_of is not None
         outcome = prediction.evaluate(series, seed=seed, control=controls[name],
                                       control_label=algorithms.get(name).label,
                                       **({"basis": "equal steps"} if counterfactual else {}))
-        rows.append(dict(_row(prediction, outcome), control=name, needs_control=needs, primary_control=rank == 0))
+        rows.append(dict(_judged_row(prediction, outcome, series, precision), control=name, needs_control=needs,
+                         primary_control=rank == 0))
     return rows
 
 
-def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int = 0, regime_by_algo=None) -> list:
+def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int = 0, regime_by_algo=None,
+                        precision: str = "float32") -> list:
     """Every two-run prediction whose two algorithms are both in `series_by_algo`.
 
     `applies_to` is (reference, other): the other run is predicted to squeeze less. Each comparison is read at
@@ -418,7 +445,7 @@ def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int =
     both: the regimes' visit counts are checked) and, for the part read on untrained probes only (the other
     probes' fall: y* is read on y+'s contexts, a training target), also at matched preference margin, searched
     only after the first epoch (every probe pair trained on once), not inside the first optimizer steps. For
-    "extend", pass the series of its DPO phase only.
+    "extend", pass the series of its DPO phase only. precision: as for evaluate_run.
     """
     regime_by_algo = regime_by_algo or {}
     rows = []
@@ -439,7 +466,7 @@ def evaluate_comparison(series_by_algo: Mapping, level: str = "llm", seed: int =
                                           _read_at(series_by_algo[other], last), seed=seed,
                                           basis="equal steps" if basis == "equal exposure" else basis,
                                           from_eval=_after_first_epoch(pair))
-            rows.append(dict(_row(prediction, outcome), basis=basis))
+            rows.append(dict(_judged_row(prediction, outcome, series_by_algo[reference], precision), basis=basis))
     return rows
 
 

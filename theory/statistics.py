@@ -145,3 +145,40 @@ def precision_recall(predicted: np.ndarray, actual: np.ndarray) -> dict:
     accuracy = accuracy_score(actual, predicted) if predicted.size else float("nan")
     return {"precision": float(precision), "recall": float(recall), "accuracy": float(accuracy),
             "n": int(predicted.size), "n_predicted": int(predicted.sum()), "n_actual": int(actual.sum())}
+
+
+# --------------------------------------------------------------------------- numerical noise
+
+# bits of the significand of each floating-point format a model may be scored in (IEEE 754; bfloat16 keeps 7)
+SIGNIFICAND_BITS = {"float64": 52, "float32": 23, "float16": 10, "bfloat16": 7}
+PRECISION_NAMES = {"fp64": "float64", "double": "float64", "fp32": "float32", "float": "float32",
+                   "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+def noise_per_token(precision: str = "float32") -> float:
+    """The round-off of one token's log-probability in `precision`: the format's machine epsilon at a log-prob of
+    order one nat. A lower bound (a forward pass rounds many times), so a change below it is noise for certain."""
+    name = PRECISION_NAMES.get(str(precision).lower(), str(precision).lower())
+    if name not in SIGNIFICAND_BITS:
+        from learning_dynamics.theory.errors import UserError
+        raise UserError(f"unknown precision {precision!r}; known: {', '.join(SIGNIFICAND_BITS)}")
+    return 2.0 ** -SIGNIFICAND_BITS[name]
+
+
+def noise_floor(tokens: float = 1.0, precision: str = "float32") -> float:
+    """The numerical noise of a log-prob summed over `tokens` tokens (a per-token quantity: tokens=1)."""
+    return float(tokens) * noise_per_token(precision)
+
+
+def above_noise(outcome: Outcome, floor: float, precision: str = "float32") -> Outcome:
+    """A verdict stands only where its interval clears the noise: "holds" needs the lower bound above `floor`,
+    "fails" the upper bound below -floor; otherwise the quantity cannot be told from round-off: inconclusive."""
+    lo, hi = outcome.ci
+    if outcome.verdict == "holds" and lo > floor or outcome.verdict == "fails" and hi < -floor:
+        return outcome
+    if outcome.verdict not in ("holds", "fails"):
+        return outcome
+    why = (f"below the numerical noise of {precision} ({floor:.2g} in the effect's unit): the interval "
+           f"[{lo:.3g}, {hi:.3g}] does not clear it")
+    return Outcome("inconclusive", outcome.effect, outcome.ci, outcome.n,
+                   f"{why}; {outcome.detail}" if outcome.detail else why)

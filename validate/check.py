@@ -122,9 +122,9 @@ def _set_up(settings, sizes, progress) -> dict:
     loaded = session.load(settings, device, progress=progress, dtype=torch.float32)
     # the runs' own split, so that the k-step run trains on the preset's training pairs whatever the check's
     # sizes; the token-level pairs are the first probe pairs of a split that sets that many aside
-    examples = session.examples(settings, n_probe=max(sizes["n_probe"], settings.n_probe))
+    examples = session.examples(settings, n_probe=max(sizes["n_probe"], settings.n_probe), encoder=loaded.encoder)
     squeeze_examples = (examples.probe if sizes["squeeze_pairs"] <= len(examples.probe)
-                        else session.examples(settings, n_probe=sizes["squeeze_pairs"]).probe)
+                        else session.examples(settings, n_probe=sizes["squeeze_pairs"], encoder=loaded.encoder).probe)
     return {"loaded": loaded, "model": loaded.model, "pad_id": loaded.pad_id, "device": device,
             "examples": examples, "squeeze_examples": squeeze_examples[:sizes["squeeze_pairs"]],
             "batch": CPU_BATCH if device.type == "cpu" else min(settings.eval_batch, 64)}

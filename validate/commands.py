@@ -27,9 +27,9 @@ def add_run(sub) -> None:
                    help="smoke: tiny random Llama on the CPU in <1 min; default: SmolLM2 on a GPU")
     p.add_argument("--algo", choices=ALGORITHMS, help="training algorithm (default dpo)")
     p.add_argument("--model", help="'smollm2' (default), 'tiny-random', a local HF folder, a .gguf file, or a hub id")
-    p.add_argument("--data", type=arg.path, help="TRL preference JSONL (prompt/chosen/rejected, plain or chat); "
+    p.add_argument("--data", type=arg.absolute_path, help="TRL preference JSONL (prompt/chosen/rejected, plain or chat); "
                                   "default: the built-in chatterbot-corpus pairs")
-    p.add_argument("--steps", type=arg.POSITIVE_INT, help="training steps (after extend's SFT phase)")
+    p.add_argument("--steps", type=arg.STEPS, help="training steps (after extend's SFT phase)")
     p.add_argument("--device", help="cuda or cpu (preset's default)")
     p.add_argument("--lr", type=arg.LR, help="AdamW learning rate")
     p.add_argument("--beta", type=arg.BETA, help="DPO/IPO beta")
@@ -112,7 +112,7 @@ def add_check(sub) -> None:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--preset", default="default", help="smoke, cpu or default: sizes of the probe set and the k-step run")
     p.add_argument("--seed", type=arg.SEED, default=0, help="random seed, 0 to 2**32-1 (default 0)")
-    p.add_argument("--algo", help="the k-step run's loss: sft, dpo (default), ipo or simpo")
+    p.add_argument("--algo", type=_trajectory_algo, help="the k-step run's loss: sft, dpo (default), ipo or simpo")
     p.add_argument("--lr", type=arg.LR, help="the k-step run's AdamW learning rate (preset's default)")
     p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="the k-step run's pairs per step (preset's default)")
     p.add_argument("--n-probe", type=arg.POSITIVE_INT,
@@ -128,21 +128,41 @@ def add_check(sub) -> None:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the eta sweep and the token-level check (float32: faster, with a "
                         "rounding floor under the smallest steps' error)")
-    p.add_argument("--k-steps", help="AdamW steps to predict with the frozen kernel (default 1,5,20,50)")
+    p.add_argument("--k-steps", type=arg.integer_list(1, arg.STEP_MAX, "steps"),
+                   help="AdamW steps to predict with the frozen kernel (default 1,5,20,50)")
     p.add_argument("--moving-probes", type=arg.NON_NEGATIVE_INT,
                    help="probe responses the moving-kernel k-step sum covers, one jvp per step (default 12; 0: skip)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_check)
 
 
-def _int_list(text: str) -> list:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--k-steps takes comma-separated integers such as 1,5,20,50, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"--k-steps takes positive integers, got {text!r}")
-    return values
+def _trajectory_algo(text: str) -> str:
+    """--algo of `check`: a loss its k-step run can train (no samples, no reference, no warm-up phase)."""
+    from learning_dynamics.validate.trajectory import TRAJECTORY_ALGOS
+    if text not in TRAJECTORY_ALGOS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a loss the check's k-step run can train; choose one of "
+                                         f"{', '.join(TRAJECTORY_ALGOS)}")
+    return text
+
+
+def _check_sizes(args) -> None:
+    """The flags of `check` that bound each other, refused before any work."""
+    from learning_dynamics.validate import check
+    if args.preset not in check.N_PROBE_PROMPTS:
+        return   # settings_for names the unknown preset
+    n_probe = args.n_probe or check.N_PROBE_PROMPTS[args.preset]
+    if args.sweep_prompts is not None and args.sweep_prompts > n_probe:
+        raise UserError(f"--sweep-prompts {args.sweep_prompts} is more than the {n_probe} probe prompts "
+                        f"(--n-probe); give at most {n_probe}")
+    from learning_dynamics.theory.probes import SAID_ONCE
+    responses = n_probe * len(SAID_ONCE)
+    if args.moving_probes is not None and args.moving_probes > responses:
+        raise UserError(f"--moving-probes {args.moving_probes} is more than the {responses} probe responses "
+                        f"({n_probe} probe prompts, {len(SAID_ONCE)} each); give at most {responses}")
+    run = Path(args.out) / "settings.json"
+    if run.exists():   # a folder of `validate run` (or the TRL monitor): its report.md is not ours to replace
+        raise UserError(f"--out {args.out} holds a run (settings.json); the check writes its own report.md, so "
+                        "give it another folder (`ldyn validate run --first-order` adds the check to a run)")
 
 
 def check_settings(args) -> dict:
@@ -154,12 +174,9 @@ def check_settings(args) -> dict:
 
 def _check(args) -> int:
     from learning_dynamics.validate.check import run_checks
-    for key in ("n_probe", "sweep_prompts", "sweep_pairs", "squeeze_pairs"):
-        if getattr(args, key) is not None and getattr(args, key) < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
-    k_steps = _int_list(args.k_steps) if args.k_steps is not None else None
+    _check_sizes(args)
     result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet, n_probe=args.n_probe,
-                        squeeze_pairs=args.squeeze_pairs, k_steps=k_steps, dtype=args.dtype,
+                        squeeze_pairs=args.squeeze_pairs, k_steps=args.k_steps, dtype=args.dtype,
                         moving_probes=args.moving_probes, sweep_prompts=args.sweep_prompts,
                         sweep_pairs=args.sweep_pairs)
     fo = result["first_order"]
@@ -239,7 +256,7 @@ def _default_summary_folder(runs) -> Path:
 
 
 def _report(args) -> int:
-    from learning_dynamics.validate.report import merge
+    from learning_dynamics.validate.summary import merge, unique_dirs
     for d in args.runs:
         if not Path(d).is_dir():
             raise UserError(f"no run directory {d}")
@@ -247,7 +264,7 @@ def _report(args) -> int:
     merged = merge(args.runs, out)
     if merged.get("warning"):
         print(f"ldyn: warning: {merged['warning']}", file=sys.stderr)
-    print(f"{len(merged['predictions'])} verdicts from {len(args.runs)} runs: {out}/summary.md "
+    print(f"{len(merged['predictions'])} verdicts from {len(unique_dirs(args.runs))} runs: {out}/summary.md "
           "(forest plot: verdicts.png)")
     return 0
 

@@ -306,34 +306,43 @@ def _record(obj, where):
               "rejected": _response_text(obj["rejected"], where, "rejected")}
     if isinstance(obj.get("source"), str):
         record["source"] = obj["source"]
+    _check_encodable(record, where)
     return record
 
 
+def _check_encodable(record: dict, where: str) -> None:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer or file can take."""
+    for key, value in record.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(f"{where}: \"{key}\" holds a lone surrogate ({exc.object[exc.start]!a}), which is not "
+                            "text; write the character itself or its full surrogate pair") from None
+
+
 def load_preference_jsonl(path) -> list:
-    """Read a TRL preference JSONL file; any malformed line raises UserError naming the file and line."""
-    path = Path(path)
+    """Read a TRL preference JSONL file; any malformed line raises UserError naming the file and line.
+
+    The bytes come from validate.data_file.read_once (a pipe or FIFO works, read once); a UTF-8 byte order mark
+    is skipped, and lines end only at "\\n" (a raw U+2028 or U+0085 is text inside a JSON string).
+    """
+    from learning_dynamics.validate.data_file import EXPECTED, read_once
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file (expected TRL preference JSONL: prompt, chosen, rejected)")
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a JSONL file")
+        text = read_once(path).raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})")
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+            raise UserError(f"{where}: invalid JSON ({exc.msg}: column {exc.colno})") from None
         records.append(_record(obj, where))
     if not records:
-        raise UserError(f"{path}: no examples (the file is empty)")
+        raise UserError(f"{path}: no examples (the file is empty; {EXPECTED})")
     return records
 
 

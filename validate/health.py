@@ -1,4 +1,5 @@
-"""When a run must stop: it diverged (non-finite loss or gradients) or collapsed (uniform or frozen).
+"""When a run must stop: it diverged (non-finite loss or gradients), its gradient vanished (exactly zero), or it
+collapsed (uniform or frozen).
 
 A diverged or collapsed model tests no prediction, so `validate.run` stops it, keeps
 its logs, writes `stopped.json`, and the report marks every verdict inconclusive
@@ -18,10 +19,15 @@ FROZEN_TOL = 1e-6
 
 
 def diverged(step: int, loss: float, grad_norm: float = None):
+    """A step the run cannot go on from: a non-finite loss or gradient, or a gradient of exactly zero, which
+    leaves AdamW nothing to follow (its update would be round-off and stale momentum), like a frozen loss."""
     if not math.isfinite(loss):
         return f"the loss became {loss} at step {step}"
     if grad_norm is not None and not math.isfinite(grad_norm):
         return f"the gradient norm became {grad_norm} at step {step}"
+    if grad_norm is not None and grad_norm == 0.0:
+        return (f"the loss gradient is exactly zero at step {step} (loss {loss:.6g}): the loss cannot move the "
+                "model, as when every pair's chosen equals its rejected")
     return None
 
 

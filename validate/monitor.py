@@ -230,12 +230,14 @@ class ProbeMonitor(TrainerCallback):
         """Main process: set up `out` (validate.monitor_folder); the probe set to reuse on a resumed run, or None."""
         from learning_dynamics.sim.io import read_json
         from learning_dynamics.sim.tracking import TrackingTable
-        from learning_dynamics.validate import monitor_folder, provenance
-        self.provenance = {"reproduce": provenance.current_command(),
-                           "fingerprints": provenance.fingerprints(self.data_for_fingerprint, self.procs.unwrap(model))}
-        monitor_folder.open_run(self.out, self.settings, self.provenance["fingerprints"], state.global_step,
-                                self.overwrite)
-        self.table = TrackingTable(self.out / "tracking")
+        from learning_dynamics.validate import identity, monitor_folder, provenance
+        fingerprints = provenance.fingerprints(self.data_for_fingerprint, self.procs.unwrap(model))
+        fresh = self.overwrite or read_json(self.out / "settings.json", None, expect=dict) is None
+        monitor_folder.open_run(self.out, self.settings, fingerprints, state.global_step, self.overwrite)
+        identity.begin(self.out, fresh=fresh)
+        self.table = TrackingTable(self.out / "tracking", run_id=identity.run_id(self.out))
+        self.provenance = {"run_id": self.table.run_id, "reproduce": provenance.current_command(),
+                           "fingerprints": fingerprints}
         return read_json(self.out / "probes.json", None, expect=list)
 
     @property

@@ -12,7 +12,7 @@ from pathlib import Path
 from learning_dynamics.sim.io import atomic_write_json, read_json
 from learning_dynamics.theory.errors import UserError
 
-FILES = ("settings.json", "probes.json", "design.json", "run_info.json", "train_log.json", "report.json",
+FILES = ("run.json", "tracking/manifest.json", "settings.json", "probes.json", "design.json", "run_info.json", "train_log.json", "report.json",
          "report.md", "stopped.json", "curves.png", "curves.pdf", "curves.svg")
 CHUNKS = {"tracking": "csv", "generations": "json", "mass": "json"}
 # settings that do not change what the monitor computes

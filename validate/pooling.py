@@ -71,7 +71,8 @@ def pooled_rows(group, settings_of, series_of, regime_of, controls_of, names) ->
             controls[name] = joined([series_of[c] for c in matched])
     with grouped_by(labels):
         rows = predictions.evaluate_run(joined([series_of[d] for d in group]), algo, level="llm", seed=0,
-                                        controls=controls, regime=joined_regime([regime_of.get(d) for d in group]))
+                                        controls=controls, regime=joined_regime([regime_of.get(d) for d in group]),
+                                        precision=scored_in(settings_of[group[0]]))
     seeds = [settings_of[d]["seed"] for d in group]
     label = f"{names[group[0]].rsplit('/', 1)[0] + '/' if '/' in names[group[0]] else ''}{algo} ({len(group)} seeds)"
     return [dict(r, run=label, algo=algo, seeds=seeds, pooled=True) for r in rows]
@@ -91,7 +92,9 @@ def correct_for_multiplicity(rows: list) -> list:
     out = [dict(r, role="exploratory") for r in rows]
     for i, p in zip(family, adjusted):
         raw = out[i]["verdict"]
-        out[i] = dict(out[i], role="primary", p_holm=p, verdict=verdict_from_p(out[i]["effect"], p),
+        # a correction only widens: an effect inside the scoring's round-off stays inconclusive
+        verdict = raw if out[i].get("inconclusive_reason") else verdict_from_p(out[i]["effect"], p)
+        out[i] = dict(out[i], role="primary", p_holm=p, verdict=verdict,
                       detail=f"primary, Holm-corrected over {len(family)} claims: p {_p(p)} (raw p "
                              f"{_p(out[i].get('p_value'))}, uncorrected verdict {raw}); {out[i].get('detail', '')}")
     return out

@@ -94,7 +94,10 @@ def reproduce_argv(command, values, defaults, out: str, always=("preset",)) -> l
         if value is None:
             raise NotReproducible(f"{action.dest} is None but `{flag}` falls back to {fallback!r}")
         text = _text(value)
-        if (action.type(text) if action.type else text) != value:
+        parsed = action.type(text) if action.type else text
+        if isinstance(parsed, list):   # a comma list flag (--k-steps 1,5,20) reads back as a list
+            parsed = ",".join(map(str, parsed))
+        if parsed != value:
             raise NotReproducible(f"{flag} {text} does not read back as {value!r}")
         argv += [flag, text]
     missing = sorted(k for k in values if k in defaults and k not in flagged and values[k] != defaults[k])
@@ -171,7 +174,7 @@ def _sha256_lines(records) -> str:
 def data_fingerprint(data=None, n_pairs: int | None = None) -> dict:
     """name (file name only), sha256 and number of pairs of the preference data a run read.
 
-    A file is hashed byte for byte. The built-in dataset (data None) is hashed as the JSONL lines
+    A file is hashed byte for byte, as validate.data_file read it. The built-in dataset (data None) is hashed as the JSONL lines
     (validate.data.write_jsonl's format) of its train and test pairs, which is what runs draw from; its probe
     pairs are training pairs. Records in memory (a list of dicts, a `datasets.Dataset`) are hashed the same way.
     """
@@ -180,11 +183,12 @@ def data_fingerprint(data=None, n_pairs: int | None = None) -> dict:
         return {"name": f"in memory ({type(data).__name__})", "sha256": _sha256_lines(records),
                 "n_pairs": len(records)}
     if data:
-        path = Path(data)
+        from learning_dynamics.validate.data_file import read_once
         if n_pairs is None:
             from learning_dynamics.validate.data import load_preference_jsonl
-            n_pairs = len(load_preference_jsonl(path))
-        return {"name": path.name, "sha256": sha256_file(path, cache=False), "n_pairs": n_pairs}
+            n_pairs = len(load_preference_jsonl(data))
+        # the bytes the run read (a pipe is read once), not the file as it is now
+        return {"name": Path(data).name, "sha256": read_once(data).sha256, "n_pairs": n_pairs}
     return dict(_default_data_fingerprint())
 
 
@@ -301,7 +305,7 @@ def describe(prints: dict) -> str:
     code, data, model = (prints.get(k) or {} for k in ("code", "data", "model"))
     model_hash = model.get("sha256") or model.get("config_sha256")
     return (f"Code: {PROJECT} {short_code(code)}. Data: {data.get('name', '?')}, {data.get('n_pairs', '?')} pairs, "
-            f"sha256 `{(data.get('sha256') or '?')[:16]}`. Model: {model.get('name', '?')}"
+            f"sha256 `{data.get('sha256') or '?'}`. Model: {model.get('name', '?')}"
             f"{' (' + model['file'] + ')' if model.get('file') else ''}, sha256 `{(model_hash or '?')[:16]}`." +
             (" Reconstructed after the run (report.json: fingerprints.reconstructed)." if "reconstructed" in prints
              else ""))
@@ -346,7 +350,8 @@ def run_command(settings, run_dir, first_order: bool = False) -> str:
     """`ldyn validate run ...` that trains `settings` again (into a fresh folder beside `run_dir`)."""
     from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
-    values.update(data=Path(values["data"]).name if values.get("data") else None, first_order=first_order)
+    # the data file by its absolute path, so the command runs from any folder (report.md adds its sha256)
+    values.update(data=os.path.abspath(values["data"]) if values.get("data") else None, first_order=first_order)
     values.setdefault("format", _figure_format())
     return reproduce_command(("validate", "run"), values, PRESETS[values["preset"]], reproduce_out(run_dir),
                              always=("preset", "algo"))  # the algorithm is named even when it is the preset's

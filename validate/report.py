@@ -2,8 +2,8 @@
 
 Every run-level prediction of theory.predictions that the run's algorithm
 supports is evaluated on the tracked curves (effect, bootstrap CI over prompts,
-verdict). `merge` adds the two-run comparisons (on-policy vs off-policy, extend
-vs DPO) across run directories.
+verdict). validate.summary merges several run directories and adds the two-run
+comparisons (on-policy vs off-policy, extend vs DPO).
 """
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import pooling, probe_quality, provenance, report_notes
+from learning_dynamics.validate import identity, pooling, probe_quality, provenance, report_notes
 from learning_dynamics.validate.repetition import prefix_repetition
 
 
@@ -49,9 +49,14 @@ def load_settings(run_dir: Path) -> dict:
     return settings
 
 
+def scored_in(settings) -> str:
+    """The precision a run's probes were scored in (its verdicts must clear that precision's noise)."""
+    return settings.get("precision") or "float32"
+
+
 def load_series(run_dir: Path):
     """(series, steps) of a run: probe curves plus the generation statistics."""
-    rows = TrackingTable(run_dir / "tracking").read()
+    rows = TrackingTable(run_dir / "tracking", run_id=identity.run_id(run_dir)).read()
     if not rows:
         raise UserError(f"{run_dir} has no tracking table (tracking/step_*.csv); is it a run directory?")
     try:
@@ -201,6 +206,7 @@ def write_report(run_dir, control=None, controls=None, control_note=None) -> dic
         controls = {CONTROL: control} if control else {}
     settings = load_settings(run_dir)
     info = _read_json(run_dir / "run_info.json", {})
+    identity.check_folder(run_dir, info)
     stopped = read_stopped(run_dir)
     algo = settings["algo"]
     regime, first_step = None, {}
@@ -212,7 +218,7 @@ def write_report(run_dir, control=None, controls=None, control_note=None) -> dic
             regime, first_step = run_regime(run_dir, settings, info, series, steps)
             control_series = {name: load_series(Path(d))[0] for name, d in controls.items()}
             rows = predictions.evaluate_run(series, algo, level="llm", seed=settings["seed"],
-                                            controls=control_series, regime=regime)
+                                            controls=control_series, regime=regime, precision=scored_in(settings))
         figures = _figures(run_dir, series, steps, algo)
     design_info = _read_json(run_dir / "design.json")
     rows = report_notes.mark_skipped(rows, (design_info or {}).get("skipped_probes"))
@@ -230,7 +236,9 @@ def write_report(run_dir, control=None, controls=None, control_note=None) -> dic
         "complete": complete, "stopped": stopped,
         "model": info.get("model", settings["model"]), "device": info.get("device", settings["device"]),
         "algo": algo, "data": shown["data"] or provenance.DEFAULT_DATA, "settings": shown,
-        "seed": settings["seed"], **made, "fingerprints": info.get("fingerprints"),
+        "seed": settings["seed"], **made, "run_id": identity.run_id(run_dir),
+        # a run stopped or killed before run_info.json has the fingerprints it recorded when it started
+        "fingerprints": info.get("fingerprints") or identity.read(run_dir).get("fingerprints"),
         # a report rebuilt later on another machine keeps the versions of the machine that trained
         "versions": info.get("versions") or provenance.versions(),
         "run": {k: v for k, v in info.items() if k not in ("fingerprints", "reproduce", "reproduce_error")},
@@ -241,12 +249,19 @@ def write_report(run_dir, control=None, controls=None, control_note=None) -> dic
         "regime": None if regime is None else {**regime.as_dict(), "first_step": first_step},
         "unusable_probes": probe_quality.summary(_read_json(run_dir / "probes.json", [], expect=list)),
         "caveats": _caveats(rows, design_info), "predictions": _flagged(rows, design_info),
-        "summary": {key: {"start": float(np.nanmean(series[key][0])), "end": float(np.nanmean(series[key][-1]))}
+        "summary": {key: {"start": _finite_mean(series[key][0]), "end": _finite_mean(series[key][-1])}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
     })
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", markdown(report))
     return report
+
+
+def _finite_mean(values):
+    """The mean over the prompts that have a value (a generation too short for a statistic has none), or None."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
 
 
 def _fmt(x, digits=3):
@@ -376,123 +391,3 @@ def markdown(report: dict) -> str:
     curves = next((f for f in report.get("figures", []) if f.startswith("curves.")), "curves.png")
     parts += ["## Probe curves", "", f"![probe curves]({curves})", ""]
     return "\n".join(parts)
-
-
-def _merge_warning(prints: dict):
-    differ = provenance.differing_fingerprints(prints)
-    return f"merging runs made with {differ}" if differ else None
-
-
-def _verdict_figure(rows, out: Path):
-    """The forest plot of every verdict beside summary.md (None when no row has an effect)."""
-    from learning_dynamics.validate.verdict_figure import plot_verdicts
-    if not any(r.get("effect") is not None for r in rows):
-        return None
-    return plot_verdicts(rows, out / "verdicts.png")
-
-
-def merge(run_dirs, out) -> dict:
-    """One report over several run directories: each run's verdicts (judged against its SFT control
-    when one of the directories is one) plus the two-run comparisons. Runs are keyed by directory, so
-    two runs of one algorithm both count."""
-    runs, checks, settings_of = {}, [], {}
-    for d in map(Path, run_dirs):
-        if not (d / "settings.json").exists() and (d / "first_order.json").exists():
-            checks.append(dict(_read_json(d / "first_order.json"), algo=f"check ({d.name})"))
-            continue
-        if not (d / "settings.json").exists():
-            raise UserError(f"{d} has no settings.json; is it a run directory?")
-        settings_of[str(d)] = load_settings(d)
-    if not settings_of:
-        raise UserError("no run directory among the arguments (each needs settings.json and tracking/)")
-    names = _labels(list(settings_of))
-    for d, s in settings_of.items():
-        controls = controls_among(s, settings_of)
-        sft = {names[c]: cs for c, cs in settings_of.items() if c != d and cs.get("algo") == CONTROL}
-        note = None if controls else report_notes.no_control_note(s, sft, CONTROL_MATCH)
-        runs[d] = (write_report(d, controls=controls, control_note=note), controls)
-    series = {d: load_series(Path(d))[0] for d in runs}
-    prints = {names[d]: rep.get("fingerprints") or {} for d, (rep, _) in runs.items()}
-    for d in map(Path, run_dirs):
-        if not (d / "settings.json").exists() and (d / "first_order.json").exists():
-            prints[d.name] = _read_json(d / "first_order.json").get("fingerprints") or {}
-    rows = [dict(r, run=names[d], algo=rep["algo"]) for d, (rep, _) in runs.items() for r in rep["predictions"]]
-    rows = _pooled(settings_of, runs, series, names) + rows
-    for prediction in predictions.CATALOGUE:
-        if prediction.scope != "compare":
-            continue
-        reference, other = prediction.applies_to
-        for a, sa in settings_of.items():
-            for b, sb in settings_of.items():
-                if sa["algo"] == reference and sb["algo"] == other and all(
-                        sa.get(k) == sb.get(k) for k in ("model", "data", "seed", "n_train", "n_probe")):
-                    regime_by_algo = {algo: regimes.Regime.from_dict(runs[d][0]["regime"])
-                                      for algo, d in ((reference, a), (other, b)) if runs[d][0].get("regime")}
-                    for r in predictions.evaluate_comparison({reference: series[a], other: series[b]},
-                                                             level="llm", seed=sa["seed"],
-                                                             regime_by_algo=regime_by_algo):
-                        if r["id"] == prediction.id:
-                            rows += _flagged([dict(r, run=f"{names[a]} vs {names[b]}", algo=f"{reference} vs {other}")],
-                                             runs[a][0].get("design"))
-    rows = pooling.correct_for_multiplicity(rows)
-    first_order = checks + [dict(rep["first_order"], algo=names[d]) for d, (rep, _) in runs.items()
-                            if rep.get("first_order")]
-    devices = {rep["device"] for rep, _ in runs.values()}
-    out = Path(out)
-    merged = json_ready({"runs": {names[d]: d for d in runs},
-                     "controls": {names[d]: {name: names[c] for name, c in cs.items()} for d, (_, cs) in runs.items()
-                                  if cs},
-                     "predictions": rows, "first_order": first_order, "versions": provenance.versions(),
-                     "fingerprints": prints, "warning": _merge_warning(prints),
-                     "model": sorted({rep["model"] for rep, _ in runs.values()}),
-                     "device": sorted(devices - {"cuda"} if devices - {"cuda", "cpu"} else devices),
-                     "design": {names[d]: rep.get("design") for d, (rep, _) in runs.items()},
-                     "caveats": {names[d]: rep.get("caveats") for d, (rep, _) in runs.items() if rep.get("caveats")}})
-    atomic_write_json(out / "summary.json", merged)
-    figure = _verdict_figure([dict(r, algo=r["run"] + (f" ({r['basis']})" if r.get("basis") else ""))
-                              for r in rows], out)
-    lines = ["# Verdicts over all runs", "", f"Model: {', '.join(merged['model'])}; device: "
-             f"{', '.join(merged['device'])}.", ""]
-    for run, controls in merged["controls"].items():
-        lines.append(f"- `{run}` is judged against " + ", then ".join(
-            f"the {algorithms.get(name).label} control `{c}`" for name, c in controls.items()) +
-            " (same pairs, probes and seed).")
-    lines += ["", report_notes.SIGN, "", prediction_table(rows, with_algo=True), ""]
-    if figure:
-        lines += [f"![every verdict: effect and 95% CI per run]({figure.name})", ""]
-    for run, caveats in merged["caveats"].items():
-        lines += [f"Caveats for `{run}` (probes that are training targets):", *caveats, ""]
-    for fo in first_order:
-        swept = fo.get("n_sweep_sequences", fo.get("n_probe_sequences"))   # older checks swept every probe
-        lines.append(f"First-order check, {fo['algo']}: Pearson r {_fmt(fo.get('pearson_r'), 6)}, "
-                     f"error slope {_fmt(fo.get('error_slope'))} (theory: 2), on {swept} probe responses.")
-        squeeze = (fo.get("token_squeeze") or {}).get("rejected_only")
-        if squeeze and squeeze.get("positions"):
-            shared = fo["token_squeeze"]["shared"]
-            lines.append(f"Token-level squeeze: at {squeeze['positions']} rejected-only positions the top "
-                         f"token other than y-'s rises at {_fmt(squeeze['argmax_rises'], 2)} of them (shared-prefix "
-                         f"positions: {_fmt(shared.get('argmax_rises'), 2)} of {shared.get('positions')}); theory's "
-                         f"first-order rising set has precision {_fmt(squeeze['precision'], 2)} and recall "
-                         f"{_fmt(squeeze['recall'], 2)} against the measured one.")
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
-    return merged
-
-
-def _pooled(settings_of, runs, series, names) -> list:
-    """The verdicts of every seed group among the runs, over its seeds together (validate.pooling)."""
-    regime_of = {d: regimes.Regime.from_dict(rep["regime"]) for d, (rep, _) in runs.items() if rep.get("regime")}
-    controls_of = {d: cs for d, (_, cs) in runs.items()}
-    with np.errstate(all="ignore"):
-        return [r for group in pooling.seed_groups(settings_of)
-                for r in pooling.pooled_rows(group, settings_of, series, regime_of, controls_of, names)]
-
-
-def _labels(dirs) -> dict:
-    """A short unique name per run directory: its folder name, with parents added where two clash."""
-    paths = {d: Path(d).resolve() for d in dirs}
-    depth = 1
-    while True:
-        names = {d: "/".join(p.parts[-depth:]) for d, p in paths.items()}
-        if len(set(names.values())) == len(names) or depth > 8:
-            return names
-        depth += 1

@@ -24,7 +24,7 @@ from learning_dynamics.sim.io import atomic_write_json, read_json
 from learning_dynamics.sim.tracking import TrackingTable, read_chunk
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import algorithms as algos
-from learning_dynamics.validate import health, regime, session
+from learning_dynamics.validate import health, identity, regime, session
 from learning_dynamics.validate.presets import Settings
 # the forward passes that `ldyn validate run` and the TRL monitor (validate.monitor) share
 from learning_dynamics.validate.scoring import greedy_generations, mass_records
@@ -87,12 +87,26 @@ def _prepare_out(out: Path, settings: Settings, fresh: bool) -> None:
             raise UserError(f"{out} holds a run with other settings ({k}: {previous.get(k)!r} there, "
                             f"{settings.get(k)!r} now); use another --out or pass --fresh")
     elif fresh:
-        for sub in ("tracking", "generations", "mass", "state"):
-            for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
-                f.unlink()
-        for name in ("train_log.json", "probes.json", "report.json", "report.md", "stopped.json"):
-            (out / name).unlink(missing_ok=True)
+        _clear_run(out)
+    identity.begin(out, fresh)
     atomic_write_json(path, dict(settings))  # Settings, or the TRL monitor's flat dict
+
+
+# everything a run (and `run --first-order`, and the TRL monitor) writes into its folder, for --fresh
+RUN_FOLDERS = ("tracking", "generations", "mass", "state")
+RUN_FILES = ("train_log.json", "probes.json", "design.json", "report.json", "report.md", "stopped.json",
+             "run_info.json", identity.RUN_FILE, "first_order.json", "first_order.partial.json", "first_order.md", "first_step.json")
+RUN_FIGURES = ("curves", "first_order_scatter", "first_order_slope", "token_squeeze", "k_step_curves",
+               "kernel_drift")
+
+
+def _clear_run(out: Path) -> None:
+    from learning_dynamics.sim.style import FORMATS
+    for sub in RUN_FOLDERS:
+        for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
+            f.unlink()
+    for name in RUN_FILES + tuple(f"{stem}.{fmt}" for stem in RUN_FIGURES for fmt in FORMATS):
+        (out / name).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -182,8 +196,10 @@ def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
 
 
 def _save_state(path: Path, weights, step, phase, pairs, log) -> None:
+    """The checkpoint names its run and the data, model and settings it was trained on (validate.identity)."""
     from learning_dynamics.sim.io import atomic_torch_save
-    atomic_torch_save({**weights.state_dict(), "step": step, "phase": phase, "pairs": pairs, "log": log}, path)
+    atomic_torch_save({**weights.state_dict(), "step": step, "phase": phase, "pairs": pairs, "log": log,
+                       **identity.stamp(path.parent.parent)}, path)
 
 
 def train(state: RunState, model, pairs) -> None:
@@ -282,6 +298,7 @@ def _load_state(path: Path, weights, pairs, device):
     except Exception as err:  # noqa: BLE001  (torch.load raises a dozen unrelated types for a damaged file)
         problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise CorruptFile(path, "empty" if path.stat().st_size == 0 else f"cannot restore it: {problem}") from None
+    identity.check_stamp(path.parent.parent, state, path)
     if len(saved_pairs) != len(pairs):
         raise CorruptFile(path, f"holds {len(saved_pairs)} training pairs, the run has {len(pairs)}")
     pairs[:] = saved_pairs
@@ -318,12 +335,14 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
     device = session.device(settings.device)
     # `auto` is settled once, where the run starts: a resume on other hardware asks for the same precision
     settings = settings.with_changes(precision=resolve(settings.precision, device).name)
+    examples = session.examples(settings)  # bad data fails before the folder is touched and the slow load
     _prepare_out(out, settings, fresh)
+    identity.check_trained_on(out, settings)  # a run goes on with the data and model it started with
     try:
         done = read_json(out / "report.json", {}, expect=dict)
     except CorruptFile:  # report.json is rebuilt from the logs; a damaged one is not worth a stop
         done = {}
-    if done.get("complete"):  # the same command again: nothing to train, the report is rebuilt from the logs
+    if done.get("complete") and done.get("run_id") == identity.run_id(out):  # done: rebuilt from the logs
         return write_report(out)
     stopped = read_stopped(out)
     if stopped:  # the same command again would stop the same way
@@ -332,8 +351,8 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
         raise RunStopped(out, stopped)
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
-    examples = session.examples(settings)  # bad data fails before the slow load
     loaded = session.load(settings, device, progress=progress)
+    examples = session.examples(settings, encoder=loaded.encoder)  # and drops pairs equal once tokenized
     model, tokenizer = loaded.model, loaded.tokenizer
     probes_path = out / "probes.json"
     if probes_path.exists():
@@ -346,14 +365,16 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
         atomic_write_json(probes_path, probes, sort_keys=False)  # the probe order is the tracking row order
     atomic_write_json(out / "design.json", design.measure(probes, examples.train))
     reference = copy.deepcopy(model).to(loaded.precision.weights_dtype).eval().requires_grad_(False)
+    table = TrackingTable(out / "tracking", run_id=identity.run_id(out))
     state = RunState(settings, out, loaded, device, ref_model=reference,
-                     table=TrackingTable(out / "tracking"), sequences=probe_set.tracked_sequences(probes),
+                     table=table, sequences=probe_set.tracked_sequences(probes),
                      gen_prompts=probes[:settings.gen_prompts], eos=probe_set.eos_ids(tokenizer),
                      end_of_turn=probe_set.end_of_turn_ids(tokenizer),
                      log_vocab=math.log(model.get_output_embeddings().weight.shape[0]), quiet=quiet, progress=progress)
     pairs = loaded.tokenize(examples.train)
     train(state, model, pairs)
-    info = {"model": loaded.info.name, "model_source": loaded.info.source, "n_params": loaded.info.n_params,
+    info = {"run_id": table.run_id, "model": loaded.info.name, "model_source": loaded.info.source,
+            "n_params": loaded.info.n_params,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "precision": loaded.precision.as_dict(),
             "load_seconds": round(loaded.seconds, 2), "train_tokens_per_second": round(state.tokens_per_second, 1),

@@ -30,26 +30,33 @@ class Examples:
     irrelevant: Optional[list]     # the irrelevant-sentence pool; None: chosen from the corpus later
 
 
-def examples(settings, n_probe: Optional[int] = None, rows=None) -> Examples:
+def examples(settings, n_probe: Optional[int] = None, rows=None, encoder=None) -> Examples:
     """The run's examples: --data split 1 in 10 (at most 50) for test, or the built-in clean pools.
 
     n_probe: probe pairs to set aside (default settings["n_probe"]; the check needs more for its token step).
     rows: preference records already read and checked (the TRL monitor's probe data), split like --data's.
+    encoder: once the model is loaded, pairs whose chosen and rejected are the same token ids are dropped too
+    (validate.degenerate; without it, those equal as text).
     """
-    from learning_dynamics.validate import data
+    from learning_dynamics.validate import data, degenerate
     n_probe = settings["n_probe"] if n_probe is None else n_probe
-    irrelevant = None
+    irrelevant, own_data = None, rows is None
     if rows is None and settings["data"]:
         rows = data.load_preference_jsonl(settings["data"])
     if rows is not None:
+        rows = degenerate.keep_distinct(rows, settings["data"] or "probe data", encoder)
         n_test = max(1, min(len(rows) // 10, 50))
         test, train = rows[:n_test], rows[n_test:]
         if len(train) < 2:
             raise UserError(f"{settings['data']}: need at least 3 preference pairs, found {len(rows)}")
         probe = train[:n_probe]
+        if own_data and len(probe) < n_probe:
+            raise UserError(f"{n_probe} probe pairs asked (--n-probe, or the check's --squeeze-pairs), but "
+                            f"{settings['data']} has {len(train)} training pairs; ask for at most {len(train)}")
     else:  # its probe prompts are training prompts (the paper's D_prob)
         dataset = data.default_dataset(seed=0, n_probe=max(n_probe, 1))
-        train, probe, test = dataset["train"], dataset["probe"], dataset["test"]
+        train, test = degenerate.keep_distinct(dataset["train"], "the built-in pairs", encoder), dataset["test"]
+        probe = [e for e in dataset["probe"] if not degenerate.is_degenerate(e, encoder)]
         irrelevant = dataset["irrelevant"]
     if len({str(e["prompt"]) for e in train}) == 1 and len(train) > 1:
         print(f"ldyn: warning: all {len(train)} training pairs share one prompt, so the probes that need "
@@ -59,6 +66,9 @@ def examples(settings, n_probe: Optional[int] = None, rows=None) -> Examples:
         probe_prompts = {str(e["prompt"]) for e in probe}
         rest = [e for e in train if str(e["prompt"]) not in probe_prompts]
         train = probe + rest[:max(settings["n_train"] - len(probe), 0)]
+    if own_data and settings.get("batch_pairs", 0) > len(train):
+        raise UserError(f"--batch-pairs {settings['batch_pairs']} is more than the {len(train)} training pairs; "
+                        f"give at most {len(train)}")
     return Examples(train, probe, test, irrelevant)
 
 
