@@ -105,8 +105,11 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
     from learning_dynamics.validate.ldyn import main
     from learning_dynamics.validate.trajectory import K_STEPS
     assert main(["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu", "--quiet",
-                 "--sweep-prompts", "1", "--out", str(tmp_path)]) == 0
+                 "--sweep-prompts", "1", "--precision", "bf16", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "first_order.json").read_text())
+    # bf16 samples the probe texts only: the numbers below are float64 all the same
+    assert result["precision"]["name"] == "bf16" and "sampling the probe texts only" in result["precision"]["used_for"]
+    assert "--precision bf16" in result["reproduce"] and "Precision: bf16" in (tmp_path / "report.md").read_text()
     # the eta sweep reads the first probe prompt's responses, every other part all of the smoke preset's 2
     n_types, n_all = len(set(result["probe_names"])), result["n_probe_sequences"]
     assert result["n_sweep_prompts"] == result["check_sizes"]["sweep_prompts"] == 1 and n_all == 2 * n_types

@@ -117,16 +117,20 @@ def _set_up(settings, sizes, progress) -> dict:
     """The model (float32), the runs' own split, the token-level pairs and the batch size."""
     import torch
     from learning_dynamics.validate import session
+    from learning_dynamics.validate.precision import in_precision, resolve
     device = session.device(settings.device)
-    # probes are built (sampled) in float32, at half the cost of float64; the checks then run in the check's dtype
+    # probes are built (sampled) in float32, at half the cost of float64, or in bf16 where --precision settles on
+    # it (their texts feed no jvp: every number is then measured in the check's own dtype)
     loaded = session.load(settings, device, progress=progress, dtype=torch.float32)
     # the runs' own split, so that the k-step run trains on the preset's training pairs whatever the check's
     # sizes; the token-level pairs are the first probe pairs of a split that sets that many aside
     examples = session.examples(settings, n_probe=max(sizes["n_probe"], settings.n_probe), encoder=loaded.encoder)
     squeeze_examples = (examples.probe if sizes["squeeze_pairs"] <= len(examples.probe)
                         else session.examples(settings, n_probe=sizes["squeeze_pairs"], encoder=loaded.encoder).probe)
+    precision = resolve(settings.precision, device)
+    # the sampler is copied here, before exact_math patches the model's RMSNorm forwards (a copy would share them)
     return {"loaded": loaded, "model": loaded.model, "pad_id": loaded.pad_id, "device": device,
-            "examples": examples, "squeeze_examples": squeeze_examples[:sizes["squeeze_pairs"]],
+            "precision": precision, "sampler": in_precision(loaded.model, precision), "examples": examples, "squeeze_examples": squeeze_examples[:sizes["squeeze_pairs"]],
             "batch": CPU_BATCH if device.type == "cpu" else min(settings.eval_batch, 64)}
 
 
@@ -137,7 +141,7 @@ def _measure(setup, settings, sizes, out, clock, progress, quiet) -> dict:
     from learning_dynamics.validate.probes import build_probe_set
     loaded, model, examples = setup["loaded"], setup["model"], setup["examples"]
     args = (setup["pad_id"], setup["device"], setup["batch"])
-    probes = build_probe_set(model, loaded.tokenizer, loaded.encoder, examples.probe[:sizes["n_probe"]],
+    probes = build_probe_set(setup.pop("sampler"), loaded.tokenizer, loaded.encoder, examples.probe[:sizes["n_probe"]],
                              examples.train, examples.test, settings, progress=progress,
                              irrelevant=examples.irrelevant)
     model.to(getattr(torch, sizes["dtype"]))
@@ -186,7 +190,10 @@ def _result(setup, settings, sizes, parts, clock, out, command) -> dict:
     result = json_ready({
         "model": setup["loaded"].info.name,
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-        "dtype": sizes["dtype"], "n_probe_prompts": sizes["n_probe"], "n_probe_sequences": len(parts["sequences"]),
+        "dtype": sizes["dtype"],
+        "precision": dict(setup["precision"].as_dict(), used_for="sampling the probe texts only; every jvp, sweep "
+                          f"and the k-step run in {sizes['dtype']} / float32"),
+        "n_probe_prompts": sizes["n_probe"], "n_probe_sequences": len(parts["sequences"]),
         "n_sweep_prompts": sizes["sweep_prompts"], "n_sweep_sequences": len(parts["sweep_sequences"]),
         "n_squeeze_pairs": parts["n_pairs"], "seconds": clock.total, "seconds_by_part": clock.seconds,
         # headline numbers: the mean over the positive and negative pushes, in the linear regime

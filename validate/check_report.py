@@ -19,6 +19,14 @@ def _of_the_presets(r: dict) -> str:
     return f" of the {tracked} the preset's runs track; `--n-probe {tracked}` reads them all"
 
 
+def _precision_lines(precision) -> list:
+    """--precision of the check (older checks recorded none): where it applies and on what hardware."""
+    if not precision:
+        return []
+    return [f"Precision: {precision['name']} (asked: {precision['requested']}; {precision['hardware']}), used for "
+            f"{precision['used_for']}.", ""]
+
+
 def report_markdown(r: dict) -> str:
     """report.md of a check: every table the JSON holds, in words a reader can scan."""
     figure = {Path(f).stem: f for f in r["figures"]}   # the suffix follows --format
@@ -26,7 +34,7 @@ def report_markdown(r: dict) -> str:
              f"Reproduce: `{r.get('reproduce') or r.get('reproduce_error')}`", "",
              f"{r['n_probe_sequences']} probe responses ({r['n_probe_prompts']} probe prompts{_of_the_presets(r)}); "
              f"{r['seconds']:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in r['seconds_by_part'].items())}).",
-             ""]
+             ""] + _precision_lines(r.get("precision"))
     lines += _sweep_section(r)
     lines += _push_share_lines(r["steps"]["dpo"]["push_shares"])
     lines += pair_sweep_lines(r.get("pair_sweep"))

@@ -45,11 +45,12 @@ def add_run(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def add_precision_option(parser) -> None:
+def add_precision_option(parser, what: str = "") -> None:
     from learning_dynamics.validate.presets import PRECISIONS
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="auto (default): bf16 where the hardware has it (a CPU with AMX or AVX512-BF16: bf16 "
-                             "working weights, fp32 master weights; a CUDA GPU: bf16 autocast), else fp32")
+                             "working weights, fp32 master weights; a CUDA GPU: bf16 autocast), else fp32"
+                             + (f"; {what}" if what else ""))
 
 
 def run_settings(args) -> dict:
@@ -132,6 +133,7 @@ def add_check(sub) -> None:
                    help="AdamW steps to predict with the frozen kernel (default 1,5,20,50)")
     p.add_argument("--moving-probes", type=arg.NON_NEGATIVE_INT,
                    help="probe responses the moving-kernel k-step sum covers, one jvp per step (default 12; 0: skip)")
+    add_precision_option(p, "the probe texts are sampled in it; every jvp, sweep and the k-step run stay in --dtype / float32")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_check)
 
@@ -169,7 +171,7 @@ def check_settings(args) -> dict:
     """The settings `ldyn validate check` uses, from its parsed flags (provenance reads them back)."""
     from learning_dynamics.validate.presets import settings_for
     return settings_for(args.preset, **{k: getattr(args, k) for k in ("model", "device", "seed", "algo", "lr",
-                                                                       "batch_pairs")})
+                                                                       "batch_pairs", "precision")})
 
 
 def _check(args) -> int:
