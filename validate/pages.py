@@ -41,10 +41,10 @@ def _link(docs: Path, target: Path) -> str:
     return os.path.relpath(target, docs).replace(os.sep, "/")
 
 
-def _read(path: Path, what: str) -> dict:
+def _read(path: Path, what: str, remedy: str = "give --reports the folder that holds the committed reports") -> dict:
     value = read_json(path, expect=dict)
     if value is None:
-        raise UserError(f"no {path} ({what}); give --reports the folder that holds the committed reports")
+        raise UserError(f"no {path} ({what}); {remedy}")
     return value
 
 
@@ -164,7 +164,8 @@ def _gpu_page(reports: Path, docs: Path) -> str:
 
 def _toy_lm_page(reports: Path, docs: Path) -> str:
     folder = docs / TOY_LM
-    summary = _read(folder / "summary.json", f"written by `ldyn sim lm --out {folder}`")
+    summary = _read(folder / "summary.json", f"written by `ldyn sim lm --out {folder}`",
+                    "give --docs the folder that holds figures/sim-lm")
     made = f"ldyn {summary['experiment']}" + (" --quick" if summary.get("quick") else "") + f" --out docs/{TOY_LM}"
     config = ", ".join(f"{k} {v}" for k, v in summary["config"].items())
     return "\n".join([*_header("Verdicts on the toy LM (`ldyn sim lm`)", f"`{TOY_LM}/summary.json`"),
