@@ -12,7 +12,7 @@ from learning_dynamics.validate.ldyn import main
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS, DOCS = ROOT / "validate" / "reports", ROOT / "docs"
 # what the pages read: each report folder's summary, commands and staleness, each run's and check's own record
-READ = ("summary.json", "COMMANDS.md", "STALE.md", "*/run_info.json", "*/first_order.json", "*/STALE.md")
+READ = ("summary.json", "COMMANDS.md", "STALE.md", "*/run_info.json", "*/settings.json", "*/first_order.json", "*/STALE.md")
 
 
 def test_the_committed_pages_are_what_the_reports_give():
@@ -100,3 +100,19 @@ def test_missing_or_damaged_input_is_one_line_and_exit_2(tree, damage, capsys):
     assert pages_cli(tree, "--check") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ldyn: error:") and "Traceback" not in err[0], err
+
+
+def test_every_number_the_hand_written_results_page_quotes_is_on_a_generated_page():
+    """docs/reading-the-results.md explains the tables in words; a decimal it quotes must still be on a generated
+    page (or in the first-order page or the CPU reports' COMMANDS.md it cites), so a rerun report that moves a
+    number makes this fail until the prose is updated."""
+    import re
+    text = (DOCS / "reading-the-results.md").read_text()
+    text = re.sub(r"`[^`]*`|\]\([^)]*\)", "", text)       # commands and links hold no measured numbers
+    sources = "\n".join([*(generated for generated in pages.generate(REPORTS, DOCS).values()),
+                         (DOCS / "first-order.md").read_text(),
+                         (REPORTS / pages.CPU_REPORTS / "COMMANDS.md").read_text()])
+    quoted = set(re.findall(r"(?<![\w.])\d+\.\d+(?:e-?\d+)?|(?<![\w.])\d+e-?\d+", text))
+    assert len(quoted) > 50
+    missing = sorted(n for n in quoted if not re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", sources))
+    assert not missing, f"numbers in docs/reading-the-results.md on no generated page: {missing}"

@@ -81,15 +81,21 @@ def _details(rows: list) -> list:
             f": {r['detail']}" for r in rows if r.get("detail")]
 
 
+def _short(x: float) -> str:
+    return re.sub(r"e([-+])0(\d)", r"e\1\2", f"{x:g}")   # 5e-06 -> 5e-6
+
+
 def _reproduce(folder: Path, runs) -> list:
     """Each run's own command, as its run_info.json records it."""
     lines = []
     for name in runs:
         info = read_json(folder / name / "run_info.json", default={}, expect=dict)
+        s = read_json(folder / name / "settings.json", default={}, expect=dict)
         commit = ((info.get("fingerprints") or {}).get("code") or {}).get("commit")
         lines.append(f"- `{name}`: " + (f"`{info['reproduce']}`" if info.get("reproduce") else
                                         "no reproduce command recorded") +
-                     (f" (trained by commit `{commit[:7]}`)" if commit else ""))
+                     (f"; {s['steps']} steps of {s['batch_pairs']} pairs, lr {_short(s['lr'])}" if s else "") +
+                     (f"; trained by commit `{commit[:7]}`" if commit else ""))
     return lines
 
 
