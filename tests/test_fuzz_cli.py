@@ -103,6 +103,7 @@ FLAGS = {  # subcommand -> {flag: kind}; a kind of None is a switch
                             "--squeeze-pairs": "number", "--sweep-prompts": "number", "--dtype": "word",
                             "--k-steps": "list", "--moving-probes": "number"},
     ("validate", "report"): {"DIR": "path", "--out": "path", "--format": "word"},
+    ("validate", "pages"): {"--reports": "path", "--docs": "path", "--check": None},
     ("validate", "forecast"): {"--out": "path", "--format": "word", "--data": "path", "--n-pairs": "number",
                                "--preset": "word", "--model": "word", "--algo": "word", "--device": "word",
                                "--lr": "number", "--beta": "number", "--batch-pairs": "number", "--seed": "number",
@@ -179,7 +180,7 @@ def _fill(argv, files):
 
 
 ARGV_COUNTS = {("theory", "squeeze"): 90, ("validate", "run"): 60, ("validate", "check"): 25,
-               ("validate", "report"): 30, ("validate", "forecast"): 25, ("sim", "logits"): 35, ("sim", "digits"): 25,
+               ("validate", "report"): 30, ("validate", "forecast"): 25, ("validate", "pages"): 15, ("sim", "logits"): 35, ("sim", "digits"): 25,
                ("sim", "lm"): 25,
                ("tour",): 10, ("theory", "derive"): 4}
 assert sum(ARGV_COUNTS.values()) >= 300

@@ -36,9 +36,21 @@ def test_every_readme_figure_names_the_command_that_made_it():
         assert "ldyn " in after, f"no command given under the figure {match.group(1)}"
 
 
-def test_readme_coverage_table_is_the_catalogues():
+def test_readme_links_the_coverage_table_which_is_the_catalogues():
     from learning_dynamics.theory.predictions import coverage_table
-    assert coverage_table() in (ROOT / "README.md").read_text()
+    assert "(docs/coverage.md)" in (ROOT / "README.md").read_text()
+    assert coverage_table() in (ROOT / "docs" / "coverage.md").read_text()
+
+
+def test_readme_examples_print_what_the_command_prints(capsys):
+    """A ```-block that starts with `$ ldyn ...` shows that command's output verbatim: its numbers are measured."""
+    import shlex
+    from learning_dynamics.validate.ldyn import main
+    examples = re.findall(r"```\n\$ (ldyn [^\n]+)\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert examples
+    for command, shown in examples:
+        assert main(shlex.split(command)[1:]) == 0
+        assert capsys.readouterr().out == shown, command
 
 
 def test_every_theorem_test_named_by_the_catalogue_exists():

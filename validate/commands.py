@@ -336,4 +336,39 @@ def _forecast(args) -> int:
     return 0
 
 
-PARSERS = [add_run, add_check, add_report, add_forecast]
+def add_pages(sub) -> None:
+    p = sub.add_parser(
+        "pages", help="regenerate the docs pages that show committed results, from the reports",
+        description="Write docs/results-cpu.md, results-gpu-stale.md, results-toy-lm.md and coverage.md from the "
+                    "committed reports (summary.json, run_info.json, first_order.json, COMMANDS.md, STALE.md) "
+                    "and theory.predictions' catalogue, so that no number on them is typed by hand. --check writes "
+                    "nothing and exits 1 when a committed page differs from what the reports give.",
+        epilog="example: ldyn validate pages            (in the repository root)\n"
+               "         ldyn validate pages --check",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reports", type=arg.path, default="validate/reports",
+                   help="the folder holding the report folders (default validate/reports)")
+    p.add_argument("--docs", type=arg.path, default="docs",
+                   help="the folder the pages go into, which also holds docs/figures (default docs)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page is not up to date")
+    p.set_defaults(func=_pages)
+
+
+def _pages(args) -> int:
+    from learning_dynamics.validate import pages
+    generated = pages.generate(args.reports, args.docs)
+    if args.check:
+        stale = pages.differing(generated, args.docs)
+        if stale:
+            print(f"ldyn: {', '.join(str(Path(args.docs) / name) for name in stale)} differ from what the reports "
+                  "give; run `ldyn validate pages` and commit the pages", file=sys.stderr)
+            return 1
+        print(f"{len(generated)} pages in {args.docs} match the reports")
+        return 0
+    written = pages.write(generated, writable_folder(args.docs))
+    print(f"{len(written)} of {len(generated)} pages rewritten in {args.docs}" +
+          "".join(f"\n  {path}" for path in written))
+    return 0
+
+
+PARSERS = [add_run, add_check, add_report, add_forecast, add_pages]
