@@ -22,8 +22,8 @@ from pathlib import Path
 
 from learning_dynamics.sim.io import atomic_write_json, json_ready
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.presets import FORECAST_PAIRS as DEFAULT_PAIRS
 
-DEFAULT_PAIRS = 64        # of the built-in data when no file is given
 PARTS = "forecast.parts.json"
 
 

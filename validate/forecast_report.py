@@ -15,17 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
-from learning_dynamics.theory.statistics import bootstrap_ci, precision_recall
-from learning_dynamics.validate.forecast_steps import FLAG_PREDICTOR, PREDICTORS, SGD_TARGET_NATS, predictor
+from learning_dynamics.theory.statistics import bootstrap_ci, precision_recall, spearman
+from learning_dynamics.validate.forecast_steps import (FLAG_PREDICTOR, PREDICTORS, SGD_TARGET_NATS, column,
+                                                      predictor)
 
 TOP_FRACTION = 0.1
 N_BOOT = 2000
 OPTIMIZERS = ("sgd", "adamw")
 PROBES = ("chosen", "rejected", "ystar")
-
-
-def column(records, key) -> np.ndarray:
-    return np.array([r[key] for r in records], dtype=float)
 
 
 def top_k(n: int, fraction: float = TOP_FRACTION) -> int:
@@ -44,28 +41,6 @@ def random_overlap(n: int, fraction: float = TOP_FRACTION) -> dict:
     k = top_k(n, fraction)
     counts = hypergeom(n, k, k).ppf([0.025, 0.975])
     return {"k": k, "mean": k / n, "ci": [float(counts[0]) / k, float(counts[1]) / k]}
-
-
-def _ranks(x) -> np.ndarray:
-    """Ranks with ties averaged (scipy.stats.rankdata's "average"), without its per-call overhead: the bootstrap
-    calls this thousands of times, and its resamples are full of ties."""
-    x = np.asarray(x, dtype=float)
-    order = np.argsort(x, kind="stable")
-    starts = np.r_[True, np.diff(x[order]) != 0]
-    group = np.cumsum(starts) - 1
-    first = np.flatnonzero(starts)
-    last = np.r_[first[1:], len(x)] - 1
-    ranks = np.empty(len(x))
-    ranks[order] = ((first + last) / 2.0)[group]
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman's rho: Pearson's r of the ranks (equal to scipy.stats.spearmanr; tests hold them together)."""
-    a, b = _ranks(a), _ranks(b)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def fall_share(flags, actual) -> float:

@@ -70,6 +70,11 @@ class Predictor:
         return self.predicted_change(records) < 0 if self.flags else None
 
 
+def column(records, key) -> np.ndarray:
+    """The values of `key` over the pair records, as floats."""
+    return np.array([r[key] for r in records], dtype=float)
+
+
 PREDICTORS = (
     Predictor("exact_sgd", "exact (eNTK jvp), SGD step", "sgd_dlogp_chosen", 1.0, True, "sgd"),
     Predictor("exact_adamw", "exact (eNTK jvp), first AdamW step", "adamw_dlogp_chosen", 1.0, True, "adamw"),

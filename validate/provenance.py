@@ -27,6 +27,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from learning_dynamics.validate import flags
+
 PROJECT = "learning-dynamics"
 PROGRAM = "ldyn"
 # libraries whose version can change a number in a report; `libraries=` adds more (trl for the monitor)
@@ -50,9 +52,9 @@ def _as_dict(values) -> dict:
 
 
 def command_parser(command) -> argparse.ArgumentParser:
-    """The argparse parser of `ldyn <command...>`, e.g. ("validate", "run")."""
-    from learning_dynamics.validate.ldyn import build_parser
-    parser = build_parser()
+    """The argparse parser of `ldyn <command...>`, e.g. ("validate", "run"): the flags the CLI itself adds
+    (validate.flags), without the handlers that write reports."""
+    parser = flags.validate_parser(PROGRAM)
     for name in command:
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
         if sub is None or name not in sub.choices:
