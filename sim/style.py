@@ -102,6 +102,11 @@ def use_format(fmt: str) -> None:
     _format = fmt
 
 
+def current_format() -> str:
+    """The format every `save` writes now ("png" unless `use_format` chose another)."""
+    return _format
+
+
 def add_format_option(parser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="png",
                         help="figure file format (default png; pdf and svg are vector)")

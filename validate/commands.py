@@ -185,16 +185,16 @@ def _forecast(args) -> int:
                       device=args.device, lr=args.lr, beta=args.beta, seed=args.seed, batch_pairs=args.batch_pairs,
                       verify=args.verify, train_steps=args.train_steps, from_run=args.from_run, out=out,
                       filter=args.filter, quiet=args.quiet)
-    from learning_dynamics.validate.forecast_report import FLAG_PREDICTOR, _num, _pct
+    from learning_dynamics.validate.forecast_report import FLAG_PREDICTOR, num_text, percent_text
     print(f"{result['summary']}.")
     for step, judged in ((result["verification"] or {}).get("by_optimizer") or {}).items():
-        print(f"  {step} step: " + ", ".join(f"{j['predictor']} rho {_num(j['spearman'], 2)} top-10% "
-                                             f"{_pct(j['top_overlap'])}" for j in judged["predictors"]))
+        print(f"  {step} step: " + ", ".join(f"{j['predictor']} rho {num_text(j['spearman'], 2)} top-10% "
+                                             f"{percent_text(j['top_overlap'])}" for j in judged["predictors"]))
     run = result["across_training"]
     if run:
         exact = next(j for j in run["predictors"] if j["predictor"] == FLAG_PREDICTOR)
         print(f"  over {run['steps']} training steps y+ fell for {run['n_fell']} of {result['n_pairs']} pairs; the "
-              f"pairs flagged at step 0 hold {_pct(exact['fall_share'])} of that fall" +
+              f"pairs flagged at step 0 hold {percent_text(exact['fall_share'])} of that fall" +
               (f" (the run in {run['source']})" if run.get("source") else ""))
     print(f"  table, figures and report in {out}/forecast.md" +
           (f"; {out}/filtered.jsonl holds the other pairs" if args.filter else ""))

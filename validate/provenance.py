@@ -27,6 +27,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from learning_dynamics.sim import style
 from learning_dynamics.validate import flags
 
 PROJECT = "learning-dynamics"
@@ -342,10 +343,9 @@ def differing_fingerprints(prints_by_run: dict) -> str | None:
 
 # --------------------------------------------------------------------------- ldyn's own commands
 
-def _figure_format() -> str:
+def figure_format() -> str:
     """The --format ldyn's main applied to sim.style for this process (figures are part of a report)."""
-    from learning_dynamics.sim import style
-    return getattr(style, "_format", "png")
+    return style.current_format()
 
 
 def run_command(settings, run_dir, first_order: bool = False) -> str:
@@ -354,7 +354,7 @@ def run_command(settings, run_dir, first_order: bool = False) -> str:
     values = _as_dict(settings)
     # the data file by its absolute path, so the command runs from any folder (report.md adds its sha256)
     values.update(data=os.path.abspath(values["data"]) if values.get("data") else None, first_order=first_order)
-    values.setdefault("format", _figure_format())
+    values.setdefault("format", figure_format())
     return reproduce_command(("validate", "run"), values, PRESETS[values["preset"]], reproduce_out(run_dir),
                              always=("preset", "algo"))  # the algorithm is named even when it is the preset's
 
@@ -363,7 +363,7 @@ def check_command(settings, out) -> str:
     """`ldyn validate check --first-order ...` that repeats a check with `settings`."""
     from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
-    values.setdefault("format", _figure_format())
+    values.setdefault("format", figure_format())
     return reproduce_command(("validate", "check"), values, PRESETS[values["preset"]], reproduce_out(out))
 
 
