@@ -51,12 +51,12 @@ def matmul_peak(dtype, size: int, repeats: int = 3) -> float:
 @contextlib.contextmanager
 def one_row_each():
     """The committed runs' batches: one row per sequence, every prompt repeated."""
-    saved = forward._takes_4d_masks
-    forward._takes_4d_masks = lambda model: False
+    saved = forward.takes_4d_masks
+    forward.takes_4d_masks = lambda model: False
     try:
         yield
     finally:
-        forward._takes_4d_masks = saved
+        forward.takes_4d_masks = saved
 
 
 def dpo_step(model, precision, pairs, settings, pad, one_row=False):

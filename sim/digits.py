@@ -345,7 +345,8 @@ def run_digits(out=DEFAULT_OUT, seed: int = 0, preset: str = "default", progress
     summary["figures"] = {
         "influence": plot_influence(summary, out / "influence_vs_entk.png").name,
         "akg": plot_akg(summary, scatter, out / "akg_predicted_vs_actual.png").name,
-        "negative_step": plot_negative_step({"pi": pi[shown], "change": change[shown], "wrong": int(wrong[shown])},
+        "negative_step": plot_negative_step({"pi": pi[shown], "change": change[shown], "wrong": int(wrong[shown]),
+                                             "eta": NEGATIVE_ETA},
                                             data["test_images"][shown], out / "negative_step_bars.png").name}
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -1,12 +1,13 @@
 """Figures of `ldyn sim digits`: influence next to eNTK similarity, the AKG check, one negative step."""
-from learning_dynamics.sim.digits import CLASSES, NEGATIVE_ETA
+import numpy as np
+
+from learning_dynamics.sim import style
+from learning_dynamics.theory.squeeze import threshold
 
 
 def plot_influence(summary: dict, path):
     """Measured influence next to eNTK similarity; the diagonal is greyed out in both
     (it is not what the claim is about, and the kernel's diagonal would swamp the colours)."""
-    import numpy as np
-    from learning_dynamics.sim import style
 
     fig, axes = style.figure(style.WIDTH, 3.0, ncols=2)
     panels = [("influence",
@@ -18,7 +19,7 @@ def plot_influence(summary: dict, path):
         np.fill_diagonal(matrix, np.nan)
         limit = np.nanmax(np.abs(matrix))
         image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_xticks(range(CLASSES)), ax.set_yticks(range(CLASSES))
+        ax.set_xticks(range(len(matrix))), ax.set_yticks(range(len(matrix)))
         ax.set_xlabel("observed class $b$ (held-out images)")
         ax.set_ylabel("learned class $a$")
         ax.set_title(title)
@@ -30,8 +31,6 @@ def plot_influence(summary: dict, path):
 
 def plot_akg(summary: dict, scatter, path):
     """Predicted (-eta A K G) vs actual dlog pi, and the error against eta with a slope-2 reference."""
-    import numpy as np
-    from learning_dynamics.sim import style
 
     predicted, actual = (np.ravel(a) for a in scatter)
     fig, (ax, ax_err) = style.figure(style.WIDTH, 2.9, ncols=2)
@@ -40,7 +39,7 @@ def plot_akg(summary: dict, scatter, path):
     ax.plot(span, span, color=style.BLACK, lw=0.8, label="actual = predicted")
     ax.set_xlabel(r"predicted $-\eta\,A(x_o)\,K(x_o, x_u)\,G(x_u)$ (nats)")
     ax.set_ylabel(r"actual $\Delta\log\pi(x_o)$ after one SGD step (nats)")
-    ax.set_title(f"AKG on every held-out image $\\times$ {CLASSES} classes\n"
+    ax.set_title(f"AKG on every held-out image $\\times$ {np.shape(scatter[0])[-1]} classes\n"
                  f"($\\eta$={summary['akg_eta']:.3g}, Pearson $r$={summary['akg_pearson_r']:.5f})")
     ax.legend(loc="upper left", markerscale=3)
     etas, errors = np.array(summary["akg_etas"]), np.array(summary["akg_errors"])
@@ -57,10 +56,8 @@ def plot_akg(summary: dict, scatter, path):
 
 
 def plot_negative_step(bars, image, path):
-    """Before/after bars of one negative step on the least confident image's least likely class."""
-    import numpy as np
-    from learning_dynamics.sim import style
-    from learning_dynamics.theory.squeeze import threshold
+    """Before/after bars of one negative step (of size bars["eta"]) on the least confident image's least likely
+    class."""
 
     pi, change, wrong = bars["pi"], bars["change"], bars["wrong"]
     after = pi * np.exp(change)
@@ -68,7 +65,7 @@ def plot_negative_step(bars, image, path):
     ax_img.imshow(image, cmap="gray_r")
     ax_img.set_axis_off()
     ax_img.set_title("held-out image")
-    classes = np.arange(CLASSES)
+    classes = np.arange(len(pi))
     ax.bar(classes - 0.2, pi, width=0.4, color=style.GREY, label="before")
     rose = after > pi
     ax.bar((classes + 0.2)[rose], after[rose], width=0.4, color=style.GREEN, label="after: rose")
@@ -82,7 +79,7 @@ def plot_negative_step(bars, image, path):
     ax.set_yscale("log")
     ax.set_ylim(min(pi.min(), after.min()) / 10, 30)     # room above the bars for the legend
     ax.set_xticks(classes)
-    ax.set_xlabel(f"class (negative step on class {wrong}, $\\eta$={NEGATIVE_ETA})")
+    ax.set_xlabel(f"class (negative step on class {wrong}, $\\eta$={bars['eta']})")
     ax.set_ylabel(r"$p(\mathrm{class} \mid x)$")
     ax.legend(loc="upper right", ncols=2)
     ax.set_title("lowering an unlikely wrong class squeezes mass into the top class")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from learning_dynamics.theory.errors import CorruptFile, UserError
+
 
 @contextmanager
 def atomic_path(path, directory: bool = False):
@@ -79,13 +81,6 @@ def atomic_torch_save(obj, path) -> Path:
     return Path(path)
 
 
-def atomic_savefig(fig, path) -> Path:
-    """Save a matplotlib figure through a temp file in the chosen format (sim.style.save), then close it."""
-    from learning_dynamics.sim.style import save
-
-    return save(fig, path)
-
-
 def json_ready(obj, significant=None, decimals=None, drop=()):
     """Plain-Python JSON values: numpy scalars unwrapped, NaN/inf as null, keys in `drop` removed.
 
@@ -115,8 +110,6 @@ def json_ready(obj, significant=None, decimals=None, drop=()):
 def writable_folder(out, name: str = "--out") -> Path:
     """Create `out` and prove it is writable now, not after a minute of training; `name`: what the user called
     it (the CLI's --out, or a Python argument such as `ProbeMonitor(out=...)`)."""
-    from learning_dynamics.theory.errors import UserError
-
     if not str(out).strip():
         raise UserError(f"{name} is empty; give a folder (. for the working directory)")
     out = Path(out)
@@ -137,8 +130,6 @@ def read_json(path, default=None, expect=None):
     A damaged file (truncated, garbled, empty, or holding another type than `expect`) raises
     CorruptFile naming it, never a JSONDecodeError traceback.
     """
-    from learning_dynamics.theory.errors import CorruptFile
-
     path = Path(path)
     if not path.exists():
         return default

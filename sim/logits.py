@@ -141,7 +141,7 @@ def _coefficients(loss, **inputs):
     return residual_coefficients(loss, **inputs)
 
 
-def _residual(pi, token, coef):
+def loss_residual(pi, token, coef):
     from learning_dynamics.theory.residuals import residual
     return residual(pi, token, coef)
 
@@ -203,8 +203,8 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
         for _ in range(ext):
             logp = log_softmax(z)
             pi = np.exp(logp)
-            grad = np.stack([_residual(pi[:, 0], plus, -np.ones(runs)),
-                             _residual(pi[:, 1], minus, -np.ones(runs))], axis=1)
+            grad = np.stack([loss_residual(pi[:, 0], plus, -np.ones(runs)),
+                             loss_residual(pi[:, 1], minus, -np.ones(runs))], axis=1)
             z = kernel_step(z, kernel, grad, eta)
     ref = log_softmax(z)
     ref_c, ref_r_fixed = take(ref[:, 0], plus), take(ref[:, -1], minus)
@@ -232,20 +232,20 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
             break
         if algorithm is not None and algorithm.data == "chosen":
             coef = _coefficients(algorithm.loss, logp_chosen=take(logp[:, 0], plus))["logp_chosen"]
-            grad = _residual(pi[:, 0], plus, coef)[:, None]
+            grad = loss_residual(pi[:, 0], plus, coef)[:, None]
         elif name == "negative":
-            grad = _residual(pi[:, 0], minus, np.ones(runs))[:, None]
+            grad = loss_residual(pi[:, 0], minus, np.ones(runs))[:, None]
         elif name == "negative-onpolicy":
-            grad = _residual(pi[:, 0], sample(rng, pi[:, 0]), np.ones(runs))[:, None]
+            grad = loss_residual(pi[:, 0], sample(rng, pi[:, 0]), np.ones(runs))[:, None]
         elif algorithm is not None and algorithm.data == "group":  # one sample, reward [y = y+], baseline pi(y+)
             y = sample(rng, pi[:, 0])
             advantage = (y == plus) - take(pi[:, 0], plus)
             coef = _coefficients(algorithm.loss, logp=take(logp[:, 0], y), advantages=advantage)["logp"]
-            grad = _residual(pi[:, 0], y, coef)[:, None]
+            grad = loss_residual(pi[:, 0], y, coef)[:, None]
         elif name == "dpo-shared":
             cc, cr = pair_coefficients("dpo", take(logp[:, 0], plus), take(logp[:, 0], minus),
                                        ref_c, take(ref[:, 0], minus), beta)
-            grad = (_residual(pi[:, 0], plus, cc) + _residual(pi[:, 0], minus, cr))[:, None]
+            grad = (loss_residual(pi[:, 0], plus, cc) + loss_residual(pi[:, 0], minus, cr))[:, None]
         else:
             neg, ref_r = minus, ref_r_fixed
             if algorithm.negative == "policy":
@@ -256,7 +256,7 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
                 kl = np.maximum(0.0, 0.5 * (take(logp[:, 0], neg) - take(ref[:, 0], neg)
                                             + take(logp[:, 1], plus) - take(ref[:, 1], plus)))
             cc, cr = pair_coefficients(name, take(logp[:, 0], plus), take(logp[:, 1], neg), ref_c, ref_r, beta, kl)
-            grad = np.stack([_residual(pi[:, 0], plus, cc), _residual(pi[:, 1], neg, cr)], axis=1)
+            grad = np.stack([loss_residual(pi[:, 0], plus, cc), loss_residual(pi[:, 1], neg, cr)], axis=1)
         z = kernel_step(z, kernel, grad, eta)
     series = {key: np.array(value) for key, value in curves.items()}       # [steps + 1, runs]
     return series

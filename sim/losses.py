@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 # --------------------------------------------------------------------------- tokens
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
+def upcast(x: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 logits are normalised in float32; float32/float64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -31,7 +31,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     rows = []
     for row_logits, row_index in zip(logits, index):
         picked = row_logits.gather(-1, row_index.unsqueeze(-1)).squeeze(-1)
-        rows.append(_upcast(picked) - torch.logsumexp(_upcast(row_logits), dim=-1))
+        rows.append(upcast(picked) - torch.logsumexp(upcast(row_logits), dim=-1))
     return torch.stack(rows)
 
 
@@ -55,7 +55,7 @@ def token_stats(logits: torch.Tensor, mask: torch.Tensor) -> dict:
     """
     entropy, sqnorm, argmax_logp = [], [], []
     for row_logits, row_mask in zip(logits, mask):
-        z = _upcast(row_logits)
+        z = upcast(row_logits)
         lse = torch.logsumexp(z, dim=-1)
         probs = torch.exp(z - lse.unsqueeze(-1))
         row_entropy = lse - (probs * z).sum(-1)

@@ -7,12 +7,15 @@ paper's symbols in mathtext, and gives each algorithm and each probe the same
 colour-blind-safe colour in every figure. `save` writes PNG, or PDF/SVG after
 `use_format` (the `--format` option of every command that draws).
 """
+import re
 from pathlib import Path
 
 import numpy as np
 
+from learning_dynamics.sim.io import atomic_path
 from learning_dynamics.theory import algorithms as algorithm_registry
 from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.theory.errors import UserError
 
 COLUMN = 3.4    # inches: one column of a two-column paper
 WIDTH = 7.0     # inches: the full text width
@@ -85,7 +88,6 @@ _MATH = (
 
 def math_text(text: str) -> str:
     """'log pi(y+) of y_{j != i}' -> '$\\log\\pi$($y^+$) of $y_{j\\neq i}$' (a plain $ is escaped first)."""
-    import re
     text = text.replace("$", r"\$")
     for pattern, replacement in _MATH:
         text = re.sub(pattern, replacement, text)
@@ -96,9 +98,13 @@ def use_format(fmt: str) -> None:
     """Every later `save` writes this format ("png", "pdf" or "svg")."""
     global _format
     if fmt not in FORMATS:
-        from learning_dynamics.theory.errors import UserError
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     _format = fmt
+
+
+def current_format() -> str:
+    """The format every `save` writes now ("png" unless `use_format` chose another)."""
+    return _format
 
 
 def add_format_option(parser) -> None:
@@ -168,8 +174,6 @@ def reference_line(ax, y=0.0, **kwargs):
 def save(fig, path) -> Path:
     """Write `fig` atomically in the chosen format (the suffix of `path` follows it) and close it."""
     import matplotlib.pyplot as plt
-
-    from learning_dynamics.sim.io import atomic_path
 
     path = Path(path).with_suffix(f".{_format}")
     try:

@@ -198,7 +198,7 @@ def series_from_table(rows, require_complete: bool = True) -> dict:
     if not rows:
         return {}
     steps = steps_of(rows)
-    prompts = sorted({str(r["prompt_id"]) for r in rows}, key=_prompt_sort_key)
+    prompts = sorted({str(r["prompt_id"]) for r in rows}, key=prompt_sort_key)
     probes = sorted({r["probe"] for r in rows})
     step_index = {int(s): i for i, s in enumerate(steps)}
     prompt_index = {p: i for i, p in enumerate(prompts)}
@@ -221,7 +221,7 @@ def series_from_table(rows, require_complete: bool = True) -> dict:
     return series
 
 
-def _prompt_sort_key(prompt_id: str):
+def prompt_sort_key(prompt_id: str):
     try:
         return (0, float(prompt_id), prompt_id)
     except ValueError:

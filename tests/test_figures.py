@@ -62,7 +62,7 @@ def test_sim_figures(tmp_path):
         digits.plot_influence(summary, tmp_path / "influence_vs_entk.png"),
         digits.plot_akg(summary, (predicted, predicted + 1e-5), tmp_path / "akg_predicted_vs_actual.png"),
         digits.plot_negative_step({"pi": pi / pi.sum(), "change": np.r_[np.zeros(5), -3.0, np.zeros(4)] + 0.01,
-                                   "wrong": 5}, np.eye(8), tmp_path / "negative_step_bars.png"),
+                                   "wrong": 5, "eta": 0.005}, np.eye(8), tmp_path / "negative_step_bars.png"),
         plot_probe_curves(_series(keys), tmp_path / "probes.png", "off-policy DPO", steps=steps),
         plot_comparison({run: _series(keys[:6], seed=i) for i, run in enumerate(("dpo", "onpolicy-dpo", "extend"))},
                         tmp_path / "comparison.png", "three runs", keys=keys[:6] + ["logps/not_tracked"],

@@ -87,3 +87,153 @@ def test_modules_import_the_layers_by_their_installed_names():
             if names & {"theory", "sim", "validate"}:
                 bare[str(f.relative_to(ROOT))] = sorted(names & {"theory", "sim", "validate"})
     assert not bare, f"import the layers as learning_dynamics.<layer>: {bare}"
+
+
+# --------------------------------------------------------------------------- the import graph between our modules
+LAYERS = ("theory", "sim", "validate")
+RANK = {layer: i for i, layer in enumerate(LAYERS)}
+
+
+def project_modules(root: Path = ROOT) -> dict:
+    """{dotted name: file} of every module the package installs (validate/reports/ holds scripts, not modules)."""
+    modules = {}
+    for layer in LAYERS:
+        for f in sorted((root / layer).rglob("*.py")):
+            parts = list(f.relative_to(root).with_suffix("").parts)
+            if "reports" in parts:
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([PACKAGE, *parts])] = f
+    return modules
+
+
+def import_edges(modules: dict) -> list:
+    """(importer, imported module, name or None, line) for every import between our modules, at any depth:
+    a function-level import is an edge like any other. `from pkg import mod` is an edge to the module."""
+    edges = []
+    for name, f in modules.items():
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(node, ast.Import):
+                edges += [(name, a.name, None, node.lineno) for a in node.names if a.name.startswith(PACKAGE + ".")]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(PACKAGE):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    edges.append((name, sub, None, node.lineno) if sub in modules else
+                                 (name, node.module, a.name, node.lineno))
+    return edges
+
+
+def import_loops(modules: dict) -> list:
+    """The strongly connected components of more than one module (Tarjan), each a sorted list."""
+    graph = {m: set() for m in modules}
+    for src, dst, _, _ in import_edges(modules):
+        if dst in graph and dst != src:
+            graph[src].add(dst)
+    index, low, stack, on_stack, loops = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v), on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                loops.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return loops
+
+
+def private_imports(modules: dict) -> list:
+    """`from our.module import _name`, `from our.pkg import _module` and `module._name` read across modules."""
+    found = []
+    for src, dst, name, line in import_edges(modules):
+        leaf = name or dst.rsplit(".", 1)[1]
+        if leaf.startswith("_") and not leaf.startswith("__") and dst != src:
+            found.append(f"{src}:{line} takes {dst}.{leaf}")
+    for src, f in modules.items():
+        tree = ast.parse(f.read_text(), filename=str(f))
+        aliases = {a.asname or a.name: f"{n.module}.{a.name}" for n in ast.walk(tree)
+                   if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(PACKAGE) for a in n.names
+                   if f"{n.module}.{a.name}" in modules}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{src}:{node.lineno} reads {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def upward_imports(modules: dict) -> list:
+    return [f"{src}:{line} imports {dst}" for src, dst, _, line in import_edges(modules)
+            if RANK[_root(dst)] > RANK[_root(src)]]
+
+
+def test_no_import_loops_between_our_modules():
+    assert not import_loops(project_modules()), "import loop(s); move the shared piece down a module"
+
+
+def test_no_upward_import_at_any_depth():
+    """theory <- sim <- validate, for function-level imports too."""
+    assert not upward_imports(project_modules())
+
+
+def test_no_module_takes_another_modules_private_names():
+    assert not private_imports(project_modules())
+
+
+def _write(root: Path, files: dict) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_graph_checks_see_a_loop_an_upward_import_and_a_private_name(tmp_path):
+    _write(tmp_path, {
+        "theory/a.py": "def f():\n    from learning_dynamics.theory import b\n",    # a loop through a function
+        "theory/b.py": "from learning_dynamics.theory.a import f\n",
+        "sim/c.py": "from learning_dynamics.theory.b import _hidden\nfrom learning_dynamics.theory import a\n"
+                    "a._inner()\n",
+        "validate/d.py": "",
+        "theory/e.py": "def g():\n    from learning_dynamics.sim.c import x\n",
+    })
+    modules = project_modules(tmp_path)
+    assert import_loops(modules) == [["learning_dynamics.theory.a", "learning_dynamics.theory.b"]]
+    assert [u.split(" imports ")[1] for u in upward_imports(modules)] == ["learning_dynamics.sim.c"]
+    found = private_imports(modules)
+    assert len(found) == 2 and "_hidden" in found[0] and "_inner" in found[1]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_layer_states_its_public_api_and_importing_it_stays_light(layer):
+    """Every name in __all__ resolves in the module the package names, none shadows a submodule, and
+    `import learning_dynamics.<layer>` alone imports no heavy library."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, importlib, pkgutil\n"
+            f"package = importlib.import_module('learning_dynamics.{layer}')\n"
+            f"print(sorted(m for m in ('torch', 'sympy', 'numpy', 'matplotlib', 'transformers') if m in sys.modules))\n"
+            f"submodules = {{m.name for m in pkgutil.iter_modules(package.__path__)}}\n"
+            f"print(sorted(set(package.__all__) & submodules))\n"
+            f"for name in package.__all__:\n"
+            f"    module = importlib.import_module(package.__name__ + '.' + package.EXPORTS[name])\n"
+            f"    assert getattr(package, name) is getattr(module, name), name\n"
+            f"print(len(package.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    heavy, shadowed, n_names = out.stdout.splitlines()
+    assert heavy == "[]", f"import learning_dynamics.{layer} pulls in {heavy}"
+    assert shadowed == "[]", f"__all__ names that are also submodules: {shadowed}"
+    assert int(n_names) > 0

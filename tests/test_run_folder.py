@@ -134,3 +134,21 @@ def test_a_stopped_run_reports_the_fingerprints_it_started_with(tmp_path):
     merged = merge([str(dpo), str(sft)], tmp_path)
     assert merged["warning"] is None and merged["fingerprints"]["dpo"] == FINGERPRINTS
     assert merged["status"]["dpo"].startswith("stopped at step 2") and merged["controls"] == {"dpo": {"sft": "sft"}}
+
+
+def test_runs_of_several_seeds_are_pooled_and_the_primary_claims_holm_corrected(tmp_path):
+    runs = []
+    for algo in ("dpo", "sft"):
+        for seed in (0, 1):
+            d = make_run_dir(tmp_path / f"s{seed}" / algo, algo=algo, seed=seed, report=False)
+            settings = json.loads((d / "settings.json").read_text())
+            (d / "settings.json").write_text(json.dumps(dict(settings, seed=seed)))
+            runs.append(str(d))
+    merged = merge(runs, tmp_path)
+    pooled = [r for r in merged["predictions"] if r.get("pooled")]
+    assert {r["run"] for r in pooled} == {"dpo (2 seeds)", "sft (2 seeds)"}
+    assert all(r["seeds"] == [0, 1] for r in pooled)
+    primary = [r for r in merged["predictions"] if r.get("role") == "primary"]
+    assert primary and all(r.get("pooled") for r in primary)       # the family is the pooled rows where there are
+    assert all(r["p_holm"] is None or r["p_holm"] >= r["p_value"] for r in primary)
+    assert all(r["control"] == "sft" for r in pooled if r["id"] in ("P09c", "P10") and r.get("primary_control"))

@@ -30,7 +30,7 @@ def _pairs(enc):
 
 def _loss_and_grads(model, pairs, pad, shared, monkeypatch, algo="dpo"):
     if not shared:   # the one-row path: what a model whose attention takes no 4D mask gets
-        monkeypatch.setattr(forward, "_takes_4d_masks", lambda m: False)
+        monkeypatch.setattr(forward, "takes_4d_masks", lambda m: False)
     model.zero_grad(set_to_none=True)
     # SDPA's math kernel: the fused CPU kernels round float64 attention at ~1e-7 (measured), which would hide
     # a real difference between the two batch kinds behind the kernels' own
@@ -49,7 +49,7 @@ def test_a_training_step_on_shared_prompts_equals_one_row_each(tiny, monkeypatch
     if algo == "pg":
         for p in pairs:
             p["samples"] = [enc.response_ids("Maybe."), enc.response_ids("I do not know, sorry.")]
-    assert forward._takes_4d_masks(model)
+    assert forward.takes_4d_masks(model)
     loss_shared, grads_shared, metrics_shared, tokens_shared = _loss_and_grads(model, pairs, pad, True,
                                                                                monkeypatch, algo)
     loss_alone, grads_alone, metrics_alone, tokens_alone = _loss_and_grads(model, pairs, pad, False,
@@ -69,7 +69,7 @@ def test_evaluation_rows_on_shared_prompts_equal_one_row_each(tiny, monkeypatch)
     import contextlib
     with torch.no_grad(), first_order.exact_math(model):
         shared = score_rows(model, sequences, pad, "cpu", 4, contextlib.nullcontext)
-        monkeypatch.setattr(forward, "_takes_4d_masks", lambda m: False)
+        monkeypatch.setattr(forward, "takes_4d_masks", lambda m: False)
         alone = score_rows(model, sequences, pad, "cpu", 4, contextlib.nullcontext)
     for a, b in zip(shared, alone):
         assert (a["prompt_id"], a["probe"], a["n_tokens"]) == (b["prompt_id"], b["probe"], b["n_tokens"])

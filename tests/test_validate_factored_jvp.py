@@ -109,7 +109,7 @@ def test_shared_prompt_batches_answer_what_one_row_each_does(tiny, seed, n_promp
     from learning_dynamics.validate.forward import probe_logps
     models, enc, pad = tiny
     model = models[which]
-    assert forward._takes_4d_masks(model)   # else both sides below would be one row per sequence
+    assert forward.takes_4d_masks(model)   # else both sides below would be one row per sequence
     g = torch.Generator().manual_seed(seed)
     prompts = [enc.prompt_ids(p) for p in ("Who wrote Hamlet?", "Hi", "Name a colour, please.", "Tell me more.")]
     sequences = []
@@ -156,9 +156,9 @@ def test_models_whose_attention_would_misread_the_mask_take_one_row_each(tiny, m
     from learning_dynamics.validate import forward
     models, _, _ = tiny
     config = models["plain"].config
-    assert forward._takes_4d_masks(models["plain"])
+    assert forward.takes_4d_masks(models["plain"])
     monkeypatch.setattr(config, "sliding_window", 64, raising=False)
-    assert not forward._takes_4d_masks(models["plain"])
+    assert not forward.takes_4d_masks(models["plain"])
     monkeypatch.setattr(config, "sliding_window", None, raising=False)
     monkeypatch.setattr(config, "_attn_implementation", "eager", raising=False)
-    assert not forward._takes_4d_masks(models["plain"])
+    assert not forward.takes_4d_masks(models["plain"])

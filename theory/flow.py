@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from learning_dynamics.theory import _sym
+from learning_dynamics.theory import symbolic
 from learning_dynamics.theory.softmax import log_softmax, softmax, sqnorm
 from learning_dynamics.theory.squeeze import first_order_dlogp
 
@@ -97,8 +97,8 @@ def _symbolic():
 @functools.lru_cache(maxsize=None)
 def _fns():
     s = _symbolic()
-    return {"replicator": _sym.lambdify((s["p_i"], s["sq"]), s["replicator"]),
-            "time": _sym.lambdify((s["p1"], s["p2"], s["eps"]), s["T"])}
+    return {"replicator": symbolic.lambdify((s["p_i"], s["sq"]), s["replicator"]),
+            "time": symbolic.lambdify((s["p1"], s["p2"], s["eps"]), s["T"])}
 
 
 def derivations():

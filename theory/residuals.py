@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from learning_dynamics.theory import _sym
+from learning_dynamics.theory import symbolic
 
 @dataclass(frozen=True)
 class Loss:
@@ -216,10 +216,10 @@ def residual_coefficients(loss, **inputs):
 @functools.lru_cache(maxsize=None)
 def _residual_parts():
     s = _symbolic()
-    slope, intercept = _sym.affine_parts(s["per_label"].subs(s["d"], 0), s["p_i"])
+    slope, intercept = symbolic.affine_parts(s["per_label"].subs(s["d"], 0), s["p_i"])
     token_extra = s["per_label"].subs({s["d"]: 1, s["p_i"]: 0}) - intercept
-    return (_sym.lambdify((s["c"],), slope), _sym.lambdify((s["c"],), intercept),
-            _sym.lambdify((s["c"],), token_extra))
+    return (symbolic.lambdify((s["c"],), slope), symbolic.lambdify((s["c"],), intercept),
+            symbolic.lambdify((s["c"],), token_extra))
 
 
 def residual(pi, token, coef):

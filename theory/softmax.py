@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from learning_dynamics.theory import _sym
+from learning_dynamics.theory import symbolic
 
 
 def _f64(x):
@@ -78,7 +78,7 @@ def prob_jacobian(pi):
 @functools.lru_cache(maxsize=None)
 def _frobenius_fn():
     s = _symbolic()
-    return _sym.lambdify((s["V"], s["sq"]), s["frobenius_sq"])
+    return symbolic.lambdify((s["V"], s["sq"]), s["frobenius_sq"])
 
 
 def frobenius_sq_A(pi):
@@ -105,7 +105,7 @@ def _symbolic():
     jac_residual = sp.simplify(jac - A_explicit)
     # ||row i of A||^2 = ||e_i - pi||^2 = (1 - pi_i)^2 + (S_2 - pi_i^2), summed over rows
     row_sq = sp.expand((1 - p_i) ** 2 + sq - p_i ** 2)
-    slope, intercept = _sym.affine_parts(row_sq, p_i)
+    slope, intercept = symbolic.affine_parts(row_sq, p_i)
     frob = sp.expand(V * intercept + slope * 1)            # sum_i pi_i = 1
     # mass conservation: sum_i pi_i (v_i - pi.v) = pi.v - (pi.v) sum_i pi_i = 0
     pv = sp.Symbol("pi_dot_v", real=True)

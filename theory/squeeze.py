@@ -40,17 +40,17 @@ _EXPM1_MAX_POS = 1.0
 
 # --------------------------------------------------------------------------- helpers
 
-def _fns():
+def numeric_functions():
     """The numpy functions lambdified from the sympy derivation (built once, on first use)."""
     from learning_dynamics.theory.squeeze_derivation import numeric
     return numeric()
 
 
-def _f64(x):
+def f64(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def _index(p, k):
+def label_index(p, k):
     k = np.asarray(k)
     if not np.issubdtype(k.dtype, np.integer):
         raise TypeError("label index k must be an integer (array)")
@@ -60,11 +60,11 @@ def _index(p, k):
     return np.broadcast_to(k, p.shape[:-1])[..., None]
 
 
-def _take(x, idx):
+def take_label(x, idx):
     return np.take_along_axis(x, idx, axis=-1)[..., 0]
 
 
-def _put(x, idx, values):
+def put_label(x, idx, values):
     np.put_along_axis(x, idx, np.broadcast_to(values, idx.shape[:-1])[..., None], axis=-1)
 
 
@@ -74,23 +74,23 @@ def _sign(sign):
     return float(sign)
 
 
-def _row(x, p):
+def per_row(x, p):
     """A per-row scalar (or scalar) as [..., 1] so it broadcasts against p [..., V]."""
-    return np.broadcast_to(_f64(x), p.shape[:-1])[..., None]
+    return np.broadcast_to(f64(x), p.shape[:-1])[..., None]
 
 
 def _others_mask(p, idx):
     mask = np.ones(p.shape, dtype=bool)
-    _put(mask, idx, False)
+    put_label(mask, idx, False)
     return mask
 
 
 def runner_up(p, k):
     """y* = argmax_{i != k} pi_i (first index on ties), shape [...]."""
-    p = _f64(p)
-    idx = _index(p, k)
+    p = f64(p)
+    idx = label_index(p, k)
     q = p.copy()
-    _put(q, idx, -np.inf)
+    put_label(q, idx, -np.inf)
     return np.argmax(q, axis=-1)
 
 
@@ -98,13 +98,13 @@ def runner_up(p, k):
 
 def step_logits(z, k, eta, sign=-1):
     """z' = z + sign * eta (e_k - pi): one gradient step on log pi_k over free logits."""
-    z = _f64(z)
+    z = f64(z)
     s = _sign(sign)
     pi = softmax(z)
-    idx = _index(z, k)
-    f = _fns()
-    out = z + pi * _row(f.step_slope(eta, s), z)
-    _put(out, idx, _take(out, idx) + f.step_k_extra(eta, s))
+    idx = label_index(z, k)
+    f = numeric_functions()
+    out = z + pi * per_row(f.step_slope(eta, s), z)
+    put_label(out, idx, take_label(out, idx) + f.step_k_extra(eta, s))
     return out
 
 
@@ -113,14 +113,14 @@ def first_order_dlogp(p, k, eta, sign=-1):
 
     Evaluated as p * slope + intercept (one [.., V] temporary); label k separately.
     """
-    p = _f64(p)
+    p = f64(p)
     s = _sign(sign)
-    idx = _index(p, k)
-    f = _fns()
-    pk, sq = _take(p, idx), sqnorm(p)
-    out = p * _row(f.fo_slope(eta, s), p)
-    out += _row(f.fo_intercept(pk, sq, eta, s), p)
-    _put(out, idx, f.fo_k(pk, sq, eta, s))
+    idx = label_index(p, k)
+    f = numeric_functions()
+    pk, sq = take_label(p, idx), sqnorm(p)
+    out = p * per_row(f.fo_slope(eta, s), p)
+    out += per_row(f.fo_intercept(pk, sq, eta, s), p)
+    put_label(out, idx, f.fo_k(pk, sq, eta, s))
     return out
 
 
@@ -137,14 +137,14 @@ def exact_dlogp(p, k, eta, sign=-1):
     result is correct to relative precision for any finite eta; a change whose size
     exceeds float64 (|dlog pi| > ~1.8e308) comes out as -inf.
     """
-    p = _f64(p)
+    p = f64(p)
     s = _sign(sign)
-    idx = _index(p, k)
-    f = _fns()
-    pk = _take(p, idx)
-    x = p * _row(f.x_slope(eta, s), p)
-    x += _row(f.x_intercept(pk, eta, s), p)
-    _put(x, idx, 0.0)
+    idx = label_index(p, k)
+    f = numeric_functions()
+    pk = take_label(p, idx)
+    x = p * per_row(f.x_slope(eta, s), p)
+    x += per_row(f.x_intercept(pk, eta, s), p)
+    put_label(x, idx, 0.0)
     # per row, the expm1 path needs no overflow (negative step: x_j >= 0 up to
     # eta (1 - pi_k + pi_j)) and no cancellation in 1 + S (positive step: x_j <= 0)
     if s < 0:
@@ -175,10 +175,10 @@ def _finish_log_space(p, idx, pk, eta, s, f):
     """
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         log_p = np.log(p)
-        unit = p * _row(f.x_slope(1.0, s), p) + _row(f.x_intercept(pk, 1.0, s), p)
-        _put(unit, idx, 0.0)
-        slope, intercept = _row(f.x_slope(eta, s), p), _row(f.x_intercept(pk, eta, s), p)
-        m = np.argmax(log_p / _row(eta, p) + unit, axis=-1)[..., None]
+        unit = p * per_row(f.x_slope(1.0, s), p) + per_row(f.x_intercept(pk, 1.0, s), p)
+        put_label(unit, idx, 0.0)
+        slope, intercept = per_row(f.x_slope(eta, s), p), per_row(f.x_intercept(pk, eta, s), p)
+        m = np.argmax(log_p / per_row(eta, p) + unit, axis=-1)[..., None]
         d = _shift(p, idx, m, slope, intercept)
         # x / eta rounds labels with pi_j within ~1e-16 of each other to a tie; the differences d do not
         better = np.argmax(np.where(p > 0, log_p + d, -np.inf), axis=-1)[..., None]
@@ -195,7 +195,7 @@ def _shift(p, idx, m, slope, intercept):
     p_m = np.take_along_axis(p, m, axis=-1)
     m_is_k = m == idx
     d = np.where(m_is_k, p * slope + intercept, slope * (p - p_m))
-    _put(d, idx, np.where(m_is_k[..., 0], 0.0, -(p_m * slope + intercept)[..., 0]))
+    put_label(d, idx, np.where(m_is_k[..., 0], 0.0, -(p_m * slope + intercept)[..., 0]))
     return d
 
 
@@ -206,10 +206,10 @@ def threshold(p, k, sign=-1):
     Positive step: label i != k rises iff pi_i < threshold (all fall when it is <= 0).
     `sign` only documents which side rises; the root is the same.
     """
-    p = _f64(p)
+    p = f64(p)
     _sign(sign)
-    idx = _index(p, k)
-    return _fns().threshold(_take(p, idx), sqnorm(p))
+    idx = label_index(p, k)
+    return numeric_functions().threshold(take_label(p, idx), sqnorm(p))
 
 
 def rising_set(p, k, eta, sign=-1, exact=True):
@@ -226,8 +226,8 @@ def runner_up_gain_first_order(p, k, eta):
     1 - d||pi||^2/d pi_k, positive whenever ||pi||^2 changes by less than pi_k,
     so lowering pi_k usually lowers y*'s gain (tests/test_theory_squeeze.py).
     """
-    p = _f64(p)
-    return _take(first_order_dlogp(p, k, eta, -1), runner_up(p, k)[..., None])
+    p = f64(p)
+    return take_label(first_order_dlogp(p, k, eta, -1), runner_up(p, k)[..., None])
 
 
 # --------------------------------------------------------------------------- theorems
@@ -240,9 +240,9 @@ def target_falls(p, k, eta):
     exp(-eta (1 - pi_k)): Z exp(eta (1 - pi_k)) = pi_k + sum_{j != k} pi_j exp(eta (1 - pi_k + pi_j)) > 1
     because every exponent is > 0 and sum_j pi_j = 1 (pi_k < 1). Hence the ratio < 1.
     """
-    p = _f64(p)
-    idx = _index(p, k)
-    return _take(exact_dlogp(p, k, eta, -1), idx) < 0
+    p = f64(p)
+    idx = label_index(p, k)
+    return take_label(exact_dlogp(p, k, eta, -1), idx) < 0
 
 
 def runner_up_rises(p, k, eta):
@@ -253,9 +253,9 @@ def runner_up_rises(p, k, eta):
       < (1 - pi_k) exp(eta pi_{y*}) + pi_k exp(eta pi_{y*}) = exp(eta pi_{y*}),
     strictly because the k term has exponent -eta (1 - pi_k) < eta pi_{y*} and pi_k > 0.
     """
-    p = _f64(p)
+    p = f64(p)
     ystar = runner_up(p, k)[..., None]
-    return _take(exact_dlogp(p, k, eta, -1), ystar) > 0
+    return take_label(exact_dlogp(p, k, eta, -1), ystar) > 0
 
 
 def rising_set_is_top_set(p, k, eta):
@@ -266,8 +266,8 @@ def rising_set_is_top_set(p, k, eta):
     exact_dlogp is monotone in pi_i too (p * slope + intercept, then one shift),
     so the property holds exactly in float64, ties included.
     """
-    p = _f64(p)
-    idx = _index(p, k)
+    p = f64(p)
+    idx = label_index(p, k)
     others = _others_mask(p, idx)
     rises = rising_set(p, k, eta, -1, exact=True) & others
     lowest_riser = np.where(rises, p, np.inf).min(axis=-1)
@@ -284,9 +284,9 @@ def rising_set_matches_threshold_first_order(p, k, eta, sign=-1):
     """P04: to first order, label i != k rises iff pi_i > ||pi||^2 - pi_k (negative step),
     iff pi_i < ||pi||^2 - pi_k (positive step). Labels within a few ulps of the
     threshold are not judged (their float64 sign is rounding)."""
-    p = _f64(p)
-    idx = _index(p, k)
-    pk, sq = _take(p, idx), sqnorm(p)
+    p = f64(p)
+    idx = label_index(p, k)
+    pk, sq = take_label(p, idx), sqnorm(p)
     thr = threshold(p, k, sign)
     predicted = p > thr[..., None] if sign < 0 else p < thr[..., None]
     rises = rising_set(p, k, eta, sign, exact=False)
@@ -300,9 +300,9 @@ def no_squeeze_when_target_is_peaky(p, k, eta):
     Proof: dlog pi_i = eta pi_i + eta (pi_k - ||pi||^2) >= eta pi_i >= 0. Returns
     True where the premise fails (the implication holds vacuously).
     """
-    p = _f64(p)
-    idx = _index(p, k)
-    premise = _take(p, idx) >= sqnorm(p)
+    p = f64(p)
+    idx = label_index(p, k)
+    premise = take_label(p, idx) >= sqnorm(p)
     change = first_order_dlogp(p, k, eta, -1)
     conclusion = np.all((change >= 0) | ~_others_mask(p, idx), axis=-1)
     return ~premise | conclusion
@@ -318,14 +318,14 @@ def peakier_squeezes_harder(p, q, k, eta=1.0):
     ||q||^2 >= ||p||^2, whether threshold(q) >= threshold(p) and the change at the
     levels of p is no larger under q; True where the premise fails.
     """
-    p, q = _f64(p), _f64(q)
-    idx = _index(p, k)
-    pk, qk = _take(p, idx), _take(q, idx)
+    p, q = f64(p), f64(q)
+    idx = label_index(p, k)
+    pk, qk = take_label(p, idx), take_label(q, idx)
     premise = (np.abs(pk - qk) <= 1e-12) & (sqnorm(q) >= sqnorm(p))
-    f = _fns()
+    f = numeric_functions()
     at_p = f.fo_intercept(pk, sqnorm(p), eta, -1.0)
     at_q = f.fo_intercept(qk, sqnorm(q), eta, -1.0)
-    tol = 1e-12 * np.abs(_f64(eta))
+    tol = 1e-12 * np.abs(f64(eta))
     ok = (threshold(q, k) >= threshold(p, k) - 1e-12) & (at_q <= at_p + tol)
     return ~premise | ok
 
@@ -334,13 +334,13 @@ def one_hot_bound(p, k, eta):
     """Upper bound on 1 - pi'_{y*} after a negative step: sum_{j != y*} pi_j/pi_{y*} exp(x_j - x_{y*})
     with x_j - x_{y*} = eta (pi_j - pi_{y*}) (j != k) and -eta (1 - pi_k + pi_{y*}) (j = k).
     It tends to 0 as eta -> infinity whenever y* is the unique argmax over i != k."""
-    p = _f64(p)
+    p = f64(p)
     ystar = runner_up(p, k)[..., None]
     change = exact_dlogp(p, k, eta, -1)
-    rel = change - _take(change, ystar)[..., None]          # log-ratio pi'_j/pi'_{y*} - log p_j/p_y*
+    rel = change - take_label(change, ystar)[..., None]          # log-ratio pi'_j/pi'_{y*} - log p_j/p_y*
     w = p * np.exp(rel)
-    _put(w, ystar, 0.0)
-    return w.sum(axis=-1) / _take(p, ystar)
+    put_label(w, ystar, 0.0)
+    return w.sum(axis=-1) / take_label(p, ystar)
 
 
 def one_hot_limit(p, k, eta, tol=1e-6):
@@ -352,9 +352,9 @@ def one_hot_limit(p, k, eta, tol=1e-6):
     Returns True where the bound is still above tol (eta not yet large enough for
     this pi) or the exact post-step mass on y* is >= 1 - tol.
     """
-    p = _f64(p)
+    p = f64(p)
     ystar = runner_up(p, k)[..., None]
     w = p * np.exp(exact_dlogp(p, k, eta, -1))
-    _put(w, ystar, 0.0)
+    put_label(w, ystar, 0.0)
     off_mass = w.sum(axis=-1)
     return (one_hot_bound(p, k, eta) > tol) | (off_mass <= tol)

@@ -8,7 +8,7 @@ by kappa (`two_context_dpo`). `numeric()` lambdifies what theory.squeeze evaluat
 import functools
 from typing import Callable, NamedTuple
 
-from learning_dynamics.theory import _sym
+from learning_dynamics.theory import symbolic
 
 
 class OneStep(NamedTuple):
@@ -63,7 +63,7 @@ def one_step() -> OneStep:
     p_i, p_k, sq, d, eta, s = sp.symbols("pi_i pi_k S_2 delta eta sigma", real=True)
     # the step: z' - z = sign eta grad_z log pi_k, and grad_z log pi_k = e_k - pi (row k of A)
     step_i = s * eta * (d - p_i)
-    pi_dot_step = _sym.label_sum(p_i * step_i, p_i, d, p_k, sq)
+    pi_dot_step = symbolic.label_sum(p_i * step_i, p_i, d, p_k, sq)
     first = sp.expand(step_i - pi_dot_step)                    # A(pi) applied to the step
     first_off, first_k = first.subs(d, 0), sp.factor(first.subs({d: 1, p_i: p_k}))
     thr = sp.solve(sp.Eq(first_off, 0), p_i)[0]
@@ -136,11 +136,11 @@ def numeric() -> Numeric:
 
     one, shared, two = one_step(), shared_context_dpo(), two_context_dpo()
     p_i, p_k, sq, eta, s, c = one.p_i, one.p_k, one.sq, one.eta, one.s, shared.c
-    L = _sym.lambdify
-    step_slope, step_int = _sym.affine_parts(one.step_i.subs(one.d, 0), p_i)
+    L = symbolic.lambdify
+    step_slope, step_int = symbolic.affine_parts(one.step_i.subs(one.d, 0), p_i)
     assert step_int == 0
-    fo_slope, fo_int = _sym.affine_parts(one.first_off, p_i)
-    x_slope, x_int = _sym.affine_parts(one.x_off, p_i)
+    fo_slope, fo_int = symbolic.affine_parts(one.first_off, p_i)
+    x_slope, x_int = symbolic.affine_parts(one.x_off, p_i)
     dz, dp, dm = shared.dz_dpo, shared.dp, shared.dm
     two_args = (two.a_p, two.a_m, two.b_p, two.sa, two.ab, two.dpm)
     return Numeric(

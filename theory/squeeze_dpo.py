@@ -6,7 +6,7 @@ from typing import NamedTuple
 import numpy as np
 
 from learning_dynamics.theory.softmax import sqnorm
-from learning_dynamics.theory.squeeze import _f64, _fns, _index, _put, _row, _take
+from learning_dynamics.theory.squeeze import f64, numeric_functions, label_index, put_label, per_row, take_label
 
 
 def dpo_shared_context_dlogp(p, plus, minus, eta, coef):
@@ -17,12 +17,12 @@ def dpo_shared_context_dlogp(p, plus, minus, eta, coef):
     z' = z + eta coef (e_+ - e_-). Every other label changes by the same -log Z:
     no squeeze (P08). plus != minus.
     """
-    p = _f64(p)
-    ip, im = _index(p, plus), _index(p, minus)
+    p = f64(p)
+    ip, im = label_index(p, plus), label_index(p, minus)
     if np.any(ip == im):
         raise ValueError("plus and minus must differ")
-    f = _fns()
-    pp, pm = _take(p, ip), _take(p, im)
+    f = numeric_functions()
+    pp, pm = take_label(p, ip), take_label(p, im)
     up, um, uo = f.dpo_plus(eta, coef), f.dpo_minus(eta, coef), f.dpo_other(eta, coef)
     rest = np.clip(1.0 - pp - pm, 0.0, None)
     with np.errstate(divide="ignore", over="ignore"):
@@ -33,9 +33,9 @@ def dpo_shared_context_dlogp(p, plus, minus, eta, coef):
         log_z_big = m + np.log(np.exp(stacked - m[..., None]).sum(axis=-1))
     log_z = np.where(small, log_z_small, log_z_big)
     out = np.empty_like(p)
-    out[...] = _row(uo - log_z, p)
-    _put(out, ip, up - log_z)
-    _put(out, im, um - log_z)
+    out[...] = per_row(uo - log_z, p)
+    put_label(out, ip, up - log_z)
+    put_label(out, im, um - log_z)
     return out
 
 
@@ -57,10 +57,10 @@ def dpo_two_context(p_plus_ctx, p_minus_ctx, plus, minus, kappa, eta, coef):
     contexts put their mass on the same other labels (pi_a . pi_b large) the
     squeeze from context b lifts that shared peak in a and drains y+.
     """
-    pa, pb = _f64(p_plus_ctx), _f64(p_minus_ctx)
-    ip, im = _index(pa, plus), _index(pa, minus)
-    f = _fns()
-    args = (_take(pa, ip), _take(pa, im), _take(pb, ip), sqnorm(pa),
+    pa, pb = f64(p_plus_ctx), f64(p_minus_ctx)
+    ip, im = label_index(pa, plus), label_index(pa, minus)
+    f = numeric_functions()
+    args = (take_label(pa, ip), take_label(pa, im), take_label(pb, ip), sqnorm(pa),
             np.einsum("...v,...v->...", pa, pb), (ip == im)[..., 0].astype(np.float64))
     dlogp = f.two_dlogp(*args, kappa, eta, coef)
     q0, q1 = f.two_q0(*args), f.two_q1(*args)

@@ -26,14 +26,9 @@ import numpy as np
 
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
 from learning_dynamics.validate.check_report import by_probe_type, report_markdown  # noqa: F401 (public here too)
-from learning_dynamics.validate.pair_sweep import N_PAIRS as SWEEP_PAIRS
-
-# Sizes per preset: cpu reads what default does (the preset's 24 probe prompts), which fits 2 CPU cores in
-# under 30 minutes because a prompt's 12 responses go through the body together (validate.forward's shared-
-# prompt batches; validate/reports/smollm2-135m-instruct-cpu/first-order/COMMANDS.md has each part's time).
-N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
-SWEEP_PROMPTS = {"smoke": 2, "cpu": 8, "default": 8}       # of them, the prompts whose responses the sweep reads
-N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
+# the sizes per preset live in validate.presets (the flags' help reads them too)
+from learning_dynamics.validate.probes import said_once
+from learning_dynamics.validate.presets import N_PROBE_PROMPTS, N_SQUEEZE_PAIRS, SWEEP_PAIRS, SWEEP_PROMPTS
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 # probe sequences per forward or jvp on a CPU (a prompt's responses stay together, so up to 12): smaller
 # batches pad less and stay in cache (benchmarks/bench_check_cpu.py); on a GPU the preset's eval batch, at most
@@ -48,14 +43,6 @@ def sweep_probe_set(probes: list, sweep_prompts=None, preset: str = "default") -
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--sweep-prompts must be a positive integer, got {sweep_prompts!r}")
     return probes[:n]
-
-
-def said_once(probe_set) -> tuple:
-    """(sequences, names) of a probe set's responses, each once (no repeated sample), prompt-major."""
-    from learning_dynamics.theory.probes import SAID_ONCE
-    from learning_dynamics.validate.probes import probe_sequences
-    flat = [s for s in probe_sequences(probe_set) if s[1] in SAID_ONCE]
-    return [(p_ids, r_ids) for _, _, p_ids, r_ids in flat], [name for _, name, _, _ in flat]
 
 
 def run_checks(settings, out, quiet: bool = False, progress=print, command=("validate", "check"),

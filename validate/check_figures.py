@@ -2,7 +2,7 @@
 views), the sweep over pairs, the token-level squeeze and one figure per channel of the DPO step."""
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_savefig
+from learning_dynamics.sim import style
 
 
 def draw_all(parts: dict, channels: dict, out) -> list:
@@ -25,7 +25,6 @@ KIND_COLORS = {"positive": "sft", "negative": "negative", "dpo": "dpo"}   # sim.
 
 
 def _style():
-    from learning_dynamics.sim import style
     return style
 
 
@@ -41,7 +40,7 @@ def _plot_scatter(steps, names, path):
         ax.set_ylabel(r"actual $\Delta\log\pi$ (nats)")
         ax.set_title(f"{kind} step, {s['target_nats']:g} nats: r = {s['pearson_r']:.4f}")
     fig.suptitle(f"first-order check: {len(names)} probe responses, one SGD step")
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)
 
 
 def _plot_sweep(steps, path):
@@ -65,7 +64,7 @@ def _plot_sweep(steps, path):
     ax_r.set_ylabel("Pearson r over probes")
     ax_r.set_title("correlation of predicted and actual changes")
     ax_r.legend()
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)
 
 
 def _plot_k_steps(run, path):
@@ -102,7 +101,7 @@ def _plot_k_steps(run, path):
     ax_r.set_ylabel("agreement over probes")
     ax_r.set_title(f"k-step prediction ({run['algo']}, lr {run['lr']:g})")
     ax_r.legend()
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)
 
 
 def _plot_token_squeeze(records, summary, path):
@@ -122,7 +121,7 @@ def _plot_token_squeeze(records, summary, path):
                      f"{s['recall']:.2f} (vocabulary), {s['top']['precision']:.2f} / {s['top']['recall']:.2f} "
                      f"(top {s['top']['tokens_per_position']})")
     ax.legend()
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)
 
 
 CHANNEL_FIGURES = ("hidden (body)", "hidden (input embedding)", "readout")
@@ -154,7 +153,7 @@ def plot_kernel_views(p20, path):
     ax_n.set_ylabel("norm ratio to step 0")
     ax_n.set_title("size of each view")
     ax_n.legend(fontsize=6)
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)
 
 
 def plot_pair_sweep(ps, path):
@@ -178,7 +177,7 @@ def plot_pair_sweep(ps, path):
         ax.set_xlabel("step size (nats)")
         ax.set_ylabel("relative error")
         ax.set_title(f"{kind} step, {ps['n_pairs']} pairs")
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)
 
 
 def plot_channel(records, name, summary, path):
@@ -199,4 +198,4 @@ def plot_channel(records, name, summary, path):
     ax.set_ylabel(f"{name}:\nthe channel's part (nats)")
     ax.set_title(f"DPO step, {name} channel (dashed: carries it all)")
     ax.legend(fontsize=6)
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from learning_dynamics.validate.check_report_parts import channel_lines, p20_lines, pair_sweep_lines, pct as _pct
-from learning_dynamics.validate.report import _fmt
+from learning_dynamics.validate.report import fmt
 
 
 def _of_the_presets(r: dict) -> str:
@@ -60,15 +60,15 @@ def _sweep_section(r: dict) -> list:
     for kind, s in r["steps"].items():
         broke = s.get("breaks_at")
         lines += [f"### {kind} step", "",
-                  f"Error slope {_fmt(s['error_slope'])} (theory 2) over the {len(s['eta2_regime_etas'])} etas "
+                  f"Error slope {fmt(s['error_slope'])} (theory 2) over the {len(s['eta2_regime_etas'])} etas "
                   f"with relative error < 10%; " + (f"breaks (relative error {_pct(broke['relative_error'])}) at "
                                                     f"eta {broke['eta']:.3g} ({broke['target_nats']:g} nats)."
                                                     if broke else "does not break within the grid" +
                                                     _worst_r(s) + "."), "",
                   "| eta | target nats | Pearson r | relative error | sign agreement | mean abs change |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {e['eta']:.3g} | {e['target_nats']:g} | {_fmt(e['pearson_r'], 6)} | "
-                  f"{_pct(e['relative_error'])} | {_fmt(e['sign_agreement'], 3)} | {_fmt(e['mean_abs_actual'], 3)} |"
+        lines += [f"| {e['eta']:.3g} | {e['target_nats']:g} | {fmt(e['pearson_r'], 6)} | "
+                  f"{_pct(e['relative_error'])} | {fmt(e['sign_agreement'], 3)} | {fmt(e['mean_abs_actual'], 3)} |"
                   for e in s["per_eta"]]
         lines.append("")
     return lines
@@ -76,11 +76,11 @@ def _sweep_section(r: dict) -> list:
 
 def _push_share_lines(shares: dict) -> list:
     lines = ["### Each push's share of the DPO step's predicted change", "",
-             f"Mean share of the y- push |j-|/(|j+|+|j-|): {_fmt(shares['negative_share_mean'], 3)}; the y- push "
+             f"Mean share of the y- push |j-|/(|j+|+|j-|): {fmt(shares['negative_share_mean'], 3)}; the y- push "
              f"dominates for {_pct(shares['negative_dominates'])} of probes; the two pushes agree in sign for "
              f"{_pct(shares['pushes_agree_in_sign'])}.", "",
              "| probe | y- push share | pushes agree in sign |", "|---|---|---|"]
-    return lines + [f"| {name} | {_fmt(v['negative_share'], 3)} | {_pct(v['same_sign'])} |"
+    return lines + [f"| {name} | {fmt(v['negative_share'], 3)} | {_pct(v['same_sign'])} |"
                     for name, v in shares["by_probe"].items()]
 
 
@@ -94,15 +94,15 @@ def _adamw_section(t: dict) -> list:
                        (f"mid-run step ({(t['adamw_mid_step'] or {}).get('step')} -> "
                         f"{(t['adamw_mid_step'] or {}).get('step', 0) + 1}, warm state)", t["adamw_mid_step"])):
         if row:
-            lines.append(f"| {label} | {_fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
-                         f"{_fmt(row['sign_agreement'], 3)} | {_fmt(row['mean_abs_actual'], 3)} | "
-                         f"{_fmt(row['update_norm'], 3)} |")
+            lines.append(f"| {label} | {fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
+                         f"{fmt(row['sign_agreement'], 3)} | {fmt(row['mean_abs_actual'], 3)} | "
+                         f"{fmt(row['update_norm'], 3)} |")
     lines += ["", "### k steps with the frozen step-0 kernel", "",
               "Prediction for k steps = sum of the per-step jvps at theta_0 along each actual update "
               "= one jvp at theta_0 along theta_k - theta_0.", "",
               "| k | Pearson r | relative error | sign agreement | mean abs change |", "|---|---|---|---|---|"]
-    return lines + [f"| {row['k']} | {_fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
-                    f"{_fmt(row['sign_agreement'], 3)} | {_fmt(row['mean_abs_actual'], 3)} |" for row in t["k_step"]]
+    return lines + [f"| {row['k']} | {fmt(row['pearson_r'], 4)} | {_pct(row['relative_error'])} | "
+                    f"{fmt(row['sign_agreement'], 3)} | {fmt(row['mean_abs_actual'], 3)} |" for row in t["k_step"]]
 
 
 def _token_section(r: dict) -> list:
@@ -113,9 +113,9 @@ def _token_section(r: dict) -> list:
              "equal shift: median spread / rms |", "|---|---|---|---|---|---|---|---|"]
     for kind, s in r["token_squeeze"].items():
         if s["positions"]:
-            lines.append(f"| {kind} | {s['positions']} | {_fmt(s['argmax_rises'], 3)} | {_fmt(s['precision'], 3)} | "
-                         f"{_fmt(s['recall'], 3)} | {_fmt(s['top']['precision'], 3)} | {_fmt(s['top']['recall'], 3)} | "
-                         f"{_fmt(s['equal_shift']['median_spread_over_rms'], 3)} |")
+            lines.append(f"| {kind} | {s['positions']} | {fmt(s['argmax_rises'], 3)} | {fmt(s['precision'], 3)} | "
+                         f"{fmt(s['recall'], 3)} | {fmt(s['top']['precision'], 3)} | {fmt(s['top']['recall'], 3)} | "
+                         f"{fmt(s['equal_shift']['median_spread_over_rms'], 3)} |")
     return lines + ["", "Equal shift (P08 on free logits): at shared-prefix positions every token other than the "
                     "trained ones should move by the same log amount: spread / rms = std / sqrt(mean^2 + std^2) of "
                     "their changes over the top tokens is 0 for one equal shift and 1 for no common shift; "
@@ -128,7 +128,7 @@ def _worst_r(step: dict) -> str:
     if not rows:
         return ""
     worst = min(rows, key=lambda e: e["pearson_r"])
-    return (f", although its Pearson r falls to {_fmt(worst['pearson_r'], 3)} at {worst['target_nats']:g} nats"
+    return (f", although its Pearson r falls to {fmt(worst['pearson_r'], 3)} at {worst['target_nats']:g} nats"
             if worst["pearson_r"] < 0.5 else "")
 
 
@@ -150,9 +150,9 @@ def _by_probe_type_table(t: dict) -> list:
              f"k = {rows[-1]['k']} |", "|---" * (len(rows) + 2) + "|"]
     tables = [by_probe_type(row, t["probe_names"]) for row in rows]
     for name in tables[0]:
-        lines.append(f"| {name} | " + " | ".join(f"{_fmt(tab[name]['pearson_r'], 3)} / "
+        lines.append(f"| {name} | " + " | ".join(f"{fmt(tab[name]['pearson_r'], 3)} / "
                                                f"{_pct(tab[name]['relative_error'])}" for tab in tables)
-                     + f" | {_fmt(tables[-1][name]['mean_abs_actual'], 3)} |")
+                     + f" | {fmt(tables[-1][name]['mean_abs_actual'], 3)} |")
     return lines
 
 
@@ -173,9 +173,9 @@ def _moving_kernel_table(t: dict) -> list:
              "kernel drift | mean abs change |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         m = row["moving_kernel"]
-        lines.append(f"| {row['k']} | {_fmt(m['frozen']['pearson_r'], 4)} | {_pct(m['frozen']['relative_error'])} | "
-                     f"{_fmt(m['moving']['pearson_r'], 4)} | {_pct(m['linearisation_error'])} | "
-                     f"{_pct(m['kernel_drift_error'])} | {_fmt(m['moving']['mean_abs_actual'], 3)} |")
+        lines.append(f"| {row['k']} | {fmt(m['frozen']['pearson_r'], 4)} | {_pct(m['frozen']['relative_error'])} | "
+                     f"{fmt(m['moving']['pearson_r'], 4)} | {_pct(m['linearisation_error'])} | "
+                     f"{_pct(m['kernel_drift_error'])} | {fmt(m['moving']['mean_abs_actual'], 3)} |")
     return lines
 
 

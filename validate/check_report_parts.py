@@ -1,7 +1,7 @@
 """report.md sections of the first-order check's parts that issue 24 added: the eta sweep over pairs
 (validate.pair_sweep), P20 on the logit eNTK (validate.logit_kernel) and the per-token channels of the DPO
 step (validate.token_channels). Each takes its part of first_order.json and returns lines."""
-from learning_dynamics.validate.report import _fmt
+from learning_dynamics.validate.report import fmt
 
 VIEW_WORDS = {
     "K sketch": "K, Gaussian sketch over the whole vocabulary (the paper's kernel)",
@@ -20,7 +20,7 @@ def pct(x) -> str:
 def _interval(summary: dict, digits: int = 3, beyond: str = "beyond the grid") -> str:
     """median [95% interval] (range), a censored (beyond the grid) value named as such."""
     def one(x):
-        return beyond if x is None else _fmt(x, digits)
+        return beyond if x is None else fmt(x, digits)
     if not summary or not summary.get("n"):
         return "n/a"
     return (f"{one(summary['median'])} [{one(summary['ci'][0])}, {one(summary['ci'][1])}] "
@@ -54,12 +54,12 @@ def pair_sweep_lines(ps) -> list:
 def p20_lines(p20: dict) -> list:
     lines = ["### Kernel drift (P20) on the logit eNTK", ""]
     if "views" not in p20:     # a check from before the logit eNTK views: P20 on A.K.G, judged at 0.9
-        return ["### Kernel drift (P20)", "", f"**{p20['verdict']}**: {p20['effect_unit']} = {_fmt(p20['effect'], 4)}, 95% CI "
-                        f"[{_fmt(p20['ci'][0], 4)}, {_fmt(p20['ci'][1], 4)}]. {p20['detail']}.", ""]
+        return ["### Kernel drift (P20)", "", f"**{p20['verdict']}**: {p20['effect_unit']} = {fmt(p20['effect'], 4)}, 95% CI "
+                        f"[{fmt(p20['ci'][0], 4)}, {fmt(p20['ci'][1], 4)}]. {p20['detail']}.", ""]
     views, steps = p20["views"], p20["steps"]
     lines += [f"**Described, not judged** (verdict {p20['verdict']}: {p20['inconclusive_reason']}; the 0.9 of "
-              f"earlier checks was the project's own). {p20['effect_unit']} = {_fmt(p20['effect'], 4)}, 95% CI "
-              f"[{_fmt(p20['ci'][0], 4)}, {_fmt(p20['ci'][1], 4)}]; {p20['detail']}.", "",
+              f"earlier checks was the project's own). {p20['effect_unit']} = {fmt(p20['effect'], 4)}, 95% CI "
+              f"[{fmt(p20['ci'][0], 4)}, {fmt(p20['ci'][1], 4)}]; {p20['detail']}.", "",
               "Each view's cosine with step 0 [95% CI]. K = grad z(probe) grad z(train)^T is the kernel of the "
               "logits, apart from the softmax factors; its sketch reads K between Gaussian directions over "
               "(position, vocabulary), E[w w^T] = I, drawn once, the same at every checkpoint "
@@ -70,14 +70,14 @@ def p20_lines(p20: dict) -> list:
               "| view | " + " | ".join(f"step {t}" for t in steps) + f" | norm ratio at step {steps[-1]} |",
               "|---" * (len(steps) + 2) + "|"]
     for name, view in views.items():
-        cells = [f"{_fmt(c, 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]" if i else _fmt(c, 3)
+        cells = [f"{fmt(c, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]" if i else fmt(c, 3)
                  for i, (c, (lo, hi)) in enumerate(zip(view["similarity"], view["ci"]))]
         lines.append(f"| {VIEW_WORDS.get(name, name)} | " + " | ".join(cells)
-                     + f" | {_fmt(view['norm_ratio'][-1], 3)} |")
+                     + f" | {fmt(view['norm_ratio'][-1], 3)} |")
     halves = views["K sketch"].get("halves") or []
     if halves:
         lines += ["", f"The sketch's own noise: the two halves of its probe-side directions give "
-                      f"{' and '.join(_fmt(h, 3) for h in halves)} at step {steps[-1]}."]
+                      f"{' and '.join(fmt(h, 3) for h in halves)} at step {steps[-1]}."]
     return lines
 
 
@@ -99,10 +99,10 @@ def channel_lines(ch, dtype: str) -> list:
             e = entry.get(token)
             if not e:
                 continue
-            parts = " | ".join(f"{_fmt(e['channels'][n]['mean'], 3)} ({pct(e['channels'][n]['share'])})"
+            parts = " | ".join(f"{fmt(e['channels'][n]['mean'], 3)} ({pct(e['channels'][n]['share'])})"
                                for n in ("hidden (body)", "hidden (input embedding)", "readout"))
-            lines.append(f"| {kind} | {words} | {entry['positions']} | {_fmt(e['mean_exact'], 3)} | "
-                         f"{_fmt(e['mean_actual'], 3)} | {_fmt(e['rises_exact'], 3)} / {_fmt(e['rises_actual'], 3)} "
+            lines.append(f"| {kind} | {words} | {entry['positions']} | {fmt(e['mean_exact'], 3)} | "
+                         f"{fmt(e['mean_actual'], 3)} | {fmt(e['rises_exact'], 3)} / {fmt(e['rises_actual'], 3)} "
                          f"| {parts} | {e['carrier']} |")
     return lines + _squeeze_carrier(ch)
 
@@ -116,14 +116,14 @@ def _squeeze_carrier(ch: dict) -> list:
     where = "" if largest is None else f"; the largest part at {pct(largest)} of the positions"
     if entry["mean_exact"] > 0:
         lines = ["", f"The squeeze (the top token's rise at y-'s rejected-only positions, first order: mean "
-                     f"{_fmt(entry['mean_exact'], 3)} nats) is carried by the **{carrier}** channel "
+                     f"{fmt(entry['mean_exact'], 3)} nats) is carried by the **{carrier}** channel "
                      f"({pct(entry['channels'][carrier]['share'])} of it{where})."]
     else:
         lines = ["", f"No squeeze at first order here: the top token's mean first-order change at y-'s rejected-only "
-                     f"positions is {_fmt(entry['mean_exact'], 3)} nats; the **{carrier}** channel moves it most "
+                     f"positions is {fmt(entry['mean_exact'], 3)} nats; the **{carrier}** channel moves it most "
                      f"({pct(entry['channels'][carrier]['share'])}{where})."]
     sources = {n: v for n, v in entry["channels"].items() if n.startswith("readout:")}
     if sources:
         lines[-1] += (" The readout channel's change comes from the tied matrix's " + " and ".join(
-            f"{n.split(': ')[1]} ({_fmt(v['mean'], 3)} nats)" for n, v in sources.items()) + ".")
+            f"{n.split(': ')[1]} ({fmt(v['mean'], 3)} nats)" for n, v in sources.items()) + ".")
     return lines + [""]

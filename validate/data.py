@@ -98,7 +98,7 @@ def _clean(text) -> str:
     return " ".join(text.split())
 
 
-def _key(text: str) -> str:
+def text_key(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
@@ -120,7 +120,7 @@ def corpus_pairs(max_response_chars: int = MAX_RESPONSE_CHARS) -> list:
             for prompt, response in zip(turns, turns[1:]):
                 if not prompt or not response or len(response) > max_response_chars:
                     continue
-                key = (_key(prompt), _key(response))
+                key = (text_key(prompt), text_key(response))
                 if key in seen:
                     continue
                 seen.add(key)
@@ -169,7 +169,7 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
     pairs = corpus_pairs()
     by_prompt = {}                                   # prompt key -> list of pairs, corpus order
     for pair in pairs:
-        by_prompt.setdefault(_key(pair["prompt"]), []).append(pair)
+        by_prompt.setdefault(text_key(pair["prompt"]), []).append(pair)
     prompts = list(by_prompt)
     n_held = int(round(held_fraction * len(prompts)))
     if n_probe < 1 or n_test < 1 or n_probe + n_test + n_held >= len(prompts):
@@ -181,9 +181,9 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
     n_rejected = (3 * n_held) // 4                   # a probe pair needs a rejected answer of its own
     rejected_keys, irrelevant_keys = held_keys[:n_rejected], held_keys[n_rejected:]
 
-    answers = Counter(_key(p["response"]) for k in rest + test_keys for p in by_prompt[k])
+    answers = Counter(text_key(p["response"]) for k in rest + test_keys for p in by_prompt[k])
     # probe prompts: a single real answer that no other prompt shares, so y+ is a target of its own pair only
-    unique = [k for k in rest if len(by_prompt[k]) == 1 and answers[_key(by_prompt[k][0]["response"])] == 1]
+    unique = [k for k in rest if len(by_prompt[k]) == 1 and answers[text_key(by_prompt[k][0]["response"])] == 1]
     if len(unique) < n_probe:
         raise UserError(f"n_probe={n_probe} is more than the {len(unique)} prompts with an answer of their own")
     probe_keys = unique[:n_probe]
@@ -194,7 +194,7 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
         seen, out = set(), []
         for k in keys:
             for p in by_prompt[k]:
-                key = _key(p["response"])
+                key = text_key(p["response"])
                 if key not in answers and key not in seen:
                     seen.add(key)
                     out.append(p)
@@ -205,7 +205,7 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
         raise UserError(f"n_probe={n_probe} needs more than the {len(rejected_answers)} held-apart rejected answers")
     pools = {}                                     # (category file, kind) -> held-apart answers
     for p in rejected_answers:
-        pools.setdefault((p["source"], _kind(p["response"])), []).append((_key(p["response"]), p["response"]))
+        pools.setdefault((p["source"], _kind(p["response"])), []).append((text_key(p["response"]), p["response"]))
     by_source, global_pool = {}, []
     for (source, _), pool in sorted(pools.items()):
         by_source.setdefault(source, []).extend(pool)
@@ -235,9 +235,9 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
         for pair in by_prompt[k]:
             train.append(probe_by_key[k] if k in probe_by_key else example(pair, pick(pair, rng, reserved, False)))
     test = [example(by_prompt[k][0], pick(by_prompt[k][0], rng, reserved, False)) for k in test_keys]
-    rejected_texts = {_key(p["response"]) for p in rejected_answers}
+    rejected_texts = {text_key(p["response"]) for p in rejected_answers}
     irrelevant = [{"text": p["response"], "source": p["source"]} for p in held_answers(irrelevant_keys)
-                  if is_fluent(p["response"]) and _key(p["response"]) not in rejected_texts]
+                  if is_fluent(p["response"]) and text_key(p["response"]) not in rejected_texts]
     counts = {"corpus_pairs": len(pairs), "unique_prompts": len(prompts), "train": len(train),
               "train_prompts": len(train_keys), "probe": len(probe), "test": len(test),
               "held_apart_prompts": n_held, "rejected_pool": len(rejected_answers), "irrelevant_pool": len(irrelevant)}
@@ -264,7 +264,7 @@ def is_fluent(text: str, min_words: int = 5, max_words: int = 40) -> bool:
 ROLES = ("system", "user", "assistant")
 
 
-def _check_messages(value, where, name):
+def check_messages(value, where, name):
     if not isinstance(value, list) or not value:
         raise UserError(f"{where}: \"{name}\" must be a non-empty string or a non-empty list of messages")
     for i, msg in enumerate(value):
@@ -277,18 +277,18 @@ def _check_messages(value, where, name):
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _response_text(value, where, name):
+def response_text(value, where, name):
     if isinstance(value, str):
         if not value.strip():
             raise UserError(f"{where}: \"{name}\" is an empty string")
         return value
-    messages = _check_messages(value, where, name)
+    messages = check_messages(value, where, name)
     if len(messages) != 1 or messages[0]["role"] != "assistant":
         raise UserError(f"{where}: \"{name}\" must be a string or a list with exactly one assistant message")
     return messages[0]["content"]
 
 
-def _record(obj, where):
+def checked_record(obj, where):
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object with \"prompt\", \"chosen\", \"rejected\", got {type(obj).__name__}")
     missing = [k for k in ("prompt", "chosen", "rejected") if k not in obj]
@@ -299,11 +299,11 @@ def _record(obj, where):
         if not prompt.strip():
             raise UserError(f"{where}: \"prompt\" is an empty string")
     else:
-        prompt = _check_messages(prompt, where, "prompt")
+        prompt = check_messages(prompt, where, "prompt")
         if prompt[-1]["role"] != "user":
             raise UserError(f"{where}: \"prompt\" must end with a user message")
-    record = {"prompt": prompt, "chosen": _response_text(obj["chosen"], where, "chosen"),
-              "rejected": _response_text(obj["rejected"], where, "rejected")}
+    record = {"prompt": prompt, "chosen": response_text(obj["chosen"], where, "chosen"),
+              "rejected": response_text(obj["rejected"], where, "rejected")}
     if isinstance(obj.get("source"), str):
         record["source"] = obj["source"]
     _check_encodable(record, where)
@@ -340,7 +340,7 @@ def load_preference_jsonl(path) -> list:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{where}: invalid JSON ({exc.msg}: column {exc.colno})") from None
-        records.append(_record(obj, where))
+        records.append(checked_record(obj, where))
     if not records:
         raise UserError(f"{path}: no examples (the file is empty; {EXPECTED})")
     return records
@@ -351,7 +351,7 @@ def preference_records(rows, source: str = "probe data") -> list:
     if isinstance(rows, (str, bytes, Mapping)) or not hasattr(rows, "__iter__"):
         raise UserError(f"{source}: expected a JSONL path or rows with \"prompt\", \"chosen\", \"rejected\", "
                         f"got {type(rows).__name__}")
-    records = [_record(obj, f"{source}[{i}]") for i, obj in enumerate(rows)]
+    records = [checked_record(obj, f"{source}[{i}]") for i, obj in enumerate(rows)]
     if not records:
         raise UserError(f"{source}: no examples")
     return records

@@ -13,7 +13,7 @@ because it is trained on.
 training pair, the probe prompt's own pair excepted for y+ and y-.
 """
 from learning_dynamics.theory.probes import PROBE_TYPES
-from learning_dynamics.validate.probe_texts import _norm
+from learning_dynamics.validate.probe_texts import normalized
 
 BY_DESIGN = tuple(p.name for p in PROBE_TYPES if p.trained == "other pair")   # trained on under another prompt
 OWN_PAIR = {p.name: p.name for p in PROBE_TYPES if p.trained == "own"}        # probe -> its role in its own pair
@@ -26,16 +26,16 @@ def measure(probe_set, train_examples) -> dict:
     """
     where = {}                                          # text -> set of (prompt key, role)
     for ex in train_examples:
-        prompt = _norm(ex["prompt"])
+        prompt = normalized(ex["prompt"])
         for role in ("chosen", "rejected"):
             if isinstance(ex.get(role), str):   # prompt/completion data has no y-, prompt-only data neither
-                where.setdefault(_norm(ex[role]), set()).add((prompt, role))
+                where.setdefault(normalized(ex[role]), set()).add((prompt, role))
     probes = sorted({name for p in probe_set for name in p["texts"]})
     overlap = {name: {"any": 0, "as_chosen": 0, "as_rejected": 0} for name in probes}
     for p in probe_set:
-        prompt = _norm(p["prompt"])
+        prompt = normalized(p["prompt"])
         for name, text in p["texts"].items():
-            hits = set(where.get(_norm(text), ()))
+            hits = set(where.get(normalized(text), ()))
             if name in OWN_PAIR:
                 hits.discard((prompt, OWN_PAIR[name]))
             roles = {role for _, role in hits}

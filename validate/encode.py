@@ -61,7 +61,7 @@ _MARK = "\u2063LDYN-RESPONSE\u2063"
 _EOT_CACHE = {}
 
 
-def _as_id_list(out) -> list:
+def as_id_list(out) -> list:
     """apply_chat_template / tokenizer output -> list[int] (lists, tensors, dicts, BatchEncoding)."""
     if isinstance(out, Mapping) or (hasattr(out, "keys") and hasattr(out, "__getitem__") and not isinstance(out, list)):
         out = out["input_ids"]
@@ -101,17 +101,17 @@ def prompt_ids(tokenizer, prompt) -> list:
     """Token ids of the prompt up to where the response starts (chat template with generation prompt)."""
     if has_chat_template(tokenizer):
         out = tokenizer.apply_chat_template(_messages(prompt), add_generation_prompt=True, tokenize=True)
-        return _as_id_list(out)
+        return as_id_list(out)
     if not isinstance(prompt, str):
         prompt = "\n".join(m["content"] for m in prompt)
-    return _as_id_list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
+    return as_id_list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
 
 
 def response_ids(tokenizer, response: str) -> list:
     """Token ids of the response followed by the end-of-turn marker (or eos without a chat template)."""
     if has_chat_template(tokenizer):
-        return _as_id_list(tokenizer(response + end_of_turn(tokenizer), add_special_tokens=False)["input_ids"])
-    ids = _as_id_list(tokenizer(response, add_special_tokens=False)["input_ids"])
+        return as_id_list(tokenizer(response + end_of_turn(tokenizer), add_special_tokens=False)["input_ids"])
+    ids = as_id_list(tokenizer(response, add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     return ids

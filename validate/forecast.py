@@ -22,8 +22,8 @@ from pathlib import Path
 
 from learning_dynamics.sim.io import atomic_write_json, json_ready
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.presets import FORECAST_PAIRS as DEFAULT_PAIRS
 
-DEFAULT_PAIRS = 64        # of the built-in data when no file is given
 PARTS = "forecast.parts.json"
 
 
@@ -267,6 +267,6 @@ def forecast_command(settings, options, out) -> str:
     values = dict(provenance.public_settings(settings), **options)
     if values["data"] is None and options["n_pairs"] == DEFAULT_PAIRS:
         values["n_pairs"] = None          # the built-in data's default
-    values.setdefault("format", provenance._figure_format())
+    values.setdefault("format", provenance.figure_format())
     return provenance.reproduce_command(("validate", "forecast"), values, PRESETS[settings.preset],
                                         provenance.reproduce_out(out or "forecast"), always=("preset", "algo"))

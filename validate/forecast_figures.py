@@ -5,18 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.validate.forecast_report import column, spearman
-from learning_dynamics.validate.forecast_steps import FLAG_PREDICTOR, PREDICTORS, predictor
+from learning_dynamics.sim import style
+from learning_dynamics.theory.statistics import spearman
+from learning_dynamics.validate.forecast_steps import FLAG_PREDICTOR, PREDICTORS, column, predictor
 
 AXIS = {"exact_sgd": "predicted change (nats)", "exact_adamw": "predicted change (nats)",
         "ches": "CHES", "ches_ln": "normalised CHES", "residual_norm": "‖G‖ of the pair",
         "token_overlap": "token F1, y+ vs y-", "hidden_cosine": "hidden-state cosine"}
 PER_UNIT_LR = "predicted change per unit lr"
-
-
-def _style():
-    from learning_dynamics.sim import style
-    return style
 
 
 def _x(pred, records, eta) -> tuple:
@@ -29,7 +25,6 @@ def _x(pred, records, eta) -> tuple:
 
 
 def _panel(ax, x, y, title, xlabel, ylabel, flags_at_zero) -> None:
-    style = _style()
     ax.scatter(x, y, s=9, color=style.BLUE, alpha=0.75, linewidths=0)
     style.reference_line(ax)
     if flags_at_zero:
@@ -40,15 +35,13 @@ def _panel(ax, x, y, title, xlabel, ylabel, flags_at_zero) -> None:
 
 
 def _against(records, actual, ylabel, path, title, panels=PREDICTORS, eta=None):
-    from learning_dynamics.sim.io import atomic_savefig
-    style = _style()
     fig, axes = style.grid(len(panels), max_cols=4, row_height=2.0)
     fig.suptitle(style.math_text(title))
     for ax, pred in zip(axes, panels):
         rho = spearman(pred.predicted_change(records), actual)
         x, xlabel = _x(pred, records, eta)
         _panel(ax, x, actual, f"{pred.name}: rho {rho:.2f}", xlabel, ylabel, pred.flags)
-    return atomic_savefig(fig, path)
+    return style.save(fig, path)
 
 
 def draw(result, out) -> list:

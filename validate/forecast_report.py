@@ -15,17 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
-from learning_dynamics.theory.statistics import bootstrap_ci, precision_recall
-from learning_dynamics.validate.forecast_steps import FLAG_PREDICTOR, PREDICTORS, SGD_TARGET_NATS, predictor
+from learning_dynamics.theory.statistics import bootstrap_ci, precision_recall, spearman
+from learning_dynamics.validate.forecast_steps import (FLAG_PREDICTOR, PREDICTORS, SGD_TARGET_NATS, column,
+                                                      predictor)
 
 TOP_FRACTION = 0.1
 N_BOOT = 2000
 OPTIMIZERS = ("sgd", "adamw")
 PROBES = ("chosen", "rejected", "ystar")
-
-
-def column(records, key) -> np.ndarray:
-    return np.array([r[key] for r in records], dtype=float)
 
 
 def top_k(n: int, fraction: float = TOP_FRACTION) -> int:
@@ -44,28 +41,6 @@ def random_overlap(n: int, fraction: float = TOP_FRACTION) -> dict:
     k = top_k(n, fraction)
     counts = hypergeom(n, k, k).ppf([0.025, 0.975])
     return {"k": k, "mean": k / n, "ci": [float(counts[0]) / k, float(counts[1]) / k]}
-
-
-def _ranks(x) -> np.ndarray:
-    """Ranks with ties averaged (scipy.stats.rankdata's "average"), without its per-call overhead: the bootstrap
-    calls this thousands of times, and its resamples are full of ties."""
-    x = np.asarray(x, dtype=float)
-    order = np.argsort(x, kind="stable")
-    starts = np.r_[True, np.diff(x[order]) != 0]
-    group = np.cumsum(starts) - 1
-    first = np.flatnonzero(starts)
-    last = np.r_[first[1:], len(x)] - 1
-    ranks = np.empty(len(x))
-    ranks[order] = ((first + last) / 2.0)[group]
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman's rho: Pearson's r of the ranks (equal to scipy.stats.spearmanr; tests hold them together)."""
-    a, b = _ranks(a), _ranks(b)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def fall_share(flags, actual) -> float:
@@ -159,21 +134,21 @@ def summary_line(records, verified=None) -> str:
         sgd = verified["by_optimizer"]["sgd"]
         exact = next(j for j in sgd["predictors"] if j["predictor"] == FLAG_PREDICTOR)
         line += (f"; in the real SGD steps {sgd['n_fell']} chosen answers fell and the flagged pairs hold "
-                 f"{_pct(exact['fall_share'])} of that fall" if sgd["n_fell"] else
+                 f"{percent_text(exact['fall_share'])} of that fall" if sgd["n_fell"] else
                  "; in the real SGD steps no chosen answer fell")
     return line
 
 
-def _pct(x) -> str:
+def percent_text(x) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.0f}%"
 
 
-def _num(x, digits=3) -> str:
+def num_text(x, digits=3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
 
 
 def _ci(values, pct=False) -> str:
-    show = _pct if pct else (lambda v: _num(v, 2))
+    show = percent_text if pct else (lambda v: num_text(v, 2))
     return f"[{show(values[0])}, {show(values[1])}]"
 
 
@@ -277,12 +252,12 @@ def _judged_table(judged, baseline) -> list:
              "|---|---|---|---|---|---|---|"]
     for j in judged:
         flagged = f"{j['n_predicted']} of {j['n']}" if "n_predicted" in j else "ranks only"
-        lines.append(f"| {j['label']} | {_num(j['spearman'], 2)} {_ci(j['spearman_ci'])} | "
-                     f"{_pct(j['top_overlap'])} {_ci(j['top_overlap_ci'], True)} | " +
-                     (f"{_num(j['precision'], 2)} {_ci(j['precision_ci'])} | {_num(j['recall'], 2)} "
-                      f"{_ci(j['recall_ci'])} | {flagged} | {_pct(j['fall_share'])} {_ci(j['fall_share_ci'], True)} |"
+        lines.append(f"| {j['label']} | {num_text(j['spearman'], 2)} {_ci(j['spearman_ci'])} | "
+                     f"{percent_text(j['top_overlap'])} {_ci(j['top_overlap_ci'], True)} | " +
+                     (f"{num_text(j['precision'], 2)} {_ci(j['precision_ci'])} | {num_text(j['recall'], 2)} "
+                      f"{_ci(j['recall_ci'])} | {flagged} | {percent_text(j['fall_share'])} {_ci(j['fall_share_ci'], True)} |"
                       if "precision" in j else f"n/a | n/a | {flagged} | n/a |"))
-    lines.append(f"| random ranking | 0 | {_pct(baseline['mean'])} {_ci(baseline['ci'], True)} "
+    lines.append(f"| random ranking | 0 | {percent_text(baseline['mean'])} {_ci(baseline['ci'], True)} "
                  f"(k = {baseline['k']}) | | | | |")
     return lines
 
@@ -297,7 +272,7 @@ def _verification_lines(v) -> list:
              "fall: of sum max(0, -actual change) over all pairs. 95% CIs: bootstrap over pairs.", ""]
     for step, title in (("sgd", "plain SGD step"), ("adamw", "first AdamW step")):
         s = v["by_optimizer"][step]
-        accuracy = "; ".join(f"{k} r {_num(a['pearson_r'], 4)}, relative error {_pct(a['relative_error'])}"
+        accuracy = "; ".join(f"{k} r {num_text(a['pearson_r'], 4)}, relative error {percent_text(a['relative_error'])}"
                              for k, a in s["first_order"].items())
         lines += [f"### {title}: {s['n_fell']} chosen answers fell", "",
                   f"The exact prediction against the measured change ({accuracy}).", ""]
@@ -316,14 +291,14 @@ def _training_lines(t, n) -> list:
             f"{trained}. The chosen answer's log-prob changed by "
             f"{t['mean_change']:+.3g} nats on average; it fell for {t['n_fell']} of {n} pairs (total fall "
             f"{t['total_fall']:.3g} nats). The pairs flagged at step 0 ({exact['n_predicted']} of {n}) hold "
-            f"**{_pct(exact['fall_share'])}** {_ci(exact['fall_share_ci'], True)} of that fall; a random set of the "
-            f"same size holds {_pct(exact['n_predicted'] / n)} on average.", "",
+            f"**{percent_text(exact['fall_share'])}** {_ci(exact['fall_share_ci'], True)} of that fall; a random set of the "
+            f"same size holds {percent_text(exact['n_predicted'] / n)} on average.", "",
             "Each predictor's step-0 forecast against the change of log pi(y+) over the whole run:", "",
             *_judged_table(t["predictors"], t["random_top_overlap"]), "",
             f"The forecast repeated after the run (the kernel and the loss coefficients have moved): "
             f"{later['n_flagged']} of {n} pairs flagged; the flags agree with step 0's for "
-            f"{_pct(later['flag_agreement'])} of pairs; Spearman rho of the two exact forecasts "
-            f"{_num(later['spearman_with_step0'], 2)}.", ""]
+            f"{percent_text(later['flag_agreement'])} of pairs; Spearman rho of the two exact forecasts "
+            f"{num_text(later['spearman_with_step0'], 2)}.", ""]
 
 
 def _pair_lines(rows, verified, limit=20) -> list:
@@ -333,7 +308,7 @@ def _pair_lines(rows, verified, limit=20) -> list:
              "forecast.csv)", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows[:limit]:
         lines.append(f"| {r['rank']} | {r['index']} | {_cell(r['prompt'], 50)} | {_cell(r['chosen'], 40)} | "
-                     f"{r['sgd_dlogp_chosen']:.4g} | {_num(r.get('adamw_dlogp_chosen'))} | {r['ches']:.4g} |" +
+                     f"{r['sgd_dlogp_chosen']:.4g} | {num_text(r.get('adamw_dlogp_chosen'))} | {r['ches']:.4g} |" +
                      (f" {r['actual_sgd_dlogp_chosen']:.3g} | {r['actual_adamw_dlogp_chosen']:.3g} |"
                       if verified else ""))
     return lines

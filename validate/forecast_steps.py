@@ -34,11 +34,11 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from learning_dynamics.sim.losses import _upcast
+from learning_dynamics.sim.losses import upcast
 from learning_dynamics.theory import residuals
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.forward import (_takes_4d_masks, decoder_body, functional_sequence_logps, make_batch,
+from learning_dynamics.validate.forward import (takes_4d_masks, decoder_body, functional_sequence_logps, make_batch,
                                                 make_shared_prompt_batch, response_logits, token_statistics)
 
 ADAM_EPS = 1e-8            # torch.optim.AdamW's default eps, which the first update divides by
@@ -68,6 +68,11 @@ class Predictor:
     def displacing(self, records):
         """Boolean per pair, or None for a predictor that only ranks."""
         return self.predicted_change(records) < 0 if self.flags else None
+
+
+def column(records, key) -> np.ndarray:
+    """The values of `key` over the pair records, as floats."""
+    return np.array([r[key] for r in records], dtype=float)
 
 
 PREDICTORS = (
@@ -114,7 +119,7 @@ def pair_batch(model, pair, pad_id, device):
     """(prompt, y+) and (prompt, y-) as sequences 0 and 1: one shared-prompt row where the model's attention
     takes one (validate.forward), else two rows."""
     sequences = [(pair["prompt"], pair["chosen"]), (pair["prompt"], pair["rejected"])]
-    batch = make_shared_prompt_batch([sequences], pad_id) if _takes_4d_masks(model) else make_batch(sequences, pad_id)
+    batch = make_shared_prompt_batch([sequences], pad_id) if takes_4d_masks(model) else make_batch(sequences, pad_id)
     return batch.to(device)
 
 
@@ -158,7 +163,7 @@ def gradient_pass(model, batch, algorithm, hyper, reference=None) -> tuple:
     hidden = decoder_body(model)(**batch.body_inputs()).last_hidden_state
     picked, labels, sequence = batch.pick(hidden)
     logits = model.get_output_embeddings()(picked)
-    token_logps = -F.cross_entropy(_upcast(logits), labels, reduction="none")
+    token_logps = -F.cross_entropy(upcast(logits), labels, reduction="none")
     chosen = sequence == 0
     logp = (token_logps[chosen].sum(), token_logps[~chosen].sum())
     lengths = (int(chosen.sum()), int((~chosen).sum()))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from learning_dynamics.sim.batches import right_pad, span_mask
-from learning_dynamics.sim.losses import _upcast
+from learning_dynamics.sim.losses import upcast
 
 STATS_CHUNK = 2048   # tokens per [chunk, vocab] temporary in the statistics pass
 
@@ -166,7 +166,7 @@ def readout(model, hidden):
 def sequence_logps(model, batch: Batch):
     """Summed log pi(response | prompt) per row [B] (differentiable) and token counts [B]."""
     logits, labels, rows = response_logits(model, batch)
-    token_logps = -F.cross_entropy(_upcast(logits), labels, reduction="none")
+    token_logps = -F.cross_entropy(upcast(logits), labels, reduction="none")
     n_rows = batch.n_sequences
     sums = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
     counts = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
@@ -207,7 +207,7 @@ def batches(model, sequences, batch_size, pad_id, shared_prompts=True):
     """(indices, batch) over (prompt_ids, response_ids) sequences, filled in order of length so that few tokens
     are padding: SharedPromptBatch rows (a prompt's sequences after one copy of it) where the model's attention
     reads the 4D mask, else one row per sequence (validate.forward's two batch kinds agree to rounding)."""
-    if shared_prompts and _takes_4d_masks(model):
+    if shared_prompts and takes_4d_masks(model):
         return _shared_prompt_batches(sequences, batch_size, pad_id)
     return _one_row_batches(sequences, batch_size, pad_id)
 
@@ -242,7 +242,7 @@ def _shared(batch, sequences, pad_id):
             make_shared_prompt_batch([[sequences[i] for i in g] for g in batch], pad_id))
 
 
-def _takes_4d_masks(model) -> bool:
+def takes_4d_masks(model) -> bool:
     """Whether the model's attention reads our boolean 4D mask as given: SDPA does, in transformers 5 (its
     masking utils pass a 4D mask through; older versions expect an additive one), and a sliding window would
     be ignored by it, so such models, eager attention and older versions take one row per sequence."""
@@ -252,7 +252,7 @@ def _takes_4d_masks(model) -> bool:
             and int(transformers.__version__.split(".")[0]) >= 5)
 
 
-class _Bound:
+class Bound:
     """What sequence_logps and response_logits ask of a model, answered with `params` (name -> tensor)."""
 
     def __init__(self, model, params):
@@ -269,12 +269,12 @@ class _Bound:
 
 def functional_sequence_logps(model, params, batch):
     """sequence_logps with the weights taken from `params` (name -> tensor, e.g. dual tensors for a jvp)."""
-    return sequence_logps(_Bound(model, params), batch)[0]
+    return sequence_logps(Bound(model, params), batch)[0]
 
 
 def functional_response_logits(model, params, batch):
     """response_logits with the weights taken from `params`: logits [N, V], labels [N], sequence index [N]."""
-    return response_logits(_Bound(model, params), batch)
+    return response_logits(Bound(model, params), batch)
 
 
 def _sub(params, prefix):
@@ -286,7 +286,7 @@ def token_statistics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Per-token log pi(label), entropy, ||pi||^2 and max log pi, chunk by chunk, float32."""
     out = {"logp": [], "entropy": [], "sqnorm": [], "argmax_logp": [], "argmax": []}
     for start in range(0, logits.shape[0], STATS_CHUNK):
-        z = _upcast(logits[start:start + STATS_CHUNK])
+        z = upcast(logits[start:start + STATS_CHUNK])
         lse = torch.logsumexp(z, dim=-1)
         out["logp"].append(z.gather(-1, labels[start:start + STATS_CHUNK, None]).squeeze(-1) - lse)
         out["entropy"].append(lse - (torch.softmax(z, dim=-1) * z).sum(-1))
@@ -329,8 +329,8 @@ def mass_shift(model, reference, batch: Batch) -> dict:
     ref_logits, _, _ = response_logits(reference, batch)
     tv, gain = [], []
     for start in range(0, logits.shape[0], STATS_CHUNK):
-        p = torch.softmax(_upcast(logits[start:start + STATS_CHUNK]).float(), dim=-1)
-        p0 = torch.softmax(_upcast(ref_logits[start:start + STATS_CHUNK]).float(), dim=-1)
+        p = torch.softmax(upcast(logits[start:start + STATS_CHUNK]).float(), dim=-1)
+        p0 = torch.softmax(upcast(ref_logits[start:start + STATS_CHUNK]).float(), dim=-1)
         tv.append(0.5 * (p - p0).abs().sum(-1))
         top = p0.argmax(-1, keepdim=True)
         gain.append((p.gather(-1, top) - p0.gather(-1, top)).squeeze(-1))

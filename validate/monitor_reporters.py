@@ -27,12 +27,12 @@ def reporters(trainer) -> list:
 
 def verdict_rows(report: dict) -> list:
     """One row per verdict: COLUMNS, the reason when it is inconclusive (or why it was not judged)."""
-    from learning_dynamics.validate.report import _judged
+    from learning_dynamics.validate.report import judged_label
     rows = []
     for r in report.get("predictions", []):
         ci = list(r.get("ci") or [None, None])
         why = r.get("inconclusive_reason") or (r.get("detail") if r.get("verdict") == "inconclusive" else "")
-        rows.append([r["id"], r["claim"], _judged(r), r["verdict"], r.get("effect"), ci[0], ci[1], why or ""])
+        rows.append([r["id"], r["claim"], judged_label(r), r["verdict"], r.get("effect"), ci[0], ci[1], why or ""])
     return rows
 
 

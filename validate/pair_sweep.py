@@ -16,8 +16,8 @@ import torch
 from learning_dynamics.validate import factored_jvp
 from learning_dynamics.validate.first_order import PUSHES, STEP_KINDS, sgd_direction, sweep
 from learning_dynamics.validate.forward import probe_logps
+from learning_dynamics.validate.probes import said_once
 
-N_PAIRS = {"smoke": 2, "cpu": 8, "default": 8}
 PAIR_NATS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 LEVELS = {"linear_up_to": 0.1, "breaks_at": 1.0}      # relative error levels whose crossing is reported
 PROMPTS_PER_PAIR = 2                                  # the pair's own probe prompt and the next one
@@ -116,7 +116,6 @@ def sweep_pairs(model, pairs: list, probes: list, pad_id, device, batch_size, se
 
 
 def _sweep_pairs(model, pairs, probes, pad_id, device, batch_size, seed, progress) -> dict:
-    from learning_dynamics.validate.check import said_once
     per_pair = []
     for i, (pair, probe_set) in enumerate(zip(pairs, pair_probe_sets(probes, len(pairs)))):
         sequences, _ = said_once(probe_set)

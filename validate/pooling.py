@@ -72,9 +72,11 @@ def pooled_rows(group, settings_of, series_of, regime_of, controls_of, names) ->
     with grouped_by(labels):
         rows = predictions.evaluate_run(joined([series_of[d] for d in group]), algo, level="llm", seed=0,
                                         controls=controls, regime=joined_regime([regime_of.get(d) for d in group]),
-                                        precision=scored_in(settings_of[group[0]]))
+                                        precision=settings_of[group[0]].get("precision") or "float32")
     seeds = [settings_of[d]["seed"] for d in group]
-    label = f"{names[group[0]].rsplit('/', 1)[0] + '/' if '/' in names[group[0]] else ''}{algo} ({len(group)} seeds)"
+    parents = {names[d].rsplit("/", 1)[0] if "/" in names[d] else "" for d in group}
+    prefix = f"{parents.pop()}/" if len(parents) == 1 and "" not in parents else ""   # a folder all seeds share
+    label = f"{prefix}{algo} ({len(group)} seeds)"
     return [dict(r, run=label, algo=algo, seeds=seeds, pooled=True) for r in rows]
 
 

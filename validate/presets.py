@@ -19,6 +19,19 @@ from learning_dynamics.theory.errors import UserError
 
 ALGORITHMS = registry.ALGORITHMS
 PRECISIONS = ("auto", "fp32", "bf16")   # validate.precision resolves "auto" on the machine that runs
+# losses of one response or one dataset pair, needing no samples and no reference model during training: the ones
+# the first-order check's k-step run can train (validate.trajectory)
+TRAJECTORY_ALGOS = tuple(name for name, a in registry.REGISTRY.items()
+                         if not a.requires_samples and not a.warmup and a.data in ("chosen", "pair"))
+# The first-order check's sizes per preset (validate.check): cpu reads what default does (the preset's 24 probe
+# prompts), which fits 2 CPU cores in under 30 minutes because a prompt's 12 responses go through the body
+# together (validate.forward's shared-prompt batches; validate/reports/smollm2-135m-instruct-cpu/first-order/
+# COMMANDS.md has each part's time).
+N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
+SWEEP_PROMPTS = {"smoke": 2, "cpu": 8, "default": 8}       # of them, the prompts whose responses the sweep reads
+SWEEP_PAIRS = {"smoke": 2, "cpu": 8, "default": 8}         # training pairs of the coarse sweep (validate.pair_sweep)
+N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
+FORECAST_PAIRS = 64        # pairs `ldyn validate forecast` reads of the built-in data when no file is given
 
 
 def hyper_setting(algorithm, name: str) -> str:

@@ -9,7 +9,7 @@ the report leaves its prompt out of every verdict that reads it (theory.predicti
 import difflib
 from typing import Optional
 
-from learning_dynamics.validate.repetition import _WORD, repetition_stats
+from learning_dynamics.validate.repetition import WORD, repetition_stats
 
 # the rephrases and their sources
 SOURCES = {"chosen_rephrase": "chosen", "rejected_rephrase": "rejected"}
@@ -19,7 +19,7 @@ NEAR_COPY = 0.9
 
 def problem(text: str, source: str) -> Optional[str]:
     """Why a rephrase of `source` is not one (None: it is usable)."""
-    words = _WORD.findall(text)
+    words = WORD.findall(text)
     if not words:
         return "empty"
     if difflib.SequenceMatcher(None, text.casefold().strip(), source.casefold().strip()).ratio() >= NEAR_COPY:

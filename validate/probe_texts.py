@@ -148,19 +148,19 @@ def irrelevant_pool(min_words: int = 5, max_words: int = 40, exclude=()) -> list
     A response qualifies when validate.data.is_fluent says so; `exclude` holds
     normalised texts to leave out (a user dataset's training targets).
     """
-    from learning_dynamics.validate.data import corpus_pairs, is_fluent, _key
+    from learning_dynamics.validate.data import corpus_pairs, is_fluent, text_key
 
     seen, pool = set(exclude), []
     for pair in corpus_pairs():
         text = pair["response"]
-        if not is_fluent(text, min_words, max_words) or _key(text) in seen:
+        if not is_fluent(text, min_words, max_words) or text_key(text) in seen:
             continue
-        seen.add(_key(text))
+        seen.add(text_key(text))
         pool.append({"text": text, "source": pair["source"]})
     return pool
 
 
-def _norm(text) -> str:
+def normalized(text) -> str:
     """Comparison key of a response or a prompt (a string, or TRL chat messages)."""
     if not isinstance(text, str):
         text = "\n".join(f"{m['role']}: {m['content']}" for m in text)
@@ -175,8 +175,8 @@ def _choose_other(rng, examples, prompt_key, avoid):
     n = len(examples)
     start = rng.randrange(n)
     ordered = [examples[(start + step) % n] for step in range(n)]
-    for ok in (lambda ex: _norm(ex["prompt"]) != prompt_key and _norm(ex["chosen"]) not in avoid,
-               lambda ex: _norm(ex["prompt"]) != prompt_key,
+    for ok in (lambda ex: normalized(ex["prompt"]) != prompt_key and normalized(ex["chosen"]) not in avoid,
+               lambda ex: normalized(ex["prompt"]) != prompt_key,
                lambda ex: True):
         for ex in ordered:
             if ok(ex):
@@ -187,7 +187,7 @@ def _untrained(make, targets, tries: int = 16) -> str:
     """make() again while it gives a training target (a short year can turn into another trivia answer)."""
     text = make()
     for _ in range(tries):
-        if _norm(text) not in targets:
+        if normalized(text) not in targets:
             break
         text = make()
     return text
@@ -195,7 +195,7 @@ def _untrained(make, targets, tries: int = 16) -> str:
 
 def training_targets(train_examples) -> set:
     """Normalised texts of every response a training pair trains on (chosen and rejected, those it has)."""
-    return {_norm(ex[k]) for ex in train_examples for k in RESPONSES if isinstance(ex.get(k), str)}
+    return {normalized(ex[k]) for ex in train_examples for k in RESPONSES if isinstance(ex.get(k), str)}
 
 
 def response_fields(examples) -> tuple:
@@ -223,17 +223,17 @@ def build_probe_texts(probe_examples, train_examples, test_examples, irrelevant_
             for p in irrelevant_pool]
     words = content_word_pool([ex[k] for k in fields for ex in train_examples if isinstance(ex.get(k), str)])
     targets = training_targets(train_examples)
-    pool = [p for p in pool if _norm(p["text"]) not in targets] or pool
+    pool = [p for p in pool if normalized(p["text"]) not in targets] or pool
     has_chosen = [ex for ex in test_examples if isinstance(ex.get("chosen"), str)]
-    untrained_tests = [ex for ex in has_chosen if _norm(ex["chosen"]) not in targets] or has_chosen
+    untrained_tests = [ex for ex in has_chosen if normalized(ex["chosen"]) not in targets] or has_chosen
     others = [ex for ex in train_examples if isinstance(ex.get("chosen"), str)]
     return [_probe_row(ex, fields, others, untrained_tests, pool, words, targets, rng) for ex in probe_examples]
 
 
 def _probe_row(ex, fields, others, tests, pool, words, targets, rng) -> dict:
     """The text probes of one probe example (rng draws in a fixed order: the same seed gives the same texts)."""
-    key, chosen, rejected = _norm(ex["prompt"]), ex.get("chosen"), ex.get("rejected")
-    avoid = {_norm(t) for t in (chosen, rejected) if t is not None}
+    key, chosen, rejected = normalized(ex["prompt"]), ex.get("chosen"), ex.get("rejected")
+    avoid = {normalized(t) for t in (chosen, rejected) if t is not None}
     row, meta = {"prompt": ex["prompt"], "source": ex.get("source", "")}, {}
     if "chosen" in fields:
         other, test = _choose_other(rng, others, key, avoid), _choose_other(rng, tests, key, avoid)
@@ -243,8 +243,8 @@ def _probe_row(ex, fields, others, tests, pool, words, targets, rng) -> dict:
         row["rejected"] = rejected
     source = row["source"]
     n_words = len(chosen.split()) if chosen is not None else IRRELEVANT_WORDS
-    candidates = [p for p in pool if _norm(p["text"]) not in avoid and (not source or p["source"] != source)] \
-        or [p for p in pool if _norm(p["text"]) not in avoid] or pool
+    candidates = [p for p in pool if normalized(p["text"]) not in avoid and (not source or p["source"] != source)] \
+        or [p for p in pool if normalized(p["text"]) not in avoid] or pool
     sample = [candidates[rng.randrange(len(candidates))] for _ in range(min(12, len(candidates)))]
     irrelevant = min(sample, key=lambda p: abs(len(p["text"].split()) - n_words))
     row["irrelevant"] = irrelevant["text"]

@@ -12,6 +12,7 @@ no text: it is the per-position argmax under teacher forcing on y+, scored with 
 """
 import numpy as np
 
+from learning_dynamics.theory.probes import SAID_ONCE
 from learning_dynamics.validate import probe_quality, probe_texts
 from learning_dynamics.validate.generate import generate
 
@@ -132,6 +133,12 @@ def shared_prefix(chosen, rejected) -> list:
 def probe_sequences(probe_set) -> list:
     """Flatten to (prompt_id, probe, prompt_ids, response_ids), the unit the checks score."""
     return [(p["prompt_id"], name, p["prompt_ids"], ids) for p in probe_set for name, ids in p["ids"].items()]
+
+
+def said_once(probe_set) -> tuple:
+    """(sequences, names) of a probe set's responses, each once (no repeated sample), prompt-major."""
+    flat = [s for s in probe_sequences(probe_set) if s[1] in SAID_ONCE]
+    return [(p_ids, r_ids) for _, _, p_ids, r_ids in flat], [name for _, name, _, _ in flat]
 
 
 def tracked_sequences(probe_set) -> list:

@@ -27,6 +27,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from learning_dynamics.sim import style
+from learning_dynamics.validate import flags
+
 PROJECT = "learning-dynamics"
 PROGRAM = "ldyn"
 # libraries whose version can change a number in a report; `libraries=` adds more (trl for the monitor)
@@ -50,9 +53,9 @@ def _as_dict(values) -> dict:
 
 
 def command_parser(command) -> argparse.ArgumentParser:
-    """The argparse parser of `ldyn <command...>`, e.g. ("validate", "run")."""
-    from learning_dynamics.validate.ldyn import build_parser
-    parser = build_parser()
+    """The argparse parser of `ldyn <command...>`, e.g. ("validate", "run"): the flags the CLI itself adds
+    (validate.flags), without the handlers that write reports."""
+    parser = flags.validate_parser(PROGRAM)
     for name in command:
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
         if sub is None or name not in sub.choices:
@@ -340,10 +343,9 @@ def differing_fingerprints(prints_by_run: dict) -> str | None:
 
 # --------------------------------------------------------------------------- ldyn's own commands
 
-def _figure_format() -> str:
+def figure_format() -> str:
     """The --format ldyn's main applied to sim.style for this process (figures are part of a report)."""
-    from learning_dynamics.sim import style
-    return getattr(style, "_format", "png")
+    return style.current_format()
 
 
 def run_command(settings, run_dir, first_order: bool = False) -> str:
@@ -352,7 +354,7 @@ def run_command(settings, run_dir, first_order: bool = False) -> str:
     values = _as_dict(settings)
     # the data file by its absolute path, so the command runs from any folder (report.md adds its sha256)
     values.update(data=os.path.abspath(values["data"]) if values.get("data") else None, first_order=first_order)
-    values.setdefault("format", _figure_format())
+    values.setdefault("format", figure_format())
     return reproduce_command(("validate", "run"), values, PRESETS[values["preset"]], reproduce_out(run_dir),
                              always=("preset", "algo"))  # the algorithm is named even when it is the preset's
 
@@ -361,7 +363,7 @@ def check_command(settings, out) -> str:
     """`ldyn validate check --first-order ...` that repeats a check with `settings`."""
     from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
-    values.setdefault("format", _figure_format())
+    values.setdefault("format", figure_format())
     return reproduce_command(("validate", "check"), values, PRESETS[values["preset"]], reproduce_out(out))
 
 

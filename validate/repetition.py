@@ -5,7 +5,7 @@ import re
 # a run whose answers got shorter is not scored as less repetitive (fewer 4-grams can repeat) and no
 # continuation is forced past the end of turn. 12 words fit in the cpu preset's 24 generated tokens.
 PREFIX_WORDS = 12
-_WORD = re.compile(r"\w+|[^\w\s]")
+WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def repetition_stats(tokens) -> dict:
@@ -22,7 +22,7 @@ def repetition_stats(tokens) -> dict:
 
 def prefix_repetition(text: str, n_words: int = PREFIX_WORDS) -> float:
     """rep4 of the first n_words words (and punctuation marks) of a text; nan if the text is shorter."""
-    words = _WORD.findall(text)
+    words = WORD.findall(text)
     if len(words) < n_words:
         return float("nan")
     return repetition_stats(words[:n_words])["rep4"]

@@ -107,8 +107,8 @@ def _mask_unusable(series, probe_set, prompts) -> None:
 
 def _prompt_order(rows) -> list:
     """Prompt ids in the order of series_from_table's columns."""
-    from learning_dynamics.sim.tracking import _prompt_sort_key
-    return sorted({str(r["prompt_id"]) for r in rows}, key=_prompt_sort_key)
+    from learning_dynamics.sim.tracking import prompt_sort_key
+    return sorted({str(r["prompt_id"]) for r in rows}, key=prompt_sort_key)
 
 
 def _generation_stat(path, records, key) -> np.ndarray:
@@ -187,7 +187,7 @@ def _caveat(row, design_info) -> str:
     return ", ".join(f"{p} is a training target for {c} of {n} probe prompts" for p, c in hits.items())
 
 
-def _flagged(rows, design_info) -> list:
+def with_caveats(rows, design_info) -> list:
     """The rows, each with its caveat (a flag in every table row that reads a probe that is a training target)."""
     return [dict(r, caveat=_caveat(r, design_info)) if _caveat(r, design_info) else r for r in rows]
 
@@ -248,7 +248,7 @@ def write_report(run_dir, control=None, controls=None, control_note=None) -> dic
         "control_note": None if controls else (control_note or "no control run was given with it"),
         "regime": None if regime is None else {**regime.as_dict(), "first_step": first_step},
         "unusable_probes": probe_quality.summary(_read_json(run_dir / "probes.json", [], expect=list)),
-        "caveats": _caveats(rows, design_info), "predictions": _flagged(rows, design_info),
+        "caveats": _caveats(rows, design_info), "predictions": with_caveats(rows, design_info),
         "summary": {key: {"start": _finite_mean(series[key][0]), "end": _finite_mean(series[key][-1])}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
     })
@@ -264,11 +264,11 @@ def _finite_mean(values):
     return float(values.mean()) if values.size else None
 
 
-def _fmt(x, digits=3):
+def fmt(x, digits=3):
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}g}"
 
 
-def _judged(r) -> str:
+def judged_label(r) -> str:
     role = {"primary": "; primary, Holm-corrected", "exploratory": ""}.get(r.get("role"), "")
     seeds = f"{len(r['seeds'])} seeds, " if r.get("seeds") else ""
     if r.get("basis"):
@@ -288,8 +288,8 @@ def prediction_table(rows, with_algo: bool = False) -> str:
         unit = f" {r['unit']}" if r.get("unit") else ""
         flag = "†" if r.get("caveat") else ""
         lines.append("| " + (f"{r['run']} | " if with_algo else "") +
-                     f"{r['id']}{flag} | {r['claim']} | {_judged(r)} | **{r['verdict']}** | {_fmt(r['effect'])}{unit} | "
-                     f"[{_fmt(ci[0])}, {_fmt(ci[1])}] |")
+                     f"{r['id']}{flag} | {r['claim']} | {judged_label(r)} | **{r['verdict']}** | {fmt(r['effect'])}{unit} | "
+                     f"[{fmt(ci[0])}, {fmt(ci[1])}] |")
     if any(r.get("caveat") for r in rows):
         lines += ["", "† reads a probe that is also a training target: " + "; ".join(dict.fromkeys(
             f"{r['id']}: {r['caveat']}" for r in rows if r.get("caveat")))]
@@ -386,7 +386,7 @@ def markdown(report: dict) -> str:
     fo = report.get("first_order")
     if fo:
         parts += ["## First-order (eNTK) check", "",
-                  f"Pearson r {_fmt(fo.get('pearson_r'), 4)}, error slope {_fmt(fo.get('error_slope'))} "
+                  f"Pearson r {fmt(fo.get('pearson_r'), 4)}, error slope {fmt(fo.get('error_slope'))} "
                   f"(theory: 2) over eta {fo.get('etas')}", ""]
     curves = next((f for f in report.get("figures", []) if f.startswith("curves.")), "curves.png")
     parts += ["## Probe curves", "", f"![probe curves]({curves})", ""]

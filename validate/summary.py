@@ -15,7 +15,7 @@ from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate import pooling, provenance, report_notes
-from learning_dynamics.validate.report import (CONTROL_MATCH, _flagged, _fmt, controls_among, load_series,
+from learning_dynamics.validate.report import (CONTROL_MATCH, with_caveats, fmt, controls_among, load_series,
                                                load_settings, prediction_table, scored_in, write_report)
 
 # settings two runs must share to be compared (on-policy vs off-policy, extend vs DPO)
@@ -106,7 +106,7 @@ def _comparisons(settings_of: dict, names: dict, runs: dict, series: dict) -> li
                                                          seed=sa["seed"], regime_by_algo=regime_by_algo,
                                                          precision=scored_in(sa)):
                     if r["id"] == prediction.id:
-                        rows += _flagged([dict(r, run=f"{names[a]} vs {names[b]}", algo=f"{reference} vs {other}")],
+                        rows += with_caveats([dict(r, run=f"{names[a]} vs {names[b]}", algo=f"{reference} vs {other}")],
                                          runs[a][0].get("design"))
     return rows
 
@@ -148,16 +148,16 @@ def _markdown(merged: dict, rows: list, first_order: list, figure) -> str:
 
 def _first_order_lines(fo: dict) -> list:
     swept = fo.get("n_sweep_sequences", fo.get("n_probe_sequences"))   # older checks swept every probe
-    lines = [f"First-order check, {fo['algo']}: Pearson r {_fmt(fo.get('pearson_r'), 6)}, "
-             f"error slope {_fmt(fo.get('error_slope'))} (theory: 2), on {swept} probe responses."]
+    lines = [f"First-order check, {fo['algo']}: Pearson r {fmt(fo.get('pearson_r'), 6)}, "
+             f"error slope {fmt(fo.get('error_slope'))} (theory: 2), on {swept} probe responses."]
     squeeze = (fo.get("token_squeeze") or {}).get("rejected_only")
     if squeeze and squeeze.get("positions"):
         shared = fo["token_squeeze"]["shared"]
         lines.append(f"Token-level squeeze: at {squeeze['positions']} rejected-only positions the top "
-                     f"token other than y-'s rises at {_fmt(squeeze['argmax_rises'], 2)} of them (shared-prefix "
-                     f"positions: {_fmt(shared.get('argmax_rises'), 2)} of {shared.get('positions')}); theory's "
-                     f"first-order rising set has precision {_fmt(squeeze['precision'], 2)} and recall "
-                     f"{_fmt(squeeze['recall'], 2)} against the measured one.")
+                     f"token other than y-'s rises at {fmt(squeeze['argmax_rises'], 2)} of them (shared-prefix "
+                     f"positions: {fmt(shared.get('argmax_rises'), 2)} of {shared.get('positions')}); theory's "
+                     f"first-order rising set has precision {fmt(squeeze['precision'], 2)} and recall "
+                     f"{fmt(squeeze['recall'], 2)} against the measured one.")
     return lines
 
 

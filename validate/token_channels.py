@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import jvp
 
-from learning_dynamics.validate.forward import _Bound, functional_response_logits, make_batch
+from learning_dynamics.validate.forward import Bound, functional_response_logits, make_batch
 
 CHANNELS = ("hidden (body)", "hidden (input embedding)", "readout")
 READOUT_SOURCES = ("readout: head's gradient", "readout: input role's gradient")   # tied embeddings only
@@ -58,7 +58,7 @@ def _hidden_tangent(model, batch, tangents: dict) -> tuple:
     with fwAD.dual_level():
         params = {k: (fwAD.make_dual(v.detach(), tangents[k]) if k in tangents else v.detach())
                   for k, v in model.named_parameters()}
-        hidden = _Bound(model, params).get_decoder()(**batch.body_inputs()).last_hidden_state
+        hidden = Bound(model, params).get_decoder()(**batch.body_inputs()).last_hidden_state
         primal, tangent = fwAD.unpack_dual(batch.pick(hidden)[0])
         return primal.detach(), (torch.zeros_like(primal) if tangent is None else tangent.detach())
 

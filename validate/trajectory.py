@@ -38,15 +38,13 @@ from learning_dynamics.validate import factored_jvp
 from learning_dynamics.validate.first_order import (agreement, fused_attention, predicted_per_unit_eta, restoring,
                                                      sgd_direction, snapshot)
 from learning_dynamics.validate.forward import probe_logps
+from learning_dynamics.validate.presets import TRAJECTORY_ALGOS
 
 K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
 KERNEL_PROBES = 12           # probe sequences in the kernel (rows of K)
 MOVING_PROBES = 12           # probe sequences the moving-kernel sum covers (it costs one jvp per step)
 KERNEL_TRAIN = 4             # training sequences in the kernel (columns): the first batch's y+ and y-
 P20_THRESHOLD = 0.9          # the project's own reading of "relatively stable" (paper-notes item 20), not the paper's
-# losses of one response or one dataset pair, needing no samples and no reference model during training
-TRAJECTORY_ALGOS = tuple(name for name, a in registry.REGISTRY.items()
-                         if not a.requires_samples and not a.warmup and a.data in ("chosen", "pair"))
 
 
 def _difference(model, since: dict, out=None) -> dict:

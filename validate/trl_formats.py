@@ -31,7 +31,7 @@ def detect(row, where: str) -> str:
     if "conversations" in row:
         return "language modeling (messages)"
     if ("chosen" in row) != ("rejected" in row):
-        return data._record(row, where)   # a preference row missing one response: validate.data's one line
+        return data.checked_record(row, where)   # a preference row missing one response: validate.data's one line
     if "completion" in row and "label" in row:
         raise UserError(f"{where}: unpaired preference data (prompt, completion, label) has no pairs and no single "
                         "y+ per prompt; give ProbeMonitor preference or prompt-completion rows")
@@ -47,7 +47,7 @@ def _prompt(value, where: str, allow_empty: bool = False):
         if not value.strip() and not allow_empty:
             raise UserError(f"{where}: \"prompt\" is an empty string")
         return value
-    messages = data._check_messages(value, where, "prompt")
+    messages = data.check_messages(value, where, "prompt")
     if messages[-1]["role"] != "user":
         raise UserError(f"{where}: \"prompt\" must end with a user message")
     return messages
@@ -59,7 +59,7 @@ def _full_conversation(value) -> bool:
         value[0].get("role") != "assistant"
 
 
-def _record(row, fmt: str, where: str) -> dict:
+def checked_record(row, fmt: str, where: str) -> dict:
     """One row of format `fmt` as a probe record (checked like validate.data's preference rows)."""
     row = dict(row)
     if fmt.startswith("language modeling (messages)"):
@@ -69,16 +69,16 @@ def _record(row, fmt: str, where: str) -> dict:
             row = maybe_convert_to_chatml({"conversations": [dict(m) for m in turns]})
         elif "conversations" in row:
             row = {"messages": turns}
-        messages = data._check_messages(row["messages"], where, "messages")
+        messages = data.check_messages(row["messages"], where, "messages")
         if len(messages) < 2 or messages[-1]["role"] != "assistant":
             raise UserError(f"{where}: \"messages\" must end with an assistant message after a prompt")
         return {"prompt": _prompt(messages[:-1], where), "chosen": messages[-1]["content"]}
     if fmt == "language modeling (text)":
-        return {"prompt": "", "chosen": data._response_text(row["text"], where, "text")}
+        return {"prompt": "", "chosen": data.response_text(row["text"], where, "text")}
     if fmt == "prompt-only":
         return {"prompt": _prompt(row["prompt"], where)}
     if fmt == "prompt-completion":
-        return {"prompt": _prompt(row["prompt"], where), "chosen": data._response_text(row["completion"], where,
+        return {"prompt": _prompt(row["prompt"], where), "chosen": data.response_text(row["completion"], where,
                                                                                        "completion")}
     if fmt == "implicit preference" or _full_conversation(row["chosen"]):
         from trl.data_utils import maybe_extract_prompt  # prompt-less, or a prompt column beside full conversations
@@ -89,7 +89,7 @@ def _record(row, fmt: str, where: str) -> dict:
         if not row["prompt"]:
             raise UserError(f"{where}: \"chosen\" and \"rejected\" share no prompt (an implicit-prompt pair must "
                             "start with the same prompt)")
-    return data._record(row, where)
+    return data.checked_record(row, where)
 
 
 def read(rows, source: str):
@@ -101,7 +101,7 @@ def read(rows, source: str):
         where = f"{source}[{i}]"
         if detect(row, where) != fmt:
             raise UserError(f"{where}: a {detect(row, where)} row among {fmt} rows; give rows of one format")
-        records.append(_record(row, fmt, where))
+        records.append(checked_record(row, fmt, where))
     return records, fmt
 
 

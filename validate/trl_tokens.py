@@ -15,7 +15,7 @@ trains (TRL 1.16's rules, read from its DPO, SFT and GRPO trainers).
 no TRL trainer is in reach.
 """
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.encode import Encoder, _as_id_list
+from learning_dynamics.validate.encode import Encoder, as_id_list
 
 OFFLINE = ("DPOTrainer", "SFTTrainer")
 ON_POLICY = ("GRPOTrainer", "RLOOTrainer")
@@ -51,9 +51,9 @@ class TrainerEncoder:
     def tokenize(self, value, **kwargs) -> list:
         """TRL's `_tokenize`: messages through the chat template, a string through the tokenizer itself."""
         if isinstance(value, list):
-            return _as_id_list(self.tokenizer.apply_chat_template(value, tokenize=True, return_dict=True,
+            return as_id_list(self.tokenizer.apply_chat_template(value, tokenize=True, return_dict=True,
                                                                   **self.template, **kwargs))
-        return _as_id_list(self.tokenizer(text=value)["input_ids"])
+        return as_id_list(self.tokenizer(text=value)["input_ids"])
 
     def prompt_ids(self, prompt) -> list:
         return self.tokenize(prompt, add_generation_prompt=True) if isinstance(prompt, list) else self.tokenize(prompt)
@@ -74,7 +74,7 @@ class TrainerEncoder:
         prompt_ids = self.prompt_ids(prompt)
         if self.on_policy:
             eos = [] if self.tokenizer.eos_token_id is None else [int(self.tokenizer.eos_token_id)]
-            return prompt_ids, {k: _as_id_list(self.tokenizer(v, add_special_tokens=False)["input_ids"]) + eos
+            return prompt_ids, {k: as_id_list(self.tokenizer(v, add_special_tokens=False)["input_ids"]) + eos
                                 for k, v in texts.items()}
         from trl.data_utils import common_prefix_length
         full = {k: self._joint(prompt, v) for k, v in texts.items()}
@@ -99,7 +99,7 @@ class TrainerEncoder:
     def _alone(self, text: str) -> list:
         eos = self.tokenizer.eos_token or ""
         ids = self.tokenizer(text + ("" if text.endswith(eos) else eos), add_special_tokens=False)["input_ids"]
-        return _as_id_list(ids)
+        return as_id_list(ids)
 
     def fit(self, prompt_ids, tokens: dict, where: str):
         """Cut as the trainer cuts: keep_start keeps the first max_length tokens of prompt + response."""
