@@ -17,6 +17,8 @@ _SAID = set()   # warnings already printed in this process (a run splits its dat
 
 
 def is_degenerate(example: dict, encoder=None) -> bool:
+    if "rejected" not in example:   # a completion or a prompt alone (TRL's SFT and GRPO formats): not a pair
+        return False
     if example["chosen"] == example["rejected"]:
         return True
     return encoder is not None and encoder.response_ids(example["chosen"]) == encoder.response_ids(example["rejected"])
