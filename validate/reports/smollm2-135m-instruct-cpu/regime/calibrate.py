@@ -4,7 +4,7 @@
    batch, a jvp along it at theta_0 (validate.regime, the run's own check) against the rescored change; AdamW's
    first step is its largest relative one (every weight moves by lr: the update is sign-like), so a rate whose first
    step is first-order keeps every later step first-order too;
-2. the DPO force on the probe pairs at mid-run: STEPS AdamW steps of 4 fresh pairs each (the preset's batches,
+2. the DPO force on the probe pairs at mid-run: STEPS (48) AdamW steps of 4 fresh pairs each (the preset's batches,
    over all the default data's training pairs, so each pair is seen about once), then sigma(-u) on the probe pairs,
    u = beta * (margin now - margin at step 0), and the change of log pi(y+).
 
@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--lrs", default="5e-6,1e-5,2e-5")
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--probe-prompts", type=int, default=8)
     parser.add_argument("--out", default=str(HERE / "calibration.json"))
     args = parser.parse_args()
@@ -50,10 +50,15 @@ def main():
     pairs_seqs = [(p["prompt_ids"], p["ids"][k]) for p in probes for k in ("chosen", "rejected")]
     examples = session.examples(settings)
     pairs = loaded.tokenize(examples.train)
-    with torch.no_grad():   # the reference log-probs the steps need, once, for every training pair
-        ref = probe_logps(base, [(p["prompt"], p[k]) for p in pairs for k in ("chosen", "rejected")], pad, "cpu", 16)
-    for i, p in enumerate(pairs):
-        p["ref_chosen"], p["ref_rejected"] = float(ref[2 * i]), float(ref[2 * i + 1])
+    # the reference log-probs the steps need, once, for the training pairs the steps visit (one batch order: the
+    # settings' seed, the same for every learning rate)
+    visited = sorted({i for step in range(args.steps)
+                      for i in session.batch_indices(step, len(pairs), settings.batch_pairs, settings.seed)})
+    with torch.no_grad():
+        ref = probe_logps(base, [(pairs[i]["prompt"], pairs[i][k]) for i in visited for k in ("chosen", "rejected")],
+                          pad, "cpu", 16)
+    for j, i in enumerate(visited):
+        pairs[i]["ref_chosen"], pairs[i]["ref_rejected"] = float(ref[2 * j]), float(ref[2 * j + 1])
     with torch.no_grad():
         start = probe_logps(base, [(s[2], s[3]) for s in sequences], pad, "cpu", 8)
         pair_start = probe_logps(base, pairs_seqs, pad, "cpu", 8).reshape(-1, 2)
