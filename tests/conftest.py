@@ -5,6 +5,14 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch gets its share of the cores (set before any test imports torch):
+    two workers with two threads each on two cores run slower than two with one."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):
     saved = os.environ.get("LDYN_CACHE")

@@ -152,3 +152,24 @@ def test_runs_of_several_seeds_are_pooled_and_the_primary_claims_holm_corrected(
     assert primary and all(r.get("pooled") for r in primary)       # the family is the pooled rows where there are
     assert all(r["p_holm"] is None or r["p_holm"] >= r["p_value"] for r in primary)
     assert all(r["control"] == "sft" for r in pooled if r["id"] in ("P09c", "P10") and r.get("primary_control"))
+
+
+@pytest.mark.parametrize("error, verdict", [(0.3, "not tested"), (0.05, None)])
+def test_a_run_takes_its_first_step_from_a_check_that_took_the_same_step(tmp_path, error, verdict):
+    from learning_dynamics.validate.regime import FIRST_STEP
+    run = make_run_dir(tmp_path / "run", report=False)
+    settings = json.loads((run / "settings.json").read_text())
+    check = {"settings": settings, "trajectory": {"adamw_first_step": {"relative_error": error, "pearson_r": 0.9,
+                                                                       "actual": [1.0, 2.0, 3.0]}}}
+    (tmp_path / "check").mkdir()
+    (tmp_path / "check" / "first_order.json").write_text(json.dumps(check))
+    (run / FIRST_STEP).write_text(json.dumps({"measured_by": "../check/first_order.json", "why": "same run"}))
+    report = write_report(run)
+    assert report["regime"]["first_step"]["relative_error"] == error and report["regime"]["first_order"] == (error < .1)
+    p09a = next(r for r in report["predictions"] if r["id"] == "P09a")
+    assert (p09a["verdict"] == "not tested") == (verdict == "not tested")
+    assert "by the first-order check `../check/first_order.json`" in (run / "report.md").read_text()
+    check["settings"] = dict(settings, lr=settings["lr"] * 2)          # a check that took another first step
+    (tmp_path / "check" / "first_order.json").write_text(json.dumps(check))
+    with pytest.raises(CorruptFile, match="took another first step"):
+        write_report(run)

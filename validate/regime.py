@@ -5,6 +5,15 @@ During `ldyn validate run`, the first training step of the tracked phase is also
 every probe's log-prob along the real update theta_1 - theta_0, taken at theta_0 in float32 on SDPA's math kernel
 (validate.first_order), written to first_step.json. The actual change is the tracked change from step 0 to step 1
 (every run evaluates at step 1), so the report needs no model to read the error.
+
+A run that did not predict its first step (made before this existed) may take the measurement of a first-order
+check (`ldyn validate check --first-order`) whose k-step run took the same first step: same model, data, algorithm,
+learning rate, batch rule, seed and split. Its first_step.json then names the check,
+
+    {"measured_by": "../first-order/first_order.json", "why": "..."}
+
+and the report reads the check's AdamW first step (validate.first_order's agreement on the check's probes); a check
+that took another first step is refused in one line.
 """
 from pathlib import Path
 
@@ -16,6 +25,9 @@ from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.errors import CorruptFile
 
 FIRST_STEP = "first_step.json"
+# the settings that fix a run's first optimizer step: a check must share them to lend its measurement
+SAME_FIRST_STEP = ("model", "data", "algo", "lr", "beta", "batch_pairs", "seed", "n_train", "n_probe",
+                   "weight_decay", "max_prompt_tokens", "max_response_tokens")
 
 
 def predict_first_step(model, theta0: dict, theta1: dict, sequences, pad_id, device, batch_size) -> list:
@@ -43,12 +55,31 @@ def write_first_step(out: Path, step: int, rows: list) -> None:
     atomic_write_json(Path(out) / FIRST_STEP, {"step": int(step), "rows": rows})
 
 
-def first_step_error(run_dir: Path, rows_by_step) -> dict:
+def borrowed_first_step(path: Path, saved: dict, settings) -> dict:
+    """The AdamW first step measured by the check first_step.json names (see the module's docstring)."""
+    check_path = (path.parent / str(saved["measured_by"])).resolve()
+    check = read_json(check_path, {}, expect=dict)
+    step = (check.get("trajectory") or {}).get("adamw_first_step")
+    if not step or "relative_error" not in step:
+        raise CorruptFile(path, f"it names {saved['measured_by']}, which holds no first-order check's AdamW step")
+    theirs = check.get("settings") or {}
+    for key in SAME_FIRST_STEP:
+        if theirs.get(key) != settings.get(key):
+            raise CorruptFile(path, f"the check it names took another first step ({key}: {theirs.get(key)!r} "
+                                    f"there, {settings.get(key)!r} in this run)")
+    kept = {k: step[k] for k in ("relative_error", "pearson_r", "sign_agreement") if k in step}
+    return {**kept, "n": len(step.get("actual", ())), "measured_by": str(saved["measured_by"]),
+            "why": saved.get("why")}
+
+
+def first_step_error(run_dir: Path, rows_by_step, settings=None) -> dict:
     """The first step's agreement (validate.first_order.agreement) from first_step.json and the tracked change
-    from evaluation 0 to evaluation 1; {} when either is missing."""
+    from evaluation 0 to evaluation 1, or the check's it names; {} when either is missing."""
     from learning_dynamics.validate.first_order import agreement
     path = Path(run_dir) / FIRST_STEP
     saved = read_json(path, expect=dict)
+    if saved and "measured_by" in saved and settings is not None:
+        return borrowed_first_step(path, saved, settings)
     if not saved or 0 not in rows_by_step or 1 not in rows_by_step:
         return {}
     try:
@@ -90,7 +121,7 @@ def measure_run(run_dir: Path, settings, info: dict, series, steps, tracked_rows
         by_step.setdefault(int(r["step"]), {})[(str(r["prompt_id"]), r["probe"])] = float(r["logp_sum"])
     ordered = sorted(by_step)
     first = first_step_error(run_dir, {i: by_step[s] for i, s in enumerate(ordered[:2])} if len(ordered) > 1
-                             else {})
+                             else {}, settings)
     n_pairs = info.get("n_train_pairs")
     n_probe = np.shape(series["logps/chosen"])[1] if "logps/chosen" in series else 0
     seen = None

@@ -313,8 +313,10 @@ def _regime_lines(regime) -> list:
     first = regime.get("first_step") or {}
     th = regime["thresholds"]
     if first:
-        lines.append(f"First optimizer step, predicted to first order (a jvp along the real update) against the "
-                     f"tracked change over {first['n']} probe responses: relative error "
+        source = (f" by the first-order check `{first['measured_by']}` (its k-step run took this run's first step: "
+                  f"{first.get('why') or 'the same settings'})" if first.get("measured_by") else "")
+        lines.append(f"First optimizer step, predicted to first order (a jvp along the real update){source}, against "
+                     f"the tracked change over {first['n']} probe responses: relative error "
                      f"{first['relative_error']:.1%}, Pearson r {first['pearson_r']:.4f}: "
                      + ("first-order" if regime["first_order"] else
                         f"**not first-order** (> {th['first_order']:.0%}): claims that need first-order steps are "
