@@ -72,7 +72,7 @@ def main() -> None:
     def train_step(context):
         def run():
             with first_order.exact_math(model), context():
-                loss, _, _ = algos.step_loss(settings["algo"], "main", model, batch_pairs, settings, pad, device)
+                loss, _, _ = algos.step_loss(settings.algorithm, "main", model, batch_pairs, settings, pad, device)
                 loss.backward()
             model.zero_grad(set_to_none=True)
         return run
@@ -103,7 +103,7 @@ def _adamw_update(model, batch_pairs, settings, pad, device) -> dict:
     with first_order.restoring(model):
         theta0 = first_order.snapshot(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-        loss, _, _ = algos.step_loss(settings["algo"], "main", model, batch_pairs, settings, pad, device)
+        loss, _, _ = algos.step_loss(settings.algorithm, "main", model, batch_pairs, settings, pad, device)
         loss.backward()
         optimizer.step()
         model.zero_grad(set_to_none=True)

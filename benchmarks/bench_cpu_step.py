@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import timed_together  # noqa: E402
 
+from learning_dynamics.theory.algorithms import REGISTRY  # noqa: E402
 from learning_dynamics.validate import forward, session  # noqa: E402
 from learning_dynamics.validate import algorithms as algos  # noqa: E402
 from learning_dynamics.validate.precision import Precision, TrainingWeights, cpu_bf16_units, resolve  # noqa: E402
@@ -64,7 +65,7 @@ def dpo_step(model, precision, pairs, settings, pad, one_row=False):
 
     def run():
         with one_row_each() if one_row else contextlib.nullcontext():
-            loss, _, tokens = algos.step_loss("dpo", "main", model, pairs, settings, pad, "cpu")
+            loss, _, tokens = algos.step_loss(REGISTRY["dpo"], "main", model, pairs, settings, pad, "cpu")
         weights.zero_grad()
         loss.backward()
         weights.grad_norm()

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import peak_flops, setup, timed, tokenize_pairs  # noqa: E402
 
 from learning_dynamics.sim.losses import dpo_loss  # noqa: E402
+from learning_dynamics.theory.algorithms import REGISTRY  # noqa: E402
 from learning_dynamics.validate import algorithms  # noqa: E402
 from learning_dynamics.validate.forward import make_batch  # noqa: E402
 
@@ -49,7 +50,7 @@ def plain_step(model, ref_model, optimizer, batch, n_pairs):
 
 def our_step(model, optimizer, pairs, settings, pad, device, autocast):
     with autocast:
-        loss, _, _ = algorithms.step_loss("dpo", "main", model, pairs, settings, pad, device)
+        loss, _, _ = algorithms.step_loss(REGISTRY["dpo"], "main", model, pairs, settings, pad, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

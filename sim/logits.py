@@ -56,11 +56,13 @@ ROUNDOFF = 256 * EPS
 # Raw-gradient experiments of the simulator, not training algorithms: a negative step on y-, on a
 # sample of pi, and DPO's two coefficients on one shared context.
 GRADIENT_EXPERIMENTS = ("negative", "negative-onpolicy", "dpo-shared")
-# The first runs keep this order (it fixes each run's random stream); every other registry algorithm follows.
+# What `ldyn sim logits` runs: every registry algorithm (theory.algorithms.ALGORITHMS) and the gradient experiments,
+# so neither list alone. The first runs keep this order because it fixes each run's random stream (the committed
+# figures and numbers); every other registry algorithm follows in registry order.
 _FIRST = ("sft", "negative", "negative-onpolicy", "dpo-shared", "pg", "dpo", "ipo", "simpo", "onpolicy-dpo", "extend")
-ALGORITHMS = _FIRST + tuple(a for a in registry.ALGORITHMS if a not in _FIRST)
+SIMULATED = _FIRST + tuple(a for a in registry.ALGORITHMS if a not in _FIRST)
 # Runs on two kernel-coupled contexts: y+ at the chosen-only one, y- at the rejected-only one.
-PAIR_ALGORITHMS = tuple(a for a in ALGORITHMS if a in registry.REGISTRY and registry.get(a).data in ("pair", "unpaired"))
+PAIR_ALGORITHMS = tuple(a for a in SIMULATED if a in registry.REGISTRY and registry.get(a).data in ("pair", "unpaired"))
 
 
 # =========================================================================== the simulator
@@ -146,18 +148,17 @@ def loss_residual(pi, token, coef):
     return residual(pi, token, coef)
 
 
-def pair_coefficients(algo, logp_c, logp_r, ref_c, ref_r, beta, kl=None):
-    """(chosen, rejected) coefficients of (e_token - pi) for a pairwise registry algorithm; one label
+def pair_coefficients(algorithm, logp_c, logp_r, ref_c, ref_r, beta, kl=None):
+    """(chosen, rejected) coefficients of (e_token - pi) for a pairwise registry algorithm (its record); one label
     per response, so a length-normalised loss sees lengths of 1; `beta` is the KL strength of the
     reference-based losses (a reference-free one keeps the registry's beta)."""
     from learning_dynamics.theory.residuals import loss_inputs
 
-    algorithm = registry.get(algo)
     wrt, others = loss_inputs(algorithm.loss)
     available = {"logp_chosen": logp_c, "logp_rejected": logp_r, "ref_chosen": ref_c, "ref_rejected": ref_r,
                  "len_chosen": 1, "len_rejected": 1, "kl": kl}
     inputs = {k: v for k, v in available.items() if k in wrt + others}
-    c = _coefficients(algorithm.loss, **inputs, **registry.hyper_parameters(algo, kl_beta=beta))
+    c = _coefficients(algorithm.loss, **inputs, **registry.hyper_parameters(algorithm.name, kl_beta=beta))
     chosen = np.asarray(c["logp_chosen"], dtype=np.float64)
     # a response the loss holds constant (dpo-pull-only's y-) gets no push: coefficient 0
     return chosen, np.asarray(c.get("logp_rejected", np.zeros_like(chosen)), dtype=np.float64)
@@ -243,7 +244,7 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
             coef = _coefficients(algorithm.loss, logp=take(logp[:, 0], y), advantages=advantage)["logp"]
             grad = loss_residual(pi[:, 0], y, coef)[:, None]
         elif name == "dpo-shared":
-            cc, cr = pair_coefficients("dpo", take(logp[:, 0], plus), take(logp[:, 0], minus),
+            cc, cr = pair_coefficients(registry.REGISTRY["dpo"], take(logp[:, 0], plus), take(logp[:, 0], minus),
                                        ref_c, take(ref[:, 0], minus), beta)
             grad = (loss_residual(pi[:, 0], plus, cc) + loss_residual(pi[:, 0], minus, cr))[:, None]
         else:
@@ -255,7 +256,7 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
             if algorithm.data == "unpaired":   # TRL's KL estimate: y- under the chosen context, y+ under the other
                 kl = np.maximum(0.0, 0.5 * (take(logp[:, 0], neg) - take(ref[:, 0], neg)
                                             + take(logp[:, 1], plus) - take(ref[:, 1], plus)))
-            cc, cr = pair_coefficients(name, take(logp[:, 0], plus), take(logp[:, 1], neg), ref_c, ref_r, beta, kl)
+            cc, cr = pair_coefficients(algorithm, take(logp[:, 0], plus), take(logp[:, 1], neg), ref_c, ref_r, beta, kl)
             grad = np.stack([loss_residual(pi[:, 0], plus, cc), loss_residual(pi[:, 1], neg, cr)], axis=1)
         z = kernel_step(z, kernel, grad, eta)
     series = {key: np.array(value) for key, value in curves.items()}       # [steps + 1, runs]

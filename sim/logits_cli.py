@@ -12,8 +12,8 @@ from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory import arguments as arg
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.sim.logits import (
-    ALGORITHMS, DEFAULT_BETA, DEFAULT_LR, DEFAULT_OUT, LIMITS, PRESETS, compare_flow, compare_one_step,
-    run_algorithm, summarize_series)
+    DEFAULT_BETA, DEFAULT_LR, DEFAULT_OUT, LIMITS, PRESETS, SIMULATED, compare_flow,
+    compare_one_step, run_algorithm, summarize_series)
 from learning_dynamics.sim import logits
 from learning_dynamics.sim.logits_theorems_dynamics import evaluate_theorems
 from learning_dynamics.sim.logits_figures import plot_curves, plot_squeeze_bars
@@ -40,7 +40,7 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
     problem = logits.make_problem(np.random.default_rng(seeds[0]), R, V)
     curves, algorithms = {}, {}
     with np.errstate(over="ignore", under="ignore"):
-        for i, name in enumerate(tqdm(ALGORITHMS, desc="algorithms", file=sys.stderr, disable=not progress,
+        for i, name in enumerate(tqdm(SIMULATED, desc="algorithms", file=sys.stderr, disable=not progress,
                                       leave=False)):
             rng = np.random.default_rng([seeds[1], i])
             curves[name] = run_algorithm(name, problem, S, lr, beta, rng)

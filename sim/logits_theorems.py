@@ -4,6 +4,7 @@ import numpy as np
 
 from learning_dynamics.sim.logits import (
     ROUNDOFF, loss_residual, choose, draw_labels, log_softmax, one_hot, pair_coefficients, random_logits, take)
+from learning_dynamics.theory.algorithms import REGISTRY
 
 
 def round_off_tolerance(*logits):
@@ -208,7 +209,8 @@ def theorem_p08(rng, n, vocab, beta):
     ref = z + rng.standard_normal(z.shape)
     logp = log_softmax(z)
     lref = log_softmax(ref)
-    cc, cr = pair_coefficients("dpo", take(logp, plus), take(logp, minus), take(lref, plus), take(lref, minus), beta)
+    cc, cr = pair_coefficients(REGISTRY["dpo"], take(logp, plus), take(logp, minus), take(lref, plus),
+                               take(lref, minus), beta)
     grad = loss_residual(p, plus, cc) + loss_residual(p, minus, cr)
     new = z - eta[:, None] * grad
     d = log_softmax(new) - logp

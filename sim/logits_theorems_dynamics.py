@@ -10,6 +10,7 @@ from learning_dynamics.sim.logits import (
 from learning_dynamics.sim.logits_theorems import (
     random_cases, exact_step, others_mask, outcome, round_off_tolerance, theorem_p01, theorem_p02, theorem_p03, theorem_p04,
     theorem_p05, theorem_p06, theorem_p06b, theorem_p07, theorem_p08)
+from learning_dynamics.theory.algorithms import REGISTRY
 
 
 def theorem_p16(rng, n, vocab, beta):
@@ -19,8 +20,8 @@ def theorem_p16(rng, n, vocab, beta):
     zero = np.zeros(n)
     h1 = rng.normal(0, 3, n) / betas
     h2 = h1 + np.exp(rng.uniform(np.log(1e-3), np.log(10), n)) / betas
-    c1 = np.abs(pair_coefficients("dpo", h1, zero, zero, zero, betas)[0])
-    c2 = np.abs(pair_coefficients("dpo", h2, zero, zero, zero, betas)[0])
+    c1 = np.abs(pair_coefficients(REGISTRY["dpo"], h1, zero, zero, zero, betas)[0])
+    c2 = np.abs(pair_coefficients(REGISTRY["dpo"], h2, zero, zero, zero, betas)[0])
     dpo_ok = c2 < c1
     dpo_decided = np.abs(c1 - c2) > 1e-15 * np.maximum(c1, 1e-300)
     # IPO: one shared-context step; y- must rise iff the margin h is past 1/(2 beta)
@@ -30,7 +31,7 @@ def theorem_p16(rng, n, vocab, beta):
     logp, lref = log_softmax(z), log_softmax(ref)
     lc, lr, rc, rr = take(logp, plus), take(logp, minus), take(lref, plus), take(lref, minus)
     h = (lc - rc) - (lr - rr)
-    cc, cr = pair_coefficients("ipo", lc, lr, rc, rr, betas)
+    cc, cr = pair_coefficients(REGISTRY["ipo"], lc, lr, rc, rr, betas)
     new = z - 0.1 * (loss_residual(p, plus, cc) + loss_residual(p, minus, cr))
     d_minus = take(log_softmax(new) - logp, minus)
     past = h > 1 / (2 * betas)

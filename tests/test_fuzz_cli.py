@@ -362,7 +362,7 @@ CASES = [
     (RUN + ["{tmp}/o6", "--data", "{tmp}/good.jsonl", "--n-probe", "40"], "40 probe pairs asked"),
     (RUN + ["{tmp}/o7", "--steps", "99999999999999999999"], "--steps: 99999999999999999999 is out of range"),
     (RUN + ["{tmp}/o8", "--data", "{tmp}/fifo"], "a FIFO that nobody wrote to"),
-    (CHECK + ["{tmp}/c1", "--algo", "pg"], "'pg' is not a loss the check's k-step run can train"),
+    (CHECK + ["{tmp}/c1", "--algo", "pg"], "argument --algo: invalid choice: 'pg'"),
     (CHECK + ["{tmp}/c2", "--k-steps", "1,,5"], "'1,,5' has an empty item"),
     (CHECK + ["{tmp}/c3", "--sweep-prompts", "5", "--n-probe", "2"], "--sweep-prompts 5 is more than the 2"),
     (CHECK + ["{run}"], "holds a run (settings.json)"),

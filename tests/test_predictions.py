@@ -344,7 +344,7 @@ def test_repeating_its_own_sample_is_judged_per_token_against_the_control():
         row = {r["id"]: r for r in P.evaluate_run(run, "dpo", control=ctrl)}["P17r"]
         assert row["verdict"] == "inconclusive" and "not tracked" in row["detail"]
     assert "P17r" not in {r["id"] for r in P.evaluate_run(series, "sft")}
-    assert "sample_repeated" not in P.OTHER_PROBES and P.PROBES_USED["P17r"] == ("initial_sample", "sample_repeated")
+    assert "sample_repeated" not in P.OTHER_PROBES and P.BY_ID["P17r"].probes == ("initial_sample", "sample_repeated")
 
 
 def test_prefix_repetition_counts_repeated_four_grams_of_the_first_words_only():

@@ -59,11 +59,11 @@ def test_format_option_is_on_every_drawing_command_and_rejects_others(capsys):
 
 
 def test_every_algorithm_and_probe_has_its_own_colour():
-    from learning_dynamics.sim.logits import ALGORITHMS as SIM_ALGORITHMS
+    from learning_dynamics.sim.logits import SIMULATED
     from learning_dynamics.sim.probe_plots import PANELS
-    from learning_dynamics.validate.algorithms import ALGORITHMS
+    from learning_dynamics.theory.algorithms import ALGORITHMS
 
-    names = set(SIM_ALGORITHMS) | set(ALGORITHMS)
+    names = set(SIMULATED) | set(ALGORITHMS)
     assert names <= set(style.ALGORITHM_COLORS) and names <= set(style.ALGORITHM_LABELS)
     assert len({style.algorithm_color(a) for a in names}) == len(names)
     probes = [key for key, _ in PANELS]

@@ -35,8 +35,8 @@ def _loss_and_grads(model, pairs, pad, shared, monkeypatch, algo="dpo"):
     # SDPA's math kernel: the fused CPU kernels round float64 attention at ~1e-7 (measured), which would hide
     # a real difference between the two batch kinds behind the kernels' own
     with first_order.exact_math(model):
-        loss, metrics, n_tokens = algos.step_loss(algo, "main", model, pairs, settings_for("smoke", algo=algo), pad,
-                                                  "cpu")
+        settings = settings_for("smoke", algo=algo)
+        loss, metrics, n_tokens = algos.step_loss(settings.algorithm, "main", model, pairs, settings, pad, "cpu")
         loss.backward()
     monkeypatch.undo()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, metrics, n_tokens

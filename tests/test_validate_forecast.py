@@ -101,7 +101,7 @@ def test_the_gradient_from_theorys_coefficients_is_the_algorithms_loss_gradient(
         ours = torch.cat([p.grad.flatten() for p in model.parameters()])
         model.zero_grad(set_to_none=True)
         example = dict(pair, ref_chosen=record["logp_chosen"], ref_rejected=record["logp_rejected"])
-        step_loss(algo, "main", model, [example], s, pad, "cpu")[0].backward()
+        step_loss(s.algorithm, "main", model, [example], s, pad, "cpu")[0].backward()
     theirs = torch.cat([p.grad.flatten() for p in model.parameters()])
     model.zero_grad(set_to_none=True)
     # step_loss holds the reference log-probs in float32, which moves sigma(-u) by ~1e-8 relative

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from learning_dynamics.validate import provenance
-from learning_dynamics.validate.algorithms import ALGORITHMS
+from learning_dynamics.theory.algorithms import ALGORITHMS
 from learning_dynamics.validate.commands import check_settings, run_settings
 from learning_dynamics.validate.ldyn import build_parser, main
 from learning_dynamics.validate.presets import PRESETS, settings_for

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from learning_dynamics.theory.predictions import VERDICTS
-from learning_dynamics.validate.algorithms import ALGORITHMS
+from learning_dynamics.theory.algorithms import ALGORITHMS
 from learning_dynamics.validate.ldyn import main
 from learning_dynamics.validate.presets import PRESETS
 from learning_dynamics.validate.session import is_evaluation_step

@@ -48,12 +48,21 @@ class Algorithm:
     min_batch_pairs: int = 1
     # the TRL trainers that train it: (trainer class, its config's loss_type or None for any)
     trl: tuple = ()
+    # its TRL config's `beta` is this loss's beta (DPOConfig's); GRPO's `beta` is a KL coefficient, another quantity
+    trl_beta: bool = False
     traits: frozenset = frozenset()
     defaults: Mapping = field(default_factory=dict)   # filled from the loss's definition in theory.residuals
 
     @property
     def hyper_parameters(self) -> tuple:
         return tuple(self.defaults)
+
+    @property
+    def steps_on_dataset_alone(self) -> bool:
+        """Its step reads only the dataset's responses of a batch (y+, or the pair): no samples of the policy, no
+        warm-up phase, no batch-level estimate (KTO's KL) - what a k-step run from theta_0 or a per-pair
+        forecast can train (validate.trajectory, validate.forecast)."""
+        return not self.requires_samples and not self.warmup and self.data in ("chosen", "pair")
 
 
 def _register(*algorithms) -> Mapping:
@@ -73,13 +82,13 @@ REGISTRY = _register(
               data="chosen", traits={"positive-only"}, trl=(("SFTTrainer", None), ("DPOTrainer", "sft"))),
     Algorithm("dpo", "off-policy DPO on the dataset's (y+, y-)", label="off-policy DPO", loss="dpo", data="pair",
               negative="dataset", requires_reference=True, traits={"offpolicy-negative", "squeezes"},
-              trl=(("DPOTrainer", "sigmoid"),)),
+              trl=(("DPOTrainer", "sigmoid"),), trl_beta=True),
     Algorithm("onpolicy-dpo", "DPO whose y- is a fresh sample of the policy; the dataset's y+ ranks above it",
               label="on-policy DPO", loss="dpo", data="pair", negative="policy", requires_reference=True,
               requires_samples=True, traits={"onpolicy-negative"}),
     Algorithm("ipo", "IPO, each log-ratio divided by its response length (TRL's convention)", label="IPO",
               loss="ipo", data="pair", negative="dataset", requires_reference=True, length_normalised=True,
-              traits={"offpolicy-negative", "squeezes"}, trl=(("DPOTrainer", "ipo"),)),
+              traits={"offpolicy-negative", "squeezes"}, trl=(("DPOTrainer", "ipo"),), trl_beta=True),
     Algorithm("simpo", "SimPO: reference-free, length-normalised, with a target margin gamma", label="SimPO",
               loss="simpo", data="pair", negative="dataset", length_normalised=True,
               traits={"offpolicy-negative", "squeezes"}),
@@ -101,6 +110,8 @@ REGISTRY = _register(
               min_batch_pairs=2, trl=(("KTOTrainer", None),)),
 )
 
+# The names, in registry order: the one list every layer's --algo offers (sim.logits runs these among its own
+# gradient experiments, in an order of its own: sim.logits.SIMULATED).
 ALGORITHMS = tuple(REGISTRY)
 # The generic control run: effects that something else than a negative gradient could also cause are judged as
 # a difference against SFT on the same pairs (theory.predictions, validate.report), and, first, against the

@@ -66,6 +66,11 @@ class Prediction:
     # what a run must have been for the claim to be tested on it (theory.regime): "first order" steps, an
     # "active force" on the probe pairs (the claim is read at the last evaluation where it still was)
     regime: frozenset = frozenset({"first order"})
+    # the probe types whose series (`logps/<probe>`) decide the verdict: a verdict whose probes are training
+    # targets carries a caveat (validate.report), one whose probe the data could not build is inconclusive
+    # (validate.report_notes), a prompt whose probe is unusable is left out (_usable_prompts). A "scored" probe
+    # (y*) comes with the probe it is scored on; a comparison matches margins on the probe pair (y+, y-).
+    probes: tuple = ()
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -79,11 +84,16 @@ _PART_UNITS = {"index": "nats per token of squeeze index", "y*": "nats per token
                "others": "nats per token of other probes' fall"}
 
 
+# the squeeze index reads y* (on y+) and every other probe that is no training target in any context
+_SQUEEZE_PROBES = ("chosen",) + probe_registry.OTHER_UNTRAINED
+_PART_PROBES = {"index": _SQUEEZE_PROBES, "y*": ("chosen",), "others": probe_registry.OTHER_UNTRAINED}
+
+
 def _squeeze_comparisons(pid: str, pair: tuple, formula: str, claims: tuple) -> tuple:
     """A two-run squeeze claim judged on the index (pid) and on each part apart (pid + "a": y*'s gain,
     pid + "b": the other probes' fall): claims in that order."""
     return tuple(Prediction(pid + suffix, claim, formula, pid[1:], "compare", ("lm", "llm"), pair, _PART_UNITS[part],
-                            squeezes_less(part), regime=SQUEEZE_REGIME)
+                            squeezes_less(part), regime=SQUEEZE_REGIME, probes=_PART_PROBES[part])
                  for suffix, part, claim in zip(("", "a", "b"), ("index", "y*", "others"), claims))
 
 
@@ -133,77 +143,84 @@ CATALOGUE = (
 
     # ---- whole runs: SFT
     Prediction("P12d", "SFT raises log pi(y+).", "G_SFT = pi - e_y+ (theory.residuals)", "12", "run",
-               ("lm", "llm"), POSITIVE_ONLY, "nats", rises("logps/chosen")),
+               ("lm", "llm"), POSITIVE_ONLY, "nats", rises("logps/chosen"),
+               probes=("chosen",)),
     Prediction("P11", "SFT raises y* too, so y* rising alone is not the squeeze signature.",
                "theory.squeeze.first_order_dlogp(sign=+1)", "11", "run", ("lm", "llm"), POSITIVE_ONLY,
-               "nats", rises("logps/greedy")),
+               "nats", rises("logps/greedy"),
+               probes=("chosen",)),
     Prediction("P12a", "SFT raises another prompt's answer y_{j != i} under x_i (the hallucination "
                "mechanism).", "theory.decomposition (K between [x_i; y_i] and [x_i; y_j])", "12", "run",
-               ("lm", "llm"), POSITIVE_ONLY, "nats", rises("logps/other_chosen")),
+               ("lm", "llm"), POSITIVE_ONLY, "nats", rises("logps/other_chosen"),
+               probes=("other_chosen",)),
     Prediction("P12b", "Under SFT, y_{j != i} gains more than a fluent irrelevant response.",
                "theory.decomposition (K similarity)", "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats",
-               gains_more_than("other_chosen", "irrelevant")),
+               gains_more_than("other_chosen", "irrelevant"),
+               probes=("other_chosen", "irrelevant")),
     Prediction("P12c", "SFT lowers random-token responses.", "theory.squeeze.first_order_dlogp(sign=+1)",
-               "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats", falls("logps/random_tokens")),
+               "12", "run", ("lm", "llm"), POSITIVE_ONLY, "nats", falls("logps/random_tokens"),
+               probes=("random_tokens",)),
     Prediction("P13a", "Under SFT, y- (similar to y+) rises first, then falls.",
                "theory.decomposition (K similarity, then A's flattening)", "13", "run", ("lm", "llm"),
-               POSITIVE_ONLY, "nats", rise_then_fall("rejected")),
+               POSITIVE_ONLY, "nats", rise_then_fall("rejected"),
+               probes=("rejected",)),
     Prediction("P13b", "Under SFT, a rephrase of y+ rises first, then falls.",
                "theory.decomposition", "13", "run", ("lm", "llm"), POSITIVE_ONLY, "nats",
-               rise_then_fall("chosen_rephrase")),
+               rise_then_fall("chosen_rephrase"),
+               probes=("chosen_rephrase",)),
 
     # ---- whole runs: off-policy negative gradients
     Prediction("P09a", "Off-policy DPO ends with log pi(y+) below its start.",
                "theory.squeeze + two-context coupling (X04)", "9", "run", ("lm", "llm"), DPO_FAMILY,
                "nats", falls("logps/chosen"),
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("chosen",)),
     Prediction("P09b", "Off-policy DPO lowers both log pi(y+) and log pi(y-), y- faster.",
                "theory.residuals (equal and opposite coefficients, valley of y-)", "9", "run",
                ("lm", "llm"), DPO_FAMILY, "nats", rejected_falls_more,
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("chosen", "rejected")),
     Prediction("P09c", "Negative gradients on unlikely responses raise y* (the squeeze) more than SFT "
                "on the same pairs does.",
                "theory.squeeze (P02 at rejected-only positions)", "9", "run", ("lm", "llm"),
                SQUEEZING, "nats", against_control("logps/greedy", +1.0, "rise of log pi(y*)"),
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("chosen",)),
     Prediction("P09d", "Off-policy DPO lowers every other probe response.",
                "theory.squeeze.threshold (labels below ||pi||^2 - pi_k fall)", "9", "run",
                ("lm", "llm"), DPO_FAMILY, "nats", all_other_probes_fall,
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=OTHER_PROBES),
     Prediction("P10", "Negative gradients make the model peakier: the mean token entropy on y+'s "
                "contexts falls more than under SFT on the same pairs.", "theory.flow (replicator sharpening)",
                "10", "run", ("lm", "llm"), SQUEEZING, "nats of entropy",
                against_control("entropy/chosen", -1.0, "fall of the mean token entropy"),
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("chosen",)),
     Prediction("P17", "Long off-policy DPO raises repetition in greedy generations (the repeated 4-gram "
                "fraction of each generation's first 12 words, against the SFT control).",
                "theory.flow (mass piles onto the argmax)", "17", "run", ("llm",), ("dpo",),
                "repeated 4-gram fraction", repetition_against_control,
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=()),
     Prediction("P17r", "Off-policy DPO raises the model's propensity to repeat its own answer more than SFT on "
                "the same pairs does: the per-token log-prob of re-emitting its initial sample right after it "
                "rises more than under the SFT control.", "theory.flow (mass piles onto the argmax)", "17", "run",
                ("llm",), DPO_FAMILY, "nats per token, minus SFT's", repeats_itself_against_control,
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("initial_sample", "sample_repeated")),
     Prediction("P05r", "Dose-response: prompts whose y- sits in a peakier distribution (lower initial "
                "entropy on y-'s contexts) squeeze harder.", "theory.squeeze.threshold (grows with ||pi||^2)",
                "5", "run", ("llm",), DPO_FAMILY, "Spearman rho",
                dose_response("entropy/rejected", "mean token entropy on y-'s contexts", -1.0),
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("rejected",) + _SQUEEZE_PROBES),
     Prediction("P06r", "Dose-response: prompts whose y- is less likely (lower initial per-token "
                "log pi(y-)) squeeze harder.", "theory.squeeze.threshold = ||pi||^2 - pi_k", "6", "run",
                ("llm",), DPO_FAMILY, "Spearman rho",
                dose_response("logp_mean/rejected", "per-token log pi(y-)", -1.0),
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("rejected",) + _SQUEEZE_PROBES),
     Prediction("P08r", "At the positions y+ and y- share, DPO's two pushes cancel: the entropy falls "
                "less there than at y-'s own positions.", "theory.squeeze (shared-context DPO step)", "8",
                "run", ("llm",), ("dpo", "ipo"), "nats of entropy per token", shared_prefix_does_not_squeeze,
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("chosen", "rejected")),
     Prediction("P18r", "Mass conservation directs the squeeze: a larger share of the probability mass that "
                "moves on y+'s contexts goes into the initial top token than under SFT on the same pairs.",
                "theory.softmax.apply_A (A v = v - pi.v)", "18", "run", ("llm",), DPO_FAMILY,
                "share of moved mass, minus SFT's", mass_into_top_token,
-               regime=SQUEEZE_REGIME),
+               regime=SQUEEZE_REGIME, probes=("chosen",)),
 
     # ---- two runs on the same probe prompts
     *_squeeze_comparisons("P14", ("dpo", "onpolicy-dpo"), "theory.squeeze.threshold (pi_k >= ||pi||^2: no squeeze)", (
@@ -224,19 +241,6 @@ BY_ID = {p.id: p for p in CATALOGUE}
 # other verdict is exploratory.
 PRIMARY = ("P09a", "P09c", "P09d", "P10", "P18r")
 
-# the squeeze index reads y* (on y+) and every other probe that is no training target in any context
-_SQUEEZE_PROBES = ("chosen",) + probe_registry.OTHER_UNTRAINED
-# the probe responses each run-level verdict reads: a verdict whose probes are training targets carries a caveat
-PROBES_USED = {
-    "P12d": ("chosen",), "P11": ("chosen",), "P12a": ("other_chosen",), "P12b": ("other_chosen", "irrelevant"),
-    "P12c": ("random_tokens",), "P13a": ("rejected",), "P13b": ("chosen_rephrase",),
-    "P09a": ("chosen",), "P09b": ("chosen", "rejected"), "P09c": ("chosen",), "P09d": OTHER_PROBES,
-    "P10": ("chosen",), "P17": (), "P17r": ("initial_sample", "sample_repeated"),
-    "P05r": ("rejected",) + _SQUEEZE_PROBES,
-    "P06r": ("rejected",) + _SQUEEZE_PROBES, "P08r": ("chosen", "rejected"), "P18r": ("chosen",),
-    "P14": _SQUEEZE_PROBES, "P15": _SQUEEZE_PROBES, "P14a": ("chosen",), "P15a": ("chosen",),
-    "P14b": probe_registry.OTHER_UNTRAINED, "P15b": probe_registry.OTHER_UNTRAINED,
-}
 
 
 # property tests (hypothesis, over extreme inputs too) that prove a step-level claim as a theorem
@@ -371,8 +375,7 @@ def _judged_row(prediction: Prediction, outcome: Outcome, series: Mapping, preci
 def _usable_prompts(prediction: Prediction, series_list) -> tuple:
     """(bool mask of the prompts whose probes this prediction reads are all usable, or None when all are;
     what was left out). A probe marked unusable (validate.probe_quality) is NaN in its series."""
-    probes = PROBES_USED.get(prediction.id, ())
-    keys = [f"logps/{p}" for p in probes]
+    keys = [f"logps/{p}" for p in prediction.probes]
     masks = [np.isfinite(np.asarray(s[k], dtype=float)).all(axis=0) for s in series_list if s for k in keys if k in s]
     if not masks:
         return None, ""

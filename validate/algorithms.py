@@ -16,8 +16,6 @@ from learning_dynamics.sim import losses
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.validate.forward import in_order, one_batch, sequence_logps
 
-ALGORITHMS = registry.ALGORITHMS
-
 
 def unigram_f1(response, reference) -> float:
     """Token-overlap F1 with the reference answer: the reward that ranks samples."""
@@ -58,9 +56,9 @@ def hyper_parameters(algorithm, settings) -> dict:
     return {h: settings.get(hyper_setting(algorithm, h), v) for h, v in algorithm.defaults.items()}
 
 
-def step_loss(algo: str, phase: str, model, examples, settings, pad_id, device, reference=None):
-    """(mean loss, metrics with TRL names, policy tokens processed) for one batch."""
-    algorithm = registry.get(algo)
+def step_loss(algorithm: registry.Algorithm, phase: str, model, examples, settings, pad_id, device, reference=None):
+    """(mean loss, metrics with TRL names, policy tokens processed) for one batch of `algorithm` (a registry record;
+    a name is turned into one where it enters, theory.algorithms.get)."""
     if phase == "sft" or algorithm.data == "chosen":   # the warm-up phase trains on y+ and y- alike
         sequences = [(e["prompt"], e["chosen"]) for e in examples]
         if phase == "sft":

@@ -7,7 +7,8 @@ import argparse
 
 from learning_dynamics.sim.style import add_format_option
 from learning_dynamics.theory import arguments as arg
-from learning_dynamics.validate.presets import (ALGORITHMS, FORECAST_PAIRS, N_PROBE_PROMPTS, N_SQUEEZE_PAIRS,
+from learning_dynamics.theory.algorithms import ALGORITHMS
+from learning_dynamics.validate.presets import (FORECAST_PAIRS, N_PROBE_PROMPTS, N_SQUEEZE_PAIRS,
                                                 PRECISIONS, PRESETS, SWEEP_PAIRS, SWEEP_PROMPTS, TRAJECTORY_ALGOS)
 
 
@@ -75,7 +76,8 @@ def add_check(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--preset", default="default", help="smoke, cpu or default: sizes of the probe set and the k-step run")
     p.add_argument("--seed", type=arg.SEED, default=0, help="random seed, 0 to 2**32-1 (default 0)")
-    p.add_argument("--algo", type=trajectory_algo, help="the k-step run's loss: sft, dpo (default), ipo or simpo")
+    p.add_argument("--algo", choices=TRAJECTORY_ALGOS,
+                   help="the k-step run's loss: one whose step reads the dataset's pairs alone (default dpo)")
     p.add_argument("--lr", type=arg.LR, help="the k-step run's AdamW learning rate (preset's default)")
     p.add_argument("--batch-pairs", type=arg.POSITIVE_INT, help="the k-step run's pairs per step (preset's default)")
     p.add_argument("--n-probe", type=arg.POSITIVE_INT,
@@ -99,14 +101,6 @@ def add_check(sub) -> argparse.ArgumentParser:
                             "--dtype / float32")
     p.add_argument("--quiet", action="store_true")
     return p
-
-
-def trajectory_algo(text: str) -> str:
-    """--algo of `check`: a loss its k-step run can train (no samples, no reference, no warm-up phase)."""
-    if text not in TRAJECTORY_ALGOS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a loss the check's k-step run can train; choose one of "
-                                         f"{', '.join(TRAJECTORY_ALGOS)}")
-    return text
 
 
 def add_forecast(sub) -> argparse.ArgumentParser:

@@ -56,9 +56,9 @@ def _builtin_pairs() -> tuple:
 def forecast_settings(preset="cpu", **overrides):
     """The run settings a forecast reads (model, device, algo, lr, beta, seed, batch size, token limits)."""
     from learning_dynamics.validate.presets import settings_for
-    from learning_dynamics.validate.trajectory import TRAJECTORY_ALGOS
+    from learning_dynamics.validate.presets import TRAJECTORY_ALGOS
     settings = settings_for(preset, **overrides)
-    if settings.algo not in TRAJECTORY_ALGOS:
+    if not settings.algorithm.steps_on_dataset_alone:
         raise UserError(f"--algo {settings.algo} cannot be forecast: it needs samples of the policy or a batch of its "
                         f"own (GRPO groups, on-policy DPO, KTO); choose one of {', '.join(TRAJECTORY_ALGOS)}")
     return settings

@@ -260,7 +260,7 @@ def verify_pair(model, pair, settings, pad_id, device, eta: float, saved: dict, 
     ref = before[:2] if reference is None else reference
     model.zero_grad(set_to_none=True)
     with fused_attention():
-        loss = algos.step_loss(settings.algo, "main", model, [dict(pair, ref_chosen=ref[0], ref_rejected=ref[1])],
+        loss = algos.step_loss(settings.algorithm, "main", model, [dict(pair, ref_chosen=ref[0], ref_rejected=ref[1])],
                                settings, pad_id, device)[0]
         loss.backward()
     after = {}
@@ -292,8 +292,8 @@ def train(model, pairs, settings, steps: int, pad_id, device, reference, progres
     for t in range(steps):
         indices = batch_indices(t, len(examples), settings.batch_pairs, settings.seed)
         with fused_attention():
-            loss, metrics, _ = algos.step_loss(settings.algo, "main", model, [examples[i] for i in indices], settings,
-                                               pad_id, device)
+            loss, metrics, _ = algos.step_loss(settings.algorithm, "main", model, [examples[i] for i in indices],
+                                               settings, pad_id, device)
         if not torch.isfinite(loss):
             raise UserError(f"the training loss became {loss.item()} at step {t}; lower --lr")
         optimizer.zero_grad(set_to_none=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.precision import PRECISIONS, in_precision, resolve
 from learning_dynamics.validate.trainers import (Processes, find_trainer, frozen_copy, fsdp_not_applied, infer_algo,
@@ -103,15 +104,14 @@ class ProbeMonitor(TrainerCallback):
                  live_report: bool = True, overwrite: bool = False, precision: str = "auto"):
         from learning_dynamics.sim.io import writable_folder
         from learning_dynamics.validate import session, trl_formats
-        from learning_dynamics.validate.algorithms import ALGORITHMS
         _positive_ints(every=every, n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                        max_response_tokens=max_response_tokens, gen_tokens=gen_tokens)
         if precision not in PRECISIONS:
             raise UserError(f"ProbeMonitor: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(gen_prompts, bool) or not isinstance(gen_prompts, int) or gen_prompts < 0:
             raise UserError(f"ProbeMonitor: gen_prompts must be an integer >= 0, got {gen_prompts!r}")
-        if algo is not None and algo not in ALGORITHMS:
-            raise UserError(f"ProbeMonitor: unknown algo {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        if algo is not None and algo not in algorithms.REGISTRY:
+            raise UserError(f"ProbeMonitor: unknown algo {algo!r}; choose one of {', '.join(algorithms.ALGORITHMS)}")
         rows, self.records, self.data_format = trl_formats.load(probe_data, "ProbeMonitor probe_data")
         self.data_for_fingerprint = probe_data if isinstance(probe_data, (str, Path)) else rows
         if isinstance(probe_data, (str, Path)):
@@ -223,8 +223,7 @@ class ProbeMonitor(TrainerCallback):
                     device=str(next(unwrapped.parameters()).device.type), steps=int(state.max_steps),
                     eval_every=self.every, batch_pairs=int(batch), lr=float(args.learning_rate),
                     precision=self.precision.name,
-                    # DPO's beta; GRPO's `beta` is its KL coefficient, another quantity
-                    beta=getattr(args, "beta", None) if algo in ("dpo", "ipo") else None)
+                    beta=getattr(args, "beta", None) if algorithms.get(algo).trl_beta else None)
 
     def _prepare(self, state, model):
         """Main process: set up `out` (validate.monitor_folder); the probe set to reuse on a resumed run, or None."""

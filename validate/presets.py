@@ -17,12 +17,10 @@ from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.arguments import LR_MAX, check_seed
 from learning_dynamics.theory.errors import UserError
 
-ALGORITHMS = registry.ALGORITHMS
 PRECISIONS = ("auto", "fp32", "bf16")   # validate.precision resolves "auto" on the machine that runs
-# losses of one response or one dataset pair, needing no samples and no reference model during training: the ones
-# the first-order check's k-step run can train (validate.trajectory)
-TRAJECTORY_ALGOS = tuple(name for name, a in registry.REGISTRY.items()
-                         if not a.requires_samples and not a.warmup and a.data in ("chosen", "pair"))
+# the algorithms the first-order check's k-step run (validate.trajectory) and the forecast can train: each record says
+# whether its step reads the dataset's responses alone (Algorithm.steps_on_dataset_alone)
+TRAJECTORY_ALGOS = tuple(name for name, a in registry.REGISTRY.items() if a.steps_on_dataset_alone)
 # The first-order check's sizes per preset (validate.check): cpu reads what default does (the preset's 24 probe
 # prompts), which fits 2 CPU cores in under 30 minutes because a prompt's 12 responses go through the body
 # together (validate.forward's shared-prompt batches; validate/reports/smollm2-135m-instruct-cpu/first-order/
@@ -91,8 +89,8 @@ def _positive_int(settings, key):
 
 def check(settings: dict) -> None:
     check_seed(settings["seed"])
-    if settings["algo"] not in ALGORITHMS:
-        raise UserError(f"unknown --algo {settings['algo']!r}; choose one of {', '.join(ALGORITHMS)}")
+    if settings["algo"] not in registry.REGISTRY:
+        raise UserError(f"unknown --algo {settings['algo']!r}; choose one of {', '.join(registry.ALGORITHMS)}")
     for key in ("steps", "batch_pairs", "eval_every", "n_probe", "eval_batch", "gen_tokens"):
         _positive_int(settings, key)
     for key in ("lr", "beta"):

@@ -182,7 +182,7 @@ def controls_among(settings: dict, candidates: dict) -> dict:
 def _caveat(row, design_info) -> str:
     """Why a verdict's probes are also training targets (validate.design), or ''."""
     from learning_dynamics.validate.design import overlapping
-    hits = overlapping(design_info, predictions.PROBES_USED.get(row["id"], ()))
+    hits = overlapping(design_info, predictions.BY_ID[row["id"]].probes if row["id"] in predictions.BY_ID else ())
     n = (design_info or {}).get("n_probe_prompts")
     return ", ".join(f"{p} is a training target for {c} of {n} probe prompts" for p, c in hits.items())
 

@@ -15,7 +15,8 @@ def mark_skipped(rows, skipped: dict) -> list:
         return rows
     out = []
     for r in rows:
-        missing = [p for p in predictions.PROBES_USED.get(r["id"], ()) if p in skipped]
+        prediction = predictions.BY_ID.get(r["id"])
+        missing = [p for p in (prediction.probes if prediction else ()) if p in skipped]
         if missing:
             why = "; ".join(f"{p} not built: {skipped[p]}" for p in missing)
             r = dict(r, verdict="inconclusive", inconclusive_reason=why, detail=why)

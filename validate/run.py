@@ -243,7 +243,7 @@ def train(state: RunState, model, pairs) -> None:
                                for i in session.batch_indices(t, len(pairs), s.batch_pairs, s.seed)})
             _draw_samples(model, pairs, upcoming, step, state)
         with state.loaded.autocast():
-            loss, metrics, n_tokens = algos.step_loss(s.algo, phase, model, [pairs[i] for i in indices], s,
+            loss, metrics, n_tokens = algos.step_loss(s.algorithm, phase, model, [pairs[i] for i in indices], s,
                                                       state.pad_id, state.device, reference=state.ref_model)
         reason = health.diverged(step, loss.item())
         if reason:

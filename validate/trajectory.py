@@ -131,9 +131,10 @@ def _reference_logps(model, pairs, indices, pad_id, device, batch_size) -> None:
                 pairs[i][f"ref_{key}"] = value
 
 
-def _checked_steps(algo: str, k_steps) -> list:
-    if algo not in TRAJECTORY_ALGOS:
-        raise UserError(f"the k-step check trains with --algo one of {', '.join(TRAJECTORY_ALGOS)}, not {algo!r}")
+def _checked_steps(algorithm, k_steps) -> list:
+    if not algorithm.steps_on_dataset_alone:
+        raise UserError(f"the k-step check trains with --algo one of {', '.join(TRAJECTORY_ALGOS)}, "
+                        f"not {algorithm.name!r}")
     k_steps = sorted(set(int(k) for k in k_steps))
     if not k_steps or k_steps[0] < 1:
         raise UserError(f"--k-steps must be positive integers, got {k_steps}")
@@ -145,10 +146,11 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
     """Train max(k_steps) AdamW steps and measure the first-order picture along them (see the module doc)."""
     from learning_dynamics.validate.logit_kernel import KernelViews
     from learning_dynamics.validate.session import batch_indices
-    algo, k_steps = settings["algo"], _checked_steps(settings["algo"], k_steps)
+    algorithm = registry.get(settings["algo"])
+    algo, k_steps = algorithm.name, _checked_steps(algorithm, k_steps)
     pairs = [dict(p) for p in pairs]
     batches = [batch_indices(t, len(pairs), settings["batch_pairs"], settings["seed"]) for t in range(k_steps[-1])]
-    if registry.get(algo).requires_reference:
+    if algorithm.requires_reference:
         _reference_logps(model, pairs, sorted({i for b in batches for i in b}), pad_id, device, batch_size)
     trains = [(pairs[i]["prompt"], pairs[i][key]) for i in batches[0] for key in ("chosen", "rejected")][:KERNEL_TRAIN]
     views = KernelViews(model, [sequences[i] for i in spread(names, KERNEL_PROBES)], trains, pad_id, device,
@@ -186,6 +188,7 @@ def _train(model, batches, sequences, settings, pad_id, device, batch_size, k_st
     from learning_dynamics.validate import algorithms as algos
     k_max, mid = k_steps[-1], (k_steps[-2] if len(k_steps) > 1 else 0)   # mid: the warm-state step
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    algorithm = registry.get(settings["algo"])
 
     def logps():
         with torch.no_grad():
@@ -196,7 +199,7 @@ def _train(model, batches, sequences, settings, pad_id, device, batch_size, k_st
     theta_t, update = snapshot(model), None       # buffers reused by every step
     for t in range(k_max):
         with fused_attention():   # the step a training run takes; only the jvps need the math kernel
-            loss, metrics, _ = algos.step_loss(settings["algo"], "main", model, batches[t], settings, pad_id, device)
+            loss, metrics, _ = algos.step_loss(algorithm, "main", model, batches[t], settings, pad_id, device)
             if not torch.isfinite(loss):
                 raise UserError(f"the k-step check's training loss became {loss.item()} at step {t}; lower --lr")
             optimizer.zero_grad(set_to_none=True)

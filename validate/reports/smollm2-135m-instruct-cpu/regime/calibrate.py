@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learning_dynamics.theory.algorithms import REGISTRY
 from learning_dynamics.theory.probes import SAID_ONCE
 from learning_dynamics.validate import algorithms as algos
 from learning_dynamics.validate import session
@@ -72,7 +73,7 @@ def main():
         coefficient, chosen_change = {}, {}
         for step in range(args.steps):
             batch = [pairs[i] for i in session.batch_indices(step, len(pairs), s.batch_pairs, s.seed)]
-            loss, _, _ = algos.step_loss("dpo", "main", model, batch, s, pad, "cpu")
+            loss, _, _ = algos.step_loss(REGISTRY["dpo"], "main", model, batch, s, pad, "cpu")
             weights.zero_grad()
             loss.backward()
             weights.grad_norm()
