@@ -14,7 +14,7 @@ torch is imported inside functions so that `ldyn --help` stays fast.
 """
 import sys
 
-from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.common.io import writable_folder
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory import arguments as arg
 
@@ -314,7 +314,7 @@ def run_digits(out=DEFAULT_OUT, seed: int = 0, preset: str = "default", progress
     from tqdm import tqdm
     from learning_dynamics.sim import ntk
     from learning_dynamics.sim.digits_figures import plot_akg, plot_influence, plot_negative_step
-    from learning_dynamics.sim.io import atomic_write_json
+    from learning_dynamics.sim.common.io import atomic_write_json
 
     settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     validate_settings(settings, seed)

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from learning_dynamics.sim.io import json_ready, writable_folder
-from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.sim.common.io import json_ready, writable_folder
+from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory import arguments as arg
 from learning_dynamics.theory.errors import UserError
@@ -25,7 +25,7 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
     import time
 
     from tqdm import tqdm
-    from learning_dynamics.sim.io import atomic_write_json
+    from learning_dynamics.sim.common.io import atomic_write_json
 
     settings = dict(PRESETS[preset])
     for name, value in (("runs", runs), ("vocab", vocab), ("steps", steps)):

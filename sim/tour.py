@@ -53,7 +53,7 @@ def run_tour(out="ldyn-out", logits_preset: str = "default", progress: bool = Tr
     """Print the derivations and a worked example, run `sim logits` and `sim digits --quick`,
     and say where the figures are. Returns 0."""
     from learning_dynamics.sim.digits import run_digits
-    from learning_dynamics.sim.io import writable_folder
+    from learning_dynamics.sim.common.io import writable_folder
     from learning_dynamics.sim.logits_cli import run_logits
 
     out = writable_folder(Path(out))

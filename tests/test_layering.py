@@ -13,7 +13,7 @@ FORBIDDEN = {
 
 
 def _root(module: str) -> str:
-    """The layer a module belongs to: `learning_dynamics.sim.io` -> `sim`, `torch.nn` -> `torch`."""
+    """The layer a module belongs to: `learning_dynamics.sim.common.io` -> `sim`, `torch.nn` -> `torch`."""
     parts = module.split(".")
     return parts[1] if parts[0] == PACKAGE and len(parts) > 1 else parts[0]
 
@@ -39,7 +39,7 @@ def test_layer_never_imports_upward(layer):
 
 def test_the_checker_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import numpy\nfrom learning_dynamics.validate.run import main\nimport torch.nn as nn\n")
+    bad.write_text("import numpy\nfrom learning_dynamics.validate.training.run import main\nimport torch.nn as nn\n")
     assert imported_roots(bad) >= {"validate", "torch", "numpy"}
 
 

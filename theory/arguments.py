@@ -10,7 +10,7 @@ import math
 
 # numpy's legacy and torch's generators both accept this range; larger seeds overflow torch.manual_seed
 SEED_MAX = 2**32 - 1
-# a step number names its tracking chunk with 9 digits (sim.tracking: step_000000120.csv), so no run goes past this
+# a step number names its tracking chunk with 9 digits (sim.common.tracking: step_000000120.csv), so no run goes past this
 STEP_MAX = 10**9 - 1
 # AdamW and plain SGD both move weights by about lr per step; far above this every weight is noise,
 # and near 1e38 torch's float32 step size overflows (see issue 14)

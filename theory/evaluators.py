@@ -349,7 +349,7 @@ def mass_into_top_token(series, seed=0, control=None, control_label="SFT", basis
 
 @_accepts_control
 def repetition_against_control(series, seed=0, control=None, control_label="SFT", basis=None):
-    """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.repetition:
+    """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.data.repetition:
     PREFIX_WORDS), in the run minus in the SFT control, over the prompts whose generations reach that length
     at the start and the end of both runs: length-matched, and no continuation forced past its end of turn."""
     key = "gen/rep4_prefix"

@@ -1,19 +1,19 @@
 """Probe curves in the paper's style: one panel per probe type, log-probability over training.
 
 Shared by `ldyn sim lm` and validate's real-model runs; both pass the `series`
-of sim.tracking.series_from_table (key -> [n_evals, n_prompts]). Each panel
+of sim.common.tracking.series_from_table (key -> [n_evals, n_prompts]). Each panel
 shows the mean over prompts and a band of +-1 standard error of that mean, so
 a reader sees both the direction and whether it stands out of the prompt noise.
-Labels, colours and units come from sim.style.
+Labels, colours and units come from sim.common.style.
 """
 import re
 
 import numpy as np
 
-from learning_dynamics.sim import style
+from learning_dynamics.sim.common import style
 
 # Panel order follows the paper's probe taxonomy (paper-notes 4.3): the probe registry (theory.probes)
-# through sim.style.PROBES, which adds each probe's colour.
+# through sim.common.style.PROBES, which adds each probe's colour.
 PANELS = tuple((key, label) for key, (label, _color) in style.PROBES.items())
 LABELS = dict(PANELS)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_path
+from learning_dynamics.sim.common.io import atomic_path
 from learning_dynamics.theory import algorithms as algorithm_registry
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.errors import UserError

@@ -6,7 +6,7 @@ One row per (evaluation step, prompt, probe) with the columns of SPEC.md:
     sqnorm_mean, argmax_logp_sum
 
 Storage is one CSV *chunk* per evaluation step (`step_000000120.csv`), each
-written atomically (temp file + fsync + rename, sim.io). A crash therefore
+written atomically (temp file + fsync + rename, sim.common.io). A crash therefore
 loses at most the evaluation in flight, never corrupts an earlier one, and a
 resumed run asks `completed_steps()` which evaluations it can skip. `read()`
 merges the chunks in step order; `series_from_table` turns the rows into the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_text
+from learning_dynamics.sim.common.io import atomic_write_text
 
 COLUMNS = ("step", "prompt_id", "probe", "logp_sum", "logp_mean", "n_tokens", "entropy_mean",
            "sqnorm_mean", "argmax_logp_sum")
@@ -68,7 +68,7 @@ class TrackingTable:
 
     def _manifest(self) -> dict:
         """{chunk name: sha256} this run wrote; {} without a run id (nothing to check)."""
-        from learning_dynamics.sim.io import read_json
+        from learning_dynamics.sim.common.io import read_json
         from learning_dynamics.theory.errors import CorruptFile
         if self.run_id is None:
             return {}
@@ -84,7 +84,7 @@ class TrackingTable:
 
     def _record(self, name: str, text: str) -> None:
         if self.run_id is not None:
-            from learning_dynamics.sim.io import atomic_write_json
+            from learning_dynamics.sim.common.io import atomic_write_json
             chunks = dict(self._manifest(), **{name: _sha256(text.encode("utf-8"))})
             atomic_write_json(self.directory / MANIFEST, {"run_id": self.run_id, "chunks": chunks})
 

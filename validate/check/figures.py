@@ -2,12 +2,12 @@
 views), the sweep over pairs, the token-level squeeze and one figure per channel of the DPO step."""
 import numpy as np
 
-from learning_dynamics.sim import style
+from learning_dynamics.sim.common import style
 
 
 def draw_all(parts: dict, channels: dict, out) -> list:
     """Every figure of the check into `out`; the paths written (their suffix follows --format)."""
-    from learning_dynamics.validate import token_squeeze
+    from learning_dynamics.validate.measure import token_squeeze
     records, run = parts["records"], parts["run"]
     figures = [_plot_scatter(parts["steps"], parts["sweep_names"], out / "first_order_scatter.png"),
                _plot_sweep(parts["steps"], out / "first_order_slope.png"),
@@ -21,7 +21,7 @@ def draw_all(parts: dict, channels: dict, out) -> list:
     return figures
 
 
-KIND_COLORS = {"positive": "sft", "negative": "negative", "dpo": "dpo"}   # sim.style's colours for the pushes
+KIND_COLORS = {"positive": "sft", "negative": "negative", "dpo": "dpo"}   # sim.common.style's colours for the pushes
 
 
 def _style():

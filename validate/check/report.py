@@ -1,14 +1,14 @@
 """report.md of `ldyn validate check --first-order`: the tables of first_order.json, section by section.
 
 The sections of the parts added for issue 24 (the sweep over pairs, P20's kernel views, the per-token
-channels) are validate.check_report_parts'.
+channels) are validate.check.report_parts'.
 """
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.validate.check_report_parts import channel_lines, p20_lines, pair_sweep_lines, pct as _pct
-from learning_dynamics.validate.report import fmt
+from learning_dynamics.validate.check.report_parts import channel_lines, p20_lines, pair_sweep_lines, pct as _pct
+from learning_dynamics.validate.judge.report import fmt
 
 
 def _of_the_presets(r: dict) -> str:
@@ -135,7 +135,7 @@ def _worst_r(step: dict) -> str:
 def by_probe_type(row: dict, names) -> dict:
     """One k-step row's agreement within each probe type: the pooled r mixes probes that are training
     targets (chosen, rejected: the probe prompts are training prompts) with probes no step trains on."""
-    from learning_dynamics.validate.first_order import agreement
+    from learning_dynamics.validate.measure.first_order import agreement
     names = np.asarray(names)
     predicted, actual = np.asarray(row["predicted"]), np.asarray(row["actual"])
     return {name: agreement(predicted[names == name], actual[names == name]) for name in dict.fromkeys(names)}

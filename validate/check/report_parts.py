@@ -1,7 +1,7 @@
 """report.md sections of the first-order check's parts that issue 24 added: the eta sweep over pairs
-(validate.pair_sweep), P20 on the logit eNTK (validate.logit_kernel) and the per-token channels of the DPO
-step (validate.token_channels). Each takes its part of first_order.json and returns lines."""
-from learning_dynamics.validate.report import fmt
+(validate.measure.pair_sweep), P20 on the logit eNTK (validate.measure.logit_kernel) and the per-token channels of the DPO
+step (validate.measure.token_channels). Each takes its part of first_order.json and returns lines."""
+from learning_dynamics.validate.judge.report import fmt
 
 VIEW_WORDS = {
     "K sketch": "K, Gaussian sketch over the whole vocabulary (the paper's kernel)",

@@ -1,33 +1,33 @@
 """`ldyn validate check --first-order`: how far the first-order (AKG) picture carries on a real model.
 
-Writes first_order.json (read by validate.report), report.md and figures into --out:
+Writes first_order.json (read by validate.judge.report), report.md and figures into --out:
 
 1. one plain SGD step on a training pair, swept over eta until the relative
    error passes 100%, for the y+ push, the y- push and the DPO step (their sum;
-   validate.first_order): per eta Pearson r, relative error, sign agreement, and
+   validate.measure.first_order): per eta Pearson r, relative error, sign agreement, and
    the error slope in the eta^2 regime;
-2. the token-level squeeze after a DPO-shaped step (validate.token_squeeze),
+2. the token-level squeeze after a DPO-shaped step (validate.measure.token_squeeze),
    pooled over the whole vocabulary and over the top tokens, and the
    equal-shift test at shared-prefix positions;
 3. AdamW's real update, k steps with a frozen kernel and the kernel's drift
-   (P20) along a short training run (validate.trajectory);
+   (P20) along a short training run (validate.measure.trajectory);
 4. the same sweep on a coarse grid for each of the first --sweep-pairs probe prompts' pairs
-   (validate.pair_sweep): where it breaks, as a median and an interval over pairs;
-5. the per-token channels of the DPO step of part 2 (validate.token_channels).
+   (validate.measure.pair_sweep): where it breaks, as a median and an interval over pairs;
+5. the per-token channels of the DPO step of part 2 (validate.measure.token_channels).
 
 Probes are built in float32; parts 1, 2, 4 and 5 run in float64 (--dtype float32 trades their small-eta floor for
-half the time); part 3 in float32, as a CPU training run would. The report is validate.check_report's, the
-figures validate.check_figures'.
+half the time); part 3 in float32, as a CPU training run would. The report is validate.check.report's, the
+figures validate.check.figures'.
 """
 import time
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
-from learning_dynamics.validate.check_report import by_probe_type, report_markdown  # noqa: F401 (public here too)
+from learning_dynamics.sim.common.io import atomic_write_json, atomic_write_text, json_ready
+from learning_dynamics.validate.check.report import by_probe_type, report_markdown  # noqa: F401 (public here too)
 # the sizes per preset live in validate.presets (the flags' help reads them too)
-from learning_dynamics.validate.probes import said_once
+from learning_dynamics.validate.data.probes import said_once
 from learning_dynamics.validate.presets import N_PROBE_PROMPTS, N_SQUEEZE_PAIRS, SWEEP_PAIRS, SWEEP_PROMPTS
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 # probe sequences per forward or jvp on a CPU (a prompt's responses stay together, so up to 12): smaller
@@ -50,9 +50,9 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
                moving_probes=None, sweep_prompts=None, sweep_pairs=None) -> dict:
     """command: the ldyn command whose report holds this check (`run --first-order` embeds it in the run's).
 
-    settings: validate.presets.Settings (or its flat dict); the set-up is `ldyn validate run`'s (validate.session).
+    settings: validate.presets.Settings (or its flat dict); the set-up is `ldyn validate run`'s (validate.training.session).
     """
-    from learning_dynamics.validate import first_order
+    from learning_dynamics.validate.measure import first_order
     from learning_dynamics.validate.presets import Settings
     settings, out = Settings.of(settings), Path(out)
     sizes = check_sizes(settings.preset, n_probe, squeeze_pairs, k_steps, dtype, moving_probes, sweep_prompts,
@@ -88,7 +88,7 @@ def check_sizes(preset, n_probe=None, squeeze_pairs=None, k_steps=None, dtype="f
                 sweep_prompts=None, sweep_pairs=None) -> dict:
     """The check's own sizes, by the names of the flags that set them (provenance writes them back)."""
     from learning_dynamics.theory.errors import UserError
-    from learning_dynamics.validate import trajectory
+    from learning_dynamics.validate.measure import trajectory
     n_probe = n_probe or N_PROBE_PROMPTS[preset]
     sweep_pairs = SWEEP_PAIRS[preset] if sweep_pairs is None else sweep_pairs
     if isinstance(sweep_pairs, bool) or not isinstance(sweep_pairs, int) or sweep_pairs < 1:
@@ -103,8 +103,8 @@ def check_sizes(preset, n_probe=None, squeeze_pairs=None, k_steps=None, dtype="f
 def _set_up(settings, sizes, progress) -> dict:
     """The model (float32), the runs' own split, the token-level pairs and the batch size."""
     import torch
-    from learning_dynamics.validate import session
-    from learning_dynamics.validate.precision import in_precision, resolve
+    from learning_dynamics.validate.training import session
+    from learning_dynamics.validate.training.precision import in_precision, resolve
     device = session.device(settings.device)
     # probes are built (sampled) in float32, at half the cost of float64, or in bf16 where --precision settles on
     # it (their texts feed no jvp: every number is then measured in the check's own dtype)
@@ -124,8 +124,8 @@ def _set_up(settings, sizes, progress) -> dict:
 def _measure(setup, settings, sizes, out, clock, progress, quiet) -> dict:
     """Every part of the check, inside exact_math; a crash after the sweep keeps it in first_order.partial.json."""
     import torch
-    from learning_dynamics.validate import first_order, pair_sweep, token_squeeze, trajectory
-    from learning_dynamics.validate.probes import build_probe_set
+    from learning_dynamics.validate.measure import first_order, pair_sweep, token_squeeze, trajectory
+    from learning_dynamics.validate.data.probes import build_probe_set
     loaded, model, examples = setup["loaded"], setup["model"], setup["examples"]
     args = (setup["pad_id"], setup["device"], setup["batch"])
     probes = build_probe_set(setup.pop("sampler"), loaded.tokenizer, loaded.encoder, examples.probe[:sizes["n_probe"]],
@@ -158,7 +158,7 @@ def _measure(setup, settings, sizes, out, clock, progress, quiet) -> dict:
 
 
 def _sweep_line(steps, n_swept, n_all) -> str:
-    from learning_dynamics.validate.first_order import STEP_KINDS
+    from learning_dynamics.validate.measure.first_order import STEP_KINDS
     return ("first order: r " + " / ".join(f"{steps[k]['pearson_r']:.4f}" for k in STEP_KINDS)
             + ", slope " + " / ".join(f"{steps[k]['error_slope']:.2f}" for k in STEP_KINDS)
             + f" ({' / '.join(STEP_KINDS)} step); factored and dense jvp differ by "
@@ -168,7 +168,9 @@ def _sweep_line(steps, n_swept, n_all) -> str:
 def _result(setup, settings, sizes, parts, clock, out, command) -> dict:
     """first_order.json's content (figures drawn into `out`)."""
     import torch
-    from learning_dynamics.validate import check_figures, first_order, provenance, token_channels, token_squeeze
+    from learning_dynamics.validate.check import figures as check_figures
+    from learning_dynamics.validate.measure import first_order, token_channels, token_squeeze
+    from learning_dynamics.validate import provenance
     device, steps, run = setup["device"], parts["steps"], parts["run"]
     channels = token_channels.summarise([r["channels"] for r in parts["records"]],
                                         [r["kind"] for r in parts["records"]])

@@ -4,12 +4,12 @@ import math
 import sys
 from pathlib import Path
 
-from learning_dynamics.sim.io import writable_folder
-from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.sim.common.io import writable_folder
+from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory import arguments as arg
 from learning_dynamics.theory.probes import SAID_ONCE
-from learning_dynamics.validate import flags
+from learning_dynamics.validate.cli import flags
 from learning_dynamics.validate.presets import N_PROBE_PROMPTS, OVERRIDABLE, TRAJECTORY_ALGOS, settings_for
 
 
@@ -24,7 +24,7 @@ def run_settings(args) -> dict:
 
 
 def _run(args) -> int:
-    from learning_dynamics.validate.run import run
+    from learning_dynamics.validate.training.run import run
     settings = run_settings(args)
     out = writable_folder(args.out)
     if args.first_order:
@@ -33,9 +33,9 @@ def _run(args) -> int:
                             f"--algo one of {', '.join(TRAJECTORY_ALGOS)}; run `ldyn validate check` separately")
     report = run(settings, out, fresh=args.fresh, quiet=args.quiet, first_order=args.first_order)
     if args.first_order:
-        from learning_dynamics.validate.check import run_checks
+        from learning_dynamics.validate.check.run import run_checks
         run_checks(settings, out, quiet=args.quiet, command=("validate", "run"), report_name="first_order.md")
-        from learning_dynamics.validate.report import write_report
+        from learning_dynamics.validate.judge.report import write_report
         report = write_report(out)
     _print_verdicts(report, out)
     return 0
@@ -79,7 +79,7 @@ def check_settings(args) -> dict:
 
 
 def _check(args) -> int:
-    from learning_dynamics.validate.check import run_checks
+    from learning_dynamics.validate.check.run import run_checks
     _check_sizes(args)
     result = run_checks(check_settings(args), writable_folder(args.out), quiet=args.quiet, n_probe=args.n_probe,
                         squeeze_pairs=args.squeeze_pairs, k_steps=args.k_steps, dtype=args.dtype,
@@ -162,7 +162,7 @@ def _default_summary_folder(runs) -> Path:
 
 
 def _report(args) -> int:
-    from learning_dynamics.validate.summary import merge, unique_dirs
+    from learning_dynamics.validate.judge.summary import merge, unique_dirs
     for d in args.runs:
         if not Path(d).is_dir():
             raise UserError(f"no run directory {d}")
@@ -180,13 +180,13 @@ def add_forecast(sub) -> None:
 
 
 def _forecast(args) -> int:
-    from learning_dynamics.validate.forecast import forecast
+    from learning_dynamics.validate.forecast.run import forecast
     out = writable_folder(args.out)
     result = forecast(args.data, model=args.model, algo=args.algo, n_pairs=args.n_pairs, preset=args.preset,
                       device=args.device, lr=args.lr, beta=args.beta, seed=args.seed, batch_pairs=args.batch_pairs,
                       verify=args.verify, train_steps=args.train_steps, from_run=args.from_run, out=out,
                       filter=args.filter, quiet=args.quiet)
-    from learning_dynamics.validate.forecast_report import FLAG_PREDICTOR, num_text, percent_text
+    from learning_dynamics.validate.forecast.report import FLAG_PREDICTOR, num_text, percent_text
     print(f"{result['summary']}.")
     for step, judged in ((result["verification"] or {}).get("by_optimizer") or {}).items():
         print(f"  {step} step: " + ", ".join(f"{j['predictor']} rho {num_text(j['spearman'], 2)} top-10% "
@@ -221,7 +221,7 @@ def add_pages(sub) -> None:
 
 
 def _pages(args) -> int:
-    from learning_dynamics.validate import pages
+    from learning_dynamics.validate.judge import pages
     generated = pages.generate(args.reports, args.docs)
     if args.check:
         stale = pages.differing(generated, args.docs)

@@ -1,11 +1,11 @@
-"""The flags of `ldyn validate run`, `check` and `forecast`, apart from their handlers (validate.commands).
+"""The flags of `ldyn validate run`, `check` and `forecast`, apart from their handlers (validate.cli.commands).
 
 validate.provenance reads a report's reproduce command off these parsers; the handlers run the commands that
 write reports, so keeping the flags here, below both, keeps the import graph free of a loop.
 """
 import argparse
 
-from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory import arguments as arg
 from learning_dynamics.validate.presets import (ALGORITHMS, FORECAST_PAIRS, N_PROBE_PROMPTS, N_SQUEEZE_PAIRS,
                                                 PRECISIONS, PRESETS, SWEEP_PAIRS, SWEEP_PROMPTS, TRAJECTORY_ALGOS)

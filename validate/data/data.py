@@ -33,7 +33,7 @@ JSONL (TRL preference format)
 of {"role", "content"} messages ending with a user turn; chosen/rejected = a
 list with one assistant message). Records are returned as
 {"prompt": str | list[message], "chosen": str, "rejected": str}: a chat prompt
-is kept as its message list (validate.encode.encode_example takes either), the responses are
+is kept as its message list (validate.training.encode.encode_example takes either), the responses are
 always the assistant's text. "source" is kept when it is a string.
 """
 import importlib.util
@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from learning_dynamics.sim.io import atomic_write_text
+from learning_dynamics.sim.common.io import atomic_write_text
 from learning_dynamics.theory.errors import UserError
 
 CORPUS_PACKAGE = "chatterbot_corpus"
@@ -323,10 +323,10 @@ def _check_encodable(record: dict, where: str) -> None:
 def load_preference_jsonl(path) -> list:
     """Read a TRL preference JSONL file; any malformed line raises UserError naming the file and line.
 
-    The bytes come from validate.data_file.read_once (a pipe or FIFO works, read once); a UTF-8 byte order mark
+    The bytes come from validate.data.data_file.read_once (a pipe or FIFO works, read once); a UTF-8 byte order mark
     is skipped, and lines end only at "\\n" (a raw U+2028 or U+0085 is text inside a JSON string).
     """
-    from learning_dynamics.validate.data_file import EXPECTED, read_once
+    from learning_dynamics.validate.data.data_file import EXPECTED, read_once
     try:
         text = read_once(path).raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -13,7 +13,7 @@ because it is trained on.
 training pair, the probe prompt's own pair excepted for y+ and y-.
 """
 from learning_dynamics.theory.probes import PROBE_TYPES
-from learning_dynamics.validate.probe_texts import normalized
+from learning_dynamics.validate.data.probe_texts import normalized
 
 BY_DESIGN = tuple(p.name for p in PROBE_TYPES if p.trained == "other pair")   # trained on under another prompt
 OWN_PAIR = {p.name: p.name for p in PROBE_TYPES if p.trained == "own"}        # probe -> its role in its own pair
@@ -22,7 +22,7 @@ OWN_PAIR = {p.name: p.name for p in PROBE_TYPES if p.trained == "own"}        # 
 def measure(probe_set, train_examples) -> dict:
     """{"n_probe_prompts", "n_train_pairs", "by_design", "overlap": {probe: {"any", "as_chosen", "as_rejected"}}}.
 
-    probe_set: validate.probes.build_probe_set's list (uses "prompt" and "texts").
+    probe_set: validate.data.probes.build_probe_set's list (uses "prompt" and "texts").
     """
     where = {}                                          # text -> set of (prompt key, role)
     for ex in train_examples:

@@ -9,7 +9,7 @@ the report leaves its prompt out of every verdict that reads it (theory.predicti
 import difflib
 from typing import Optional
 
-from learning_dynamics.validate.repetition import WORD, repetition_stats
+from learning_dynamics.validate.data.repetition import WORD, repetition_stats
 
 # the rephrases and their sources
 SOURCES = {"chosen_rephrase": "chosen", "rejected_rephrase": "rejected"}

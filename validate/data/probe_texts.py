@@ -28,7 +28,7 @@ from learning_dynamics.theory import probes as probe_registry
 TEXT_PROBES = probe_registry.TEXT                                              # built here
 RESPONSES = tuple(probe_registry.RESPONSES)                                    # what a data row may hold
 IRRELEVANT_WORDS = 12   # the irrelevant sentence's length in words when there is no y+ to match
-MODEL_PROBES = tuple(p for p in probe_registry.NAMES if p not in TEXT_PROBES)  # validate.probes, or y* at scoring
+MODEL_PROBES = tuple(p for p in probe_registry.NAMES if p not in TEXT_PROBES)  # validate.data.probes, or y* at scoring
 
 REPHRASE_INSTRUCTION = ("Rephrase the following text with different words but exactly the same meaning. "
                         "Reply with the rephrased text only.\n\nText: {text}")
@@ -145,10 +145,10 @@ def random_token_ids(tokenizer_vocab_size: int, length: int, rng, exclude=()) ->
 def irrelevant_pool(min_words: int = 5, max_words: int = 40, exclude=()) -> list:
     """Fluent sentences of the corpus: dicts text, source (chatterbot-corpus/<file>), deterministic order.
 
-    A response qualifies when validate.data.is_fluent says so; `exclude` holds
+    A response qualifies when validate.data.data.is_fluent says so; `exclude` holds
     normalised texts to leave out (a user dataset's training targets).
     """
-    from learning_dynamics.validate.data import corpus_pairs, is_fluent, text_key
+    from learning_dynamics.validate.data.data import corpus_pairs, is_fluent, text_key
 
     seen, pool = set(exclude), []
     for pair in corpus_pairs():
@@ -210,7 +210,7 @@ def build_probe_texts(probe_examples, train_examples, test_examples, irrelevant_
     irrelevant_pool: strings or dicts with "text" (and optional "source"); an
     irrelevant sentence comes from another source file than the probe's when it can.
     The irrelevant sentence and the test response avoid training targets when they
-    can (validate.design measures what is left). A probe type that needs a response the
+    can (validate.data.design measures what is left). A probe type that needs a response the
     data lacks (theory.probes' `needs`: y- in prompt/completion data) is left out.
     """
     if not probe_examples:

@@ -1,6 +1,6 @@
 """Every TRL dataset format the DPO, SFT and GRPO trainers accept, read into probe records.
 
-A probe record is {"prompt": str | messages, "chosen"?: str, "rejected"?: str} (validate.probe_texts reads it):
+A probe record is {"prompt": str | messages, "chosen"?: str, "rejected"?: str} (validate.data.probe_texts reads it):
     explicit preference   {"prompt", "chosen", "rejected"}          DPOTrainer
     implicit preference   {"chosen", "rejected"} (full texts or conversations; the prompt is their shared start,
                           TRL's `extract_prompt`)                    DPOTrainer
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate import data
+from learning_dynamics.validate.data import data
 
 FORMATS = {  # the keys that name a format, in the order TRL's trainers look for them
     "explicit preference": ("prompt", "chosen", "rejected"), "implicit preference": ("chosen", "rejected"),
@@ -31,7 +31,7 @@ def detect(row, where: str) -> str:
     if "conversations" in row:
         return "language modeling (messages)"
     if ("chosen" in row) != ("rejected" in row):
-        return data.checked_record(row, where)   # a preference row missing one response: validate.data's one line
+        return data.checked_record(row, where)   # a preference row missing one response: validate.data.data's one line
     if "completion" in row and "label" in row:
         raise UserError(f"{where}: unpaired preference data (prompt, completion, label) has no pairs and no single "
                         "y+ per prompt; give ProbeMonitor preference or prompt-completion rows")
@@ -60,7 +60,7 @@ def _full_conversation(value) -> bool:
 
 
 def checked_record(row, fmt: str, where: str) -> dict:
-    """One row of format `fmt` as a probe record (checked like validate.data's preference rows)."""
+    """One row of format `fmt` as a probe record (checked like validate.data.data's preference rows)."""
     row = dict(row)
     if fmt.startswith("language modeling (messages)"):
         turns = row.get("conversations")
@@ -157,7 +157,7 @@ def trained_records(dataset):
 
 def skipped(records, fmt: str) -> dict:
     """{probe type: one-line reason} for every probe type the records cannot build."""
-    from learning_dynamics.validate.probe_texts import response_fields
+    from learning_dynamics.validate.data.probe_texts import response_fields
     fields = response_fields(records)
     lacking = {p.name: [n for n in p.needs if n not in fields] for p in probe_registry.PROBE_TYPES}
     return {name: f"needs {' and '.join(probe_registry.RESPONSES[n] for n in need)}, which {fmt} data lacks"

@@ -1,13 +1,13 @@
-"""The forecast's figures (the project's style, sim.style): each predictor against the measured change of
+"""The forecast's figures (the project's style, sim.common.style): each predictor against the measured change of
 log pi(y+), one panel each, for the plain SGD step and for the first AdamW step; without a verification, each
 proxy against the exact prediction; across training, the step-0 forecast against the run's change."""
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim import style
+from learning_dynamics.sim.common import style
 from learning_dynamics.theory.statistics import spearman
-from learning_dynamics.validate.forecast_steps import FLAG_PREDICTOR, PREDICTORS, column, predictor
+from learning_dynamics.validate.forecast.steps import FLAG_PREDICTOR, PREDICTORS, column, predictor
 
 AXIS = {"exact_sgd": "predicted change (nats)", "exact_adamw": "predicted change (nats)",
         "ches": "CHES", "ches_ln": "normalised CHES", "residual_norm": "‖G‖ of the pair",

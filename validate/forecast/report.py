@@ -1,6 +1,6 @@
 """Judging a forecast against the real steps, and writing it: table (CSV, markdown), figures, summary, filter file.
 
-Each predictor (validate.forecast_steps.PREDICTORS) is judged against the measured change of log pi(y+) after a
+Each predictor (validate.forecast.steps.PREDICTORS) is judged against the measured change of log pi(y+) after a
 real step on each pair alone: Spearman's rank correlation, the overlap of its top 10% (the pairs it predicts to
 fall most) with the 10% whose y+ actually falls most (a random ranking's expectation is k/N; its 95% range is the
 hypergeometric one), and, for a predictor whose sign flags pairs, the precision and recall of the *displacing*
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready
+from learning_dynamics.sim.common.io import atomic_write_json, atomic_write_text, json_ready
 from learning_dynamics.theory.statistics import bootstrap_ci, precision_recall, spearman
-from learning_dynamics.validate.forecast_steps import (FLAG_PREDICTOR, PREDICTORS, SGD_TARGET_NATS, column,
+from learning_dynamics.validate.forecast.steps import (FLAG_PREDICTOR, PREDICTORS, SGD_TARGET_NATS, column,
                                                       predictor)
 
 TOP_FRACTION = 0.1
@@ -87,7 +87,7 @@ def _judge(pred, records, actual) -> dict:
 
 def verification(records, eta: float, lr: float) -> dict:
     """Every predictor against the real plain SGD step (eta) and the real first AdamW step (lr)."""
-    from learning_dynamics.validate.first_order import agreement
+    from learning_dynamics.validate.measure.first_order import agreement
     out = {"sgd_eta": eta, "sgd_target_nats": SGD_TARGET_NATS, "adamw_lr": lr, "top_fraction": TOP_FRACTION,
            "random_top_overlap": random_overlap(len(records)), "by_optimizer": {}}
     for step in OPTIMIZERS:
@@ -204,8 +204,8 @@ def as_trl(record) -> dict:
 
 def write_outputs(result, out) -> list:
     """forecast.json, forecast.csv, forecast.md, the scatter figures and (options.filter) filtered.jsonl."""
-    from learning_dynamics.validate import forecast_figures
-    from learning_dynamics.validate.data import write_jsonl
+    from learning_dynamics.validate.forecast import figures as forecast_figures
+    from learning_dynamics.validate.data.data import write_jsonl
     out = Path(out)
     rows = ranked(result)
     written = [out / "forecast.csv", out / "forecast.md", out / "forecast.json"]

@@ -1,14 +1,14 @@
 """`ldyn validate forecast`: before training, which preference pairs will push their chosen answer down.
 
-    from learning_dynamics.validate.forecast import forecast
+    from learning_dynamics.validate.forecast.run import forecast
     result = forecast("pairs.jsonl", model="smollm2", algo="dpo", out="forecast")   # or pairs=[{...}, ...]
     result["summary"]            # "k of N pairs are forecast to lower their chosen answer; ..."
     [r for r in result["pairs"] if r["displacing"]]
 
-Per pair (validate.forecast_steps): the exact first-order change of log pi(y+), log pi(y-) and log pi(y*) from one
+Per pair (validate.forecast.steps): the exact first-order change of log pi(y+), log pi(y-) and log pi(y*) from one
 step on that pair alone (a plain SGD step, per unit learning rate, and the first AdamW step at --lr), CHES and its
 length-normalised form, and cheap proxies. `verify`: the real steps, and how well each predictor ranks and flags
-the pairs whose y+ actually falls (validate.forecast_report). `train_steps`: the forecast again after that many
+the pairs whose y+ actually falls (validate.forecast.report). `train_steps`: the forecast again after that many
 AdamW steps over the pairs, and how much of the run's fall of y+ the pairs flagged at step 0 hold.
 Finished parts (the step-0 forecast and the verification, pair by pair) stay in forecast.parts.json: the same
 command resumes after an interruption, and one with more options (--verify, --train-steps) or a newer report
@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from learning_dynamics.sim.io import atomic_write_json, json_ready
+from learning_dynamics.sim.common.io import atomic_write_json, json_ready
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.presets import FORECAST_PAIRS as DEFAULT_PAIRS
 
@@ -29,7 +29,7 @@ PARTS = "forecast.parts.json"
 
 def select_pairs(pairs, n_pairs=None) -> tuple:
     """(TRL records, data setting): a JSONL path, in-memory rows, or None for the built-in pairs; the first n_pairs."""
-    from learning_dynamics.validate import data
+    from learning_dynamics.validate.data import data
     if pairs is None:
         records, data_setting = [dict(r) for r in _builtin_pairs()], None
         n_pairs = n_pairs or DEFAULT_PAIRS
@@ -49,14 +49,14 @@ def select_pairs(pairs, n_pairs=None) -> tuple:
 @functools.lru_cache(maxsize=1)
 def _builtin_pairs() -> tuple:
     """The built-in data's training pairs (`ldyn validate run`'s split); building them takes a second."""
-    from learning_dynamics.validate import data
+    from learning_dynamics.validate.data import data
     return tuple(data.default_dataset(seed=0)["train"])
 
 
 def forecast_settings(preset="cpu", **overrides):
     """The run settings a forecast reads (model, device, algo, lr, beta, seed, batch size, token limits)."""
     from learning_dynamics.validate.presets import settings_for
-    from learning_dynamics.validate.trajectory import TRAJECTORY_ALGOS
+    from learning_dynamics.validate.measure.trajectory import TRAJECTORY_ALGOS
     settings = settings_for(preset, **overrides)
     if settings.algo not in TRAJECTORY_ALGOS:
         raise UserError(f"--algo {settings.algo} cannot be forecast: it needs samples of the policy or a batch of its "
@@ -85,7 +85,7 @@ def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", 
         run_checkpoint(from_run, settings, train_steps)     # a bad folder fails before the model loads
         from_run = str(from_run)
     if out is not None:
-        from learning_dynamics.sim.io import writable_folder
+        from learning_dynamics.sim.common.io import writable_folder
         out = Path(writable_folder(out))
     options = {"n_pairs": len(records), "verify": bool(verify), "train_steps": train_steps, "from_run": from_run,
                "filter": bool(filter)}
@@ -94,14 +94,14 @@ def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", 
                       fingerprint_data)
     result["data_records"] = records
     if out is not None:
-        from learning_dynamics.validate.forecast_report import write_outputs
+        from learning_dynamics.validate.forecast.report import write_outputs
         write_outputs(result, out)
     return result
 
 
 def run_checkpoint(run_dir, settings, train_steps=0) -> Path:
     """The checkpoint of an `ldyn validate run` folder trained from the forecast's model; one clear line if not."""
-    from learning_dynamics.sim.io import read_json
+    from learning_dynamics.sim.common.io import read_json
     run_dir = Path(run_dir)
     if train_steps:
         raise UserError("give --train-steps or --from-run, not both: each names the later weights")
@@ -156,7 +156,7 @@ class _Job:
     """One forecast's model, pairs and settings, and its parts: the step-0 forecast, the verification, the run."""
 
     def __init__(self, settings, loaded, records, parts: Parts, quiet: bool):
-        from learning_dynamics.validate.algorithms import hyper_parameters
+        from learning_dynamics.validate.training.algorithms import hyper_parameters
         self.settings, self.model, self.pad_id, self.parts, self.quiet = settings, loaded.model, loaded.pad_id, parts, \
             quiet
         self.device = next(loaded.model.parameters()).device
@@ -164,7 +164,7 @@ class _Job:
         self.hyper = hyper_parameters(settings.algorithm, settings)
 
     def forecast(self, name: str, reference=None, adamw: bool = True) -> list:
-        from learning_dynamics.validate import forecast_steps as steps
+        from learning_dynamics.validate.forecast import steps
         s = self.settings
         return [dict(r) for r in _each_pair(name, self.parts, self.pairs, lambda i, pair: steps.forecast_pair(
             self.model, pair, s.algorithm, self.hyper, self.pad_id, self.device, s.lr, s.weight_decay,
@@ -172,8 +172,9 @@ class _Job:
 
     def verify(self, step0: list) -> dict:
         """The real steps, their changes merged into the step-0 records, and every predictor judged."""
-        from learning_dynamics.validate import first_order, forecast_report
-        from learning_dynamics.validate import forecast_steps as steps
+        from learning_dynamics.validate.measure import first_order
+        from learning_dynamics.validate.forecast import report as forecast_report
+        from learning_dynamics.validate.forecast import steps
         eta, saved = steps.sgd_eta(step0), first_order.snapshot(self.model)
         actual = _each_pair("verify", self.parts, self.pairs, lambda i, pair: steps.verify_pair(
             self.model, pair, self.settings, self.pad_id, self.device, eta, saved), self.quiet)
@@ -184,8 +185,8 @@ class _Job:
 
     def across_training(self, step0: list, steps_to_train: int, lap, progress) -> dict:
         """Train, forecast again at the trained weights (the trained weights are not kept: a resumed run retrains)."""
-        from learning_dynamics.validate import forecast_report
-        from learning_dynamics.validate import forecast_steps as steps
+        from learning_dynamics.validate.forecast import report as forecast_report
+        from learning_dynamics.validate.forecast import steps
         reference = [(r["logp_chosen"], r["logp_rejected"]) for r in step0]
         log = steps.train(self.model, self.pairs, self.settings, steps_to_train, self.pad_id, self.device, reference,
                           None if self.quiet else progress)
@@ -199,9 +200,9 @@ class _Job:
 
     def at_checkpoint(self, step0: list, run_dir: str, lap) -> dict:
         """The forecast again at a run's checkpoint, and the change of y+ from the initial weights to it."""
-        from learning_dynamics.sim.io import read_json
+        from learning_dynamics.sim.common.io import read_json
         from learning_dynamics.theory.errors import CorruptFile
-        from learning_dynamics.validate import forecast_report
+        from learning_dynamics.validate.forecast import report as forecast_report
         import torch
         path = run_checkpoint(run_dir, self.settings)
         try:
@@ -225,8 +226,11 @@ class _Job:
 def _compute(settings, records, options, out, progress, quiet, fingerprint_data) -> dict:
     """Load the model, forecast every pair, then the verification and the later forecast when asked."""
     import torch
-    from learning_dynamics.validate import first_order, forecast_report, provenance, session
-    from learning_dynamics.validate.forecast_steps import PREDICTORS
+    from learning_dynamics.validate.measure import first_order
+    from learning_dynamics.validate.forecast import report as forecast_report
+    from learning_dynamics.validate import provenance
+    from learning_dynamics.validate.training import session
+    from learning_dynamics.validate.forecast.steps import PREDICTORS
     started, seconds = time.perf_counter(), {}
 
     def lap(name):

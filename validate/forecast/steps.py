@@ -15,8 +15,8 @@ gives all three changes: for DPO, Delta log pi(y+) = eta beta sigma(-u) (|g+|^2 
 and a pair displaces its chosen answer exactly when its y- gradient leans on
 its y+ gradient more than y+'s own (Razin et al.'s CHES is the same test on the
 last hidden states instead of the whole gradient). The pair's prompt goes
-through the body once for y+ and y- (validate.forward's shared-prompt rows), and
-the jvp goes through the kernel's factors (validate.factored_jvp).
+through the body once for y+ and y- (validate.training.forward's shared-prompt rows), and
+the jvp goes through the kernel's factors (validate.measure.factored_jvp).
 
 AdamW's first step is not along the gradient: with fresh moments its update is
 -lr (g / (|g| + eps) + weight_decay theta), nearly -lr sign(g), so the exact
@@ -25,7 +25,7 @@ the similarity of y+ and y-) know neither the optimizer nor the step size.
 
 The verification (`verify_pair`) takes the real steps from the same weights,
 restored after each: a plain SGD step of the algorithm's own loss
-(validate.algorithms.step_loss) and the first step of torch.optim.AdamW.
+(validate.training.algorithms.step_loss) and the first step of torch.optim.AdamW.
 """
 from dataclasses import dataclass
 
@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from learning_dynamics.sim.losses import upcast
 from learning_dynamics.theory import residuals
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.forward import (takes_4d_masks, decoder_body, functional_sequence_logps, make_batch,
+from learning_dynamics.validate.measure import factored_jvp
+from learning_dynamics.validate.training.forward import (takes_4d_masks, decoder_body, functional_sequence_logps, make_batch,
                                                 make_shared_prompt_batch, response_logits, token_statistics)
 
 ADAM_EPS = 1e-8            # torch.optim.AdamW's default eps, which the first update divides by
@@ -117,7 +117,7 @@ class WithArgmax:
 
 def pair_batch(model, pair, pad_id, device):
     """(prompt, y+) and (prompt, y-) as sequences 0 and 1: one shared-prompt row where the model's attention
-    takes one (validate.forward), else two rows."""
+    takes one (validate.training.forward), else two rows."""
     sequences = [(pair["prompt"], pair["chosen"]), (pair["prompt"], pair["rejected"])]
     batch = make_shared_prompt_batch([sequences], pad_id) if takes_4d_masks(model) else make_batch(sequences, pad_id)
     return batch.to(device)
@@ -203,7 +203,7 @@ def forecast_pair(model, pair, algorithm, hyper, pad_id, device, lr, weight_deca
     """One pair's record: log-probs, loss coefficients, proxies and the exact first-order predictions.
 
     sgd_dlogp_*: change per unit learning rate of a plain SGD step (nats / eta); adamw_dlogp_*: change of the first
-    AdamW step at `lr` (nats). Run inside validate.first_order.exact_math (forward AD needs SDPA's math kernel).
+    AdamW step at `lr` (nats). Run inside validate.measure.first_order.exact_math (forward AD needs SDPA's math kernel).
     """
     batch = pair_batch(model, pair, pad_id, device)
     model.zero_grad(set_to_none=True)
@@ -223,7 +223,7 @@ def forecast_pair(model, pair, algorithm, hyper, pad_id, device, lr, weight_deca
         record.update(adamw_dlogp_chosen=float(moved[0]), adamw_dlogp_rejected=float(moved[1]),
                       adamw_dlogp_ystar=float(moved[2]))
     model.zero_grad(set_to_none=True)
-    from learning_dynamics.validate.algorithms import unigram_f1
+    from learning_dynamics.validate.training.algorithms import unigram_f1
     record["token_f1"] = unigram_f1(list(pair["chosen"]), list(pair["rejected"]))
     return record
 
@@ -249,12 +249,12 @@ def sgd_eta(records, target_nats: float = SGD_TARGET_NATS) -> float:
 
 def verify_pair(model, pair, settings, pad_id, device, eta: float, saved: dict, reference=None) -> dict:
     """The actual changes after one plain SGD step (eta) and after the first AdamW step (settings.lr), each of the
-    algorithm's own loss on this pair alone (validate.algorithms.step_loss), both from `saved` (restored after).
+    algorithm's own loss on this pair alone (validate.training.algorithms.step_loss), both from `saved` (restored after).
 
     One gradient serves both steps: AdamW's first update is a function of it alone.
     """
-    from learning_dynamics.validate import algorithms as algos
-    from learning_dynamics.validate.first_order import fused_attention, restoring
+    from learning_dynamics.validate.training import algorithms as algos
+    from learning_dynamics.validate.measure.first_order import fused_attention, restoring
     batch = pair_batch(model, pair, pad_id, device)
     before = scores(model, batch)
     ref = before[:2] if reference is None else reference
@@ -281,11 +281,11 @@ def verify_pair(model, pair, settings, pad_id, device, eta: float, saved: dict, 
 
 
 def train(model, pairs, settings, steps: int, pad_id, device, reference, progress=None) -> list:
-    """`steps` AdamW steps of the algorithm over the pairs, in the runs' batches (validate.session.batch_indices),
+    """`steps` AdamW steps of the algorithm over the pairs, in the runs' batches (validate.training.session.batch_indices),
     with each pair's reference log-probs from `reference`; the training log."""
-    from learning_dynamics.validate import algorithms as algos
-    from learning_dynamics.validate.first_order import fused_attention
-    from learning_dynamics.validate.session import batch_indices
+    from learning_dynamics.validate.training import algorithms as algos
+    from learning_dynamics.validate.measure.first_order import fused_attention
+    from learning_dynamics.validate.training.session import batch_indices
     examples = [dict(p, ref_chosen=r[0], ref_rejected=r[1]) for p, r in zip(pairs, reference)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     log = []

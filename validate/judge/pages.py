@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from learning_dynamics.sim.io import atomic_write_text, read_json
+from learning_dynamics.sim.common.io import atomic_write_text, read_json
 from learning_dynamics.theory import predictions
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.report import prediction_table
-from learning_dynamics.validate.report_notes import SIGN
+from learning_dynamics.validate.judge.report import prediction_table
+from learning_dynamics.validate.judge.report_notes import SIGN
 
 CPU_REPORTS = "smollm2-135m-instruct-cpu"
 GPU_REPORTS = "smollm2-135m-instruct"

@@ -2,22 +2,24 @@
 
 Every run-level prediction of theory.predictions that the run's algorithm
 supports is evaluated on the tracked curves (effect, bootstrap CI over prompts,
-verdict). validate.summary merges several run directories and adds the two-run
+verdict). validate.judge.summary merges several run directories and adds the two-run
 comparisons (on-policy vs off-policy, extend vs DPO).
 """
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready, read_json
-from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
+from learning_dynamics.sim.common.io import atomic_write_json, atomic_write_text, json_ready, read_json
+from learning_dynamics.sim.common.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
 from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import identity, pooling, probe_quality, provenance, report_notes
-from learning_dynamics.validate.repetition import prefix_repetition
+from learning_dynamics.validate import identity, provenance
+from learning_dynamics.validate.judge import pooling, report_notes
+from learning_dynamics.validate.data import probe_quality
+from learning_dynamics.validate.data.repetition import prefix_repetition
 
 
 def _read_json(path: Path, default=None, expect=dict):
@@ -35,7 +37,7 @@ def load_settings(run_dir: Path) -> dict:
     if settings is None:
         raise UserError(f"{run_dir} has no settings.json; is it a run directory?")
     missing = [k for k in REQUIRED_SETTINGS if k not in settings]
-    # a ProbeMonitor run (preset "monitor", validate.monitor) was trained by the user's own script: what it
+    # a ProbeMonitor run (preset "monitor", validate.monitor.monitor) was trained by the user's own script: what it
     # does not record (None: SFT and GRPO have no DPO beta) or ldyn has no flag for (an mps or xpu device)
     # is checked as the default preset's
     monitor = settings.get("preset") == "monitor"
@@ -94,7 +96,7 @@ def load_series(run_dir: Path):
 
 
 def _mask_unusable(series, probe_set, prompts) -> None:
-    """NaN where a probe was marked unusable (validate.probe_quality): the verdicts that read it leave its prompt
+    """NaN where a probe was marked unusable (validate.data.probe_quality): the verdicts that read it leave its prompt
     out; the curves and summaries average over the rest."""
     column = {p: i for i, p in enumerate(prompts)}
     for record in probe_set:
@@ -107,7 +109,7 @@ def _mask_unusable(series, probe_set, prompts) -> None:
 
 def _prompt_order(rows) -> list:
     """Prompt ids in the order of series_from_table's columns."""
-    from learning_dynamics.sim.tracking import prompt_sort_key
+    from learning_dynamics.sim.common.tracking import prompt_sort_key
     return sorted({str(r["prompt_id"]) for r in rows}, key=prompt_sort_key)
 
 
@@ -120,14 +122,14 @@ def _generation_stat(path, records, key) -> np.ndarray:
 
 
 def run_regime(run_dir: Path, settings, info, series, steps) -> tuple:
-    """(theory.regime.Regime, the first step's agreement) of a run, from its logs (validate.regime)."""
-    from learning_dynamics.validate.regime import measure_run
+    """(theory.regime.Regime, the first step's agreement) of a run, from its logs (validate.measure.regime)."""
+    from learning_dynamics.validate.measure.regime import measure_run
     return measure_run(run_dir, settings, info, series, steps, TrackingTable(run_dir / "tracking").read())
 
 
 def _figures(run_dir: Path, series, steps, algo: str) -> list:
-    from learning_dynamics.sim.probe_plots import plot_probe_curves
-    from learning_dynamics.sim.style import algorithm_label
+    from learning_dynamics.sim.common.probe_plots import plot_probe_curves
+    from learning_dynamics.sim.common.style import algorithm_label
     path = plot_probe_curves(series, run_dir / "curves.png",
                              f"{algorithm_label(algo)}: log-probability of each probe type", steps=steps)
     return [path.name]
@@ -180,8 +182,8 @@ def controls_among(settings: dict, candidates: dict) -> dict:
 
 
 def _caveat(row, design_info) -> str:
-    """Why a verdict's probes are also training targets (validate.design), or ''."""
-    from learning_dynamics.validate.design import overlapping
+    """Why a verdict's probes are also training targets (validate.data.design), or ''."""
+    from learning_dynamics.validate.data.design import overlapping
     hits = overlapping(design_info, predictions.PROBES_USED.get(row["id"], ()))
     n = (design_info or {}).get("n_probe_prompts")
     return ", ".join(f"{p} is a training target for {c} of {n} probe prompts" for p, c in hits.items())
@@ -193,14 +195,14 @@ def with_caveats(rows, design_info) -> list:
 
 
 def _caveats(rows, design_info) -> list:
-    """One line per verdict whose probes are also training targets (validate.design)."""
+    """One line per verdict whose probes are also training targets (validate.data.design)."""
     return [f"- {r['id']}: {_caveat(r, design_info)}" for r in rows if _caveat(r, design_info)]
 
 
 def write_report(run_dir, control=None, controls=None, control_note=None) -> dict:
-    """controls: {control algorithm: run directory} of this run's controls (validate.report.controls_among): P09c,
+    """controls: {control algorithm: run directory} of this run's controls (validate.judge.report.controls_among): P09c,
     P10, P17, P17r, P18r, P05r and P06r are judged against each, the counterfactual control first; `control`
-    alone: the SFT control's directory; control_note: why there is none (validate.report_notes)."""
+    alone: the SFT control's directory; control_note: why there is none (validate.judge.report_notes)."""
     run_dir = Path(run_dir)
     if controls is None:
         controls = {CONTROL: control} if control else {}
@@ -346,7 +348,7 @@ def _design_lines(report) -> list:
         lines += ["Verdicts whose probes are training targets (read them with that in mind):", "",
                   *report["caveats"], ""]
     if report.get("unusable_probes"):
-        lines += ["Model-written probes left out of the verdicts that read them (validate.probe_quality): " + "; ".join(
+        lines += ["Model-written probes left out of the verdicts that read them (validate.data.probe_quality): " + "; ".join(
             f"{probe} of {sum(c.values())} probe prompts (" + ", ".join(f"{n} {why}" for why, n in c.items()) + ")"
             for probe, c in report["unusable_probes"].items()) + ".", ""]
     return lines

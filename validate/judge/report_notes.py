@@ -1,4 +1,4 @@
-"""What a report says beside its verdict table (validate.report): how to read an effect's sign, which probe types
+"""What a report says beside its verdict table (validate.judge.report): how to read an effect's sign, which probe types
 the data could not build (and so which verdicts are inconclusive), why a run has no SFT control, and the
 training throughput only when it was measured."""
 from learning_dynamics.theory import predictions

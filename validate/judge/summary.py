@@ -1,21 +1,22 @@
 """`ldyn validate report DIR...`: one summary over several run folders (summary.json, summary.md, verdicts.png).
 
-Each run's report is rebuilt (validate.report.write_report, judged against its SFT control when one of the
+Each run's report is rebuilt (validate.judge.report.write_report, judged against its SFT control when one of the
 folders is one), then the two-run comparisons are added. A folder given twice, under any spelling
 (`runs/dpo`, `./runs/dpo/`, an absolute path, a link), counts once; a run that did not reach its last step
 is marked incomplete, and a stopped one stopped, in both summary files.
 """
 from pathlib import Path
 
-from learning_dynamics.sim.io import atomic_write_json, atomic_write_text, json_ready, read_json
+from learning_dynamics.sim.common.io import atomic_write_json, atomic_write_text, json_ready, read_json
 import numpy as np
 
 from learning_dynamics.theory import algorithms, predictions
 from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate import pooling, provenance, report_notes
-from learning_dynamics.validate.report import (CONTROL_MATCH, with_caveats, fmt, controls_among, load_series,
+from learning_dynamics.validate.judge import pooling, report_notes
+from learning_dynamics.validate import provenance
+from learning_dynamics.validate.judge.report import (CONTROL_MATCH, with_caveats, fmt, controls_among, load_series,
                                                load_settings, prediction_table, scored_in, write_report)
 
 # settings two runs must share to be compared (on-policy vs off-policy, extend vs DPO)
@@ -49,7 +50,7 @@ def run_status(report: dict) -> str:
 
 def merge(run_dirs, out) -> dict:
     """One report over several run directories: each run's verdicts (against each of its controls among them),
-    every seed group's pooled verdicts (validate.pooling), the two-run comparisons, and Holm's correction over
+    every seed group's pooled verdicts (validate.judge.pooling), the two-run comparisons, and Holm's correction over
     the primary claims. Runs are keyed by directory, so two runs of one algorithm both count."""
     dirs = unique_dirs(run_dirs)
     checks = [dict(read_json(d / "first_order.json", expect=dict), algo=f"check ({d.name})")
@@ -168,14 +169,14 @@ def _merge_warning(prints: dict):
 
 def _verdict_figure(rows, out: Path):
     """The forest plot of every verdict beside summary.md (None when no row has an effect)."""
-    from learning_dynamics.validate.verdict_figure import plot_verdicts
+    from learning_dynamics.validate.judge.verdict_figure import plot_verdicts
     if not any(r.get("effect") is not None for r in rows):
         return None
     return plot_verdicts(rows, out / "verdicts.png")
 
 
 def _pooled(settings_of, runs, series, names) -> list:
-    """The verdicts of every seed group among the runs, over its seeds together (validate.pooling)."""
+    """The verdicts of every seed group among the runs, over its seeds together (validate.judge.pooling)."""
     regime_of = {d: regimes.Regime.from_dict(rep["regime"]) for d, (rep, _) in runs.items() if rep.get("regime")}
     controls_of = {d: cs for d, (_, cs) in runs.items()}
     with np.errstate(all="ignore"):

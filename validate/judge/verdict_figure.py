@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 
-from learning_dynamics.sim import style
+from learning_dynamics.sim.common import style
 
 ROW_HEIGHT = 0.16     # inches per run row
 HEADER_ROWS = 1.0     # a prediction's header takes one row
@@ -33,7 +33,7 @@ def _layout(rows):
 
 def plot_verdicts(rows, path, title="Every prediction: effect and 95% CI per run"):
     """Forest plot of prediction rows (those of report.prediction_table: id, claim, algo, verdict,
-    effect, ci, unit); saved atomically through sim.style. Returns the path written."""
+    effect, ci, unit); saved atomically through sim.common.style. Returns the path written."""
     if not rows:
         raise ValueError("no predictions to plot")
     panels = _layout(rows)

@@ -22,7 +22,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from learning_dynamics.validate.forward import decoder_body, functional_response_logits, batches, probe_logps
+from learning_dynamics.validate.training.forward import decoder_body, functional_response_logits, batches, probe_logps
 
 
 class Factors:
@@ -142,7 +142,7 @@ def logit_jvp(model, sequences, direction, factors: Factors, pad_id, device, bat
     Per batch calls read(indices, labels, rows, logits, tangent): `indices` map the batch's sequences to
     `sequences`, `rows` each token's sequence within the batch, logits and tangent are [N, V] (one batch's
     response tokens, never the whole probe set's). The same forward as predicted_per_unit_eta, stopped at the
-    logits: validate.logit_kernel reads K = J(probe) J(train)^T off it, apart from A.
+    logits: validate.measure.logit_kernel reads K = J(probe) J(train)^T off it, apart from A.
     """
     factored = factors.factored()
     with fwAD.dual_level(), _patched(factored):

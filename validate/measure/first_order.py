@@ -18,7 +18,7 @@ y- and the DPO-shaped step that is their sum; the jvp is linear in the
 direction, so the DPO step's prediction is the sum of the two pushes' and each
 push's share of every probe's predicted change is reported.
 
-The jvp is validate.factored_jvp's (through the kernel's factors, fewer matmuls);
+The jvp is validate.measure.factored_jvp's (through the kernel's factors, fewer matmuls);
 torch.func.jvp on dense tangents recomputes the first batch of probes and the
 report keeps their largest relative difference.
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.forward import make_batch, probe_logps, sequence_logps
+from learning_dynamics.validate.measure import factored_jvp
+from learning_dynamics.validate.training.forward import make_batch, probe_logps, sequence_logps
 
 # The largest predicted probe change at each eta, from well inside the linear regime to far past it;
 # the grid stops after the first eta whose relative error passes BREAK_RELATIVE_ERROR.
@@ -91,7 +91,7 @@ def predicted_per_unit_eta(model, sequences, direction, pad_id, device, batch_si
 
     at: the parameters (name -> tensor) to take the jvp at; the model's own by default.
     shared_prompts: as for forward.probe_logps (False: one row per sequence, the reference).
-    The reference implementation, for any direction; validate.factored_jvp computes the same
+    The reference implementation, for any direction; validate.measure.factored_jvp computes the same
     for a one-sequence SGD direction with fewer matmuls, and the check uses that.
     """
     params = {k: v.detach() for k, v in model.named_parameters()} if at is None else at

@@ -4,7 +4,7 @@ trajectory.kernel_matrix's K[p, u] = <grad log pi(p), grad log pi(u)> = sum_{m,l
 softmax factors: a_m = e_{y_m} - pi_m (the row of A that the probe's label reads) and g_l = e_{y_l} - pi_l (G of
 log pi(u)). The paper lets A and G move and assumes K "relatively stable". Each checkpoint here runs a few vjp ->
 jvp pairs: one vjp of a training sequence's response logits along a cotangent c gives J(u)^T c, one jvp of the
-probes' response logits along it (validate.factored_jvp.logit_jvp) gives K(p, u) c for every probe at once, read
+probes' response logits along it (validate.measure.factored_jvp.logit_jvp) gives K(p, u) c for every probe at once, read
 off in four views:
 
 - "K sketch": S[p, a, u, b] = w_{p,a}^T K(p, u) w_{u,b}, each w a random direction over (position, vocabulary)
@@ -26,8 +26,8 @@ import contextlib
 import numpy as np
 import torch
 
-from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.forward import make_batch, batches, response_logits
+from learning_dynamics.validate.measure import factored_jvp
+from learning_dynamics.validate.training.forward import make_batch, batches, response_logits
 
 SKETCH_PROBE = 8      # Gaussian directions per probe sequence: read off every jvp, so free
 SKETCH_TRAIN = 2      # Gaussian directions per training sequence: one vjp and one jvp each
@@ -64,7 +64,7 @@ def true_jacobian(model):
 
 
 def _gradient(model, sequence, cotangent, pad_id, device) -> tuple:
-    """(J(u)^T c as name -> tensor, its validate.factored_jvp factors): one forward and backward of `sequence`."""
+    """(J(u)^T c as name -> tensor, its validate.measure.factored_jvp factors): one forward and backward of `sequence`."""
     model.zero_grad(set_to_none=True)
     with true_jacobian(model), factored_jvp.capture(model, sign=1.0) as factors:
         logits, _ = _logits_of(model, sequence, pad_id, device)

@@ -1,6 +1,6 @@
 """The eta sweep over many training pairs: where the first-order picture breaks, as a median and an interval.
 
-validate.first_order.check_pair_steps sweeps one pair in detail (the fine grid from 0.01 nats, the error slope,
+validate.measure.first_order.check_pair_steps sweeps one pair in detail (the fine grid from 0.01 nats, the error slope,
 each push's share). Here each of the first N probe prompts' pairs is swept on a coarse grid from 1 nats, where the
 relative error is already a percent or so, to 1000, stopping where it passes 100%: the y+ push, the y- push and the
 DPO step, each over the pair's own prompt's probe responses (its y+ and y- among them, as in the detailed sweep)
@@ -13,10 +13,10 @@ passes a level on the grid is censored there: it counts as beyond the grid, whic
 import numpy as np
 import torch
 
-from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.first_order import PUSHES, STEP_KINDS, sgd_direction, sweep
-from learning_dynamics.validate.forward import probe_logps
-from learning_dynamics.validate.probes import said_once
+from learning_dynamics.validate.measure import factored_jvp
+from learning_dynamics.validate.measure.first_order import PUSHES, STEP_KINDS, sgd_direction, sweep
+from learning_dynamics.validate.training.forward import probe_logps
+from learning_dynamics.validate.data.probes import said_once
 
 PAIR_NATS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 LEVELS = {"linear_up_to": 0.1, "breaks_at": 1.0}      # relative error levels whose crossing is reported

@@ -3,14 +3,14 @@ visits each probe pair had before every evaluation, and the force left on the pr
 
 During `ldyn validate run`, the first training step of the tracked phase is also predicted to first order: a jvp of
 every probe's log-prob along the real update theta_1 - theta_0, taken at theta_0 in float32 on SDPA's math kernel
-(validate.first_order), written to first_step.json. The actual change is the tracked change from step 0 to step 1
+(validate.measure.first_order), written to first_step.json. The actual change is the tracked change from step 0 to step 1
 (every run evaluates at step 1), so the report needs no model to read the error.
 """
 from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_write_json, read_json
+from learning_dynamics.sim.common.io import atomic_write_json, read_json
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.errors import CorruptFile
@@ -23,7 +23,7 @@ def predict_first_step(model, theta0: dict, theta1: dict, sequences, pad_id, dev
     said once (a repeated probe adds no response of its own); one {"prompt_id", "probe", "predicted"} each."""
     import torch
 
-    from learning_dynamics.validate.first_order import exact_math, predicted_per_unit_eta
+    from learning_dynamics.validate.measure.first_order import exact_math, predicted_per_unit_eta
     said = [s for s in sequences if s[1] in probe_registry.SAID_ONCE]
     direction = {k: theta1[k] - theta0[k] for k in theta0}
     was_training = model.training
@@ -44,9 +44,9 @@ def write_first_step(out: Path, step: int, rows: list) -> None:
 
 
 def first_step_error(run_dir: Path, rows_by_step) -> dict:
-    """The first step's agreement (validate.first_order.agreement) from first_step.json and the tracked change
+    """The first step's agreement (validate.measure.first_order.agreement) from first_step.json and the tracked change
     from evaluation 0 to evaluation 1; {} when either is missing."""
-    from learning_dynamics.validate.first_order import agreement
+    from learning_dynamics.validate.measure.first_order import agreement
     path = Path(run_dir) / FIRST_STEP
     saved = read_json(path, expect=dict)
     if not saved or 0 not in rows_by_step or 1 not in rows_by_step:
@@ -66,8 +66,8 @@ def first_step_error(run_dir: Path, rows_by_step) -> dict:
 
 def visits(n_pairs: int, batch_pairs: int, seed: int, steps, n_probe: int) -> np.ndarray:
     """[n_evals, n_probe]: how many training steps before each evaluation step held each probe pair (probe
-    prompt i is training pair i: validate.session.examples puts the probe pairs first)."""
-    from learning_dynamics.validate.session import batch_indices
+    prompt i is training pair i: validate.training.session.examples puts the probe pairs first)."""
+    from learning_dynamics.validate.training.session import batch_indices
     steps = [int(s) for s in steps]
     counts = np.zeros(n_pairs)
     out, done = [], 0
@@ -82,7 +82,7 @@ def visits(n_pairs: int, batch_pairs: int, seed: int, steps, n_probe: int) -> np
 def measure_run(run_dir: Path, settings, info: dict, series, steps, tracked_rows) -> tuple:
     """(theory.regime.Regime, the first step's agreement or {}) of one run directory (report.json's "regime")."""
     from learning_dynamics.theory import algorithms
-    from learning_dynamics.validate.algorithms import hyper_parameters
+    from learning_dynamics.validate.training.algorithms import hyper_parameters
     algorithm = algorithms.get(settings["algo"])
     hyper = hyper_parameters(algorithm, settings)
     by_step = {}
@@ -94,7 +94,7 @@ def measure_run(run_dir: Path, settings, info: dict, series, steps, tracked_rows
     n_pairs = info.get("n_train_pairs")
     n_probe = np.shape(series["logps/chosen"])[1] if "logps/chosen" in series else 0
     seen = None
-    # ldyn's own batch schedule (validate.session.batch_indices); a monitored run's batches are its trainer's
+    # ldyn's own batch schedule (validate.training.session.batch_indices); a monitored run's batches are its trainer's
     if settings.get("preset") != "monitor" and isinstance(n_pairs, int) and n_pairs > 0 and n_probe:
         seen = visits(n_pairs, settings["batch_pairs"], settings["seed"], steps, min(n_probe, n_pairs))
     # a policy-sample negative is not the tracked y-: the force on the probe pairs is not what training sees

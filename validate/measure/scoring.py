@@ -1,5 +1,5 @@
-"""The forward passes of an evaluation, shared by `ldyn validate run` (validate.run) and the TRL probe monitor
-(validate.monitor): one precision, one scorer, one generation and one mass-shift record format for both."""
+"""The forward passes of an evaluation, shared by `ldyn validate run` (validate.training.run) and the TRL probe monitor
+(validate.monitor.monitor): one precision, one scorer, one generation and one mass-shift record format for both."""
 
 MASS_BATCH = 8          # sequences per batch when comparing with the reference (two [N, V] logits at once)
 
@@ -16,8 +16,8 @@ def scoring_autocast(device):
 
 def score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=None) -> list:
     """Score (prompt_id, probe, prompt_ids, response_ids) in length-sorted batches, a prompt's responses after
-    one copy of it where the model allows (validate.forward.batches); one row dict each."""
-    from learning_dynamics.validate.forward import batches, score_batch
+    one copy of it where the model allows (validate.training.forward.batches); one row dict each."""
+    from learning_dynamics.validate.training.forward import batches, score_batch
     scorer = scorer or score_batch
     rows = [None] * len(sequences)
     for chunk, batch in batches(model, [(s[2], s[3]) for s in sequences], batch_size, pad_id):
@@ -32,8 +32,8 @@ def score_rows(model, sequences, pad_id, device, batch_size, autocast, scorer=No
 def greedy_generations(model, gen_prompts, tokenizer, eos, pad_id, settings, autocast) -> list:
     """Greedy continuations of the first probe prompts (natural and fixed length) with their repetition
     statistics, one record each."""
-    from learning_dynamics.validate.generate import generate
-    from learning_dynamics.validate.repetition import repetition_stats
+    from learning_dynamics.validate.training.generate import generate
+    from learning_dynamics.validate.data.repetition import repetition_stats
     prompts = [p["prompt_ids"] for p in gen_prompts]
     with autocast():
         new = generate(model, prompts, eos, pad_id, settings["gen_tokens"], sample=False,
@@ -50,7 +50,7 @@ def mass_records(model, ref_model, sequences, pad_id, device, autocast) -> list:
     """P18's data: on y+'s contexts (the "chosen" ones among `sequences`), how far each prompt's next-token
     distributions moved from the reference (the initial model; for extend the model after its SFT phase)
     and how much the top token gained."""
-    from learning_dynamics.validate.forward import mass_shift
+    from learning_dynamics.validate.training.forward import mass_shift
     chosen = [seq for seq in sequences if seq[1] == "chosen"]
     rows = score_rows(model, chosen, pad_id, device, MASS_BATCH, autocast,
                       scorer=lambda m, batch: mass_shift(m, ref_model, batch))

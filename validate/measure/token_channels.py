@@ -1,6 +1,6 @@
 """Per-token channels of a DPO step: which part of the model carries the squeeze at y-'s positions.
 
-One DPO-shaped SGD step (validate.token_squeeze: L = log pi(y-) - log pi(y+), direction d = -grad L) moves the
+One DPO-shaped SGD step (validate.measure.token_squeeze: L = log pi(y-) - log pi(y+), direction d = -grad L) moves the
 logits at each of y-'s positions l, to first order, by dz_l = W dh_l + dW h_l, with h_l the last hidden state
 (after the final norm) and W the output embedding. Three channels:
 
@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import jvp
 
-from learning_dynamics.validate.forward import Bound, functional_response_logits, make_batch
+from learning_dynamics.validate.training.forward import Bound, functional_response_logits, make_batch
 
 CHANNELS = ("hidden (body)", "hidden (input embedding)", "readout")
 READOUT_SOURCES = ("readout: head's gradient", "readout: input role's gradient")   # tied embeddings only

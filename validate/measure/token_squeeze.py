@@ -35,9 +35,9 @@ TOP_TOKENS = 50     # tokens per position that "carry the mass" for the pooled p
 
 from learning_dynamics.theory.statistics import precision_recall
 from learning_dynamics.theory.squeeze import threshold
-from learning_dynamics.validate import token_channels
-from learning_dynamics.validate.first_order import stepped
-from learning_dynamics.validate.forward import make_batch, response_logits, sequence_logps
+from learning_dynamics.validate.measure import token_channels
+from learning_dynamics.validate.measure.first_order import stepped
+from learning_dynamics.validate.training.forward import make_batch, response_logits, sequence_logps
 
 
 def first_divergence(a, b) -> int:
@@ -68,7 +68,7 @@ def check_pair(model, pair, nats, pad_id, device, channels: bool = False) -> dic
 
     The step size is eta = nats / ||grad L||^2, which lowers L by `nats` to first order:
     the same size of step for every pair, whatever its gradient norm.
-    channels: also split each position's first-order change into validate.token_channels' channels ("channels").
+    channels: also split each position's first-order change into validate.measure.token_channels' channels ("channels").
     """
     before = _distributions(model, pair["prompt"], pair["rejected"], pad_id, device)
     with token_channels.head_gradient(model) as head:

@@ -1,6 +1,6 @@
 """How far the first-order picture carries along a real training run: AdamW's update, k steps, the kernel.
 
-The one-step check (validate.first_order) steps along -grad L with a chosen eta.
+The one-step check (validate.measure.first_order) steps along -grad L with a chosen eta.
 Training takes AdamW's update instead: Delta theta = theta_{t+1} - theta_t, which
 is not the gradient (Adam rescales every coordinate; its first step is nearly
 lr * sign(g)). This module trains the model for k_max steps with the run's own
@@ -20,7 +20,7 @@ log-probs:
 - the kernel's drift (prediction P20), on the kernel the paper speaks of: the logit
   eNTK K = grad z(probe) grad z(train)^T between fixed probe sequences and the first
   batch's training sequences, apart from the softmax factors A and G, which the paper
-  lets move (validate.logit_kernel: a Gaussian sketch of K, its exact block on a token
+  lets move (validate.measure.logit_kernel: a Gaussian sketch of K, its exact block on a token
   set, A.K.G, A and G alone), at step 0 and at each checkpoint. Described, not judged:
   the paper puts no number on "relatively stable", so P20's verdict is inconclusive
   with that reason, and the cosine curves with a bootstrap over probe and training
@@ -34,10 +34,10 @@ import torch
 
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate import factored_jvp
-from learning_dynamics.validate.first_order import (agreement, fused_attention, predicted_per_unit_eta, restoring,
+from learning_dynamics.validate.measure import factored_jvp
+from learning_dynamics.validate.measure.first_order import (agreement, fused_attention, predicted_per_unit_eta, restoring,
                                                      sgd_direction, snapshot)
-from learning_dynamics.validate.forward import probe_logps
+from learning_dynamics.validate.training.forward import probe_logps
 from learning_dynamics.validate.presets import TRAJECTORY_ALGOS
 
 K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
@@ -143,8 +143,8 @@ def _checked_steps(algo: str, k_steps) -> list:
 def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, batch_size, k_steps,
                    progress=print, moving_probes: int = MOVING_PROBES) -> dict:
     """Train max(k_steps) AdamW steps and measure the first-order picture along them (see the module doc)."""
-    from learning_dynamics.validate.logit_kernel import KernelViews
-    from learning_dynamics.validate.session import batch_indices
+    from learning_dynamics.validate.measure.logit_kernel import KernelViews
+    from learning_dynamics.validate.training.session import batch_indices
     algo, k_steps = settings["algo"], _checked_steps(settings["algo"], k_steps)
     pairs = [dict(p) for p in pairs]
     batches = [batch_indices(t, len(pairs), settings["batch_pairs"], settings["seed"]) for t in range(k_steps[-1])]
@@ -183,7 +183,7 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
 def _train(model, batches, sequences, settings, pad_id, device, batch_size, k_steps, views, moving, progress) -> dict:
     """The k-step run: AdamW steps on the run's batches; probe scores, the kernel's views and theta_k - theta_0
     at every k, the moving-kernel sum at every step, the warm-state step's own prediction."""
-    from learning_dynamics.validate import algorithms as algos
+    from learning_dynamics.validate.training import algorithms as algos
     k_max, mid = k_steps[-1], (k_steps[-2] if len(k_steps) > 1 else 0)   # mid: the warm-state step
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
 
@@ -230,7 +230,7 @@ def _own_prediction(model, sequences, update, theta_t, scored, step, pad_id, dev
 
 
 def p20_described(drift: dict) -> dict:
-    """P20 on the logit eNTK (validate.logit_kernel's sketch), described rather than judged: the paper calls the
+    """P20 on the logit eNTK (validate.measure.logit_kernel's sketch), described rather than judged: the paper calls the
     eNTK "relatively stable" without a number, so no threshold is the paper's. The verdict is the project's
     "inconclusive" with its reason; the curves of K, A.K.G, A and G are the result."""
     k = drift["K sketch"]

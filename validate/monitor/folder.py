@@ -1,6 +1,6 @@
 """The probe monitor's folder holds one run and never loses it.
 
-A folder is the same run when its settings (validate.monitor's, less those a resumed run may change) and its
+A folder is the same run when its settings (validate.monitor.monitor's, less those a resumed run may change) and its
 data and model fingerprints (validate.provenance) are the ones of the run starting now. The same run is
 resumed: a trainer resumed from a checkpoint at step k keeps every evaluation up to k (the later ones are
 redone), and one that starts again at step 0 over evaluations made after step 0 is refused, since carrying on
@@ -9,7 +9,7 @@ would mix two trainings' curves. Another run is refused in one line naming the f
 """
 from pathlib import Path
 
-from learning_dynamics.sim.io import atomic_write_json, read_json
+from learning_dynamics.sim.common.io import atomic_write_json, read_json
 from learning_dynamics.theory.errors import UserError
 
 FILES = ("run.json", "tracking/manifest.json", "settings.json", "probes.json", "design.json", "run_info.json", "train_log.json", "report.json",
@@ -86,7 +86,7 @@ def run_info(monitor, state, unwrapped) -> dict:
     import time
 
     from learning_dynamics.validate import provenance
-    from learning_dynamics.validate.monitor_reporters import reporters
+    from learning_dynamics.validate.monitor.reporters import reporters
     wall = time.perf_counter() - monitor.train_started
     spent = monitor.seconds["evaluate"] + monitor.seconds["report"]
     dataset = getattr(monitor.trainer, "train_dataset", None)

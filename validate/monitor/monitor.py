@@ -4,20 +4,20 @@
 
 When training starts, the monitor builds the probe set that `ldyn validate run --data pairs.jsonl` builds
 (the probe types that need generation use the trainer's model as it is at that moment, step 0 of a new
-run), from data in any TRL format (validate.trl_formats: a probe type the data cannot build is skipped with
-its reason), tokenized as the trainer tokenizes (validate.trl_tokens), so that a probe's log-prob is the
-quantity the trainer trains. The folder holds one run (validate.monitor_folder: the same run is resumed,
+run), from data in any TRL format (validate.data.trl_formats: a probe type the data cannot build is skipped with
+its reason), tokenized as the trainer tokenizes (validate.monitor.trl_tokens), so that a probe's log-prob is the
+quantity the trainer trains. The folder holds one run (validate.monitor.folder: the same run is resumed,
 another refused, `overwrite=True` replaces it). Every `every` optimizer steps, and after the last one, it scores the whole set with the trainer's
 current model (unwrapped, in eval mode, under inference mode, in ldyn's precision whatever mixed precision
-the trainer uses, through validate.scoring, the functions `ldyn validate run` evaluates with, then back to
+the trainer uses, through validate.measure.scoring, the functions `ldyn validate run` evaluates with, then back to
 the mode it was in) and writes into `out` the run directory that `ldyn validate run` writes: settings.json,
 probes.json, design.json, tracking/, generations/, mass/, run_info.json (with validate.provenance's
 command, fingerprints and versions), curves.png, report.json and report.md, with the verdicts of the
 trainer's algorithm. `ldyn validate report` rebuilds and merges it like any other run. The means over
 probe prompts go into the trainer's own logs (`probes/logps/chosen`, `probes/logps/y_star`,
 `probes/entropy`, ...), so they reach `report_to`. A run whose loss or probe log-probs become non-finite,
-or whose model collapses to uniform (validate.health), is stopped, with stopped.json and the reason. The
-curves figure and the verdict table also go to the trainer's TensorBoard and W&B (validate.monitor_reporters).
+or whose model collapses to uniform (validate.training.health), is stopped, with stopped.json and the reason. The
+curves figure and the verdict table also go to the trainer's TensorBoard and W&B (validate.monitor.reporters).
 
 Several processes: under data parallelism every process scores a strided share of the probe sequences,
 the main process gathers the rows and writes; nothing is written twice. Under FSDP or DeepSpeed ZeRO-3
@@ -32,8 +32,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.precision import PRECISIONS, in_precision, resolve
-from learning_dynamics.validate.trainers import (Processes, find_trainer, frozen_copy, fsdp_not_applied, infer_algo,
+from learning_dynamics.validate.training.precision import PRECISIONS, in_precision, resolve
+from learning_dynamics.validate.monitor.trainers import (Processes, find_trainer, frozen_copy, fsdp_not_applied, infer_algo,
                                                  ldyn_precision)
 
 
@@ -101,9 +101,10 @@ class ProbeMonitor(TrainerCallback):
                  eval_batch: int = 64, max_prompt_tokens: int = 96, max_response_tokens: int = 48,
                  gen_prompts: int = 8, gen_tokens: int = 48, seed: int = 0, track_mass: bool = True,
                  live_report: bool = True, overwrite: bool = False, precision: str = "auto"):
-        from learning_dynamics.sim.io import writable_folder
-        from learning_dynamics.validate import session, trl_formats
-        from learning_dynamics.validate.algorithms import ALGORITHMS
+        from learning_dynamics.sim.common.io import writable_folder
+        from learning_dynamics.validate.training import session
+        from learning_dynamics.validate.data import trl_formats
+        from learning_dynamics.validate.training.algorithms import ALGORITHMS
         _positive_ints(every=every, n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                        max_response_tokens=max_response_tokens, gen_tokens=gen_tokens)
         if precision not in PRECISIONS:
@@ -139,9 +140,9 @@ class ProbeMonitor(TrainerCallback):
     # ------------------------------------------------------------------ callback events
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        from learning_dynamics.validate import probes as probe_set
-        from learning_dynamics.validate.encode import Encoder
-        from learning_dynamics.validate.trl_tokens import trainer_encoder
+        from learning_dynamics.validate.data import probes as probe_set
+        from learning_dynamics.validate.training.encode import Encoder
+        from learning_dynamics.validate.monitor.trl_tokens import trainer_encoder
         self.trainer = find_trainer(self)
         if self.trainer is not None:
             model, processing_class = self.trainer.model, self.trainer.processing_class
@@ -183,8 +184,8 @@ class ProbeMonitor(TrainerCallback):
 
     def _build(self, module):
         """Main process: the probe set of the held-out split, in the trainer's tokenization."""
-        from learning_dynamics.validate import probes as probe_set
-        from learning_dynamics.validate.trl_formats import anchor_unprompted
+        from learning_dynamics.validate.data import probes as probe_set
+        from learning_dynamics.validate.data.trl_formats import anchor_unprompted
         split = self.splits
         return probe_set.build_probe_set(module, self.tokenizer, self.encoder, anchor_unprompted(split.probe, self.encoder),
                                          split.train, split.test, self.settings, progress=self._say,
@@ -196,7 +197,7 @@ class ProbeMonitor(TrainerCallback):
             self._evaluate(step, self.trainer.model if self.trainer is not None else model, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from learning_dynamics.validate import health
+        from learning_dynamics.validate.training import health
         loss = (logs or {}).get("loss")
         if isinstance(loss, (int, float)) and not self.stopped:
             reason = health.diverged(state.global_step, float(loss), (logs or {}).get("grad_norm"))
@@ -227,10 +228,11 @@ class ProbeMonitor(TrainerCallback):
                     beta=getattr(args, "beta", None) if algo in ("dpo", "ipo") else None)
 
     def _prepare(self, state, model):
-        """Main process: set up `out` (validate.monitor_folder); the probe set to reuse on a resumed run, or None."""
-        from learning_dynamics.sim.io import read_json
-        from learning_dynamics.sim.tracking import TrackingTable
-        from learning_dynamics.validate import identity, monitor_folder, provenance
+        """Main process: set up `out` (validate.monitor.folder); the probe set to reuse on a resumed run, or None."""
+        from learning_dynamics.sim.common.io import read_json
+        from learning_dynamics.sim.common.tracking import TrackingTable
+        from learning_dynamics.validate import identity, provenance
+        from learning_dynamics.validate.monitor import folder as monitor_folder
         fingerprints = provenance.fingerprints(self.data_for_fingerprint, self.procs.unwrap(model))
         fresh = self.overwrite or read_json(self.out / "settings.json", None, expect=dict) is None
         monitor_folder.open_run(self.out, self.settings, fingerprints, state.global_step, self.overwrite)
@@ -267,7 +269,7 @@ class ProbeMonitor(TrainerCallback):
         yield (self.replica if self.procs.is_main else None), False
 
     def _evaluate(self, step, model, control) -> None:
-        from learning_dynamics.validate.scoring import greedy_generations, mass_records, score_rows
+        from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records, score_rows
         started = time.perf_counter()
         pad, s = self.tokenizer.pad_token_id, self.settings
         share, rows, mass, records = [], [], [], None
@@ -300,7 +302,7 @@ class ProbeMonitor(TrainerCallback):
         self._log(self.metrics(rows), step)
         reason = None
         if self.procs.is_main:
-            from learning_dynamics.sim.io import atomic_write_json
+            from learning_dynamics.sim.common.io import atomic_write_json
             self.table.append(step, rows)
             if records is not None:
                 atomic_write_json(self.out / "generations" / f"step_{step:09d}.json", records)
@@ -315,9 +317,9 @@ class ProbeMonitor(TrainerCallback):
             self._write_report(step)
 
     def _health(self, step, rows):
-        """Main process: why the run must stop (validate.health, as `ldyn validate run` judges), or None."""
-        from learning_dynamics.sim.tracking import read_chunk
-        from learning_dynamics.validate import health
+        """Main process: why the run must stop (validate.training.health, as `ldyn validate run` judges), or None."""
+        from learning_dynamics.sim.common.tracking import read_chunk
+        from learning_dynamics.validate.training import health
         if not all(math.isfinite(r["logp_sum"]) for r in rows):
             return f"probe log-probs became non-finite at step {step}"
         gap = health.entropy_gap(rows, self.log_vocab)
@@ -332,7 +334,7 @@ class ProbeMonitor(TrainerCallback):
         control.should_training_stop = True
         self.stopped = reason
         if self.procs.is_main:
-            from learning_dynamics.sim.io import atomic_write_json
+            from learning_dynamics.sim.common.io import atomic_write_json
             atomic_write_json(self.out / "stopped.json", {"step": int(step), "reason": reason})
             self._say(f"{reason}; stopping the run, every verdict in {self.out} is inconclusive")
 
@@ -365,8 +367,8 @@ class ProbeMonitor(TrainerCallback):
 
     def _write_report(self, step: int) -> None:
         """report.json/.md and curves.png, then the figure and the verdicts to the trainer's reporters."""
-        from learning_dynamics.validate.monitor_reporters import publish
-        from learning_dynamics.validate.report import write_report
+        from learning_dynamics.validate.monitor.reporters import publish
+        from learning_dynamics.validate.judge.report import write_report
         started = time.perf_counter()
         report = write_report(self.out)
         if getattr(self, "published", None) != step:   # the end's report repeats the last evaluation's verdicts
@@ -378,9 +380,9 @@ class ProbeMonitor(TrainerCallback):
         """probes.json, design.json (with the data format, the tokenization and the probe types skipped), and
         run_info.json's command and fingerprints (validate.provenance); the numbers follow at the end (report.json
         counts a run complete only once run_info.json has them)."""
-        from learning_dynamics.sim.io import atomic_write_json
-        from learning_dynamics.validate import design
-        from learning_dynamics.validate.trl_formats import trained_records
+        from learning_dynamics.sim.common.io import atomic_write_json
+        from learning_dynamics.validate.data import design
+        from learning_dynamics.validate.data.trl_formats import trained_records
         atomic_write_json(self.out / "probes.json", probes, sort_keys=False)  # the probe order is the row order
         trained = trained_records(getattr(self.trainer, "train_dataset", None))
         source = "the trainer's train_dataset" if trained else "probe_data after its held-out rows"
@@ -390,7 +392,7 @@ class ProbeMonitor(TrainerCallback):
         atomic_write_json(self.out / "run_info.json", {**self.provenance, "partial": True})
 
     def _write_run_info(self, state, model) -> None:
-        from learning_dynamics.sim.io import atomic_write_json
-        from learning_dynamics.validate.monitor_folder import run_info
+        from learning_dynamics.sim.common.io import atomic_write_json
+        from learning_dynamics.validate.monitor.folder import run_info
         atomic_write_json(self.out / "train_log.json", [h for h in state.log_history if "loss" in h])
         atomic_write_json(self.out / "run_info.json", run_info(self, state, self.procs.unwrap(model)))

@@ -27,7 +27,7 @@ def reporters(trainer) -> list:
 
 def verdict_rows(report: dict) -> list:
     """One row per verdict: COLUMNS, the reason when it is inconclusive (or why it was not judged)."""
-    from learning_dynamics.validate.report import judged_label
+    from learning_dynamics.validate.judge.report import judged_label
     rows = []
     for r in report.get("predictions", []):
         ci = list(r.get("ci") or [None, None])
@@ -43,7 +43,7 @@ def _image(path: Path):
 
 
 def _to_tensorboard(trainer, args, report: dict, figure, step: int) -> bool:
-    from learning_dynamics.validate.report import prediction_table
+    from learning_dynamics.validate.judge.report import prediction_table
     sent = False
     for cb in _callbacks(trainer, "TensorBoardCallback"):
         writer, own = cb.tb_writer, False

@@ -1,4 +1,4 @@
-"""What the probe monitor (validate.monitor) reads off a transformers / TRL trainer: its algorithm, its
+"""What the probe monitor (validate.monitor.monitor) reads off a transformers / TRL trainer: its algorithm, its
 processes, and a model to score in ldyn's own precision.
 
 TRL stays an optional extra: trainers and configs are recognised by class name, never imported.
@@ -110,12 +110,12 @@ def ldyn_precision(module, precision=None):
 
     accelerate's bf16/fp16 replaces the prepared model's forward by an autocast wrapper (keeping the original
     as `_original_forward`), which `model.generate` goes through; an outer autocast may also be active. Both
-    are switched off for the block; then ldyn's own precision applies (validate.precision: `precision`'s autocast,
+    are switched off for the block; then ldyn's own precision applies (validate.training.precision: `precision`'s autocast,
     by default float32, or bf16 autocast on a CUDA GPU that supports it). Weights stored in bf16 stay bf16.
     """
     import torch
 
-    from learning_dynamics.validate.scoring import scoring_autocast
+    from learning_dynamics.validate.measure.scoring import scoring_autocast
     device = next(module.parameters()).device
     patched = module.__dict__.get("forward")
     original = module.__dict__.get("_original_forward")

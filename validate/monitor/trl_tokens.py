@@ -11,11 +11,11 @@ trains (TRL 1.16's rules, read from its DPO, SFT and GRPO trainers).
 - On-policy trainers (GRPOTrainer, RLOOTrainer): the prompt as the trainer feeds it to generation; a response is
   what the model would generate, its text's tokens then the eos, cut at `max_completion_length`.
 
-`Encoder` (validate.encode) is the same interface with ldyn's own rule (always the chat template), used when
+`Encoder` (validate.training.encode) is the same interface with ldyn's own rule (always the chat template), used when
 no TRL trainer is in reach.
 """
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.encode import Encoder, as_id_list
+from learning_dynamics.validate.training.encode import Encoder, as_id_list
 
 OFFLINE = ("DPOTrainer", "SFTTrainer")
 ON_POLICY = ("GRPOTrainer", "RLOOTrainer")
@@ -46,7 +46,7 @@ class TrainerEncoder:
         return (f"{self.trainer_class}'s own: chat template for conversational data, raw text for plain text; "
                 f"{how}; {cut}")
 
-    # ------------------------------------------------------------------ the interface of validate.encode.Encoder
+    # ------------------------------------------------------------------ the interface of validate.training.encode.Encoder
 
     def tokenize(self, value, **kwargs) -> list:
         """TRL's `_tokenize`: messages through the chat template, a string through the tokenizer itself."""

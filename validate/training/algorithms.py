@@ -14,7 +14,7 @@ import torch
 
 from learning_dynamics.sim import losses
 from learning_dynamics.theory import algorithms as registry
-from learning_dynamics.validate.forward import in_order, one_batch, sequence_logps
+from learning_dynamics.validate.training.forward import in_order, one_batch, sequence_logps
 
 ALGORITHMS = registry.ALGORITHMS
 

@@ -39,7 +39,7 @@ class Encoder:
             return ids[:self.max_response - n_end] + ids[-n_end:]
         return self._cached("r", text, make)
 
-    # the interface the probe set is built through (validate.trl_tokens.TrainerEncoder has the trainer's rule)
+    # the interface the probe set is built through (validate.monitor.trl_tokens.TrainerEncoder has the trainer's rule)
     rule = "ldyn's own: every prompt through the chat template, a response is its text then the end of turn"
 
     def instruction_ids(self, text: str) -> list:
@@ -135,7 +135,7 @@ def encode_example(tokenizer, prompt, response: str, max_length: int):
 
 def batch_encode(tokenizer, pairs, max_length: int, pad_id=None) -> dict:
     """Encode (prompt, response) pairs, right-padded: input_ids/attention_mask int64, response_mask bool tensors."""
-    from learning_dynamics.validate.forward import make_batch
+    from learning_dynamics.validate.training.forward import make_batch
 
     rows = [encode_example(tokenizer, prompt, response, max_length) for prompt, response in pairs]
     if pad_id is None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from learning_dynamics.sim.batches import right_pad, span_mask
+from learning_dynamics.sim.common.batches import right_pad, span_mask
 from learning_dynamics.sim.losses import upcast
 
 STATS_CHUNK = 2048   # tokens per [chunk, vocab] temporary in the statistics pass
@@ -206,7 +206,7 @@ def in_order(values: torch.Tensor, order) -> torch.Tensor:
 def batches(model, sequences, batch_size, pad_id, shared_prompts=True):
     """(indices, batch) over (prompt_ids, response_ids) sequences, filled in order of length so that few tokens
     are padding: SharedPromptBatch rows (a prompt's sequences after one copy of it) where the model's attention
-    reads the 4D mask, else one row per sequence (validate.forward's two batch kinds agree to rounding)."""
+    reads the 4D mask, else one row per sequence (validate.training.forward's two batch kinds agree to rounding)."""
     if shared_prompts and takes_4d_masks(model):
         return _shared_prompt_batches(sequences, batch_size, pad_id)
     return _one_row_batches(sequences, batch_size, pad_id)

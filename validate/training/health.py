@@ -1,7 +1,7 @@
 """When a run must stop: it diverged (non-finite loss or gradients), its gradient vanished (exactly zero), or it
 collapsed (uniform or frozen).
 
-A diverged or collapsed model tests no prediction, so `validate.run` stops it, keeps
+A diverged or collapsed model tests no prediction, so `validate.training.run` stops it, keeps
 its logs, writes `stopped.json`, and the report marks every verdict inconclusive
 with the reason. Each check returns that reason (one clause) or None.
 """

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from learning_dynamics.sim.io import atomic_path
+from learning_dynamics.sim.common.io import atomic_path
 from learning_dynamics.theory.errors import UserError
 
 DEFAULT_MODEL = "smollm2"

@@ -5,7 +5,7 @@
 
 On a CPU, bf16 means bf16 *working weights* (no autocast: re-casting fp32 weights at every call cost 37% of a
 forward) with fp32 *master weights* and fp32 optimizer state, so that an update smaller than bf16's 8-bit
-mantissa is not lost; the readout is always taken in fp32 (validate.forward.readout: a bf16 logit of 20 is
+mantissa is not lost; the readout is always taken in fp32 (validate.training.forward.readout: a bf16 logit of 20 is
 rounded to steps of 0.125, too coarse for a log-prob). On a CUDA GPU, bf16 is autocast over fp32 weights, as
 ldyn's GPU reports were made. Without bf16 units a CPU computes bf16 in software, tens of times slower than
 fp32, so `auto` picks fp32 there; `bf16` is still honoured when asked.

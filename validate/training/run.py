@@ -3,15 +3,15 @@
 A run directory holds everything, written atomically as it is made:
     settings.json          what was asked (a resumed run must ask the same)
     probes.json            the probe set (texts and token ids)
-    tracking/step_*.csv    one chunk per evaluation (sim.tracking's schema)
+    tracking/step_*.csv    one chunk per evaluation (sim.common.tracking's schema)
     generations/step_*.json greedy generations (natural and fixed length) and their repetition statistics,
                            at the first and the last evaluation (what P17 compares)
     mass/step_*.json       per probe prompt, how far y+'s next-token distributions moved and into the top token
-    design.json            which probe texts are also training targets (validate.design)
+    design.json            which probe texts are also training targets (validate.data.design)
     train_log.json         per-step losses and metrics under TRL's names
     state/checkpoint.pt    model, optimizer and data state, to resume
-    stopped.json           only when training diverged or collapsed (validate.health): step and reason
-    curves.png, report.json, report.md   (validate.report)
+    stopped.json           only when training diverged or collapsed (validate.training.health): step and reason
+    curves.png, report.json, report.md   (validate.judge.report)
 """
 import copy
 import math
@@ -20,18 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from learning_dynamics.sim.io import atomic_write_json, read_json
-from learning_dynamics.sim.tracking import TrackingTable, read_chunk
+from learning_dynamics.sim.common.io import atomic_write_json, read_json
+from learning_dynamics.sim.common.tracking import TrackingTable, read_chunk
 from learning_dynamics.theory.errors import CorruptFile, UserError
-from learning_dynamics.validate import algorithms as algos
-from learning_dynamics.validate import health, identity, regime, session
+from learning_dynamics.validate.training import algorithms as algos
+from learning_dynamics.validate.training import health, session
+from learning_dynamics.validate import identity
+from learning_dynamics.validate.measure import regime
 from learning_dynamics.validate.presets import Settings
-# the forward passes that `ldyn validate run` and the TRL monitor (validate.monitor) share
-from learning_dynamics.validate.scoring import greedy_generations, mass_records
-from learning_dynamics.validate.scoring import score_rows as _score_rows
+# the forward passes that `ldyn validate run` and the TRL monitor (validate.monitor.monitor) share
+from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records
+from learning_dynamics.validate.measure.scoring import score_rows as _score_rows
 
 
-CPU_JVP_BATCH = 8      # probe sequences per jvp on a CPU (validate.check.CPU_BATCH: small batches stay in cache)
+CPU_JVP_BATCH = 8      # probe sequences per jvp on a CPU (validate.check.run.CPU_BATCH: small batches stay in cache)
 
 
 class RunStopped(UserError):
@@ -101,7 +103,7 @@ RUN_FIGURES = ("curves", "first_order_scatter", "first_order_slope", "token_sque
 
 
 def _clear_run(out: Path) -> None:
-    from learning_dynamics.sim.style import FORMATS
+    from learning_dynamics.sim.common.style import FORMATS
     for sub in RUN_FOLDERS:
         for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
             f.unlink()
@@ -143,7 +145,7 @@ def _initial_gap(state: RunState):
 
 def _stop(state: RunState, step, reason) -> None:
     """Keep every log, record why, write the report (all verdicts inconclusive), and stop with one line."""
-    from learning_dynamics.validate.report import write_report
+    from learning_dynamics.validate.judge.report import write_report
     out = state.out
     if state.log is not None:
         _write_log(out, state.log)
@@ -164,7 +166,7 @@ def _track_mass(model, step, state: RunState) -> None:
 
 def _summed_logps(model, batch) -> dict:
     import torch
-    from learning_dynamics.validate.forward import sequence_logps
+    from learning_dynamics.validate.training.forward import sequence_logps
     with torch.no_grad():
         return {"logp_sum": sequence_logps(model, batch)[0].float().cpu()}
 
@@ -178,7 +180,7 @@ def _reference_logps(pairs, keys, state: RunState) -> None:
 
 def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
     """On-policy responses of the current model for the pairs the next steps will use."""
-    from learning_dynamics.validate.generate import generate
+    from learning_dynamics.validate.training.generate import generate
     s, algorithm = state.settings, state.settings.algorithm
     k = 1 if algorithm.negative == "policy" else s.n_samples
     prompts = [pairs[i]["prompt"] for i in indices for _ in range(k)]
@@ -197,7 +199,7 @@ def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
 
 def _save_state(path: Path, weights, step, phase, pairs, log) -> None:
     """The checkpoint names its run and the data, model and settings it was trained on (validate.identity)."""
-    from learning_dynamics.sim.io import atomic_torch_save
+    from learning_dynamics.sim.common.io import atomic_torch_save
     atomic_torch_save({**weights.state_dict(), "step": step, "phase": phase, "pairs": pairs, "log": log,
                        **identity.stamp(path.parent.parent)}, path)
 
@@ -205,7 +207,7 @@ def _save_state(path: Path, weights, step, phase, pairs, log) -> None:
 def train(state: RunState, model, pairs) -> None:
     from tqdm.auto import tqdm
 
-    from learning_dynamics.validate.precision import TrainingWeights
+    from learning_dynamics.validate.training.precision import TrainingWeights
 
     s, out, algorithm = state.settings, state.out, state.settings.algorithm
     weights = TrainingWeights(model, state.loaded.precision, lr=s.lr, weight_decay=s.weight_decay)
@@ -281,7 +283,7 @@ def warmup_steps(settings, n_pairs: int) -> int:
 
 
 def _predict_first_step(state: RunState, model, theta0, theta1, step) -> None:
-    """The regime check's first-order prediction of the first tracked step (validate.regime)."""
+    """The regime check's first-order prediction of the first tracked step (validate.measure.regime)."""
     batch = CPU_JVP_BATCH if state.device.type == "cpu" else min(state.settings.eval_batch, 64)
     state.progress("first step: predicting every probe's change to first order (one jvp along the update)")
     rows = regime.predict_first_step(model, theta0, theta1, state.sequences, state.pad_id, state.device, batch)
@@ -326,11 +328,12 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
     check on this run afterwards (it joins the reproduce command).
     """
     import torch
-    from learning_dynamics.validate import design, provenance
-    from learning_dynamics.validate import probes as probe_set
-    from learning_dynamics.validate.report import read_stopped, write_report
+    from learning_dynamics.validate.data import design
+    from learning_dynamics.validate import provenance
+    from learning_dynamics.validate.data import probes as probe_set
+    from learning_dynamics.validate.judge.report import read_stopped, write_report
 
-    from learning_dynamics.validate.precision import resolve
+    from learning_dynamics.validate.training.precision import resolve
     settings, out = Settings.of(settings), Path(out)
     device = session.device(settings.device)
     # `auto` is settled once, where the run starts: a resume on other hardware asks for the same precision

@@ -36,9 +36,9 @@ def examples(settings, n_probe: Optional[int] = None, rows=None, encoder=None) -
     n_probe: probe pairs to set aside (default settings["n_probe"]; the check needs more for its token step).
     rows: preference records already read and checked (the TRL monitor's probe data), split like --data's.
     encoder: once the model is loaded, pairs whose chosen and rejected are the same token ids are dropped too
-    (validate.degenerate; without it, those equal as text).
+    (validate.data.degenerate; without it, those equal as text).
     """
-    from learning_dynamics.validate import data, degenerate
+    from learning_dynamics.validate.data import data, degenerate
     n_probe = settings["n_probe"] if n_probe is None else n_probe
     irrelevant, own_data = None, rows is None
     if rows is None and settings["data"]:
@@ -94,9 +94,9 @@ class Loaded:
     """A model ready to train or probe: the loaded weights, the tokenizer's encoder, the precision context."""
     model: object
     tokenizer: object
-    encoder: object                # validate.encode.Encoder with the settings' length limits
-    precision: object              # validate.precision.Precision: what the run computes in
-    info: object                   # validate.model.LoadedModel (name, source, parameter count)
+    encoder: object                # validate.training.encode.Encoder with the settings' length limits
+    precision: object              # validate.training.precision.Precision: what the run computes in
+    info: object                   # validate.training.model.LoadedModel (name, source, parameter count)
     seconds: float
 
     @property
@@ -115,11 +115,11 @@ class Loaded:
 
 
 def load(settings, device, progress=print, dtype=None, attn_implementation: str = "sdpa") -> Loaded:
-    """The model in float32 (or `dtype`): a bf16 run casts it when training starts (validate.precision), after
+    """The model in float32 (or `dtype`): a bf16 run casts it when training starts (validate.training.precision), after
     its probe set is built, so that both precisions build the same probes."""
-    from learning_dynamics.validate.encode import Encoder
-    from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.precision import resolve
+    from learning_dynamics.validate.training.encode import Encoder
+    from learning_dynamics.validate.training.model import load_model
+    from learning_dynamics.validate.training.precision import resolve
 
     started = time.perf_counter()
     precision = resolve(settings.get("precision", "auto"), device)
