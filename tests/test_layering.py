@@ -215,10 +215,16 @@ def test_the_graph_checks_see_a_loop_an_upward_import_and_a_private_name(tmp_pat
     assert len(found) == 2 and "_hidden" in found[0] and "_inner" in found[1]
 
 
-@pytest.mark.parametrize("layer", LAYERS)
-def test_each_layer_states_its_public_api_and_importing_it_stays_light(layer):
+def packages(root: Path = ROOT) -> list:
+    """Every package the three layers hold, as a dotted name under learning_dynamics (reports are not packages)."""
+    return sorted(".".join([PACKAGE, *f.parent.relative_to(root).parts]) for layer in LAYERS
+                  for f in (root / layer).rglob("__init__.py") if "reports" not in f.parts)
+
+
+@pytest.mark.parametrize("layer", [p.split(".", 1)[1] for p in packages()])
+def test_each_package_states_its_public_api_and_importing_it_stays_light(layer):
     """Every name in __all__ resolves in the module the package names, none shadows a submodule, and
-    `import learning_dynamics.<layer>` alone imports no heavy library."""
+    `import learning_dynamics.<package>` alone imports no heavy library (layers and rooms alike)."""
     import subprocess
     import sys
 
@@ -237,3 +243,49 @@ def test_each_layer_states_its_public_api_and_importing_it_stays_light(layer):
     assert heavy == "[]", f"import learning_dynamics.{layer} pulls in {heavy}"
     assert shadowed == "[]", f"__all__ names that are also submodules: {shadowed}"
     assert int(n_names) > 0
+
+
+# --------------------------------------------------------------------------- rooms: sim/common and validate's rooms
+# sim/common/ holds what sim/ and validate/ share (file writing, JSON I/O, figure style, tracking tables, padded
+# batches), so it sits below both: it imports only theory and itself. validate/ takes from sim/ that shared room,
+# the torch losses its algorithms train with, and (ldyn only) the sim CLI and the tour.
+COMMON = f"{PACKAGE}.sim.common"
+VALIDATE_MAY_TAKE_FROM_SIM = {f"{PACKAGE}.sim.losses": "every validate module",
+                              f"{PACKAGE}.sim.cli": f"{PACKAGE}.validate.ldyn",
+                              f"{PACKAGE}.sim.tour": f"{PACKAGE}.validate.ldyn"}
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def room_violations(modules: dict) -> list:
+    found = []
+    for src, dst, _, line in import_edges(modules):
+        if _in(src, COMMON) and _root(dst) == "sim" and not _in(dst, COMMON) and dst != f"{PACKAGE}.sim":
+            found.append(f"{src}:{line} imports {dst}: sim/common must not depend on the experiments above it")
+        if _root(src) == "validate" and _root(dst) == "sim" and not _in(dst, COMMON):
+            allowed = VALIDATE_MAY_TAKE_FROM_SIM.get(dst)
+            if allowed is None or allowed not in ("every validate module", src):
+                found.append(f"{src}:{line} imports {dst}: validate/ takes sim's shared pieces from sim.common")
+    return found
+
+
+def test_sim_common_sits_below_sim_and_validate():
+    assert not room_violations(project_modules())
+
+
+def test_the_room_check_sees_common_reaching_up_and_validate_reaching_past_common(tmp_path):
+    _write(tmp_path, {
+        "sim/common/io.py": "from learning_dynamics.sim import lm\n",
+        "sim/lm.py": "from learning_dynamics.sim.common.io import x\n",
+        "validate/run.py": "from learning_dynamics.sim.lm import y\nfrom learning_dynamics.sim.common import io\n",
+    })
+    found = room_violations(project_modules(tmp_path))
+    assert len(found) == 2 and "sim.common.io" in found[0] and "validate.run" in found[1]
+
+
+def test_pyproject_lists_every_package_so_the_wheel_holds_it():
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert listed == set(packages()), f"missing: {set(packages()) - listed}, stale: {listed - set(packages())}"

@@ -13,7 +13,6 @@ EXPORTS = {
     "sequence_logps": "forward",
     "probe_logps": "forward",
     "step_loss": "algorithms",
-    "generate": "generate",
 }
 
 __all__ = sorted(EXPORTS)
