@@ -17,6 +17,7 @@ from learning_dynamics.sim.logits import (
 from learning_dynamics.sim import logits
 from learning_dynamics.sim.logits_theorems_dynamics import evaluate_theorems
 from learning_dynamics.sim.logits_figures import plot_curves, plot_squeeze_bars
+from learning_dynamics.sim.common.io import atomic_write_json
 
 
 def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=None, vocab=None,
@@ -25,7 +26,6 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
     import time
 
     from tqdm import tqdm
-    from learning_dynamics.sim.common.io import atomic_write_json
 
     settings = dict(PRESETS[preset])
     for name, value in (("runs", runs), ("vocab", vocab), ("steps", steps)):

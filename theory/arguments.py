@@ -7,6 +7,7 @@ ranges live here once so that every subcommand agrees on them.
 """
 import argparse
 import math
+from learning_dynamics.theory.errors import UserError
 
 # numpy's legacy and torch's generators both accept this range; larger seeds overflow torch.manual_seed
 SEED_MAX = 2**32 - 1
@@ -90,7 +91,6 @@ def check_seed(seed) -> None:
     """The same range for library callers (raises UserError)."""
     import numbers
 
-    from learning_dynamics.theory.errors import UserError
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed!r}")
 

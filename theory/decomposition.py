@@ -13,6 +13,7 @@ import functools
 import numpy as np
 
 from learning_dynamics.theory.softmax import apply_A
+from learning_dynamics.theory.derivation import Derivation
 
 
 def akg_dlogp(pi_o, K, G, eta):
@@ -73,7 +74,6 @@ def _symbolic():
 
 
 def derivations():
-    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [Derivation("AKG decomposition and the linear-head kernel", (

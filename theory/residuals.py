@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from learning_dynamics.theory import symbolic
+from learning_dynamics.theory.derivation import Derivation
 
 @dataclass(frozen=True)
 class Loss:
@@ -235,7 +236,6 @@ def residual(pi, token, coef):
 
 
 def derivations():
-    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     steps = [("G = c d log pi_y / dz, c = dL/dlog pi_y (3 labels, y = 1):", s["G"]),

@@ -14,6 +14,7 @@ import functools
 import numpy as np
 
 from learning_dynamics.theory import symbolic
+from learning_dynamics.theory.derivation import Derivation
 
 
 def _f64(x):
@@ -121,7 +122,6 @@ def _symbolic():
 
 def derivations():
     import sympy as sp
-    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [

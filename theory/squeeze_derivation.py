@@ -9,6 +9,7 @@ import functools
 from typing import Callable, NamedTuple
 
 from learning_dynamics.theory import symbolic
+from learning_dynamics.theory.derivation import Derivation
 
 
 class OneStep(NamedTuple):
@@ -163,7 +164,6 @@ def numeric() -> Numeric:
 
 def derivations():
     import sympy as sp
-    from learning_dynamics.theory.derivation import Derivation
 
     one, shared, two = one_step(), shared_context_dpo(), two_context_dpo()
     return [

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from learning_dynamics.sim.common.io import atomic_write_json, read_json
 from learning_dynamics.theory.errors import CorruptFile, UserError
+from learning_dynamics.validate.presets import RESUMABLE_CHANGES
+from learning_dynamics.validate import provenance
 
 RUN_FILE = "run.json"
 FRESH_REMEDY = "rerun with --fresh to start over, or use another --out"
@@ -57,7 +59,6 @@ def run_id(out):
 
 def settings_sha256(settings) -> str:
     """Of what changes the computation: the settings a resumed run may change are left out."""
-    from learning_dynamics.validate.presets import RESUMABLE_CHANGES
     values = {k: v for k, v in dict(settings).items() if k not in RESUMABLE_CHANGES}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -69,7 +70,6 @@ def _results_written(out: Path) -> bool:
 
 def check_trained_on(out, settings) -> dict:
     """Record the data and model fingerprints at the first start; on a resume, refuse different ones."""
-    from learning_dynamics.validate import provenance
     out = Path(out)
     record = read(out)
     if not record:

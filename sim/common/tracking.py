@@ -27,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from learning_dynamics.sim.common.io import atomic_write_text
+from learning_dynamics.theory.errors import CorruptFile
+from learning_dynamics.sim.common.io import read_json
+from learning_dynamics.sim.common.io import atomic_write_json
+from learning_dynamics.theory.errors import UserError
 
 COLUMNS = ("step", "prompt_id", "probe", "logp_sum", "logp_mean", "n_tokens", "entropy_mean",
            "sqnorm_mean", "argmax_logp_sum")
@@ -68,8 +72,6 @@ class TrackingTable:
 
     def _manifest(self) -> dict:
         """{chunk name: sha256} this run wrote; {} without a run id (nothing to check)."""
-        from learning_dynamics.sim.common.io import read_json
-        from learning_dynamics.theory.errors import CorruptFile
         if self.run_id is None:
             return {}
         path = self.directory / MANIFEST
@@ -84,7 +86,6 @@ class TrackingTable:
 
     def _record(self, name: str, text: str) -> None:
         if self.run_id is not None:
-            from learning_dynamics.sim.common.io import atomic_write_json
             chunks = dict(self._manifest(), **{name: _sha256(text.encode("utf-8"))})
             atomic_write_json(self.directory / MANIFEST, {"run_id": self.run_id, "chunks": chunks})
 
@@ -112,7 +113,6 @@ class TrackingTable:
 
     def read(self) -> list:
         """All rows of all chunks, in step order, values typed back; a chunk of another run is refused."""
-        from learning_dynamics.theory.errors import UserError
         rows = []
         for path in self._chunk_paths():
             if not self._ours(path):
@@ -138,7 +138,6 @@ def _sha256(data: bytes) -> str:
 
 def read_chunk(path) -> list:
     """One chunk's rows; a truncated, garbled or empty chunk raises CorruptFile naming it and the line."""
-    from learning_dynamics.theory.errors import CorruptFile
 
     step = int(_CHUNK.match(Path(path).name).group(1)) if _CHUNK.match(Path(path).name) else None
     try:

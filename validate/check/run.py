@@ -29,6 +29,18 @@ from learning_dynamics.validate.check.report import by_probe_type, report_markdo
 # the sizes per preset live in validate.presets (the flags' help reads them too)
 from learning_dynamics.validate.data.probes import said_once
 from learning_dynamics.validate.presets import N_PROBE_PROMPTS, N_SQUEEZE_PAIRS, SWEEP_PAIRS, SWEEP_PROMPTS
+from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.measure import first_order
+from learning_dynamics.validate.presets import Settings
+from learning_dynamics.validate.measure import trajectory
+from learning_dynamics.validate.training import session
+from learning_dynamics.validate.training.precision import in_precision, resolve
+from learning_dynamics.validate.measure import first_order, pair_sweep, token_squeeze, trajectory
+from learning_dynamics.validate.data.probes import build_probe_set
+from learning_dynamics.validate.measure.first_order import STEP_KINDS
+from learning_dynamics.validate.check import figures as check_figures
+from learning_dynamics.validate.measure import first_order, token_channels, token_squeeze
+from learning_dynamics.validate import provenance
 SQUEEZE_NATS = 0.5                                 # token step: lowers L = lp(y-) - lp(y+) by this, to first order
 # probe sequences per forward or jvp on a CPU (a prompt's responses stay together, so up to 12): smaller
 # batches pad less and stay in cache (benchmarks/bench_check_cpu.py); on a GPU the preset's eval batch, at most
@@ -38,7 +50,6 @@ CPU_BATCH = 8
 
 def sweep_probe_set(probes: list, sweep_prompts=None, preset: str = "default") -> list:
     """The probe prompts (each with all its probe types) the eta sweep reads: the first `sweep_prompts`."""
-    from learning_dynamics.theory.errors import UserError
     n = SWEEP_PROMPTS[preset] if sweep_prompts is None else sweep_prompts
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--sweep-prompts must be a positive integer, got {sweep_prompts!r}")
@@ -52,8 +63,6 @@ def run_checks(settings, out, quiet: bool = False, progress=print, command=("val
 
     settings: validate.presets.Settings (or its flat dict); the set-up is `ldyn validate run`'s (validate.training.session).
     """
-    from learning_dynamics.validate.measure import first_order
-    from learning_dynamics.validate.presets import Settings
     settings, out = Settings.of(settings), Path(out)
     sizes = check_sizes(settings.preset, n_probe, squeeze_pairs, k_steps, dtype, moving_probes, sweep_prompts,
                         sweep_pairs)
@@ -87,8 +96,6 @@ class Clock:
 def check_sizes(preset, n_probe=None, squeeze_pairs=None, k_steps=None, dtype="float64", moving_probes=None,
                 sweep_prompts=None, sweep_pairs=None) -> dict:
     """The check's own sizes, by the names of the flags that set them (provenance writes them back)."""
-    from learning_dynamics.theory.errors import UserError
-    from learning_dynamics.validate.measure import trajectory
     n_probe = n_probe or N_PROBE_PROMPTS[preset]
     sweep_pairs = SWEEP_PAIRS[preset] if sweep_pairs is None else sweep_pairs
     if isinstance(sweep_pairs, bool) or not isinstance(sweep_pairs, int) or sweep_pairs < 1:
@@ -103,8 +110,6 @@ def check_sizes(preset, n_probe=None, squeeze_pairs=None, k_steps=None, dtype="f
 def _set_up(settings, sizes, progress) -> dict:
     """The model (float32), the runs' own split, the token-level pairs and the batch size."""
     import torch
-    from learning_dynamics.validate.training import session
-    from learning_dynamics.validate.training.precision import in_precision, resolve
     device = session.device(settings.device)
     # probes are built (sampled) in float32, at half the cost of float64, or in bf16 where --precision settles on
     # it (their texts feed no jvp: every number is then measured in the check's own dtype)
@@ -124,8 +129,6 @@ def _set_up(settings, sizes, progress) -> dict:
 def _measure(setup, settings, sizes, out, clock, progress, quiet) -> dict:
     """Every part of the check, inside exact_math; a crash after the sweep keeps it in first_order.partial.json."""
     import torch
-    from learning_dynamics.validate.measure import first_order, pair_sweep, token_squeeze, trajectory
-    from learning_dynamics.validate.data.probes import build_probe_set
     loaded, model, examples = setup["loaded"], setup["model"], setup["examples"]
     args = (setup["pad_id"], setup["device"], setup["batch"])
     probes = build_probe_set(setup.pop("sampler"), loaded.tokenizer, loaded.encoder, examples.probe[:sizes["n_probe"]],
@@ -158,7 +161,6 @@ def _measure(setup, settings, sizes, out, clock, progress, quiet) -> dict:
 
 
 def _sweep_line(steps, n_swept, n_all) -> str:
-    from learning_dynamics.validate.measure.first_order import STEP_KINDS
     return ("first order: r " + " / ".join(f"{steps[k]['pearson_r']:.4f}" for k in STEP_KINDS)
             + ", slope " + " / ".join(f"{steps[k]['error_slope']:.2f}" for k in STEP_KINDS)
             + f" ({' / '.join(STEP_KINDS)} step); factored and dense jvp differ by "
@@ -168,9 +170,6 @@ def _sweep_line(steps, n_swept, n_all) -> str:
 def _result(setup, settings, sizes, parts, clock, out, command) -> dict:
     """first_order.json's content (figures drawn into `out`)."""
     import torch
-    from learning_dynamics.validate.check import figures as check_figures
-    from learning_dynamics.validate.measure import first_order, token_channels, token_squeeze
-    from learning_dynamics.validate import provenance
     device, steps, run = setup["device"], parts["steps"], parts["run"]
     channels = token_channels.summarise([r["channels"] for r in parts["records"]],
                                         [r["kind"] for r in parts["records"]])

@@ -11,6 +11,10 @@ from learning_dynamics.theory import arguments as arg
 from learning_dynamics.theory.probes import SAID_ONCE
 from learning_dynamics.validate.cli import flags
 from learning_dynamics.validate.presets import N_PROBE_PROMPTS, OVERRIDABLE, TRAJECTORY_ALGOS, settings_for
+from learning_dynamics.validate.judge.report import write_report
+from learning_dynamics.validate.judge.summary import merge, unique_dirs
+from learning_dynamics.validate.forecast.run import forecast
+from learning_dynamics.validate.judge import pages
 
 
 def add_run(sub) -> None:
@@ -35,7 +39,6 @@ def _run(args) -> int:
     if args.first_order:
         from learning_dynamics.validate.check.run import run_checks
         run_checks(settings, out, quiet=args.quiet, command=("validate", "run"), report_name="first_order.md")
-        from learning_dynamics.validate.judge.report import write_report
         report = write_report(out)
     _print_verdicts(report, out)
     return 0
@@ -162,7 +165,6 @@ def _default_summary_folder(runs) -> Path:
 
 
 def _report(args) -> int:
-    from learning_dynamics.validate.judge.summary import merge, unique_dirs
     for d in args.runs:
         if not Path(d).is_dir():
             raise UserError(f"no run directory {d}")
@@ -180,7 +182,6 @@ def add_forecast(sub) -> None:
 
 
 def _forecast(args) -> int:
-    from learning_dynamics.validate.forecast.run import forecast
     out = writable_folder(args.out)
     result = forecast(args.data, model=args.model, algo=args.algo, n_pairs=args.n_pairs, preset=args.preset,
                       device=args.device, lr=args.lr, beta=args.beta, seed=args.seed, batch_pairs=args.batch_pairs,
@@ -221,7 +222,6 @@ def add_pages(sub) -> None:
 
 
 def _pages(args) -> int:
-    from learning_dynamics.validate.judge import pages
     generated = pages.generate(args.reports, args.docs)
     if args.check:
         stale = pages.differing(generated, args.docs)

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from learning_dynamics.sim.common.io import atomic_write_text
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.data.data_file import EXPECTED, read_once
 
 CORPUS_PACKAGE = "chatterbot_corpus"
 CORPUS_VERSION = "1.3.3"
@@ -326,7 +327,6 @@ def load_preference_jsonl(path) -> list:
     The bytes come from validate.data.data_file.read_once (a pipe or FIFO works, read once); a UTF-8 byte order mark
     is skipped, and lines end only at "\\n" (a raw U+2028 or U+0085 is text inside a JSON string).
     """
-    from learning_dynamics.validate.data.data_file import EXPECTED, read_once
     try:
         text = read_once(path).raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

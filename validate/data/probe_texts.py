@@ -24,6 +24,7 @@ import random
 import re
 
 from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.validate.data.data import corpus_pairs, is_fluent, text_key
 
 TEXT_PROBES = probe_registry.TEXT                                              # built here
 RESPONSES = tuple(probe_registry.RESPONSES)                                    # what a data row may hold
@@ -148,7 +149,6 @@ def irrelevant_pool(min_words: int = 5, max_words: int = 40, exclude=()) -> list
     A response qualifies when validate.data.data.is_fluent says so; `exclude` holds
     normalised texts to leave out (a user dataset's training targets).
     """
-    from learning_dynamics.validate.data.data import corpus_pairs, is_fluent, text_key
 
     seen, pool = set(exclude), []
     for pair in corpus_pairs():

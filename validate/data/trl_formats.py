@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.data import data
+from learning_dynamics.validate.data.probe_texts import response_fields
 
 FORMATS = {  # the keys that name a format, in the order TRL's trainers look for them
     "explicit preference": ("prompt", "chosen", "rejected"), "implicit preference": ("chosen", "rejected"),
@@ -157,7 +158,6 @@ def trained_records(dataset):
 
 def skipped(records, fmt: str) -> dict:
     """{probe type: one-line reason} for every probe type the records cannot build."""
-    from learning_dynamics.validate.data.probe_texts import response_fields
     fields = response_fields(records)
     lacking = {p.name: [n for n in p.needs if n not in fields] for p in probe_registry.PROBE_TYPES}
     return {name: f"needs {' and '.join(probe_registry.RESPONSES[n] for n in need)}, which {fmt} data lacks"

@@ -18,6 +18,10 @@ from learning_dynamics.sim.common.io import atomic_write_json, atomic_write_text
 from learning_dynamics.theory.statistics import bootstrap_ci, precision_recall, spearman
 from learning_dynamics.validate.forecast.steps import (FLAG_PREDICTOR, PREDICTORS, SGD_TARGET_NATS, column,
                                                       predictor)
+from learning_dynamics.validate.measure.first_order import agreement
+from learning_dynamics.validate.forecast import figures as forecast_figures
+from learning_dynamics.validate.data.data import write_jsonl
+from learning_dynamics.validate.provenance import describe
 
 TOP_FRACTION = 0.1
 N_BOOT = 2000
@@ -87,7 +91,6 @@ def _judge(pred, records, actual) -> dict:
 
 def verification(records, eta: float, lr: float) -> dict:
     """Every predictor against the real plain SGD step (eta) and the real first AdamW step (lr)."""
-    from learning_dynamics.validate.measure.first_order import agreement
     out = {"sgd_eta": eta, "sgd_target_nats": SGD_TARGET_NATS, "adamw_lr": lr, "top_fraction": TOP_FRACTION,
            "random_top_overlap": random_overlap(len(records)), "by_optimizer": {}}
     for step in OPTIMIZERS:
@@ -204,8 +207,6 @@ def as_trl(record) -> dict:
 
 def write_outputs(result, out) -> list:
     """forecast.json, forecast.csv, forecast.md, the scatter figures and (options.filter) filtered.jsonl."""
-    from learning_dynamics.validate.forecast import figures as forecast_figures
-    from learning_dynamics.validate.data.data import write_jsonl
     out = Path(out)
     rows = ranked(result)
     written = [out / "forecast.csv", out / "forecast.md", out / "forecast.json"]
@@ -222,7 +223,6 @@ def write_outputs(result, out) -> list:
 
 def markdown(result, rows) -> str:
     """forecast.md: the summary, how each predictor did, the run, and the most displacing pairs."""
-    from learning_dynamics.validate.provenance import describe
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds_by_part"].items())
     lines = [f"# Displacement forecast: {result['model']}, {result['algo']}, {result['n_pairs']} pairs "
              f"({result['device']})", "",

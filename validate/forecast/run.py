@@ -23,13 +23,20 @@ from pathlib import Path
 from learning_dynamics.sim.common.io import atomic_write_json, json_ready
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.presets import FORECAST_PAIRS as DEFAULT_PAIRS
+from learning_dynamics.validate.data import data
+from learning_dynamics.validate.presets import settings_for
+from learning_dynamics.sim.common.io import writable_folder
+from learning_dynamics.sim.common.io import read_json
+from learning_dynamics.validate import provenance
+from learning_dynamics.validate.training import session
+from learning_dynamics.validate.presets import PRESETS
+from learning_dynamics.theory.errors import CorruptFile
 
 PARTS = "forecast.parts.json"
 
 
 def select_pairs(pairs, n_pairs=None) -> tuple:
     """(TRL records, data setting): a JSONL path, in-memory rows, or None for the built-in pairs; the first n_pairs."""
-    from learning_dynamics.validate.data import data
     if pairs is None:
         records, data_setting = [dict(r) for r in _builtin_pairs()], None
         n_pairs = n_pairs or DEFAULT_PAIRS
@@ -49,13 +56,11 @@ def select_pairs(pairs, n_pairs=None) -> tuple:
 @functools.lru_cache(maxsize=1)
 def _builtin_pairs() -> tuple:
     """The built-in data's training pairs (`ldyn validate run`'s split); building them takes a second."""
-    from learning_dynamics.validate.data import data
     return tuple(data.default_dataset(seed=0)["train"])
 
 
 def forecast_settings(preset="cpu", **overrides):
     """The run settings a forecast reads (model, device, algo, lr, beta, seed, batch size, token limits)."""
-    from learning_dynamics.validate.presets import settings_for
     from learning_dynamics.validate.measure.trajectory import TRAJECTORY_ALGOS
     settings = settings_for(preset, **overrides)
     if settings.algo not in TRAJECTORY_ALGOS:
@@ -85,7 +90,6 @@ def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", 
         run_checkpoint(from_run, settings, train_steps)     # a bad folder fails before the model loads
         from_run = str(from_run)
     if out is not None:
-        from learning_dynamics.sim.common.io import writable_folder
         out = Path(writable_folder(out))
     options = {"n_pairs": len(records), "verify": bool(verify), "train_steps": train_steps, "from_run": from_run,
                "filter": bool(filter)}
@@ -101,7 +105,6 @@ def forecast(pairs=None, model=None, algo="dpo", n_pairs=None, *, preset="cpu", 
 
 def run_checkpoint(run_dir, settings, train_steps=0) -> Path:
     """The checkpoint of an `ldyn validate run` folder trained from the forecast's model; one clear line if not."""
-    from learning_dynamics.sim.common.io import read_json
     run_dir = Path(run_dir)
     if train_steps:
         raise UserError("give --train-steps or --from-run, not both: each names the later weights")
@@ -200,8 +203,6 @@ class _Job:
 
     def at_checkpoint(self, step0: list, run_dir: str, lap) -> dict:
         """The forecast again at a run's checkpoint, and the change of y+ from the initial weights to it."""
-        from learning_dynamics.sim.common.io import read_json
-        from learning_dynamics.theory.errors import CorruptFile
         from learning_dynamics.validate.forecast import report as forecast_report
         import torch
         path = run_checkpoint(run_dir, self.settings)
@@ -228,8 +229,6 @@ def _compute(settings, records, options, out, progress, quiet, fingerprint_data)
     import torch
     from learning_dynamics.validate.measure import first_order
     from learning_dynamics.validate.forecast import report as forecast_report
-    from learning_dynamics.validate import provenance
-    from learning_dynamics.validate.training import session
     from learning_dynamics.validate.forecast.steps import PREDICTORS
     started, seconds = time.perf_counter(), {}
 
@@ -266,8 +265,6 @@ def _compute(settings, records, options, out, progress, quiet, fingerprint_data)
 
 def forecast_command(settings, options, out) -> str:
     """`ldyn validate forecast ...` that repeats this forecast (into a fresh folder beside `out`)."""
-    from learning_dynamics.validate import provenance
-    from learning_dynamics.validate.presets import PRESETS
     values = dict(provenance.public_settings(settings), **options)
     if values["data"] is None and options["n_pairs"] == DEFAULT_PAIRS:
         values["n_pairs"] = None          # the built-in data's default

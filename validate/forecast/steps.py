@@ -40,6 +40,11 @@ from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.measure import factored_jvp
 from learning_dynamics.validate.training.forward import (takes_4d_masks, decoder_body, functional_sequence_logps, make_batch,
                                                 make_shared_prompt_batch, response_logits, token_statistics)
+from learning_dynamics.validate.training.algorithms import unigram_f1
+from learning_dynamics.validate.training import algorithms as algos
+from learning_dynamics.validate.measure.first_order import fused_attention, restoring
+from learning_dynamics.validate.measure.first_order import fused_attention
+from learning_dynamics.validate.training.session import batch_indices
 
 ADAM_EPS = 1e-8            # torch.optim.AdamW's default eps, which the first update divides by
 SGD_TARGET_NATS = 0.3      # the verification's plain SGD step: the largest predicted |change| over all pairs
@@ -223,7 +228,6 @@ def forecast_pair(model, pair, algorithm, hyper, pad_id, device, lr, weight_deca
         record.update(adamw_dlogp_chosen=float(moved[0]), adamw_dlogp_rejected=float(moved[1]),
                       adamw_dlogp_ystar=float(moved[2]))
     model.zero_grad(set_to_none=True)
-    from learning_dynamics.validate.training.algorithms import unigram_f1
     record["token_f1"] = unigram_f1(list(pair["chosen"]), list(pair["rejected"]))
     return record
 
@@ -253,8 +257,6 @@ def verify_pair(model, pair, settings, pad_id, device, eta: float, saved: dict, 
 
     One gradient serves both steps: AdamW's first update is a function of it alone.
     """
-    from learning_dynamics.validate.training import algorithms as algos
-    from learning_dynamics.validate.measure.first_order import fused_attention, restoring
     batch = pair_batch(model, pair, pad_id, device)
     before = scores(model, batch)
     ref = before[:2] if reference is None else reference
@@ -283,9 +285,6 @@ def verify_pair(model, pair, settings, pad_id, device, eta: float, saved: dict, 
 def train(model, pairs, settings, steps: int, pad_id, device, reference, progress=None) -> list:
     """`steps` AdamW steps of the algorithm over the pairs, in the runs' batches (validate.training.session.batch_indices),
     with each pair's reference log-probs from `reference`; the training log."""
-    from learning_dynamics.validate.training import algorithms as algos
-    from learning_dynamics.validate.measure.first_order import fused_attention
-    from learning_dynamics.validate.training.session import batch_indices
     examples = [dict(p, ref_chosen=r[0], ref_rejected=r[1]) for p, r in zip(pairs, reference)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     log = []

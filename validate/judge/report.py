@@ -20,6 +20,12 @@ from learning_dynamics.validate import identity, provenance
 from learning_dynamics.validate.judge import pooling, report_notes
 from learning_dynamics.validate.data import probe_quality
 from learning_dynamics.validate.data.repetition import prefix_repetition
+from learning_dynamics.validate.presets import PRESETS, check
+from learning_dynamics.sim.common.tracking import prompt_sort_key
+from learning_dynamics.validate.measure.regime import measure_run
+from learning_dynamics.sim.common.probe_plots import plot_probe_curves
+from learning_dynamics.sim.common.style import algorithm_label
+from learning_dynamics.validate.data.design import overlapping
 
 
 def _read_json(path: Path, default=None, expect=dict):
@@ -31,7 +37,6 @@ REQUIRED_SETTINGS = ("algo", "seed", "steps", "model", "device", "data", "lr", "
 
 def load_settings(run_dir: Path) -> dict:
     """settings.json of a run, checked as a run's settings (a garbled one is named, not a KeyError)."""
-    from learning_dynamics.validate.presets import PRESETS, check
     path = Path(run_dir) / "settings.json"
     settings = read_json(path, expect=dict)
     if settings is None:
@@ -109,7 +114,6 @@ def _mask_unusable(series, probe_set, prompts) -> None:
 
 def _prompt_order(rows) -> list:
     """Prompt ids in the order of series_from_table's columns."""
-    from learning_dynamics.sim.common.tracking import prompt_sort_key
     return sorted({str(r["prompt_id"]) for r in rows}, key=prompt_sort_key)
 
 
@@ -123,13 +127,10 @@ def _generation_stat(path, records, key) -> np.ndarray:
 
 def run_regime(run_dir: Path, settings, info, series, steps) -> tuple:
     """(theory.regime.Regime, the first step's agreement) of a run, from its logs (validate.measure.regime)."""
-    from learning_dynamics.validate.measure.regime import measure_run
     return measure_run(run_dir, settings, info, series, steps, TrackingTable(run_dir / "tracking").read())
 
 
 def _figures(run_dir: Path, series, steps, algo: str) -> list:
-    from learning_dynamics.sim.common.probe_plots import plot_probe_curves
-    from learning_dynamics.sim.common.style import algorithm_label
     path = plot_probe_curves(series, run_dir / "curves.png",
                              f"{algorithm_label(algo)}: log-probability of each probe type", steps=steps)
     return [path.name]
@@ -183,7 +184,6 @@ def controls_among(settings: dict, candidates: dict) -> dict:
 
 def _caveat(row, design_info) -> str:
     """Why a verdict's probes are also training targets (validate.data.design), or ''."""
-    from learning_dynamics.validate.data.design import overlapping
     hits = overlapping(design_info, predictions.PROBES_USED.get(row["id"], ()))
     n = (design_info or {}).get("n_probe_prompts")
     return ", ".join(f"{p} is a training target for {c} of {n} probe prompts" for p, c in hits.items())

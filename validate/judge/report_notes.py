@@ -3,6 +3,7 @@ the data could not build (and so which verdicts are inconclusive), why a run has
 training throughput only when it was measured."""
 from learning_dynamics.theory import predictions
 from learning_dynamics.theory.probes import BY_NAME
+from learning_dynamics.theory import algorithms
 
 SIGN = ("Every effect is signed so that a positive value is the direction the prediction states (a fall predicted: "
         "the fall, start minus end); a verdict holds when its 95% CI lies above 0, fails when it lies below 0, and "
@@ -48,7 +49,6 @@ def control_mismatch(control_settings: dict, settings: dict, match) -> str:
 
 def no_control_note(settings: dict, candidates: dict, match) -> str:
     """Why a run got no SFT control among `candidates` ({name: settings} of the SFT runs given with it)."""
-    from learning_dynamics.theory import algorithms
     if algorithms.get(settings["algo"]).warmup is not None:
         return "its curves start after its own SFT phase, so no SFT run from the initial model controls it"
     if not candidates:
@@ -60,7 +60,6 @@ def no_control_note(settings: dict, candidates: dict, match) -> str:
 def control_lines(report: dict) -> list:
     """Which controls a run is judged against (its counterfactual control first, then SFT), or why it has none
     (only where a verdict needs one)."""
-    from learning_dynamics.theory import algorithms
     controls = report.get("controls") or ({"sft": report["control"]} if report.get("control") else {})
     if controls:
         return ["Controls (same pairs, probes and seed), judged against in this order: " + "; ".join(

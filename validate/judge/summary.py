@@ -18,6 +18,7 @@ from learning_dynamics.validate.judge import pooling, report_notes
 from learning_dynamics.validate import provenance
 from learning_dynamics.validate.judge.report import (CONTROL_MATCH, with_caveats, fmt, controls_among, load_series,
                                                load_settings, prediction_table, scored_in, write_report)
+from learning_dynamics.validate.judge.verdict_figure import plot_verdicts
 
 # settings two runs must share to be compared (on-policy vs off-policy, extend vs DPO)
 COMPARE_MATCH = ("model", "data", "seed", "n_train", "n_probe")
@@ -169,7 +170,6 @@ def _merge_warning(prints: dict):
 
 def _verdict_figure(rows, out: Path):
     """The forest plot of every verdict beside summary.md (None when no row has an effect)."""
-    from learning_dynamics.validate.judge.verdict_figure import plot_verdicts
     if not any(r.get("effect") is not None for r in rows):
         return None
     return plot_verdicts(rows, out / "verdicts.png")

@@ -17,6 +17,7 @@ from learning_dynamics.validate.measure import factored_jvp
 from learning_dynamics.validate.measure.first_order import PUSHES, STEP_KINDS, sgd_direction, sweep
 from learning_dynamics.validate.training.forward import probe_logps
 from learning_dynamics.validate.data.probes import said_once
+from learning_dynamics.theory.statistics import bootstrap_ci
 
 PAIR_NATS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 LEVELS = {"linear_up_to": 0.1, "breaks_at": 1.0}      # relative error levels whose crossing is reported
@@ -73,7 +74,6 @@ def sweep_pair(model, pair: dict, sequences: list, pad_id, device, batch_size) -
 def summarise(values, seed: int = 0) -> dict:
     """Median, bootstrap 95% interval of the median and range over pairs; a censored value (None: beyond the
     grid) ranks above every crossing, and a statistic that lands among the censored is beyond the grid (inf)."""
-    from learning_dynamics.theory.statistics import bootstrap_ci
     finite = [float(v) for v in values if v is not None]
     if not values:
         return {"median": None, "ci": [None, None], "min": None, "max": None, "n": 0, "n_crossed": 0}

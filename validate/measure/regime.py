@@ -14,6 +14,8 @@ from learning_dynamics.sim.common.io import atomic_write_json, read_json
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.errors import CorruptFile
+from learning_dynamics.validate.training.session import batch_indices
+from learning_dynamics.theory import algorithms
 
 FIRST_STEP = "first_step.json"
 
@@ -67,7 +69,6 @@ def first_step_error(run_dir: Path, rows_by_step) -> dict:
 def visits(n_pairs: int, batch_pairs: int, seed: int, steps, n_probe: int) -> np.ndarray:
     """[n_evals, n_probe]: how many training steps before each evaluation step held each probe pair (probe
     prompt i is training pair i: validate.training.session.examples puts the probe pairs first)."""
-    from learning_dynamics.validate.training.session import batch_indices
     steps = [int(s) for s in steps]
     counts = np.zeros(n_pairs)
     out, done = [], 0
@@ -81,7 +82,6 @@ def visits(n_pairs: int, batch_pairs: int, seed: int, steps, n_probe: int) -> np
 
 def measure_run(run_dir: Path, settings, info: dict, series, steps, tracked_rows) -> tuple:
     """(theory.regime.Regime, the first step's agreement or {}) of one run directory (report.json's "regime")."""
-    from learning_dynamics.theory import algorithms
     from learning_dynamics.validate.training.algorithms import hyper_parameters
     algorithm = algorithms.get(settings["algo"])
     hyper = hyper_parameters(algorithm, settings)

@@ -1,6 +1,8 @@
 """The forward passes of an evaluation, shared by `ldyn validate run` (validate.training.run) and the TRL probe monitor
 (validate.monitor.monitor): one precision, one scorer, one generation and one mass-shift record format for both."""
 
+from learning_dynamics.validate.data.repetition import repetition_stats
+
 MASS_BATCH = 8          # sequences per batch when comparing with the reference (two [N, V] logits at once)
 
 
@@ -33,7 +35,6 @@ def greedy_generations(model, gen_prompts, tokenizer, eos, pad_id, settings, aut
     """Greedy continuations of the first probe prompts (natural and fixed length) with their repetition
     statistics, one record each."""
     from learning_dynamics.validate.training.generate import generate
-    from learning_dynamics.validate.data.repetition import repetition_stats
     prompts = [p["prompt_ids"] for p in gen_prompts]
     with autocast():
         new = generate(model, prompts, eos, pad_id, settings["gen_tokens"], sample=False,

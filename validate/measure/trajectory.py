@@ -39,6 +39,9 @@ from learning_dynamics.validate.measure.first_order import (agreement, fused_att
                                                      sgd_direction, snapshot)
 from learning_dynamics.validate.training.forward import probe_logps
 from learning_dynamics.validate.presets import TRAJECTORY_ALGOS
+from learning_dynamics.validate.measure.logit_kernel import KernelViews
+from learning_dynamics.validate.training.session import batch_indices
+from learning_dynamics.validate.training import algorithms as algos
 
 K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
 KERNEL_PROBES = 12           # probe sequences in the kernel (rows of K)
@@ -143,8 +146,6 @@ def _checked_steps(algo: str, k_steps) -> list:
 def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, batch_size, k_steps,
                    progress=print, moving_probes: int = MOVING_PROBES) -> dict:
     """Train max(k_steps) AdamW steps and measure the first-order picture along them (see the module doc)."""
-    from learning_dynamics.validate.measure.logit_kernel import KernelViews
-    from learning_dynamics.validate.training.session import batch_indices
     algo, k_steps = settings["algo"], _checked_steps(settings["algo"], k_steps)
     pairs = [dict(p) for p in pairs]
     batches = [batch_indices(t, len(pairs), settings["batch_pairs"], settings["seed"]) for t in range(k_steps[-1])]
@@ -183,7 +184,6 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
 def _train(model, batches, sequences, settings, pad_id, device, batch_size, k_steps, views, moving, progress) -> dict:
     """The k-step run: AdamW steps on the run's batches; probe scores, the kernel's views and theta_k - theta_0
     at every k, the moving-kernel sum at every step, the warm-state step's own prediction."""
-    from learning_dynamics.validate.training import algorithms as algos
     k_max, mid = k_steps[-1], (k_steps[-2] if len(k_steps) > 1 else 0)   # mid: the warm-state step
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from learning_dynamics.sim.common.io import atomic_write_json, read_json
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate import provenance
+from learning_dynamics.validate.monitor.reporters import reporters
 
 FILES = ("run.json", "tracking/manifest.json", "settings.json", "probes.json", "design.json", "run_info.json", "train_log.json", "report.json",
          "report.md", "stopped.json", "curves.png", "curves.pdf", "curves.svg")
@@ -85,8 +87,6 @@ def run_info(monitor, state, unwrapped) -> dict:
     """run_info.json at the end of a monitored run: what ran, where, how long, with the start's provenance."""
     import time
 
-    from learning_dynamics.validate import provenance
-    from learning_dynamics.validate.monitor.reporters import reporters
     wall = time.perf_counter() - monitor.train_started
     spent = monitor.seconds["evaluate"] + monitor.seconds["report"]
     dataset = getattr(monitor.trainer, "train_dataset", None)

@@ -35,6 +35,26 @@ from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.training.precision import PRECISIONS, in_precision, resolve
 from learning_dynamics.validate.monitor.trainers import (Processes, find_trainer, frozen_copy, fsdp_not_applied, infer_algo,
                                                  ldyn_precision)
+from learning_dynamics.sim.common.io import writable_folder
+from learning_dynamics.validate.training import session
+from learning_dynamics.validate.data import trl_formats
+from learning_dynamics.validate.provenance import data_fingerprint
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.monitor.trl_tokens import trainer_encoder
+from learning_dynamics.validate.data.trl_formats import anchor_unprompted
+from learning_dynamics.validate.training import health
+from learning_dynamics.sim.common.io import read_json
+from learning_dynamics.sim.common.tracking import TrackingTable
+from learning_dynamics.validate import identity, provenance
+from learning_dynamics.validate.monitor import folder as monitor_folder
+from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records, score_rows
+from learning_dynamics.sim.common.io import atomic_write_json
+from learning_dynamics.sim.common.tracking import read_chunk
+from learning_dynamics.validate.monitor.reporters import publish
+from learning_dynamics.validate.judge.report import write_report
+from learning_dynamics.validate.data import design
+from learning_dynamics.validate.data.trl_formats import trained_records
+from learning_dynamics.validate.monitor.folder import run_info
 
 
 @contextlib.contextmanager
@@ -101,9 +121,6 @@ class ProbeMonitor(TrainerCallback):
                  eval_batch: int = 64, max_prompt_tokens: int = 96, max_response_tokens: int = 48,
                  gen_prompts: int = 8, gen_tokens: int = 48, seed: int = 0, track_mass: bool = True,
                  live_report: bool = True, overwrite: bool = False, precision: str = "auto"):
-        from learning_dynamics.sim.common.io import writable_folder
-        from learning_dynamics.validate.training import session
-        from learning_dynamics.validate.data import trl_formats
         from learning_dynamics.validate.training.algorithms import ALGORITHMS
         _positive_ints(every=every, n_probe=n_probe, eval_batch=eval_batch, max_prompt_tokens=max_prompt_tokens,
                        max_response_tokens=max_response_tokens, gen_tokens=gen_tokens)
@@ -118,7 +135,6 @@ class ProbeMonitor(TrainerCallback):
         if isinstance(probe_data, (str, Path)):
             self.source = str(probe_data)
         else:
-            from learning_dynamics.validate.provenance import data_fingerprint
             # the rows' hash in the name: `ldyn validate report` pairs runs (SFT controls) by equal data
             digest = data_fingerprint(rows)["sha256"][:16]
             self.source = f"in-memory {type(probe_data).__name__} of {len(rows)} rows, sha256 {digest}"
@@ -141,8 +157,6 @@ class ProbeMonitor(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         from learning_dynamics.validate.data import probes as probe_set
-        from learning_dynamics.validate.training.encode import Encoder
-        from learning_dynamics.validate.monitor.trl_tokens import trainer_encoder
         self.trainer = find_trainer(self)
         if self.trainer is not None:
             model, processing_class = self.trainer.model, self.trainer.processing_class
@@ -185,7 +199,6 @@ class ProbeMonitor(TrainerCallback):
     def _build(self, module):
         """Main process: the probe set of the held-out split, in the trainer's tokenization."""
         from learning_dynamics.validate.data import probes as probe_set
-        from learning_dynamics.validate.data.trl_formats import anchor_unprompted
         split = self.splits
         return probe_set.build_probe_set(module, self.tokenizer, self.encoder, anchor_unprompted(split.probe, self.encoder),
                                          split.train, split.test, self.settings, progress=self._say,
@@ -197,7 +210,6 @@ class ProbeMonitor(TrainerCallback):
             self._evaluate(step, self.trainer.model if self.trainer is not None else model, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from learning_dynamics.validate.training import health
         loss = (logs or {}).get("loss")
         if isinstance(loss, (int, float)) and not self.stopped:
             reason = health.diverged(state.global_step, float(loss), (logs or {}).get("grad_norm"))
@@ -229,10 +241,6 @@ class ProbeMonitor(TrainerCallback):
 
     def _prepare(self, state, model):
         """Main process: set up `out` (validate.monitor.folder); the probe set to reuse on a resumed run, or None."""
-        from learning_dynamics.sim.common.io import read_json
-        from learning_dynamics.sim.common.tracking import TrackingTable
-        from learning_dynamics.validate import identity, provenance
-        from learning_dynamics.validate.monitor import folder as monitor_folder
         fingerprints = provenance.fingerprints(self.data_for_fingerprint, self.procs.unwrap(model))
         fresh = self.overwrite or read_json(self.out / "settings.json", None, expect=dict) is None
         monitor_folder.open_run(self.out, self.settings, fingerprints, state.global_step, self.overwrite)
@@ -269,7 +277,6 @@ class ProbeMonitor(TrainerCallback):
         yield (self.replica if self.procs.is_main else None), False
 
     def _evaluate(self, step, model, control) -> None:
-        from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records, score_rows
         started = time.perf_counter()
         pad, s = self.tokenizer.pad_token_id, self.settings
         share, rows, mass, records = [], [], [], None
@@ -302,7 +309,6 @@ class ProbeMonitor(TrainerCallback):
         self._log(self.metrics(rows), step)
         reason = None
         if self.procs.is_main:
-            from learning_dynamics.sim.common.io import atomic_write_json
             self.table.append(step, rows)
             if records is not None:
                 atomic_write_json(self.out / "generations" / f"step_{step:09d}.json", records)
@@ -318,8 +324,6 @@ class ProbeMonitor(TrainerCallback):
 
     def _health(self, step, rows):
         """Main process: why the run must stop (validate.training.health, as `ldyn validate run` judges), or None."""
-        from learning_dynamics.sim.common.tracking import read_chunk
-        from learning_dynamics.validate.training import health
         if not all(math.isfinite(r["logp_sum"]) for r in rows):
             return f"probe log-probs became non-finite at step {step}"
         gap = health.entropy_gap(rows, self.log_vocab)
@@ -334,7 +338,6 @@ class ProbeMonitor(TrainerCallback):
         control.should_training_stop = True
         self.stopped = reason
         if self.procs.is_main:
-            from learning_dynamics.sim.common.io import atomic_write_json
             atomic_write_json(self.out / "stopped.json", {"step": int(step), "reason": reason})
             self._say(f"{reason}; stopping the run, every verdict in {self.out} is inconclusive")
 
@@ -367,8 +370,6 @@ class ProbeMonitor(TrainerCallback):
 
     def _write_report(self, step: int) -> None:
         """report.json/.md and curves.png, then the figure and the verdicts to the trainer's reporters."""
-        from learning_dynamics.validate.monitor.reporters import publish
-        from learning_dynamics.validate.judge.report import write_report
         started = time.perf_counter()
         report = write_report(self.out)
         if getattr(self, "published", None) != step:   # the end's report repeats the last evaluation's verdicts
@@ -380,9 +381,6 @@ class ProbeMonitor(TrainerCallback):
         """probes.json, design.json (with the data format, the tokenization and the probe types skipped), and
         run_info.json's command and fingerprints (validate.provenance); the numbers follow at the end (report.json
         counts a run complete only once run_info.json has them)."""
-        from learning_dynamics.sim.common.io import atomic_write_json
-        from learning_dynamics.validate.data import design
-        from learning_dynamics.validate.data.trl_formats import trained_records
         atomic_write_json(self.out / "probes.json", probes, sort_keys=False)  # the probe order is the row order
         trained = trained_records(getattr(self.trainer, "train_dataset", None))
         source = "the trainer's train_dataset" if trained else "probe_data after its held-out rows"
@@ -392,7 +390,5 @@ class ProbeMonitor(TrainerCallback):
         atomic_write_json(self.out / "run_info.json", {**self.provenance, "partial": True})
 
     def _write_run_info(self, state, model) -> None:
-        from learning_dynamics.sim.common.io import atomic_write_json
-        from learning_dynamics.validate.monitor.folder import run_info
         atomic_write_json(self.out / "train_log.json", [h for h in state.log_history if "loss" in h])
         atomic_write_json(self.out / "run_info.json", run_info(self, state, self.procs.unwrap(model)))

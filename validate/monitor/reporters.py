@@ -7,6 +7,8 @@ at the end of training) and Weights & Biases (a `wandb.Image` and a `wandb.Table
 scalars (`probes/logps/...`) reach every reporter through the trainer's own log. Main process only.
 """
 from pathlib import Path
+from learning_dynamics.validate.judge.report import judged_label
+from learning_dynamics.validate.judge.report import prediction_table
 
 CURVES_TAG, VERDICTS_TAG = "probes/curves", "probes/verdicts"
 COLUMNS = ("id", "claim", "judged", "verdict", "effect", "ci_low", "ci_high", "why")
@@ -27,7 +29,6 @@ def reporters(trainer) -> list:
 
 def verdict_rows(report: dict) -> list:
     """One row per verdict: COLUMNS, the reason when it is inconclusive (or why it was not judged)."""
-    from learning_dynamics.validate.judge.report import judged_label
     rows = []
     for r in report.get("predictions", []):
         ci = list(r.get("ci") or [None, None])
@@ -43,7 +44,6 @@ def _image(path: Path):
 
 
 def _to_tensorboard(trainer, args, report: dict, figure, step: int) -> bool:
-    from learning_dynamics.validate.judge.report import prediction_table
     sent = False
     for cb in _callbacks(trainer, "TensorBoardCallback"):
         writer, own = cb.tb_writer, False

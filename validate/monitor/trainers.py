@@ -9,6 +9,8 @@ import inspect
 from dataclasses import dataclass
 
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory.algorithms import ALGORITHMS, trained_by
+from learning_dynamics.validate.measure.scoring import scoring_autocast
 
 # TRL's config classes name their trainer, for a callback used without its trainer in reach.
 CONFIG_TRAINERS = {"DPOConfig": "DPOTrainer", "SFTConfig": "SFTTrainer", "GRPOConfig": "GRPOTrainer",
@@ -18,7 +20,6 @@ CONFIG_TRAINERS = {"DPOConfig": "DPOTrainer", "SFTConfig": "SFTTrainer", "GRPOCo
 def infer_algo(trainer_names, args) -> str:
     """The algorithm of a run from its trainer's class names (MRO) and its config's loss_type (each record of
     theory.algorithms names the TRL trainers that train it)."""
-    from learning_dynamics.theory.algorithms import ALGORITHMS, trained_by
     names = list(trainer_names) + [CONFIG_TRAINERS.get(type(args).__name__, "")]
     loss = getattr(args, "loss_type", "sigmoid") if "DPOTrainer" in names else None
     losses = [loss] if isinstance(loss, str) or loss is None else list(loss)
@@ -115,7 +116,6 @@ def ldyn_precision(module, precision=None):
     """
     import torch
 
-    from learning_dynamics.validate.measure.scoring import scoring_autocast
     device = next(module.parameters()).device
     patched = module.__dict__.get("forward")
     original = module.__dict__.get("_original_forward")

@@ -31,6 +31,18 @@ from learning_dynamics.validate.presets import Settings
 # the forward passes that `ldyn validate run` and the TRL monitor (validate.monitor.monitor) share
 from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records
 from learning_dynamics.validate.measure.scoring import score_rows as _score_rows
+from learning_dynamics.validate.presets import RESUMABLE_CHANGES
+from learning_dynamics.sim.common.style import FORMATS
+from learning_dynamics.validate.judge.report import write_report
+from learning_dynamics.validate.training.forward import sequence_logps
+from learning_dynamics.validate.training.generate import generate
+from learning_dynamics.sim.common.io import atomic_torch_save
+from learning_dynamics.validate.training.precision import TrainingWeights
+from learning_dynamics.validate.data import design
+from learning_dynamics.validate import provenance
+from learning_dynamics.validate.data import probes as probe_set
+from learning_dynamics.validate.judge.report import read_stopped, write_report
+from learning_dynamics.validate.training.precision import resolve
 
 
 CPU_JVP_BATCH = 8      # probe sequences per jvp on a CPU (validate.check.run.CPU_BATCH: small batches stay in cache)
@@ -81,7 +93,6 @@ def _prepare_out(out: Path, settings: Settings, fresh: bool) -> None:
     path = out / "settings.json"
     if path.exists() and not fresh:
         previous = read_json(path, expect=dict)
-        from learning_dynamics.validate.presets import RESUMABLE_CHANGES
         changed = sorted(k for k in set(previous) | set(settings)
                          if previous.get(k) != settings.get(k) and k not in RESUMABLE_CHANGES)
         if changed:
@@ -103,7 +114,6 @@ RUN_FIGURES = ("curves", "first_order_scatter", "first_order_slope", "token_sque
 
 
 def _clear_run(out: Path) -> None:
-    from learning_dynamics.sim.common.style import FORMATS
     for sub in RUN_FOLDERS:
         for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
             f.unlink()
@@ -145,7 +155,6 @@ def _initial_gap(state: RunState):
 
 def _stop(state: RunState, step, reason) -> None:
     """Keep every log, record why, write the report (all verdicts inconclusive), and stop with one line."""
-    from learning_dynamics.validate.judge.report import write_report
     out = state.out
     if state.log is not None:
         _write_log(out, state.log)
@@ -166,7 +175,6 @@ def _track_mass(model, step, state: RunState) -> None:
 
 def _summed_logps(model, batch) -> dict:
     import torch
-    from learning_dynamics.validate.training.forward import sequence_logps
     with torch.no_grad():
         return {"logp_sum": sequence_logps(model, batch)[0].float().cpu()}
 
@@ -180,7 +188,6 @@ def _reference_logps(pairs, keys, state: RunState) -> None:
 
 def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
     """On-policy responses of the current model for the pairs the next steps will use."""
-    from learning_dynamics.validate.training.generate import generate
     s, algorithm = state.settings, state.settings.algorithm
     k = 1 if algorithm.negative == "policy" else s.n_samples
     prompts = [pairs[i]["prompt"] for i in indices for _ in range(k)]
@@ -199,7 +206,6 @@ def _draw_samples(model, pairs, indices, step, state: RunState) -> None:
 
 def _save_state(path: Path, weights, step, phase, pairs, log) -> None:
     """The checkpoint names its run and the data, model and settings it was trained on (validate.identity)."""
-    from learning_dynamics.sim.common.io import atomic_torch_save
     atomic_torch_save({**weights.state_dict(), "step": step, "phase": phase, "pairs": pairs, "log": log,
                        **identity.stamp(path.parent.parent)}, path)
 
@@ -207,7 +213,6 @@ def _save_state(path: Path, weights, step, phase, pairs, log) -> None:
 def train(state: RunState, model, pairs) -> None:
     from tqdm.auto import tqdm
 
-    from learning_dynamics.validate.training.precision import TrainingWeights
 
     s, out, algorithm = state.settings, state.out, state.settings.algorithm
     weights = TrainingWeights(model, state.loaded.precision, lr=s.lr, weight_decay=s.weight_decay)
@@ -328,12 +333,7 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
     check on this run afterwards (it joins the reproduce command).
     """
     import torch
-    from learning_dynamics.validate.data import design
-    from learning_dynamics.validate import provenance
-    from learning_dynamics.validate.data import probes as probe_set
-    from learning_dynamics.validate.judge.report import read_stopped, write_report
 
-    from learning_dynamics.validate.training.precision import resolve
     settings, out = Settings.of(settings), Path(out)
     device = session.device(settings.device)
     # `auto` is settled once, where the run starts: a resume on other hardware asks for the same precision

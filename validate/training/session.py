@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.validate.data import data, degenerate
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.training.precision import resolve
 
 
 def device(name: str):
@@ -38,7 +41,6 @@ def examples(settings, n_probe: Optional[int] = None, rows=None, encoder=None) -
     encoder: once the model is loaded, pairs whose chosen and rejected are the same token ids are dropped too
     (validate.data.degenerate; without it, those equal as text).
     """
-    from learning_dynamics.validate.data import data, degenerate
     n_probe = settings["n_probe"] if n_probe is None else n_probe
     irrelevant, own_data = None, rows is None
     if rows is None and settings["data"]:
@@ -117,9 +119,7 @@ class Loaded:
 def load(settings, device, progress=print, dtype=None, attn_implementation: str = "sdpa") -> Loaded:
     """The model in float32 (or `dtype`): a bf16 run casts it when training starts (validate.training.precision), after
     its probe set is built, so that both precisions build the same probes."""
-    from learning_dynamics.validate.training.encode import Encoder
     from learning_dynamics.validate.training.model import load_model
-    from learning_dynamics.validate.training.precision import resolve
 
     started = time.perf_counter()
     precision = resolve(settings.get("precision", "auto"), device)
