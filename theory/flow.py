@@ -22,6 +22,7 @@ from learning_dynamics.theory.softmax import log_softmax, softmax, sqnorm
 from learning_dynamics.theory.squeeze import first_order_dlogp
 from learning_dynamics.theory.squeeze_derivation import one_step
 from learning_dynamics.theory.derivation import Derivation
+# scipy, sympy load inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def flow_rhs(p, k):

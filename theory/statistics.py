@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 from learning_dynamics.theory.errors import UserError
+# scipy, sklearn load inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from learning_dynamics.validate import provenance
 from learning_dynamics.validate.training import session
 from learning_dynamics.validate.presets import PRESETS
 from learning_dynamics.theory.errors import CorruptFile
+# torch, tqdm load inside the functions that need them, so importing this module stays light (ldyn --help)
 
 PARTS = "forecast.parts.json"
 

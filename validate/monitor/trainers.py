@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory.algorithms import ALGORITHMS, trained_by
 from learning_dynamics.validate.measure.scoring import scoring_autocast
+# accelerate, torch, transformers
+#   load inside the functions that need them, so importing this module stays light (ldyn --help)
 
 # TRL's config classes name their trainer, for a callback used without its trainer in reach.
 CONFIG_TRAINERS = {"DPOConfig": "DPOTrainer", "SFTConfig": "SFTTrainer", "GRPOConfig": "GRPOTrainer",

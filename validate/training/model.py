@@ -13,6 +13,8 @@ from pathlib import Path
 
 from learning_dynamics.sim.common.io import atomic_path
 from learning_dynamics.theory.errors import UserError
+# huggingface_hub, torch, transformers
+#   load inside the functions that need them, so importing this module stays light (ldyn --help)
 
 DEFAULT_MODEL = "smollm2"
 TINY_MODEL = "tiny-random"
