@@ -18,7 +18,7 @@ from learning_dynamics.sim import logits
 from learning_dynamics.sim.logits_theorems_dynamics import evaluate_theorems
 from learning_dynamics.sim.logits_figures import plot_curves, plot_squeeze_bars
 from learning_dynamics.sim.common.io import atomic_write_json
-# tqdm load inside the functions that need them, so importing this module stays light (ldyn --help)
+# tqdm loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=None, vocab=None,

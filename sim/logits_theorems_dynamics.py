@@ -14,7 +14,7 @@ from learning_dynamics.theory.softmax import apply_A
 from learning_dynamics.theory.flow import flow_rhs, replicator_rhs
 from learning_dynamics.theory.squeeze_dpo import dpo_two_context
 from learning_dynamics.theory.predictions import CATALOGUE
-# tqdm load inside the functions that need them, so importing this module stays light (ldyn --help)
+# tqdm loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def theorem_p16(rng, n, vocab, beta):

@@ -14,7 +14,7 @@ import numpy as np
 
 from learning_dynamics.theory.softmax import apply_A
 from learning_dynamics.theory.derivation import Derivation
-# sympy load inside the functions that need them, so importing this module stays light (ldyn --help)
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def akg_dlogp(pi_o, K, G, eta):

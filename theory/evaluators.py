@@ -15,7 +15,7 @@ from learning_dynamics.theory.squeeze_measures import (
     SQUEEZE_PARTS, at_margin, describe_bracket, margin_curve, matched_margin_difference, squeeze_index,
     squeeze_part_curve)
 from learning_dynamics.theory.statistics import Outcome, bootstrap, bootstrap_ci, verdict_from_ci
-# scipy load inside the functions that need them, so importing this module stays light (ldyn --help)
+# scipy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 # Probes that are neither trained on nor y*: under off-policy DPO they all fall.
 OTHER_PROBES = probe_registry.OTHER

@@ -15,7 +15,7 @@ import numpy as np
 
 from learning_dynamics.theory import symbolic
 from learning_dynamics.theory.derivation import Derivation
-# sympy load inside the functions that need them, so importing this module stays light (ldyn --help)
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def _f64(x):

@@ -10,7 +10,7 @@ from typing import Callable, NamedTuple
 
 from learning_dynamics.theory import symbolic
 from learning_dynamics.theory.derivation import Derivation
-# sympy load inside the functions that need them, so importing this module stays light (ldyn --help)
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 class OneStep(NamedTuple):

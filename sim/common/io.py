@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from learning_dynamics.theory.errors import CorruptFile, UserError
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from learning_dynamics.sim.common.io import atomic_path
 from learning_dynamics.theory import algorithms as algorithm_registry
 from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.errors import UserError
-# matplotlib load inside the functions that need them, so importing this module stays light (ldyn --help)
+# matplotlib loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 COLUMN = 3.4    # inches: one column of a two-column paper
 WIDTH = 7.0     # inches: the full text width

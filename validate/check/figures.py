@@ -3,7 +3,7 @@ views), the sweep over pairs, the token-level squeeze and one figure per channel
 import numpy as np
 
 from learning_dynamics.sim.common import style
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def draw_all(parts: dict, channels: dict, out) -> list:

@@ -9,7 +9,7 @@ import numpy as np
 
 from learning_dynamics.validate.check.report_parts import channel_lines, p20_lines, pair_sweep_lines, pct as _pct
 from learning_dynamics.validate.judge.report import fmt
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def _of_the_presets(r: dict) -> str:

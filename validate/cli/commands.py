@@ -15,7 +15,7 @@ from learning_dynamics.validate.judge.report import write_report
 from learning_dynamics.validate.judge.summary import merge, unique_dirs
 from learning_dynamics.validate.forecast.run import forecast
 from learning_dynamics.validate.judge import pages
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def add_run(sub) -> None:

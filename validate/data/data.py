@@ -47,7 +47,7 @@ from pathlib import Path
 from learning_dynamics.sim.common.io import atomic_write_text
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.data.data_file import EXPECTED, read_once
-# yaml load inside the functions that need them, so importing this module stays light (ldyn --help)
+# yaml loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 CORPUS_PACKAGE = "chatterbot_corpus"
 CORPUS_VERSION = "1.3.3"

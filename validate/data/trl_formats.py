@@ -18,7 +18,7 @@ from learning_dynamics.theory import probes as probe_registry
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.data import data
 from learning_dynamics.validate.data.probe_texts import response_fields
-# trl load inside the functions that need them, so importing this module stays light (ldyn --help)
+# trl loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 FORMATS = {  # the keys that name a format, in the order TRL's trainers look for them
     "explicit preference": ("prompt", "chosen", "rejected"), "implicit preference": ("chosen", "rejected"),

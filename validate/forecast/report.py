@@ -22,7 +22,7 @@ from learning_dynamics.validate.measure.first_order import agreement
 from learning_dynamics.validate.forecast import figures as forecast_figures
 from learning_dynamics.validate.data.data import write_jsonl
 from learning_dynamics.validate.provenance import describe
-# scipy load inside the functions that need them, so importing this module stays light (ldyn --help)
+# scipy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 TOP_FRACTION = 0.1
 N_BOOT = 2000

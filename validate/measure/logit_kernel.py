@@ -28,7 +28,7 @@ import torch
 
 from learning_dynamics.validate.measure import factored_jvp
 from learning_dynamics.validate.training.forward import make_batch, batches, response_logits
-# scipy load inside the functions that need them, so importing this module stays light (ldyn --help)
+# scipy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 SKETCH_PROBE = 8      # Gaussian directions per probe sequence: read off every jvp, so free
 SKETCH_TRAIN = 2      # Gaussian directions per training sequence: one vjp and one jvp each

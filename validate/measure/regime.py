@@ -16,7 +16,7 @@ from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory.errors import CorruptFile
 from learning_dynamics.validate.training.session import batch_indices
 from learning_dynamics.theory import algorithms
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 FIRST_STEP = "first_step.json"
 

@@ -2,7 +2,7 @@
 (validate.monitor.monitor): one precision, one scorer, one generation and one mass-shift record format for both."""
 
 from learning_dynamics.validate.data.repetition import repetition_stats
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 MASS_BATCH = 8          # sequences per batch when comparing with the reference (two [N, V] logits at once)
 

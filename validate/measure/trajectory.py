@@ -42,7 +42,7 @@ from learning_dynamics.validate.presets import TRAJECTORY_ALGOS
 from learning_dynamics.validate.measure.logit_kernel import KernelViews
 from learning_dynamics.validate.training.session import batch_indices
 from learning_dynamics.validate.training import algorithms as algos
-# scipy load inside the functions that need them, so importing this module stays light (ldyn --help)
+# scipy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
 KERNEL_PROBES = 12           # probe sequences in the kernel (rows of K)

@@ -55,7 +55,7 @@ from learning_dynamics.validate.judge.report import write_report
 from learning_dynamics.validate.data import design
 from learning_dynamics.validate.data.trl_formats import trained_records
 from learning_dynamics.validate.monitor.folder import run_info
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 @contextlib.contextmanager

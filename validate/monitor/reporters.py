@@ -9,7 +9,7 @@ scalars (`probes/logps/...`) reach every reporter through the trainer's own log.
 from pathlib import Path
 from learning_dynamics.validate.judge.report import judged_label
 from learning_dynamics.validate.judge.report import prediction_table
-# matplotlib load inside the functions that need them, so importing this module stays light (ldyn --help)
+# matplotlib loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 CURVES_TAG, VERDICTS_TAG = "probes/curves", "probes/verdicts"
 COLUMNS = ("id", "claim", "judged", "verdict", "effect", "ci_low", "ci_high", "why")

@@ -16,7 +16,7 @@ no TRL trainer is in reach.
 """
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.training.encode import Encoder, as_id_list
-# trl load inside the functions that need them, so importing this module stays light (ldyn --help)
+# trl loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 OFFLINE = ("DPOTrainer", "SFTTrainer")
 ON_POLICY = ("GRPOTrainer", "RLOOTrainer")

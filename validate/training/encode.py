@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 
 from learning_dynamics.theory.errors import UserError
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 class Encoder:

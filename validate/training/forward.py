@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from learning_dynamics.sim.common.batches import right_pad, span_mask
 from learning_dynamics.sim.losses import upcast
-# transformers load inside the functions that need them, so importing this module stays light (ldyn --help)
+# transformers loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 STATS_CHUNK = 2048   # tokens per [chunk, vocab] temporary in the statistics pass
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learning_dynamics.theory.errors import UserError
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 CHOICES = PRECISIONS = ("auto", "fp32", "bf16")
 

@@ -43,7 +43,7 @@ from learning_dynamics.validate import provenance
 from learning_dynamics.validate.data import probes as probe_set
 from learning_dynamics.validate.judge.report import read_stopped, write_report
 from learning_dynamics.validate.training.precision import resolve
-# tqdm load inside the functions that need them, so importing this module stays light (ldyn --help)
+# tqdm loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 CPU_JVP_BATCH = 8      # probe sequences per jvp on a CPU (validate.check.run.CPU_BATCH: small batches stay in cache)

@@ -15,7 +15,7 @@ from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.data import data, degenerate
 from learning_dynamics.validate.training.encode import Encoder
 from learning_dynamics.validate.training.precision import resolve
-# torch load inside the functions that need them, so importing this module stays light (ldyn --help)
+# torch loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def device(name: str):
