@@ -2,16 +2,16 @@
 
 `ldyn validate check --first-order --preset cpu --device cpu` is a few hundred forwards and jvps over its
 probe set plus 50 AdamW steps. Timed here, in turns, on the first 8 of the cpu preset's probe prompts
-(96 probe responses, 12 per prompt) at the check's CPU batch (validate.check.CPU_BATCH):
+(96 probe responses, 12 per prompt) at the check's CPU batch (validate.check.run.CPU_BATCH):
 
 - scoring the probe set in float64 (the eta sweep's unit) and a jvp along an AdamW update in float32 (the
   k-step part's unit), with a prompt's responses sharing one pass over the prompt
-  (validate.forward's shared-prompt batches, what the check does) and with one row per sequence;
+  (validate.training.forward's shared-prompt batches, what the check does) and with one row per sequence;
 - the k-step prediction's cost: the frozen kernel's one jvp per k over the whole probe set, and the moving
   kernel's one jvp per step over its 12 probes, each against a float32 forward of the probe set;
 - one DPO training step of the preset's batch (forward and backward, no optimizer step) on SDPA's math kernel,
-  which forward AD needs (validate.first_order.exact_math), and on the fused kernels a training run uses
-  (validate.first_order.fused_attention), which the check's training steps take.
+  which forward AD needs (validate.measure.first_order.exact_math), and on the fused kernels a training run uses
+  (validate.measure.first_order.fused_attention), which the check's training steps take.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_check_cpu.py [--repeats 2]
 """
@@ -26,11 +26,13 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import timed_together  # noqa: E402
 
-from learning_dynamics.validate import algorithms as algos  # noqa: E402
-from learning_dynamics.validate import check, first_order, session, trajectory  # noqa: E402
-from learning_dynamics.validate.forward import probe_logps  # noqa: E402
+from learning_dynamics.validate.training import algorithms as algos  # noqa: E402
+from learning_dynamics.validate.check import run as check
+from learning_dynamics.validate.measure import first_order, trajectory
+from learning_dynamics.validate.training import session  # noqa: E402
+from learning_dynamics.validate.training.forward import probe_logps  # noqa: E402
 from learning_dynamics.validate.presets import settings_for  # noqa: E402
-from learning_dynamics.validate.probes import build_probe_set  # noqa: E402
+from learning_dynamics.validate.data.probes import build_probe_set  # noqa: E402
 
 PROMPTS = 8   # of the cpu preset's probe prompts: the ratios, not the check's total, are what is measured
 

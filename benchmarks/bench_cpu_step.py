@@ -29,12 +29,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import timed_together  # noqa: E402
 
 from learning_dynamics.theory.algorithms import REGISTRY  # noqa: E402
-from learning_dynamics.validate import forward, session  # noqa: E402
-from learning_dynamics.validate import algorithms as algos  # noqa: E402
-from learning_dynamics.validate.precision import Precision, TrainingWeights, cpu_bf16_units, resolve  # noqa: E402
+from learning_dynamics.validate.training import forward, session  # noqa: E402
+from learning_dynamics.validate.training import algorithms as algos  # noqa: E402
+from learning_dynamics.validate.training.precision import Precision, TrainingWeights, cpu_bf16_units, resolve  # noqa: E402
 from learning_dynamics.validate.presets import settings_for  # noqa: E402
-from learning_dynamics.validate.probes import eos_ids, read_probe_set, tracked_sequences  # noqa: E402
-from learning_dynamics.validate.scoring import greedy_generations, mass_records, score_rows  # noqa: E402
+from learning_dynamics.validate.data.probes import eos_ids, read_probe_set, tracked_sequences  # noqa: E402
+from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records, score_rows  # noqa: E402
 
 PROBES = os.path.join(os.path.dirname(__file__), "..", "validate", "reports", "smollm2-135m-instruct-cpu", "dpo",
                       "probes.json")

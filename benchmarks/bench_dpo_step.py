@@ -6,7 +6,7 @@ AdamW, and count the same tokens (non-padding policy tokens of y+ and y-):
   plain  float32 weights and matmuls, `model(...).logits` over every position, a
          full log-softmax, the reference model's forward every step: what a
          hand-written Hugging Face training loop does.
-  ours   validate.algorithms.step_loss: bf16 autocast over float32 master weights,
+  ours   validate.training.algorithms.step_loss: bf16 autocast over float32 master weights,
          the LM head only at response positions (fused cross-entropy), reference
          log-probs computed once, fused AdamW.
   eager floor  ours on a twin of the model with next to no arithmetic (head_dim 8, FFN 16): what
@@ -30,8 +30,8 @@ from gpu_common import peak_flops, setup, timed, tokenize_pairs  # noqa: E402
 
 from learning_dynamics.sim.losses import dpo_loss  # noqa: E402
 from learning_dynamics.theory.algorithms import REGISTRY  # noqa: E402
-from learning_dynamics.validate import algorithms  # noqa: E402
-from learning_dynamics.validate.forward import make_batch  # noqa: E402
+from learning_dynamics.validate.training import algorithms  # noqa: E402
+from learning_dynamics.validate.training.forward import make_batch  # noqa: E402
 
 
 def plain_step(model, ref_model, optimizer, batch, n_pairs):

@@ -1,7 +1,7 @@
 """What a displacement forecast costs per pair, in forwards of that pair (`ldyn validate forecast`).
 
 Per pair the forecast takes one gradient of the pair's loss (a forward and a backward over the prompt, y+ and y-
-in one shared-prompt row), one factored jvp along it (validate.factored_jvp: y+, y- and y* at once) and one dense
+in one shared-prompt row), one factored jvp along it (validate.measure.factored_jvp: y+, y- and y* at once) and one dense
 jvp along the first AdamW update; `--verify` adds a gradient of the algorithm's own loss and three scoring
 forwards (before, after the SGD step, after the AdamW step). Timed in turns on the same pairs, so that a shared
 machine slows every unit alike and the ratios stay fair; the unit is one no-grad forward of the pair's
@@ -19,11 +19,12 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import timed_together  # noqa: E402
 
-from learning_dynamics.validate import factored_jvp, first_order, session  # noqa: E402
-from learning_dynamics.validate import forecast_steps as steps  # noqa: E402
-from learning_dynamics.validate.algorithms import hyper_parameters  # noqa: E402
-from learning_dynamics.validate.forecast import forecast_settings, select_pairs  # noqa: E402
-from learning_dynamics.validate.forward import make_batch  # noqa: E402
+from learning_dynamics.validate.measure import factored_jvp, first_order
+from learning_dynamics.validate.training import session  # noqa: E402
+from learning_dynamics.validate.forecast import steps  # noqa: E402
+from learning_dynamics.validate.training.algorithms import hyper_parameters  # noqa: E402
+from learning_dynamics.validate.forecast.run import forecast_settings, select_pairs  # noqa: E402
+from learning_dynamics.validate.training.forward import make_batch  # noqa: E402
 
 
 def units(model, pairs, settings, pad, device) -> dict:

@@ -4,12 +4,12 @@ The first-order check predicts every probe's change with one jvp along the SGD
 direction of one training sequence. Prints the median time, over warmed-up calls
 in float32, of a plain forward pass (sequence log-probs) over the probe
 sequences and of the two implementations of that jvp: torch.func.jvp on dense
-tangents (validate.first_order.predicted_per_unit_eta) and the factored jvp the
-check uses (validate.factored_jvp), with their largest relative difference.
+tangents (validate.measure.first_order.predicted_per_unit_eta) and the factored jvp the
+check uses (validate.measure.factored_jvp), with their largest relative difference.
 Target: the check's jvp under 3x the forward. The jvp needs SDPA's math kernel;
 the forward is timed with it and with the default (fused) kernels.
 
-The k-step check (validate.trajectory) costs one jvp along an AdamW update per
+The k-step check (validate.measure.trajectory) costs one jvp along an AdamW update per
 prediction, a dense tangent (Adam's update is not low-rank, so no factoring):
 the frozen step-0 kernel sums the per-step jvps into one jvp along
 theta_k - theta_0, once per evaluated k whatever k is; the moving kernel takes
@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import setup, timed_together, tokenize_pairs  # noqa: E402
 
-from learning_dynamics.validate import factored_jvp, first_order  # noqa: E402
-from learning_dynamics.validate.forward import make_batch, probe_logps, sequence_logps  # noqa: E402
-from learning_dynamics.validate.probes import build_probe_set, probe_sequences  # noqa: E402
-from learning_dynamics.validate.trajectory import K_STEPS, MOVING_PROBES, spread  # noqa: E402
+from learning_dynamics.validate.measure import factored_jvp, first_order  # noqa: E402
+from learning_dynamics.validate.training.forward import make_batch, probe_logps, sequence_logps  # noqa: E402
+from learning_dynamics.validate.data.probes import build_probe_set, probe_sequences  # noqa: E402
+from learning_dynamics.validate.measure.trajectory import K_STEPS, MOVING_PROBES, spread  # noqa: E402
 
 
 def main() -> None:

@@ -46,9 +46,9 @@ def main() -> None:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from learning_dynamics.validate.data import default_dataset
-    from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.data.data import default_dataset
+    from learning_dynamics.validate.training.model import load_model
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
 
     loaded = load_model(args.model, device="cuda" if torch.cuda.is_available() else "cpu")
     dataset = default_dataset(seed=0)

@@ -1,7 +1,7 @@
 """Time to score the whole probe set once, and what avoiding full-vocabulary logits buys.
 
 Scores every (prompt, probe response) of the default probe set (200 prompts x 12
-probe types) with validate.forward.score_batch under bf16 autocast, batched by
+probe types) with validate.training.forward.score_batch under bf16 autocast, batched by
 length, against the naive way (fp32 `model(...).logits` at every position, a full
 softmax for entropy and ||pi||^2). Prints tokens/s of each and their ratio.
 
@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from gpu_common import setup, timed  # noqa: E402
 
-from learning_dynamics.validate.forward import make_batch  # noqa: E402
-from learning_dynamics.validate.probes import build_probe_set, probe_sequences  # noqa: E402
-from learning_dynamics.validate.run import _score_rows  # noqa: E402
+from learning_dynamics.validate.training.forward import make_batch  # noqa: E402
+from learning_dynamics.validate.data.probes import build_probe_set, probe_sequences  # noqa: E402
+from learning_dynamics.validate.training.run import _score_rows  # noqa: E402
 
 
 @torch.no_grad()

@@ -56,10 +56,10 @@ def timed_together(fns: dict, device, repeats: int = 5, warmup: int = 1) -> dict
 
 def setup(model_spec: str, device_name: str, dtype=torch.float32, n_probe: int = 200, attn="sdpa"):
     """(loaded model, encoder, default-dataset train examples, probe examples, test examples)."""
-    from learning_dynamics.validate.encode import Encoder
-    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.training.encode import Encoder
+    from learning_dynamics.validate.training.model import load_model
     from learning_dynamics.validate.presets import PRESETS
-    from learning_dynamics.validate.session import examples
+    from learning_dynamics.validate.training.session import examples
 
     settings = dict(PRESETS["default"], model=model_spec, device=device_name, n_probe=n_probe)
     loaded = load_model(model_spec, device=device_name, dtype=dtype, attn_implementation=attn)
@@ -70,6 +70,6 @@ def setup(model_spec: str, device_name: str, dtype=torch.float32, n_probe: int =
 
 
 def tokenize_pairs(encoder, examples) -> list:
-    """Token ids of each pair, as validate.session.Loaded.tokenize gives them."""
+    """Token ids of each pair, as validate.training.session.Loaded.tokenize gives them."""
     return [{"prompt": encoder.prompt_ids(e["prompt"]), "chosen": encoder.response_ids(e["chosen"]),
              "rejected": encoder.response_ids(e["rejected"])} for e in examples]

@@ -14,9 +14,14 @@ torch is imported inside functions so that `ldyn --help` stays fast.
 """
 import sys
 
-from learning_dynamics.sim.io import writable_folder
+from learning_dynamics.sim.common.io import writable_folder
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory import arguments as arg
+from learning_dynamics.theory.decomposition import akg_dlogp
+from learning_dynamics.theory.statistics import precision_recall
+from learning_dynamics.theory.squeeze import threshold
+from learning_dynamics.sim.digits_figures import plot_akg, plot_influence, plot_negative_step
+from learning_dynamics.sim.common.io import atomic_write_json
 
 DEFAULT_OUT = "ldyn-out/sim/digits"
 CLASSES = 10
@@ -266,9 +271,6 @@ def check_squeeze(apply_fn, params, data, n_squeeze: int) -> dict:
     import numpy as np
     import torch
     from learning_dynamics.sim import ntk
-    from learning_dynamics.theory.decomposition import akg_dlogp
-    from learning_dynamics.theory.statistics import precision_recall
-    from learning_dynamics.theory.squeeze import threshold
 
     x = data["test_x64"][:n_squeeze]
     pi = torch.softmax(apply_fn(params, x), dim=-1).detach().numpy()
@@ -313,8 +315,6 @@ def run_digits(out=DEFAULT_OUT, seed: int = 0, preset: str = "default", progress
     import torch
     from tqdm import tqdm
     from learning_dynamics.sim import ntk
-    from learning_dynamics.sim.digits_figures import plot_akg, plot_influence, plot_negative_step
-    from learning_dynamics.sim.io import atomic_write_json
 
     settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     validate_settings(settings, seed)

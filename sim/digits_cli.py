@@ -4,7 +4,7 @@ import json
 
 from learning_dynamics.sim import digits
 from learning_dynamics.sim.digits import DEFAULT_OUT
-from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory import arguments as arg
 
 

@@ -1,7 +1,7 @@
 """Figures of `ldyn sim digits`: influence next to eNTK similarity, the AKG check, one negative step."""
 import numpy as np
 
-from learning_dynamics.sim import style
+from learning_dynamics.sim.common import style
 from learning_dynamics.theory.squeeze import threshold
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import atomic_torch_save
+from learning_dynamics.sim.common.io import atomic_torch_save
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory import probes as probe_registry
 
@@ -95,7 +95,7 @@ def pack(prompts, responses, pad_id):
     exactly on labels that are response tokens; response position l of row b
     sits at column offsets[b] + l.
     """
-    from learning_dynamics.sim.batches import right_pad, span_mask
+    from learning_dynamics.sim.common.batches import right_pad, span_mask
 
     tokens, lengths = right_pad([list(p) + list(r) for p, r in zip(prompts, responses)], pad_id)
     offsets = [len(p) - 1 for p in prompts]
@@ -122,7 +122,7 @@ def encode_response(language, words):
 # --------------------------------------------------------------------------- pretraining
 
 def pretraining_corpus(language, n_documents: int, seed: int):
-    from learning_dynamics.sim.batches import right_pad
+    from learning_dynamics.sim.common.batches import right_pad
 
     rng = np.random.default_rng(seed + 1)
     documents = [language.encode(language.pretraining_document(rng)) for _ in range(n_documents)]
@@ -351,7 +351,7 @@ def run_experiment(out: Path, seed: int, algos, config: LMConfig, progress):
     """Pretrain, finetune with each algorithm, return {run: series} and the pretraining summary."""
     import torch
     from learning_dynamics.sim.toy_language import ToyLanguage
-    from learning_dynamics.sim.tracking import TrackingTable, series_from_table, steps_of
+    from learning_dynamics.sim.common.tracking import TrackingTable, series_from_table, steps_of
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from learning_dynamics.sim.io import json_ready, writable_folder
+from learning_dynamics.sim.common.io import json_ready, writable_folder
 from learning_dynamics.sim import lm
 from learning_dynamics.sim.lm import ALGOS, JUDGED, POSITION_CLASSES, QUICK, SUPPORTED, LMConfig
 from learning_dynamics.theory.algorithms import CONTROL
-from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory import arguments as arg
 
 
@@ -93,9 +93,9 @@ def run_summary(series, steps) -> dict:
 # --------------------------------------------------------------------------- figures
 
 def draw_figures(out: Path, series, steps) -> list:
-    from learning_dynamics.sim.probe_plots import plot_comparison, plot_probe_curves
+    from learning_dynamics.sim.common.probe_plots import plot_comparison, plot_probe_curves
 
-    from learning_dynamics.sim.style import algorithm_label
+    from learning_dynamics.sim.common.style import algorithm_label
 
     figures = []
     for run in [r for r in JUDGED if r in series]:  # the other runs: comparison.png
@@ -152,7 +152,7 @@ def _check_args(args) -> Path:
 def handle(args) -> int:
     import json
 
-    from learning_dynamics.sim.io import atomic_write_json
+    from learning_dynamics.sim.common.io import atomic_write_json
 
     out = _check_args(args)
     algos = [a for a in SUPPORTED if a in args.algo]  # canonical order, no duplicates

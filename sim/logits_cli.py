@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from learning_dynamics.sim.io import json_ready, writable_folder
-from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.sim.common.io import json_ready, writable_folder
+from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory import arguments as arg
 from learning_dynamics.theory.errors import UserError
@@ -17,6 +17,8 @@ from learning_dynamics.sim.logits import (
 from learning_dynamics.sim import logits
 from learning_dynamics.sim.logits_theorems_dynamics import evaluate_theorems
 from learning_dynamics.sim.logits_figures import plot_curves, plot_squeeze_bars
+from learning_dynamics.sim.common.io import atomic_write_json
+# tqdm loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=None, vocab=None,
@@ -25,7 +27,6 @@ def run_logits(out=DEFAULT_OUT, seed=0, preset="default", progress=True, runs=No
     import time
 
     from tqdm import tqdm
-    from learning_dynamics.sim.io import atomic_write_json
 
     settings = dict(PRESETS[preset])
     for name, value in (("runs", runs), ("vocab", vocab), ("steps", steps)):

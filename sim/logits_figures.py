@@ -3,6 +3,8 @@ off-policy vs on-policy vs extend curves on the linear head."""
 import numpy as np
 
 from learning_dynamics.sim.logits import log_softmax, one_hot
+from learning_dynamics.sim.common import style
+from learning_dynamics.theory.squeeze import threshold
 
 
 def squeeze_example(vocab=12):
@@ -12,8 +14,6 @@ def squeeze_example(vocab=12):
 
 
 def plot_squeeze_bars(path, eta=2.0):
-    from learning_dynamics.sim import style
-    from learning_dynamics.theory.squeeze import threshold
 
     z = squeeze_example()
     vocab = len(z)
@@ -50,7 +50,6 @@ def plot_squeeze_bars(path, eta=2.0):
 
 def plot_curves(path, curves):
     """Two rows: pure negative gradients (off- vs on-policy), then the DPO family."""
-    from learning_dynamics.sim import style
 
     keys = [("plus", r"$\log\pi(y^+)$"), ("minus", r"$\log\pi(y^-)$"), ("ystar", r"$\log\pi(y^*)$"),
             ("entropy", "entropy")]

@@ -5,6 +5,9 @@ import numpy as np
 from learning_dynamics.sim.logits import (
     ROUNDOFF, loss_residual, choose, draw_labels, log_softmax, one_hot, pair_coefficients, random_logits, take)
 from learning_dynamics.theory.algorithms import REGISTRY
+from learning_dynamics.theory.squeeze import first_order_dlogp
+from learning_dynamics.theory.squeeze import threshold
+from learning_dynamics.theory.squeeze import runner_up_gain_first_order
 
 
 def round_off_tolerance(*logits):
@@ -72,7 +75,6 @@ def theorem_p02(rng, n, vocab):
 
 
 def theorem_p03(rng, n, vocab):
-    from learning_dynamics.theory.squeeze import first_order_dlogp
 
     z, p, k, eta = random_cases(rng, n, vocab, (1e-4, 1.0))
     _, d, new, v = exact_step(z, k, eta, -1.0)
@@ -87,7 +89,6 @@ def theorem_p03(rng, n, vocab):
 
 
 def theorem_p04(rng, n, vocab):
-    from learning_dynamics.theory.squeeze import threshold
 
     z, p, k, eta = random_cases(rng, n, vocab, (1e-5, 1e-2))
     _, d, new, v = exact_step(z, k, eta, -1.0)
@@ -149,7 +150,6 @@ def _lower_target(rng, n, vocab):
 
 
 def theorem_p06(rng, n, vocab):
-    from learning_dynamics.theory.squeeze import first_order_dlogp
 
     z, lowered, p, p2, k, valley = _lower_target(rng, n, vocab)
     eta = np.full(n, 1e-4)
@@ -171,7 +171,6 @@ def theorem_p06(rng, n, vocab):
 
 
 def theorem_p06b(rng, n, vocab):
-    from learning_dynamics.theory.squeeze import runner_up_gain_first_order
 
     z, lowered, p, p2, k, valley = _lower_target(rng, n, vocab)
     g1, g2 = runner_up_gain_first_order(p, k, 1.0), runner_up_gain_first_order(p2, k, 1.0)

@@ -11,6 +11,11 @@ from learning_dynamics.sim.logits_theorems import (
     random_cases, exact_step, others_mask, outcome, round_off_tolerance, theorem_p01, theorem_p02, theorem_p03, theorem_p04,
     theorem_p05, theorem_p06, theorem_p06b, theorem_p07, theorem_p08)
 from learning_dynamics.theory.algorithms import REGISTRY
+from learning_dynamics.theory.softmax import apply_A
+from learning_dynamics.theory.flow import flow_rhs, replicator_rhs
+from learning_dynamics.theory.squeeze_dpo import dpo_two_context
+from learning_dynamics.theory.predictions import CATALOGUE
+# tqdm loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def theorem_p16(rng, n, vocab, beta):
@@ -73,7 +78,6 @@ def theorem_p18(rng, n, vocab, beta):
 def theorem_p19(rng, n, vocab):
     """Linear head z_c = W x_c: one SGD step on context 0 moves W; compare the measured
     dlog pi at 3 contexts with -eta A K G (theory.softmax.apply_A, K = x_c . x_0)."""
-    from learning_dynamics.theory.softmax import apply_A
 
     d_feat, contexts = 8, 3
     scale = np.exp(rng.uniform(np.log(0.3), np.log(3), n))[:, None, None]
@@ -145,7 +149,6 @@ def theorem_x02(rng, n, vocab):
 def theorem_x03(rng, n, vocab, steps):
     """Repeated negative steps: y* keeps rising and stays the argmax among i != k; compare
     with theory.flow (gradient flow) and its replicator limit once pi_k ~ 0."""
-    from learning_dynamics.theory.flow import flow_rhs, replicator_rhs
 
     z, p, k, _ = random_cases(rng, n, vocab, (1, 2))
     mask = others_mask(k, vocab)
@@ -180,7 +183,6 @@ def theorem_x03(rng, n, vocab, steps):
 def theorem_x04(rng, n, vocab, beta):
     """Two contexts a (y+) and b (y-) coupled by kappa: theory.squeeze_dpo.dpo_two_context says
     when pi_a(y+) falls; check its sign against one small measured step."""
-    from learning_dynamics.theory.squeeze_dpo import dpo_two_context
 
     za = random_logits(rng, n, vocab)
     zb = za + rng.uniform(0, 1, n)[:, None] * rng.standard_normal((n, vocab))
@@ -227,7 +229,6 @@ def theorem_x05(rng, n, vocab):
 
 def evaluate_theorems(rng, n, vocab, steps, beta, progress=False):
     from tqdm import tqdm
-    from learning_dynamics.theory.predictions import CATALOGUE
 
     evaluators = {
         "P01": lambda r: theorem_p01(r, n, vocab), "P02": lambda r: theorem_p02(r, n, vocab),

@@ -13,6 +13,7 @@ logsumexp(2z) - 2 logsumexp(z), one batch row at a time.
 """
 import torch
 import torch.nn.functional as F
+from learning_dynamics.theory.residuals import loss_inputs
 
 
 # --------------------------------------------------------------------------- tokens
@@ -230,7 +231,6 @@ def kto_kl_estimate(policy_logps, reference_logps):
 def loss_call(algorithm, available: dict, hyper: dict):
     """(losses, metrics) of a theory.algorithms entry: its loss, called with the inputs that the loss's
     definition in theory.residuals names (lengths only for length-normalised algorithms)."""
-    from learning_dynamics.theory.residuals import loss_inputs
 
     wrt, others = loss_inputs(algorithm.loss)
     kwargs = {k: v for k, v in available.items()

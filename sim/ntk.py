@@ -16,6 +16,7 @@ The first is faster for small models; the second needs memory O(outputs), not O(
 import numpy as np
 import torch
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from learning_dynamics.theory.decomposition import akg_dlogp
 
 
 def functionalize(model: torch.nn.Module):
@@ -120,7 +121,6 @@ def akg_prediction(apply_fn, params, x_obs, x_upd, residual_upd, eta: float,
     theta' = theta - eta sum_u J(x_u)^T G_u, so dlog pi(x_o) = -eta sum_u A(x_o) K(x_o, x_u) G_u.
     The formula itself is theory's (theory.decomposition.akg_dlogp), in float64.
     """
-    from learning_dynamics.theory.decomposition import akg_dlogp
 
     with torch.no_grad():
         pi_obs = torch.softmax(apply_fn(params, x_obs), dim=-1)

@@ -7,6 +7,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from learning_dynamics.theory.derive import all_derivations, print_derivations
+from learning_dynamics.theory.squeeze_report import squeeze_command
+from learning_dynamics.sim.common.io import writable_folder
+from learning_dynamics.sim.logits_cli import run_logits
 
 # Derivations shown by the tour (a subset of `ldyn theory derive`, matched by title start);
 # if theory renames them all, the tour prints every derivation instead.
@@ -25,7 +29,6 @@ def _banner(text: str) -> None:
 
 
 def print_key_derivations() -> None:
-    from learning_dynamics.theory.derive import all_derivations, print_derivations
 
     chosen = [d for d in all_derivations() if d.title.startswith(TOUR_DERIVATIONS)]
     if not chosen:
@@ -38,7 +41,6 @@ def print_key_derivations() -> None:
 
 
 def worked_squeeze_example() -> None:
-    from learning_dynamics.theory.squeeze_report import squeeze_command
 
     args = argparse.Namespace(probs=WORKED_EXAMPLE["probs"], logits=None, negative=WORKED_EXAMPLE["negative"],
                               positive=None, lr=WORKED_EXAMPLE["lr"], json=False)
@@ -53,8 +55,6 @@ def run_tour(out="ldyn-out", logits_preset: str = "default", progress: bool = Tr
     """Print the derivations and a worked example, run `sim logits` and `sim digits --quick`,
     and say where the figures are. Returns 0."""
     from learning_dynamics.sim.digits import run_digits
-    from learning_dynamics.sim.io import writable_folder
-    from learning_dynamics.sim.logits_cli import run_logits
 
     out = writable_folder(Path(out))
     start = time.perf_counter()

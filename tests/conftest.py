@@ -30,7 +30,7 @@ def figures_meet_the_style(monkeypatch):
     """Every figure any test draws passes tests/figure_audit.py before it is saved: no empty panel, every
     axis labelled, legends that match the plotted lines, no text past the edge, constrained layout."""
     from figure_audit import check
-    from learning_dynamics.sim import style
+    from learning_dynamics.sim.common import style
 
     style.use_format("png")      # `ldyn ... --format pdf` in one test sets it for the process
     save = style.save

@@ -1,5 +1,5 @@
 """Checks every figure must pass before it is saved (tests/conftest.py applies them to every
-`sim.style.save` of the test session): no empty axes, every axis labelled, and every legend
+`sim.common.style.save` of the test session): no empty axes, every axis labelled, and every legend
 naming exactly the labelled lines, patches and collections it stands for."""
 
 
@@ -62,7 +62,7 @@ def problems(fig) -> list:
             found.append(f"figure legend {_legend_labels(legend)} does not match the lines {drawn}")
     found += _clipped_text(fig)
     if fig.get_layout_engine() is None or type(fig.get_layout_engine()).__name__ != "ConstrainedLayoutEngine":
-        found.append("not laid out by constrained layout (sim.style.figure / grid)")
+        found.append("not laid out by constrained layout (sim.common.style.figure / grid)")
     return found
 
 

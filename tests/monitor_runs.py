@@ -11,7 +11,7 @@ MONITOR = dict(every=EVERY, n_probe=N_PROBE, max_response_tokens=16, gen_prompts
 
 
 def preference_rows(n: int = 24) -> list:
-    from learning_dynamics.validate.data import default_dataset
+    from learning_dynamics.validate.data.data import default_dataset
     rows = default_dataset(seed=0, n_probe=N_PROBE)["train"][:n]
     return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
 
@@ -23,7 +23,7 @@ def _common(out, batch, report_to=()):
 
 
 def _tiny():
-    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.training.model import load_model
     return load_model("tiny-random")
 
 
@@ -31,7 +31,7 @@ def dpo(out, batch: int = 4, **monitor):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
     rows = preference_rows()
     loaded = _tiny()
     trainer = DPOTrainer(model=loaded.model, args=DPOConfig(max_length=64, **_common(out, batch)),
@@ -47,7 +47,7 @@ def sft(out, batch: int = 4, data: str = "pairs", report_to=(), **monitor):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
     rows = preference_rows()
     loaded = _tiny()
     chat = [{"prompt": [{"role": "user", "content": r["prompt"]}],
@@ -65,7 +65,7 @@ def grpo(out, batch: int = 4, prompt_only: bool = False, report_to=(), **monitor
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
     rows = preference_rows()
     loaded = _tiny()
 
@@ -104,7 +104,7 @@ def one_pair(trainer_class, config_class, rows, out, monitor=None, **config):
     """A trainer on the monitor's first probe row only (ProbeMonitor(rows, n_probe=1).train_rows[:1])."""
     from datasets import Dataset
 
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
     monitor = monitor or ProbeMonitor(rows, out=out, **EQUAL)
     loaded = _tiny()
     trainer = trainer_class(model=loaded.model, args=float32_args(config_class, out, **config),

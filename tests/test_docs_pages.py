@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from learning_dynamics.validate import pages
+from learning_dynamics.validate.judge import pages
 from learning_dynamics.validate.ldyn import main
 
 ROOT = Path(__file__).resolve().parents[1]

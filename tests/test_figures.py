@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from figure_audit import problems
 
-from learning_dynamics.sim import style
+from learning_dynamics.sim.common import style
 
 
 def test_the_audit_names_each_defect():
@@ -44,7 +44,7 @@ def _series(keys, n_evals=4, n_prompts=3, seed=0):
 def test_sim_figures(tmp_path):
     from learning_dynamics.sim import digits_figures as digits
     from learning_dynamics.sim import logits_figures as logits
-    from learning_dynamics.sim.probe_plots import PANELS, plot_comparison, plot_probe_curves
+    from learning_dynamics.sim.common.probe_plots import PANELS, plot_comparison, plot_probe_curves
 
     rng = np.random.default_rng(0)
     curves = {name: {key: rng.normal(0, 1, (5, 3)).cumsum(axis=0) for key in ("plus", "minus", "ystar", "entropy")}
@@ -72,7 +72,7 @@ def test_sim_figures(tmp_path):
 
 
 def test_verdict_forest_plot_groups_every_prediction_and_colours_each_verdict(tmp_path):
-    from learning_dynamics.validate.verdict_figure import plot_verdicts
+    from learning_dynamics.validate.judge.verdict_figure import plot_verdicts
 
     rows = [dict(id="P09a", claim="Off-policy DPO ends with log pi(y+) below its start.", algo="dpo",
                  verdict="holds", effect=8.9, ci=[6.8, 11.1], unit="nats"),

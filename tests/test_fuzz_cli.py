@@ -40,7 +40,8 @@ def _would_run(*args, **kwargs):
 @pytest.fixture
 def stubbed(monkeypatch, tmp_path_factory):
     from learning_dynamics.sim import digits, lm, logits, tour
-    from learning_dynamics.validate import model, report
+    from learning_dynamics.validate.training import model
+    from learning_dynamics.validate.judge import report
     for module, name in ((logits, "make_problem"), (digits, "load_split"), (lm, "run_experiment"),
                          (tour, "print_key_derivations"), (model, "load_model")):
         monkeypatch.setattr(module, name, _would_run)
@@ -208,12 +209,12 @@ def make_run_dir(root: Path, algo: str = "dpo", run_id: str = None, seed: int = 
     run_id, as a run writes them now (run.json, the tracking manifest, the id in run_info and checkpoint)."""
     import torch
 
-    from learning_dynamics.sim.io import atomic_write_json
-    from learning_dynamics.sim.tracking import TrackingTable
+    from learning_dynamics.sim.common.io import atomic_write_json
+    from learning_dynamics.sim.common.tracking import TrackingTable
     from learning_dynamics.validate.presets import settings_for
-    from learning_dynamics.validate.report import write_report
+    from learning_dynamics.validate.judge.report import write_report
 
-    from learning_dynamics.validate.precision import resolve
+    from learning_dynamics.validate.training.precision import resolve
     s = settings_for("smoke", algo=algo)
     s = s.with_changes(precision=resolve(s.precision, s.device).name)   # as a run settles `auto`
     atomic_write_json(root / "settings.json", s.as_dict())
@@ -290,7 +291,7 @@ def test_the_run_directory_has_every_kind_of_file_a_run_writes(pristine):
 
 def test_corrupted_run_directories_end_in_0_or_2_without_a_traceback(pristine, tmp_path_factory, capsys,
                                                                      monkeypatch):
-    from learning_dynamics.validate import report
+    from learning_dynamics.validate.judge import report
     monkeypatch.setattr(report, "_figures", lambda *a, **k: [])  # figures are written, never read back
     names = run_files(pristine)
     seen = {"codes": set(), "n": 0}
@@ -339,7 +340,7 @@ def _still_valid(path):
 
 
 def test_umask_is_respected(tmp_path):
-    from learning_dynamics.sim.io import atomic_write_json
+    from learning_dynamics.sim.common.io import atomic_write_json
     old = os.umask(0o027)
     try:
         path = atomic_write_json(tmp_path / "x.json", {"a": 1})
@@ -373,7 +374,7 @@ CASES = [
 
 @pytest.mark.parametrize("argv, words", CASES, ids=[" ".join(c[0][1:3] + c[0][-2:]) for c in CASES])
 def test_each_bad_input_of_issue_26_is_one_line_and_exit_2(argv, words, stubbed, files, capsys, monkeypatch):
-    from learning_dynamics.validate import data_file
+    from learning_dynamics.validate.data import data_file
     monkeypatch.setattr(data_file, "FIFO_WAIT_SECONDS", 0.1)
     if not (files["tmp"] / "fifo").exists():
         os.mkfifo(files["tmp"] / "fifo")

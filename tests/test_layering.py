@@ -13,7 +13,7 @@ FORBIDDEN = {
 
 
 def _root(module: str) -> str:
-    """The layer a module belongs to: `learning_dynamics.sim.io` -> `sim`, `torch.nn` -> `torch`."""
+    """The layer a module belongs to: `learning_dynamics.sim.common.io` -> `sim`, `torch.nn` -> `torch`."""
     parts = module.split(".")
     return parts[1] if parts[0] == PACKAGE and len(parts) > 1 else parts[0]
 
@@ -39,7 +39,7 @@ def test_layer_never_imports_upward(layer):
 
 def test_the_checker_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import numpy\nfrom learning_dynamics.validate.run import main\nimport torch.nn as nn\n")
+    bad.write_text("import numpy\nfrom learning_dynamics.validate.training.run import main\nimport torch.nn as nn\n")
     assert imported_roots(bad) >= {"validate", "torch", "numpy"}
 
 
@@ -215,10 +215,16 @@ def test_the_graph_checks_see_a_loop_an_upward_import_and_a_private_name(tmp_pat
     assert len(found) == 2 and "_hidden" in found[0] and "_inner" in found[1]
 
 
-@pytest.mark.parametrize("layer", LAYERS)
-def test_each_layer_states_its_public_api_and_importing_it_stays_light(layer):
+def packages(root: Path = ROOT) -> list:
+    """Every package the three layers hold, as a dotted name under learning_dynamics (reports are not packages)."""
+    return sorted(".".join([PACKAGE, *f.parent.relative_to(root).parts]) for layer in LAYERS
+                  for f in (root / layer).rglob("__init__.py") if "reports" not in f.parts)
+
+
+@pytest.mark.parametrize("layer", [p.split(".", 1)[1] for p in packages()])
+def test_each_package_states_its_public_api_and_importing_it_stays_light(layer):
     """Every name in __all__ resolves in the module the package names, none shadows a submodule, and
-    `import learning_dynamics.<layer>` alone imports no heavy library."""
+    `import learning_dynamics.<package>` alone imports no heavy library (layers and rooms alike)."""
     import subprocess
     import sys
 
@@ -237,3 +243,134 @@ def test_each_layer_states_its_public_api_and_importing_it_stays_light(layer):
     assert heavy == "[]", f"import learning_dynamics.{layer} pulls in {heavy}"
     assert shadowed == "[]", f"__all__ names that are also submodules: {shadowed}"
     assert int(n_names) > 0
+
+
+# --------------------------------------------------------------------------- rooms: sim/common and validate's rooms
+# sim/common/ holds what sim/ and validate/ share (file writing, JSON I/O, figure style, tracking tables, padded
+# batches), so it sits below both: it imports only theory and itself. validate/ takes from sim/ that shared room,
+# the torch losses its algorithms train with, and (ldyn only) the sim CLI and the tour.
+COMMON = f"{PACKAGE}.sim.common"
+VALIDATE_MAY_TAKE_FROM_SIM = {f"{PACKAGE}.sim.losses": "every validate module",
+                              f"{PACKAGE}.sim.cli": f"{PACKAGE}.validate.ldyn",
+                              f"{PACKAGE}.sim.tour": f"{PACKAGE}.validate.ldyn"}
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def room_violations(modules: dict) -> list:
+    found = []
+    for src, dst, _, line in import_edges(modules):
+        if _in(src, COMMON) and _root(dst) == "sim" and not _in(dst, COMMON) and dst != f"{PACKAGE}.sim":
+            found.append(f"{src}:{line} imports {dst}: sim/common must not depend on the experiments above it")
+        if _root(src) == "validate" and _root(dst) == "sim" and not _in(dst, COMMON):
+            allowed = VALIDATE_MAY_TAKE_FROM_SIM.get(dst)
+            if allowed is None or allowed not in ("every validate module", src):
+                found.append(f"{src}:{line} imports {dst}: validate/ takes sim's shared pieces from sim.common")
+    return found
+
+
+def test_sim_common_sits_below_sim_and_validate():
+    assert not room_violations(project_modules())
+
+
+def test_the_room_check_sees_common_reaching_up_and_validate_reaching_past_common(tmp_path):
+    _write(tmp_path, {
+        "sim/common/io.py": "from learning_dynamics.sim import lm\n",
+        "sim/lm.py": "from learning_dynamics.sim.common.io import x\n",
+        "validate/run.py": "from learning_dynamics.sim.lm import y\nfrom learning_dynamics.sim.common import io\n",
+    })
+    found = room_violations(project_modules(tmp_path))
+    assert len(found) == 2 and "sim.common.io" in found[0] and "validate.run" in found[1]
+
+
+def test_pyproject_lists_every_package_so_the_wheel_holds_it():
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert listed == set(packages()), f"missing: {set(packages()) - listed}, stale: {listed - set(packages())}"
+
+
+# --------------------------------------------------------------------------- imports at the top of the file
+# An import inside a function hides an edge of the graph from a reader; it is kept only where importing at the top
+# would make the importer load a heavy library it does not load already (the CLI's start-up time), or for a reason
+# named here. Heavy: what `ldyn --help` must not load.
+HEAVY = {"torch", "transformers", "trl", "matplotlib", "sympy", "accelerate", "gguf", "scipy", "sklearn", "tqdm",
+         "yaml", "huggingface_hub", "tensorboard", "wandb"}
+# tests replace these functions on their module (monkeypatch), which a name bound at import time would not see
+PATCHED_ON_THEIR_MODULE = {"run_digits", "run_tour", "load_model"}
+# issue-29c's branch rewrites these files' contents; their function-level imports move up once both are merged
+EDITED_ON_ANOTHER_BRANCH = {"theory/predictions.py", "theory/algorithms.py", "validate/training/algorithms.py",
+                            "validate/data/probes.py", "sim/logits.py", "sim/lm.py", "sim/lm_cli.py"}
+
+
+def _top_level_imports(tree) -> list:
+    """Import statements that run when the module is imported (module and class bodies, not function bodies)."""
+    found = []
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.append(child)
+            visit(child)
+    visit(tree)
+    return found
+
+
+def _imported(node, modules: dict) -> list:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level or not node.module:
+        return []
+    return [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+
+
+def heavy_libraries(modules: dict) -> dict:
+    """{module: the heavy libraries importing it loads}, through top-level imports of our modules."""
+    trees = {m: ast.parse(f.read_text(), filename=str(f)) for m, f in modules.items()}
+    direct, below = {}, {}
+    for m, tree in trees.items():
+        names = [n for node in _top_level_imports(tree) for n in _imported(node, modules)]
+        direct[m] = {n.split(".")[0] for n in names} & HEAVY
+        below[m] = {n for n in names if n in modules and n != m}
+    heavy = {}
+
+    def of(m, seen=()):
+        if m not in heavy:
+            heavy[m] = set(direct[m]).union(*(of(d, seen + (m,)) for d in below[m] if d not in seen))
+        return heavy[m]
+    return {m: of(m) for m in modules}
+
+
+def needless_lazy_imports(modules: dict, root: Path = ROOT) -> list:
+    heavy = heavy_libraries(modules)
+    found = []
+    for m, f in modules.items():
+        if str(f.relative_to(root)) in EDITED_ON_ANOTHER_BRANCH:
+            continue
+        tree = ast.parse(f.read_text(), filename=str(f))
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in (n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))):
+                ours = [t for t in _imported(node, modules) if t.startswith(PACKAGE + ".")]
+                adds = set().union(*(heavy.get(t, set()) for t in ours)) - heavy[m]
+                patched = isinstance(node, ast.ImportFrom) and {a.name for a in node.names} & PATCHED_ON_THEIR_MODULE
+                if ours and not adds and not patched:
+                    found.append(f"{m}:{node.lineno} imports {', '.join(ours)} inside {fn.name}()")
+    return found
+
+
+def test_our_modules_are_imported_at_the_top_unless_that_loads_a_heavy_library():
+    assert not needless_lazy_imports(project_modules())
+
+
+def test_the_lazy_import_check_sees_a_light_import_hidden_in_a_function(tmp_path):
+    _write(tmp_path, {
+        "sim/light.py": "X = 1\n",
+        "sim/heavy.py": "import torch\n",
+        "validate/cli.py": "def f():\n    from learning_dynamics.sim.light import X\n"
+                           "def g():\n    from learning_dynamics.sim import heavy\n",
+    })
+    found = needless_lazy_imports(project_modules(tmp_path), tmp_path)
+    assert len(found) == 1 and "sim.light inside f()" in found[0]

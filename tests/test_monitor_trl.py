@@ -72,7 +72,7 @@ def test_sft_completion_logp_equals_the_trainers_tokenized_completion(tmp_path, 
 
 
 def test_every_trl_format_is_read_into_probe_records(tmp_path):
-    from learning_dynamics.validate import trl_formats
+    from learning_dynamics.validate.data import trl_formats
     q, a, b = USER["content"], "Four.", "Five."
     chat = [USER]
     cases = [
@@ -112,8 +112,8 @@ def test_every_trl_format_is_read_into_probe_records(tmp_path):
 
 
 def test_the_folder_holds_one_run_resumed_refused_or_replaced(tmp_path):
-    from learning_dynamics.sim.io import atomic_write_json
-    from learning_dynamics.validate.monitor_folder import open_run
+    from learning_dynamics.sim.common.io import atomic_write_json
+    from learning_dynamics.validate.monitor.folder import open_run
     out = tmp_path / "run"
     settings, prints = {"preset": "monitor", "lr": 1e-3}, {"data": {"sha256": "d1"}, "model": {"sha256": "m1"}}
     open_run(out, settings, prints, 0, overwrite=False)
@@ -154,7 +154,7 @@ def test_a_model_with_fewer_embeddings_than_tokens_is_one_line_before_training(t
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
     rows, loaded = monitor_runs.preference_rows(3), monitor_runs._tiny()
     loaded.model.resize_token_embeddings(1000)
     args = monitor_runs.float32_args(DPOConfig, tmp_path / "small", max_length=64)

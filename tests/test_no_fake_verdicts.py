@@ -9,7 +9,8 @@ import pytest
 
 from learning_dynamics.theory import predictions, statistics
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate import degenerate, health
+from learning_dynamics.validate.data import degenerate
+from learning_dynamics.validate.training import health
 
 PAIRS = [{"prompt": f"q{i}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(5)]
 
@@ -28,8 +29,8 @@ def test_pairs_equal_as_text_are_dropped_with_one_count_and_all_of_them_refused(
 def test_pairs_that_differ_only_past_the_response_cut_are_the_same_pair(capsys):
     from transformers import AutoTokenizer
 
-    from learning_dynamics.validate.encode import Encoder
-    from learning_dynamics.validate.model import tiny_random_llama
+    from learning_dynamics.validate.training.encode import Encoder
+    from learning_dynamics.validate.training.model import tiny_random_llama
     encoder = Encoder(AutoTokenizer.from_pretrained(str(tiny_random_llama())), 96, 16)
     shared = "The river runs past the old stone bridge and on through the quiet morning fields to the sea"
     tail = {"prompt": "Where does it go?", "chosen": shared + ", slowly.", "rejected": shared + ", quickly."}
@@ -77,7 +78,7 @@ def test_the_noise_floor_is_the_formats_epsilon_per_token():
 
 def test_a_run_whose_gradient_is_zero_stops_and_draws_no_verdict(tmp_path, capsys, monkeypatch):
     """A loss that cannot move the model (here: the real loss times zero) stops at its first step."""
-    from learning_dynamics.validate import algorithms
+    from learning_dynamics.validate.training import algorithms
     from learning_dynamics.validate.ldyn import main
     real = algorithms.step_loss
 

@@ -348,7 +348,7 @@ def test_repeating_its_own_sample_is_judged_per_token_against_the_control():
 
 
 def test_prefix_repetition_counts_repeated_four_grams_of_the_first_words_only():
-    from learning_dynamics.validate.repetition import prefix_repetition
+    from learning_dynamics.validate.data.repetition import prefix_repetition
     assert np.isnan(prefix_repetition("too short to judge", n_words=12))
     assert prefix_repetition("a b c d a b c d a b c d", n_words=12) == 5 / 9
     assert prefix_repetition("one two three four five six seven eight nine ten eleven twelve a b c d a b c d",
@@ -387,7 +387,7 @@ def test_unknown_id_is_a_user_error():
 
 def test_an_sft_run_controls_only_runs_that_start_from_the_same_model():
     from learning_dynamics.validate.presets import settings_for
-    from learning_dynamics.validate.report import is_control_for
+    from learning_dynamics.validate.judge.report import is_control_for
     sft = settings_for("smoke", algo="sft")
     assert is_control_for(sft, settings_for("smoke", algo="dpo"))
     assert not is_control_for(sft, settings_for("smoke", algo="extend"))   # tracked after its SFT phase

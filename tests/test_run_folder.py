@@ -1,4 +1,4 @@
-"""A run folder holds one run (validate.identity, sim.tracking's manifest): files of another run are refused in
+"""A run folder holds one run (validate.identity, sim.common.tracking's manifest): files of another run are refused in
 one line, --fresh clears everything a run wrote, a report merges a folder given twice once and marks a run that
 did not finish, and a stopped run's report carries the fingerprints it started with. No model is loaded."""
 import json
@@ -7,13 +7,13 @@ import shutil
 import pytest
 import torch
 
-from learning_dynamics.sim.tracking import TrackingTable
+from learning_dynamics.sim.common.tracking import TrackingTable
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import identity
 from learning_dynamics.validate.presets import settings_for
-from learning_dynamics.validate.report import write_report
-from learning_dynamics.validate.run import RUN_FILES, _prepare_out
-from learning_dynamics.validate.summary import merge
+from learning_dynamics.validate.judge.report import write_report
+from learning_dynamics.validate.training.run import RUN_FILES, _prepare_out
+from learning_dynamics.validate.judge.summary import merge
 from test_fuzz_cli import FINGERPRINTS, make_run_dir
 
 ROWS = [{"prompt_id": "0", "probe": "chosen", "logp_sum": -3.0, "n_tokens": 3, "entropy_mean": 2.0,
@@ -23,14 +23,14 @@ ROWS = [{"prompt_id": "0", "probe": "chosen", "logp_sum": -3.0, "n_tokens": 3, "
 @pytest.fixture(autouse=True)
 def no_figures(monkeypatch):
     """Figures are drawn from the same series and tested elsewhere; here they only cost time."""
-    from learning_dynamics.validate import report, summary
+    from learning_dynamics.validate.judge import report, summary
     monkeypatch.setattr(report, "_figures", lambda *a, **k: [])
     monkeypatch.setattr(summary, "_verdict_figure", lambda *a, **k: None)
 
 
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
-    from learning_dynamics.validate import report
+    from learning_dynamics.validate.judge import report
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(report, "_figures", lambda *a, **k: [])
         return make_run_dir(tmp_path_factory.mktemp("ours") / "run", run_id="a" * 32)
@@ -156,7 +156,7 @@ def test_runs_of_several_seeds_are_pooled_and_the_primary_claims_holm_corrected(
 
 @pytest.mark.parametrize("error, verdict", [(0.3, "not tested"), (0.05, None)])
 def test_a_run_takes_its_first_step_from_a_check_that_took_the_same_step(tmp_path, error, verdict):
-    from learning_dynamics.validate.regime import FIRST_STEP
+    from learning_dynamics.validate.measure.regime import FIRST_STEP
     run = make_run_dir(tmp_path / "run", report=False)
     settings = json.loads((run / "settings.json").read_text())
     check = {"settings": settings, "trajectory": {"adamw_first_step": {"relative_error": error, "pearson_r": 0.9,

@@ -1,13 +1,13 @@
-"""validate.health's stop rules, checkpoint restore errors, and the one-prompt dataset warning (no model needed)."""
+"""validate.training.health's stop rules, checkpoint restore errors, and the one-prompt dataset warning (no model needed)."""
 import math
 
 import pytest
 import torch
 
 from learning_dynamics.theory.errors import CorruptFile
-from learning_dynamics.validate import health
-from learning_dynamics.validate.run import _load_state
-from learning_dynamics.validate import session
+from learning_dynamics.validate.training import health
+from learning_dynamics.validate.training.run import _load_state
+from learning_dynamics.validate.training import session
 
 
 def test_divergence_is_a_non_finite_loss_or_gradient():
@@ -45,7 +45,7 @@ def test_a_damaged_checkpoint_is_named(tmp_path, content):
 
 
 def _weights(model):
-    from learning_dynamics.validate.precision import Precision, TrainingWeights
+    from learning_dynamics.validate.training.precision import Precision, TrainingWeights
     return TrainingWeights(model, Precision("fp32", "cpu", "fp32", "test"), lr=1e-3, weight_decay=0.0)
 
 

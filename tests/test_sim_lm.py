@@ -57,7 +57,7 @@ def test_against_the_sft_control_and_at_matched_margin_the_toy_fails_three_claim
 
 def test_the_rephrase_of_y_plus_falls_from_the_start_under_sft(quick_run, claims):
     """Reported as a failed prediction (P13b): the rephrase never rises, it falls from step one."""
-    from learning_dynamics.sim.tracking import TrackingTable, series_from_table
+    from learning_dynamics.sim.common.tracking import TrackingTable, series_from_table
 
     assert claims["P13b"]["verdict"] == "fails"
     rephrase = series_from_table(TrackingTable(quick_run[0] / "tracking" / "sft").read())["logps/chosen_rephrase"]

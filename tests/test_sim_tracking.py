@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from learning_dynamics.sim import tracking
-from learning_dynamics.sim.tracking import COLUMNS, TrackingTable, read_chunk, series_from_table, steps_of
+from learning_dynamics.sim.common import tracking
+from learning_dynamics.sim.common.tracking import COLUMNS, TrackingTable, read_chunk, series_from_table, steps_of
 
 
 def make_rows(step_seed, prompts=("2", "10"), probes=("chosen", "rejected", "other_chosen")):
@@ -136,7 +136,7 @@ def test_theory_evaluates_a_table_where_both_fall_y_minus_faster(tmp_path):
 
 
 def test_probe_plot_writes_one_panel_per_probe(tmp_path):
-    from learning_dynamics.sim.probe_plots import plot_probe_curves
+    from learning_dynamics.sim.common.probe_plots import plot_probe_curves
 
     table = TrackingTable(tmp_path / "t")
     for step in (0, 10, 20):

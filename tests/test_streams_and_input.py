@@ -70,7 +70,7 @@ def test_a_terminal_that_cannot_encode_gets_escapes_and_file_names_their_bytes(m
 
 def test_a_fifo_is_read_when_its_writer_comes_and_refused_without_one(tmp_path, monkeypatch):
     from learning_dynamics.theory.errors import UserError
-    from learning_dynamics.validate import data_file
+    from learning_dynamics.validate.data import data_file
     monkeypatch.setattr(data_file, "FIFO_WAIT_SECONDS", 5.0)
     fifo = tmp_path / "pairs.fifo"
     os.mkfifo(fifo)
@@ -97,7 +97,7 @@ def test_a_fifo_is_read_when_its_writer_comes_and_refused_without_one(tmp_path, 
 
 
 def test_a_changed_file_is_read_again(tmp_path):
-    from learning_dynamics.validate import data_file
+    from learning_dynamics.validate.data import data_file
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b"one\n")
     assert data_file.read_once(path).raw == b"one\n"
@@ -123,7 +123,7 @@ def test_data_from_a_pipe_is_read_once_and_fingerprinted_from_those_bytes(stubbe
 
 def test_a_cache_that_cannot_be_written_is_one_line_naming_ldyn_cache(stubbed, tmp_path, capsys, monkeypatch):
     import errno
-    from learning_dynamics.validate import model
+    from learning_dynamics.validate.training import model
     cache = model.cache_dir()
 
     def read_only(*args, **kwargs):   # what mkdir raises in a read-only HOME (root ignores chmod, so it is raised)
@@ -138,7 +138,7 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_ldyn_cache(stubbed, t
 def test_a_read_only_run_folder_is_one_line_naming_the_file(stubbed, tmp_path, capsys, monkeypatch):
     """`validate report` rebuilds each run's report inside its folder; a folder it may not write (chmod is no
     refusal for root, so the refusal is raised where the file is created) ends in one line naming the file."""
-    from learning_dynamics.sim import io as sim_io
+    from learning_dynamics.sim.common import io as sim_io
     run = make_run_dir(tmp_path / "run", report=False)
     real_open = os.open
 

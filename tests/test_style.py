@@ -1,7 +1,7 @@
-"""sim.style: the shared figure style (grid without blank cells, formats, one colour per name)."""
+"""sim.common.style: the shared figure style (grid without blank cells, formats, one colour per name)."""
 import pytest
 
-from learning_dynamics.sim import style
+from learning_dynamics.sim.common import style
 
 
 @pytest.mark.parametrize("n, max_cols, rows", [(14, 4, [4, 4, 3, 3]), (6, 4, [3, 3]), (8, 4, [4, 4]), (1, 4, [1]),
@@ -60,7 +60,7 @@ def test_format_option_is_on_every_drawing_command_and_rejects_others(capsys):
 
 def test_every_algorithm_and_probe_has_its_own_colour():
     from learning_dynamics.sim.logits import SIMULATED
-    from learning_dynamics.sim.probe_plots import PANELS
+    from learning_dynamics.sim.common.probe_plots import PANELS
     from learning_dynamics.theory.algorithms import ALGORITHMS
 
     names = set(SIMULATED) | set(ALGORITHMS)

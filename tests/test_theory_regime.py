@@ -1,5 +1,5 @@
 """A verdict is judged only in the regime its claim is about (theory.regime), pooled over seeds with a hierarchical
-bootstrap, and the primary family is Holm-corrected (theory.statistics, validate.pooling)."""
+bootstrap, and the primary family is Holm-corrected (theory.statistics, validate.judge.pooling)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings

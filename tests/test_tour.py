@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 def test_tour_writes_its_figures(tmp_path, capsys, monkeypatch):
     from learning_dynamics.sim import digits as sim_digits, tour as sim_tour
-    from learning_dynamics.sim import style
+    from learning_dynamics.sim.common import style
 
     def fake_digits(out, preset="default", progress=True, **_):
         assert preset == "quick"

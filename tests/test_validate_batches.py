@@ -1,14 +1,15 @@
-"""A training step and an evaluation read a prompt once for all its sequences (validate.forward.batches): the
+"""A training step and an evaluation read a prompt once for all its sequences (validate.training.forward.batches): the
 losses, gradients and tracked rows equal those of one row per sequence, in float64 on a tiny random Llama."""
 import pytest
 import torch
 
-from learning_dynamics.validate import algorithms as algos
-from learning_dynamics.validate import first_order, forward
-from learning_dynamics.validate.encode import Encoder
-from learning_dynamics.validate.model import load_model
+from learning_dynamics.validate.training import algorithms as algos
+from learning_dynamics.validate.measure import first_order
+from learning_dynamics.validate.training import forward
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.training.model import load_model
 from learning_dynamics.validate.presets import settings_for
-from learning_dynamics.validate.scoring import score_rows
+from learning_dynamics.validate.measure.scoring import score_rows
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""validate.data and validate.probe_texts: the default dataset, TRL JSONL I/O, chat encoding, text probes."""
+"""validate.data.data and validate.data.probe_texts: the default dataset, TRL JSONL I/O, chat encoding, text probes."""
 import json
 import random
 
@@ -6,7 +6,8 @@ import pytest
 
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.theory.predictions import PROBES
-from learning_dynamics.validate import data, encode, probe_texts
+from learning_dynamics.validate.data import data, probe_texts
+from learning_dynamics.validate.training import encode
 
 pytest.importorskip("chatterbot_corpus")
 
@@ -25,7 +26,7 @@ def tokenizer():
     """SmolLM2's real tokenizer and ChatML template (the tiny test model carries it; built once per session)."""
     from transformers import AutoTokenizer
 
-    from learning_dynamics.validate.model import tiny_random_llama
+    from learning_dynamics.validate.training.model import tiny_random_llama
     return AutoTokenizer.from_pretrained(str(tiny_random_llama()))
 
 

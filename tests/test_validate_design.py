@@ -1,7 +1,8 @@
 """The data design of real-model runs: probe texts that are training targets, and the end-of-turn token."""
 import pytest
 
-from learning_dynamics.validate import data, design, encode, probe_texts
+from learning_dynamics.validate.data import data, design, probe_texts
+from learning_dynamics.validate.training import encode
 
 pytest.importorskip("chatterbot_corpus")
 
@@ -48,12 +49,12 @@ def test_overlap_counts_on_a_crafted_dataset():
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from learning_dynamics.validate.model import tiny_random_llama
+    from learning_dynamics.validate.training.model import tiny_random_llama
     return AutoTokenizer.from_pretrained(str(tiny_random_llama()))
 
 
 def test_end_of_turn_comes_from_the_chat_template_not_the_eos_list(tokenizer):
-    from learning_dynamics.validate.probes import end_of_turn_ids, eos_ids
+    from learning_dynamics.validate.data.probes import end_of_turn_ids, eos_ids
     assert end_of_turn_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")] == [2]
     # a transformers version whose eos list starts with <|im_start|> (id 1) must not change it
     tokenizer.eos_token = "<|im_start|>"
@@ -68,7 +69,7 @@ def test_end_of_turn_comes_from_the_chat_template_not_the_eos_list(tokenizer):
 
 def test_the_repeated_sample_is_the_samples_tokens_twice_around_a_newline(tokenizer):
     """Built from ids, not re-tokenised text: log pi(repeated) - log pi(sample) is the second copy's log-prob."""
-    from learning_dynamics.validate.probes import end_of_turn_ids, repeated_response, separator_ids
+    from learning_dynamics.validate.data.probes import end_of_turn_ids, repeated_response, separator_ids
     end, sep = end_of_turn_ids(tokenizer), separator_ids(tokenizer)
     assert sep == [198] and tokenizer.decode(sep) == "\n"
     enc = encode.Encoder(tokenizer, 96, 8)

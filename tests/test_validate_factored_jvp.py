@@ -1,4 +1,4 @@
-"""The factored jvp (validate.factored_jvp) against torch.func.jvp on dense tangents and autograd:
+"""The factored jvp (validate.measure.factored_jvp) against torch.func.jvp on dense tangents and autograd:
 two implementations of one first-order prediction, held equal in float64 on a tiny random Llama."""
 import pytest
 import torch
@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from learning_dynamics.validate import factored_jvp, first_order
-from learning_dynamics.validate.encode import Encoder
-from learning_dynamics.validate.model import TINY_CONFIG, load_model
+from learning_dynamics.validate.measure import factored_jvp, first_order
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.training.model import TINY_CONFIG, load_model
 
 WORDS = "the capital of France is Paris and a famous English playwright wrote Hamlet in London".split()
 
@@ -81,7 +81,7 @@ def test_capture_refuses_two_forward_passes(tiny):
 
 def test_probe_scores_and_jvps_come_back_in_the_order_given(tiny):
     """probe_logps fills its batches in order of length; every row still answers its own sequence."""
-    from learning_dynamics.validate.forward import probe_logps
+    from learning_dynamics.validate.training.forward import probe_logps
     models, enc, pad = tiny
     model = models["plain"]
     probes = _probes(enc)
@@ -105,8 +105,8 @@ def test_shared_prompt_batches_answer_what_one_row_each_does(tiny, seed, n_promp
     """A prompt's responses packed after one copy of it (4D mask, positions restarting) score, and move under
     a jvp (dense and factored), exactly as each sequence on its own row: groups larger than a batch, single
     sequences, a one-token response, prompts in any order."""
-    from learning_dynamics.validate import forward
-    from learning_dynamics.validate.forward import probe_logps
+    from learning_dynamics.validate.training import forward
+    from learning_dynamics.validate.training.forward import probe_logps
     models, enc, pad = tiny
     model = models[which]
     assert forward.takes_4d_masks(model)   # else both sides below would be one row per sequence
@@ -137,7 +137,7 @@ def test_shared_prompt_batches_answer_what_one_row_each_does(tiny, seed, n_promp
 
 def test_a_shared_prompt_batch_attends_within_its_response_only(tiny):
     """Each response sees the prompt and its own earlier tokens; padding sees itself; positions restart."""
-    from learning_dynamics.validate.forward import make_shared_prompt_batch
+    from learning_dynamics.validate.training.forward import make_shared_prompt_batch
     _, _, pad = tiny
     batch = make_shared_prompt_batch([[([5, 6], [7, 8]), ([5, 6], [9])], [([4], [3])]], pad)
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [4, 3, pad, pad, pad]]
@@ -153,7 +153,7 @@ def test_a_shared_prompt_batch_attends_within_its_response_only(tiny):
 
 
 def test_models_whose_attention_would_misread_the_mask_take_one_row_each(tiny, monkeypatch):
-    from learning_dynamics.validate import forward
+    from learning_dynamics.validate.training import forward
     models, _, _ = tiny
     config = models["plain"].config
     assert forward.takes_4d_masks(models["plain"])

@@ -9,14 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learning_dynamics.validate import first_order
-from learning_dynamics.validate import forecast_report as report
-from learning_dynamics.validate import forecast_steps as steps
-from learning_dynamics.validate.algorithms import hyper_parameters, step_loss
-from learning_dynamics.validate.encode import Encoder
-from learning_dynamics.validate.forward import make_batch, sequence_logps
+from learning_dynamics.validate.measure import first_order
+from learning_dynamics.validate.forecast import report
+from learning_dynamics.validate.forecast import steps
+from learning_dynamics.validate.training.algorithms import hyper_parameters, step_loss
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.training.forward import make_batch, sequence_logps
 from learning_dynamics.validate.ldyn import main
-from learning_dynamics.validate.model import load_model
+from learning_dynamics.validate.training.model import load_model
 from learning_dynamics.validate.presets import PRESETS, settings_for
 
 TEXTS = [("Who wrote Hamlet?", "Shakespeare wrote it.", "Marlowe wrote it, I think."),
@@ -169,7 +169,7 @@ def test_top_overlap_fall_share_and_the_random_baseline():
 
 
 def test_a_chat_pair_round_trips_through_the_filter_format(tmp_path):
-    from learning_dynamics.validate.data import load_preference_jsonl, write_jsonl
+    from learning_dynamics.validate.data.data import load_preference_jsonl, write_jsonl
     rows = [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
              "rejected": [{"role": "assistant", "content": "Go away"}]},
             {"prompt": "Who?", "chosen": "Me.", "rejected": "You.", "source": "x"}]
@@ -181,7 +181,7 @@ def test_a_chat_pair_round_trips_through_the_filter_format(tmp_path):
 
 
 def test_the_command_end_to_end_with_verification_training_and_filter(tmp_path, capsys):
-    from learning_dynamics.validate.data import default_dataset, load_preference_jsonl
+    from learning_dynamics.validate.data.data import default_dataset, load_preference_jsonl
     out = tmp_path / "forecast"
     code = main(["validate", "forecast", "--preset", "smoke", "--n-pairs", "6", "--verify", "--train-steps", "2",
                  "--filter", "--quiet", "--out", str(out)])
@@ -206,7 +206,7 @@ def test_the_command_end_to_end_with_verification_training_and_filter(tmp_path, 
 
 
 def test_an_interrupted_forecast_resumes_from_its_finished_pairs(tmp_path, monkeypatch):
-    from learning_dynamics.validate import forecast as api
+    from learning_dynamics.validate.forecast import run as api
     calls = []
     real = steps.forecast_pair
 

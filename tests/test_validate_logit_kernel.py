@@ -1,4 +1,4 @@
-"""The logit eNTK views of P20 (validate.logit_kernel) against a second implementation on a tiny random Llama in
+"""The logit eNTK views of P20 (validate.measure.logit_kernel) against a second implementation on a tiny random Llama in
 float64: every entry the jvps read off (sketch, token block, A.K.G) equals two backward passes and a dot product;
 the A.K.G view is trajectory.kernel_matrix's kernel; and the sketch's cosine between two parameter points estimates
 the exact kernel's, computed entry by entry on a few tokens. The two-way bootstrap resamples both axes."""
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from learning_dynamics.validate import first_order, logit_kernel, trajectory
-from learning_dynamics.validate.encode import Encoder
-from learning_dynamics.validate.model import load_model
+from learning_dynamics.validate.measure import first_order, logit_kernel, trajectory
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.training.model import load_model
 
 
 @pytest.fixture(scope="module")

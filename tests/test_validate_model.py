@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate.encode import Encoder
-from learning_dynamics.validate.forward import make_batch, score_batch, sequence_logps
-from learning_dynamics.validate.model import load_model, resolve
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.training.forward import make_batch, score_batch, sequence_logps
+from learning_dynamics.validate.training.model import load_model, resolve
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,12 @@ def test_the_real_gguf_model_prefers_the_right_answer():
     assert scores["logp_sum"][0] > scores["logp_sum"][1] + 3.0
     assert scores["argmax_logp_sum"][0] >= scores["logp_sum"][0]  # y* is at least as likely as any response
     # the end of turn comes from the chat template: <|im_end|> (id 2), never <|im_start|> (id 1)
-    from learning_dynamics.validate.probes import end_of_turn_ids
+    from learning_dynamics.validate.data.probes import end_of_turn_ids
     assert end_of_turn_ids(loaded.tokenizer) == [2]
     assert loaded.tokenizer.convert_ids_to_tokens(2) == "<|im_end|>"
     assert enc.response_ids("Paris.")[-1:] == [2]
     # P17r's repeated sample on the GGUF vocabulary
-    from learning_dynamics.validate.probes import repeated_response, separator_ids
+    from learning_dynamics.validate.data.probes import repeated_response, separator_ids
     said = enc.response_ids("Paris.")[:-1]
     assert repeated_response(said + [2], [2], separator_ids(loaded.tokenizer)) == said + [198] + said + [2]
 
@@ -103,7 +103,7 @@ def test_the_real_gguf_model_prefers_the_right_answer():
 def test_first_order_check_on_the_smoke_preset(tmp_path):
     from learning_dynamics.theory.predictions import VERDICTS
     from learning_dynamics.validate.ldyn import main
-    from learning_dynamics.validate.trajectory import K_STEPS
+    from learning_dynamics.validate.measure.trajectory import K_STEPS
     assert main(["validate", "check", "--first-order", "--preset", "smoke", "--device", "cpu", "--quiet",
                  "--sweep-prompts", "1", "--precision", "bf16", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "first_order.json").read_text())
@@ -158,7 +158,7 @@ def test_first_order_check_on_the_smoke_preset(tmp_path):
 
 def _assert_kernel_views_pair_sweep_and_channels(result):
     """The smoke check's P20 views, sweep over pairs and channels (issue 24's parts)."""
-    from learning_dynamics.validate.trajectory import K_STEPS
+    from learning_dynamics.validate.measure.trajectory import K_STEPS
     p20 = result["P20"]
     # P20 on the logit eNTK, described: no threshold, every view's curve with a CI over probes and training sequences
     assert p20["verdict"] == "inconclusive" and p20["threshold"] is None and "no number" in p20["inconclusive_reason"]

@@ -1,5 +1,5 @@
 """ProbeMonitor inside TRL's DPO, SFT and GRPO trainers on the tiny random Llama (real tokenizer and chat
-template, loaded by validate.model), on one process and on two (accelerate, gloo, CPU).
+template, loaded by validate.training.model), on one process and on two (accelerate, gloo, CPU).
 
 TRL is the `trl` extra, which the test command installs: without it these tests fail, they do not skip."""
 import json
@@ -27,7 +27,7 @@ def dpo_run(tmp_path_factory):
 
 
 def _tracking(out):
-    from learning_dynamics.sim.tracking import TrackingTable
+    from learning_dynamics.sim.common.tracking import TrackingTable
     return TrackingTable(Path(out) / "tracking").read()
 
 
@@ -76,14 +76,14 @@ def test_dpo_run_writes_the_run_directory_of_ldyn_validate_run(dpo_run, tmp_path
 
 
 def test_tracked_logps_equal_ldyn_scoring_of_the_same_checkpoint(dpo_run, tmp_path):
-    """The trained model, saved and reloaded through validate.model, scored, generated from and compared with
-    the step-0 model by validate.scoring in ldyn's precision (float32 on a CPU), although TRL trained it in
+    """The trained model, saved and reloaded through validate.training.model, scored, generated from and compared with
+    the step-0 model by validate.measure.scoring in ldyn's precision (float32 on a CPU), although TRL trained it in
     bf16 autocast (DPOConfig's default): the monitor scores in ldyn's precision, not the trainer's."""
     import contextlib
 
-    from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.probes import eos_ids, tracked_sequences
-    from learning_dynamics.validate.scoring import greedy_generations, mass_records, score_rows
+    from learning_dynamics.validate.training.model import load_model
+    from learning_dynamics.validate.data.probes import eos_ids, tracked_sequences
+    from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records, score_rows
     out, trainer = dpo_run
     assert trainer.args.bf16 and trainer.accelerator.mixed_precision == "bf16"
     trainer.save_model(str(tmp_path / "checkpoint"))
@@ -105,7 +105,7 @@ def test_tracked_logps_equal_ldyn_scoring_of_the_same_checkpoint(dpo_run, tmp_pa
     # ldyn_precision is what makes the monitor's forward passes float32
     import torch
 
-    from learning_dynamics.validate.trainers import ldyn_precision
+    from learning_dynamics.validate.monitor.trainers import ldyn_precision
     model = trainer.accelerator.unwrap_model(trainer.model)
     ids = torch.tensor([sequences[0][2] + sequences[0][3]])
     with torch.inference_mode():
@@ -167,7 +167,7 @@ def test_two_processes_write_one_report_equal_to_the_one_process_run(dpo_run, tm
 
 
 def test_bad_probe_data_fails_in_one_line_before_training(tmp_path):
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
     good = monitor_runs.preference_rows(8)
     cases = [
         ([dict(good[0], chosen=None)] + good[1:], 'ProbeMonitor probe_data[0]: "chosen" must be a non-empty string'),
@@ -188,7 +188,7 @@ def test_bad_probe_data_fails_in_one_line_before_training(tmp_path):
 def test_the_algorithm_comes_from_the_trainer_and_its_loss_type():
     from trl import DPOConfig, GRPOConfig, KTOConfig, SFTConfig
 
-    from learning_dynamics.validate.monitor import infer_algo
+    from learning_dynamics.validate.monitor.monitor import infer_algo
     args = dict(output_dir="unused", report_to=[], use_cpu=True)
     assert infer_algo(["DPOTrainer"], DPOConfig(**args)) == "dpo"
     assert infer_algo(["DPOTrainer"], DPOConfig(loss_type="ipo", **args)) == "ipo"
@@ -206,7 +206,7 @@ def test_an_unknown_loss_type_stops_the_run_before_its_first_step(tmp_path):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from learning_dynamics.validate.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
     rows = monitor_runs.preference_rows()
     loaded = monitor_runs._tiny()
     trainer = DPOTrainer(model=loaded.model, args=DPOConfig(loss_type="hinge", max_length=64,
@@ -219,11 +219,11 @@ def test_an_unknown_loss_type_stops_the_run_before_its_first_step(tmp_path):
 
 
 def test_a_diverged_loss_stops_the_run_and_says_why(tmp_path, capsys):
-    """validate.health's divergence check on the trainer's logged loss: stopped.json, and the trainer told to stop."""
+    """validate.training.health's divergence check on the trainer's logged loss: stopped.json, and the trainer told to stop."""
     from transformers import TrainerControl, TrainerState
 
-    from learning_dynamics.validate.monitor import ProbeMonitor
-    from learning_dynamics.validate.trainers import Processes
+    from learning_dynamics.validate.monitor.monitor import ProbeMonitor
+    from learning_dynamics.validate.monitor.trainers import Processes
     monitor = ProbeMonitor(monitor_runs.preference_rows(8), out=tmp_path / "out")
     monitor.procs = Processes()
     control, state = TrainerControl(), TrainerState(global_step=3)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from learning_dynamics.theory.errors import UserError
-from learning_dynamics.validate import precision as prec
-from learning_dynamics.validate.forward import make_batch, score_batch
+from learning_dynamics.validate.training import precision as prec
+from learning_dynamics.validate.training.forward import make_batch, score_batch
 
 TOLERANCE = 0.02     # nats per token, mean over the probe sequences
 
@@ -33,7 +33,7 @@ def test_the_cpu_units_agree_with_the_kernel_flags():
 
 
 def _tiny(seed=0):
-    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.training.model import load_model
     torch.manual_seed(seed)
     return load_model("tiny-random", progress=lambda *a: None)
 
@@ -53,7 +53,7 @@ def test_master_weights_keep_updates_that_bf16_would_lose():
     batch = make_batch([([1, 5, 9, 11], [7, 8, 2]), ([1, 4], [6, 2])], pad_id=2)
     for _ in range(3):
         weights.zero_grad()
-        from learning_dynamics.validate.forward import sequence_logps
+        from learning_dynamics.validate.training.forward import sequence_logps
         (-sequence_logps(model, batch)[0].sum()).backward()
         assert weights.grad_norm() > 0
         weights.step()
@@ -74,7 +74,7 @@ def test_a_checkpoint_round_trips_in_both_precisions():
         model = _tiny().model.train()
         weights = prec.TrainingWeights(model, precision, lr=1e-3, weight_decay=0.0)
         batch = make_batch([([1, 5, 9], [7, 2])], pad_id=2)
-        from learning_dynamics.validate.forward import sequence_logps
+        from learning_dynamics.validate.training.forward import sequence_logps
         (-sequence_logps(model, batch)[0].sum()).backward()
         weights.grad_norm()
         weights.step()
@@ -103,7 +103,7 @@ def test_bf16_scoring_tracks_fp32_on_the_tiny_model():
 
 
 def test_the_readout_of_bf16_weights_is_fp32():
-    from learning_dynamics.validate.forward import readout
+    from learning_dynamics.validate.training.forward import readout
     model = copy.deepcopy(_tiny().model).to(torch.bfloat16)
     hidden = torch.randn(3, model.config.hidden_size, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -120,10 +120,10 @@ def test_the_readout_of_bf16_weights_is_fp32():
 @pytest.mark.skipif(not prec.cpu_bf16_units(), reason="this CPU has no AMX or AVX512-BF16: bf16 is emulated, "
                     "tens of times slower than fp32, too slow for a SmolLM2 check in the suite")
 def test_bf16_scoring_tracks_fp32_on_smollm2():
-    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.training.model import load_model
     loaded = load_model("smollm2", progress=lambda *a: None)
     tok = loaded.tokenizer
-    from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate.training.encode import Encoder
     encoder = Encoder(tok, 96, 48)
     texts = [("What is the capital of France?", "The capital of France is Paris."),
              ("Tell me a joke.", "Why did the chicken cross the road? To get to the other side."),
@@ -135,12 +135,12 @@ def test_bf16_scoring_tracks_fp32_on_smollm2():
 
 
 def test_the_monitor_scores_a_bf16_copy_and_leaves_the_trainers_weights_alone():
-    from learning_dynamics.validate.precision import in_precision
+    from learning_dynamics.validate.training.precision import in_precision
     model = _tiny().model
     scored = in_precision(model, _bf16())
     assert scored is not model and next(scored.parameters()).dtype == torch.bfloat16
     assert next(model.parameters()).dtype == torch.float32
     assert in_precision(model, prec.Precision("fp32", "cpu", "fp32", "test")) is model
     with pytest.raises(UserError, match="precision must be one of"):
-        from learning_dynamics.validate.monitor import ProbeMonitor
+        from learning_dynamics.validate.monitor.monitor import ProbeMonitor
         ProbeMonitor([{"prompt": "a", "chosen": "b", "rejected": "c"}] * 4, precision="fp16")

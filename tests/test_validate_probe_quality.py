@@ -3,7 +3,7 @@ that read it leave its prompt out (too few left: inconclusive with the reason)."
 import numpy as np
 
 from learning_dynamics.theory import predictions as P
-from learning_dynamics.validate import probe_quality
+from learning_dynamics.validate.data import probe_quality
 
 
 def test_degenerate_rephrases_are_named():

@@ -11,12 +11,12 @@ import pytest
 
 from learning_dynamics.validate import provenance
 from learning_dynamics.theory.algorithms import ALGORITHMS
-from learning_dynamics.validate.commands import check_settings, run_settings
+from learning_dynamics.validate.cli.commands import check_settings, run_settings
 from learning_dynamics.validate.ldyn import build_parser, main
 from learning_dynamics.validate.presets import PRESETS, settings_for
 
 # flags of `validate run` that are not settings: where to write and how to behave, not what to compute
-# (--format is not a setting but is reproduced: run_command reads it from sim.style)
+# (--format is not a setting but is reproduced: run_command reads it from sim.common.style)
 RUN_FLAGS_NOT_SETTINGS = {"help", "out", "preset", "fresh", "quiet", "first_order", "format"}
 
 
@@ -68,7 +68,7 @@ def test_the_preset_alone_gives_the_shortest_command():
 
 
 def test_the_figure_format_is_part_of_the_command(monkeypatch):
-    from learning_dynamics.sim import style
+    from learning_dynamics.sim.common import style
     monkeypatch.setattr(style, "_format", "svg")
     assert "--format svg" in provenance.run_command(settings_for("smoke"), "r")
     assert "--format svg" in provenance.check_command(settings_for("smoke"), "r")

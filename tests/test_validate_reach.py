@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from learning_dynamics.validate import first_order, trajectory
+from learning_dynamics.validate.measure import first_order, trajectory
 
 
 def _row(nats, error):
@@ -57,8 +57,8 @@ def test_p20_holds_for_a_stable_kernel_and_fails_for_a_new_one():
 
 
 def test_frozen_kernel_k_step_prediction_is_the_sum_of_per_step_jvps():
-    from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate.training.model import load_model
+    from learning_dynamics.validate.training.encode import Encoder
     loaded = load_model("tiny-random", dtype=torch.float64)
     model, pad = loaded.model, loaded.tokenizer.pad_token_id
     enc = Encoder(loaded.tokenizer, 64, 16)
@@ -87,8 +87,8 @@ def test_spread_cycles_through_probe_types_and_prompts():
 
 
 def test_moving_kernel_sum_takes_each_jvp_at_its_own_parameters():
-    from learning_dynamics.validate.model import load_model
-    from learning_dynamics.validate.encode import Encoder
+    from learning_dynamics.validate.training.model import load_model
+    from learning_dynamics.validate.training.encode import Encoder
     loaded = load_model("tiny-random", dtype=torch.float64)
     model, pad = loaded.model, loaded.tokenizer.pad_token_id
     enc = Encoder(loaded.tokenizer, 64, 16)
@@ -123,7 +123,7 @@ def test_moving_kernel_sum_takes_each_jvp_at_its_own_parameters():
 
 
 def test_every_preset_has_the_checks_sizes():
-    from learning_dynamics.validate import check
+    from learning_dynamics.validate.check import run as check
     from learning_dynamics.validate.presets import PRESETS
     for sizes in (trajectory.K_STEPS, check.N_PROBE_PROMPTS, check.SWEEP_PROMPTS, check.N_SQUEEZE_PAIRS):
         assert set(sizes) == set(PRESETS)
@@ -132,7 +132,7 @@ def test_every_preset_has_the_checks_sizes():
 
 def test_the_sweep_reads_the_first_probe_prompts_and_clamps_to_the_set():
     from learning_dynamics.theory.errors import UserError
-    from learning_dynamics.validate import check
+    from learning_dynamics.validate.check import run as check
     probes = [{"prompt_id": f"p{i}"} for i in range(24)]
     assert check.sweep_probe_set(probes) == probes[:check.SWEEP_PROMPTS["default"]] == probes[:8]
     assert check.sweep_probe_set(probes, preset="cpu") == probes[:check.SWEEP_PROMPTS["cpu"]]
@@ -156,9 +156,9 @@ def test_a_bad_sweep_prompts_is_one_line_and_exit_2(value, tmp_path, capsys):
 def test_the_step_loops_buffers_and_kernels_change_no_number():
     """The check's speed-ups: a reused difference buffer, a sweep restoring from one snapshot, and the k-step
     run's training step on SDPA's fused kernels instead of the math kernel the jvps need."""
-    from learning_dynamics.validate.encode import Encoder
-    from learning_dynamics.validate.forward import make_batch, sequence_logps
-    from learning_dynamics.validate.model import load_model
+    from learning_dynamics.validate.training.encode import Encoder
+    from learning_dynamics.validate.training.forward import make_batch, sequence_logps
+    from learning_dynamics.validate.training.model import load_model
     loaded = load_model("tiny-random", dtype=torch.float64)
     model, pad = loaded.model, loaded.tokenizer.pad_token_id
     enc = Encoder(loaded.tokenizer, 64, 16)
@@ -189,7 +189,7 @@ def test_the_step_loops_buffers_and_kernels_change_no_number():
 
 
 def test_the_k_step_table_by_probe_type_scores_each_type_alone():
-    from learning_dynamics.validate import check
+    from learning_dynamics.validate.check import run as check
     names = ["chosen", "rejected", "irrelevant"] * 3
     actual = np.array([1.0, -5.0, 0.2, 2.0, -6.0, 0.1, 3.0, -7.0, -0.3])
     predicted = actual * np.array([1, 1, -1, 1, 1, 1, 1, 1, 1]) + 0.01
@@ -199,14 +199,14 @@ def test_the_k_step_table_by_probe_type_scores_each_type_alone():
     pick = [2, 5, 8]
     assert by_type["irrelevant"] == first_order.agreement(predicted[pick], actual[pick])
     assert by_type["irrelevant"]["sign_agreement"] == pytest.approx(2 / 3)
-    from learning_dynamics.validate import check_report
+    from learning_dynamics.validate.check import report as check_report
     table = check_report._by_probe_type_table({"probe_names": names, "k_step": [
         {"k": 1, "predicted": predicted.tolist(), "actual": actual.tolist()}]})
     assert any(line.startswith("| irrelevant | ") for line in table)
 
 
 def test_the_pair_sweep_interpolates_each_crossing_and_summarises_over_pairs():
-    from learning_dynamics.validate import pair_sweep
+    from learning_dynamics.validate.measure import pair_sweep
     rows = [dict(_row(n, e), eta=n * 2e-4) for n, e in ((1, 0.01), (3, 0.05), (10, 0.4), (30, 2.0))]
     broke = pair_sweep.crossing(rows, 1.0)
     # log-log between (10, 0.4) and (30, 2.0): error ~ nats^1.46, so 100% at 10 * 2.5 ** (1 / 1.46)

@@ -10,7 +10,7 @@ from learning_dynamics.theory.predictions import VERDICTS
 from learning_dynamics.theory.algorithms import ALGORITHMS
 from learning_dynamics.validate.ldyn import main
 from learning_dynamics.validate.presets import PRESETS
-from learning_dynamics.validate.session import is_evaluation_step
+from learning_dynamics.validate.training.session import is_evaluation_step
 
 SMOKE = PRESETS["smoke"]
 N_PROBES = 13  # probe types with a response (y* is scored from y+)
@@ -54,7 +54,7 @@ def test_evaluations_come_early_and_then_every_eval_every_steps():
 
 
 def test_tracking_table_has_every_step_prompt_and_probe(runs):
-    from learning_dynamics.sim.tracking import TrackingTable
+    from learning_dynamics.sim.common.tracking import TrackingTable
     rows = TrackingTable(runs[0] / "dpo" / "tracking").read()
     steps = [s for s in range(SMOKE["steps"] + 1) if is_evaluation_step(s, SMOKE["eval_every"])]
     assert steps == [0, 1, 2, 4]  # every eval_every steps, and the early powers of two
@@ -77,9 +77,9 @@ def test_every_response_ends_with_the_templates_end_of_turn(runs):
 def test_the_repeated_sample_is_the_initial_sample_twice_and_scored_as_such(runs):
     """sample_repeated = initial_sample's ids without the end of turn, a newline (id 198), the same ids, <|im_end|>;
     its log-prob minus the sample's is the second copy's log-prob, scored over exactly the tokens it adds."""
-    from learning_dynamics.sim.tracking import TrackingTable
+    from learning_dynamics.sim.common.tracking import TrackingTable
     from learning_dynamics.theory.evaluators import second_copy_logp
-    from learning_dynamics.validate.report import load_series
+    from learning_dynamics.validate.judge.report import load_series
     root, _ = runs
     for p in json.loads((root / "dpo" / "probes.json").read_text()):
         said = p["ids"]["initial_sample"][:-1]
@@ -152,8 +152,8 @@ def test_the_merge_keys_runs_by_directory_not_algorithm(runs, tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_numbers(runs, tmp_path, monkeypatch):
-    from learning_dynamics.sim.tracking import TrackingTable
-    from learning_dynamics.validate import algorithms
+    from learning_dynamics.sim.common.tracking import TrackingTable
+    from learning_dynamics.validate.training import algorithms
     real = algorithms.step_loss
     calls = {"n": 0}
 
@@ -238,7 +238,7 @@ def test_collapse_stops_with_one_line_keeps_the_logs_and_no_verdict_is_drawn(tmp
 
 
 def test_rerunning_a_finished_run_rebuilds_its_report_without_training(runs, monkeypatch):
-    from learning_dynamics.validate import run as run_module
+    from learning_dynamics.validate.training import run as run_module
     monkeypatch.setattr(run_module, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     before = json.loads((runs[0] / "sft" / "report.json").read_text())["predictions"]
     assert run(runs[0] / "sft", "--algo", "sft", "--checkpoint-every", "3") == 0  # checkpointing may change

@@ -1,4 +1,4 @@
-"""The per-token channels of a DPO step (validate.token_channels) on a tiny random Llama in float64: the hidden
+"""The per-token channels of a DPO step (validate.measure.token_channels) on a tiny random Llama in float64: the hidden
 (body), hidden (input embedding) and readout channels sum to the exact jvp of log pi to rounding, tied or untied;
 the tied embedding's change splits into the head's gradient and the input role's, which moves only the rows of
 tokens the pair's inputs hold; and the summary names the channel that carries a token's change."""
@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from learning_dynamics.validate import first_order, token_channels, token_squeeze
-from learning_dynamics.validate.encode import Encoder
-from learning_dynamics.validate.model import TINY_CONFIG, load_model
+from learning_dynamics.validate.measure import first_order, token_channels, token_squeeze
+from learning_dynamics.validate.training.encode import Encoder
+from learning_dynamics.validate.training.model import TINY_CONFIG, load_model
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ ranges live here once so that every subcommand agrees on them.
 """
 import argparse
 import math
+from learning_dynamics.theory.errors import UserError
 
 # numpy's legacy and torch's generators both accept this range; larger seeds overflow torch.manual_seed
 SEED_MAX = 2**32 - 1
-# a step number names its tracking chunk with 9 digits (sim.tracking: step_000000120.csv), so no run goes past this
+# a step number names its tracking chunk with 9 digits (sim.common.tracking: step_000000120.csv), so no run goes past this
 STEP_MAX = 10**9 - 1
 # AdamW and plain SGD both move weights by about lr per step; far above this every weight is noise,
 # and near 1e38 torch's float32 step size overflows (see issue 14)
@@ -90,7 +91,6 @@ def check_seed(seed) -> None:
     """The same range for library callers (raises UserError)."""
     import numbers
 
-    from learning_dynamics.theory.errors import UserError
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed!r}")
 

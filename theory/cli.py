@@ -4,6 +4,8 @@ Heavy imports (sympy) happen inside the handlers so that `ldyn --help` stays fas
 """
 import argparse
 from learning_dynamics.theory import arguments as arg
+from learning_dynamics.theory.derive import print_derivations
+from learning_dynamics.theory.squeeze_report import squeeze_command
 
 
 def register(subparsers) -> None:
@@ -37,11 +39,9 @@ def register(subparsers) -> None:
 
 
 def _derive(args: argparse.Namespace) -> int:
-    from learning_dynamics.theory.derive import print_derivations
     print_derivations(latex=args.latex)
     return 0
 
 
 def _squeeze(args: argparse.Namespace) -> int:
-    from learning_dynamics.theory.squeeze_report import squeeze_command
     return squeeze_command(args)

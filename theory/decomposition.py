@@ -13,6 +13,8 @@ import functools
 import numpy as np
 
 from learning_dynamics.theory.softmax import apply_A
+from learning_dynamics.theory.derivation import Derivation
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def akg_dlogp(pi_o, K, G, eta):
@@ -73,7 +75,6 @@ def _symbolic():
 
 
 def derivations():
-    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [Derivation("AKG decomposition and the linear-head kernel", (

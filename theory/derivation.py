@@ -5,6 +5,7 @@ prints them all (pretty text or LaTeX), so what `ldyn theory derive` shows is
 exactly the sympy objects the exported numpy functions were generated from.
 """
 from dataclasses import dataclass, field
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from learning_dynamics.theory.squeeze_measures import (
     SQUEEZE_PARTS, at_margin, describe_bracket, margin_curve, matched_margin_difference, squeeze_index,
     squeeze_part_curve)
 from learning_dynamics.theory.statistics import Outcome, bootstrap, bootstrap_ci, verdict_from_ci
+# scipy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 # Probes that are neither trained on nor y*: under off-policy DPO they all fall.
 OTHER_PROBES = probe_registry.OTHER
@@ -349,7 +350,7 @@ def mass_into_top_token(series, seed=0, control=None, control_label="SFT", basis
 
 @_accepts_control
 def repetition_against_control(series, seed=0, control=None, control_label="SFT", basis=None):
-    """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.repetition:
+    """Change of the repeated 4-gram fraction of each greedy generation's first words (validate.data.repetition:
     PREFIX_WORDS), in the run minus in the SFT control, over the prompts whose generations reach that length
     at the start and the end of both runs: length-matched, and no continuation forced past its end of turn."""
     key = "gen/rep4_prefix"

@@ -20,6 +20,9 @@ import numpy as np
 from learning_dynamics.theory import symbolic
 from learning_dynamics.theory.softmax import log_softmax, softmax, sqnorm
 from learning_dynamics.theory.squeeze import first_order_dlogp
+from learning_dynamics.theory.squeeze_derivation import one_step
+from learning_dynamics.theory.derivation import Derivation
+# scipy, sympy load inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def flow_rhs(p, k):
@@ -76,7 +79,6 @@ def time_to_concentrate(p, k=None, eps=1e-3):
 def _symbolic():
     import sympy as sp
 
-    from learning_dynamics.theory.squeeze_derivation import one_step
 
     step = one_step()
     p_i, p_k, sq, d, eta, s = step.p_i, step.p_k, step.sq, step.d, step.eta, step.s
@@ -102,7 +104,6 @@ def _fns():
 
 
 def derivations():
-    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [Derivation("Gradient flow of repeated negative steps", (

@@ -6,7 +6,7 @@
   step-0 model is the reference), as the share of the initial force left: |dL/dlog pi(y+)| now over at step 0
   (DPO: sigma(-u) / sigma(0)).
 - **first-order steps**: one optimizer step moves the probe log-probs as the eNTK predicts (a jvp along the real
-  update). The first step's relative error is measured during the run (validate.regime).
+  update). The first step's relative error is measured during the run (validate.measure.regime).
 
 A claim whose mechanism needs an active force is read at the last evaluation where the mean force on the probe
 pairs was still ACTIVE; a claim that needs first-order steps is *not tested* where the first step's error passed

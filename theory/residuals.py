@@ -16,6 +16,8 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from learning_dynamics.theory import symbolic
+from learning_dynamics.theory.derivation import Derivation
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 @dataclass(frozen=True)
 class Loss:
@@ -235,7 +237,6 @@ def residual(pi, token, coef):
 
 
 def derivations():
-    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     steps = [("G = c d log pi_y / dz, c = dL/dlog pi_y (3 labels, y = 1):", s["G"]),

@@ -14,6 +14,8 @@ import functools
 import numpy as np
 
 from learning_dynamics.theory import symbolic
+from learning_dynamics.theory.derivation import Derivation
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 def _f64(x):
@@ -121,7 +123,6 @@ def _symbolic():
 
 def derivations():
     import sympy as sp
-    from learning_dynamics.theory.derivation import Derivation
 
     s = _symbolic()
     return [

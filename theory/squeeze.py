@@ -31,6 +31,7 @@ import functools
 import numpy as np
 
 from learning_dynamics.theory.softmax import softmax, sqnorm
+from learning_dynamics.theory.squeeze_derivation import numeric
 
 # exp(700) is finite in float64; the log1p/expm1 path keeps relative precision but
 # needs x_j <= ~700 (negative step) and sum_j p_j exp(x_j) >= e^-1 (positive step).
@@ -42,7 +43,6 @@ _EXPM1_MAX_POS = 1.0
 
 def numeric_functions():
     """The numpy functions lambdified from the sympy derivation (built once, on first use)."""
-    from learning_dynamics.theory.squeeze_derivation import numeric
     return numeric()
 
 

@@ -9,6 +9,8 @@ import functools
 from typing import Callable, NamedTuple
 
 from learning_dynamics.theory import symbolic
+from learning_dynamics.theory.derivation import Derivation
+# sympy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 class OneStep(NamedTuple):
@@ -163,7 +165,6 @@ def numeric() -> Numeric:
 
 def derivations():
     import sympy as sp
-    from learning_dynamics.theory.derivation import Derivation
 
     one, shared, two = one_step(), shared_context_dpo(), two_context_dpo()
     return [

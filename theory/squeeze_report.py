@@ -9,6 +9,8 @@ import math
 import numpy as np
 
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory.softmax import softmax
+from learning_dynamics.theory import squeeze
 
 SUM_TOL = 1e-6
 COLUMNS = ("index", "p", "dlogp_first_order", "dlogp_exact", "rises_first_order", "rises_exact")
@@ -48,7 +50,6 @@ def _distribution(args) -> np.ndarray:
             raise UserError(f"--probs: probabilities sum to {total:.10g}, not 1 (within {SUM_TOL:g})")
         return p / total
     if getattr(args, "logits", None) is not None:
-        from learning_dynamics.theory.softmax import softmax
         return softmax(_parse(args.logits, "logits"))
     raise UserError("give --probs or --logits")
 
@@ -59,7 +60,6 @@ OVERFLOW = ("the change exceeds the float64 range (|dlog p| > 1.8e308) at this e
 
 def compute(p: np.ndarray, k: int, eta: float, sign: int) -> dict:
     """Strict-JSON-ready: a change too large for float64 is None, and `null_reason` says why."""
-    from learning_dynamics.theory import squeeze
 
     with np.errstate(all="ignore"):  # overflow at eta ~ 1e308 is reported as null, not warned about
         first = squeeze.first_order_dlogp(p, k, eta, sign)

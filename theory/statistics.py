@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+from learning_dynamics.theory.errors import UserError
+# scipy, sklearn load inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,6 @@ def noise_per_token(precision: str = "float32") -> float:
     order one nat. A lower bound (a forward pass rounds many times), so a change below it is noise for certain."""
     name = PRECISION_NAMES.get(str(precision).lower(), str(precision).lower())
     if name not in SIGNIFICAND_BITS:
-        from learning_dynamics.theory.errors import UserError
         raise UserError(f"unknown precision {precision!r}; known: {', '.join(SIGNIFICAND_BITS)}")
     return 2.0 ** -SIGNIFICAND_BITS[name]
 

@@ -5,16 +5,16 @@ run.json is written when a run folder is made (or made again with --fresh):
     {"run_id": "3f2a...", "fingerprints": {"code": ..., "data": ..., "model": ...}, "settings_sha256": "..."}
 
 The id goes into every file that could be mixed up with another run's: the checkpoint, the tracking chunks'
-manifest (sim.tracking), run_info.json and report.json; a file that names another id, or none where this run
+manifest (sim.common.tracking), run_info.json and report.json; a file that names another id, or none where this run
 would have written one, is refused in one line. The fingerprints are those of the first start; a resume whose
 data or model differ is refused naming both, before anything is written. Folders made before run ids existed
 have no run.json and are read as before.
 
-    identity.begin(out, fresh)                     # validate.run._prepare_out: the run id
+    identity.begin(out, fresh)                     # validate.training.run._prepare_out: the run id
     identity.check_trained_on(out, settings)      # before the model loads: same data and model as recorded
     identity.stamp(out)                           # {"run_id", "fingerprints", ...} for a checkpoint
     identity.check_stamp(out, saved, path)        # a checkpoint read back
-    identity.check_folder(run_dir)                # validate.report: run_info.json and the checkpoint are ours
+    identity.check_folder(run_dir)                # validate.judge.report: run_info.json and the checkpoint are ours
 """
 import hashlib
 import json
@@ -22,8 +22,10 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from learning_dynamics.sim.io import atomic_write_json, read_json
+from learning_dynamics.sim.common.io import atomic_write_json, read_json
 from learning_dynamics.theory.errors import CorruptFile, UserError
+from learning_dynamics.validate.presets import RESUMABLE_CHANGES
+from learning_dynamics.validate import provenance
 
 RUN_FILE = "run.json"
 FRESH_REMEDY = "rerun with --fresh to start over, or use another --out"
@@ -57,7 +59,6 @@ def run_id(out):
 
 def settings_sha256(settings) -> str:
     """Of what changes the computation: the settings a resumed run may change are left out."""
-    from learning_dynamics.validate.presets import RESUMABLE_CHANGES
     values = {k: v for k, v in dict(settings).items() if k not in RESUMABLE_CHANGES}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -69,7 +70,6 @@ def _results_written(out: Path) -> bool:
 
 def check_trained_on(out, settings) -> dict:
     """Record the data and model fingerprints at the first start; on a resume, refuse different ones."""
-    from learning_dynamics.validate import provenance
     out = Path(out)
     record = read(out)
     if not record:
@@ -134,7 +134,7 @@ def check_checkpoint_file(out, path: Path) -> None:
 
 def check_folder(run_dir, info: dict) -> None:
     """For a report: run_info.json and the checkpoint belong to the folder's run (the tracking chunks are checked
-    as they are read, sim.tracking)."""
+    as they are read, sim.common.tracking)."""
     run_dir = Path(run_dir)
     if info:
         check_stamp(run_dir, info, run_dir / "run_info.json")

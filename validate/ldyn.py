@@ -14,9 +14,14 @@ import sys
 import traceback
 from pathlib import Path
 
-from learning_dynamics.sim.style import add_format_option
+from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory import arguments as arg
 from learning_dynamics.theory.errors import UserError
+from learning_dynamics.theory import cli as theory_cli
+from learning_dynamics.sim import cli as sim_cli
+from learning_dynamics.validate.cli import group as validate_cli
+from learning_dynamics.sim.common.style import use_format
+from learning_dynamics.validate.training.model import cache_dir
 
 
 # argparse takes "-1,2" for an option (its default only knows "-1" and "-.5"); a comma list or an exponent
@@ -40,9 +45,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from learning_dynamics.theory import cli as theory_cli
-    from learning_dynamics.sim import cli as sim_cli
-    from learning_dynamics.validate import cli as validate_cli
 
     parser = OneLineParser(
         prog="ldyn",
@@ -76,7 +78,6 @@ def main(argv=None) -> int:
         return _flushed(0 if exit_.code is None else exit_.code)
     try:
         if hasattr(args, "format"):
-            from learning_dynamics.sim.style import use_format
             use_format(args.format)
         code = args.func(args)
         return _flushed(int(code or 0))
@@ -161,7 +162,6 @@ def _environment_problem(err: OSError) -> str:
     name = os.fsdecode(err.filename)
     hint = ""
     try:
-        from learning_dynamics.validate.model import cache_dir
         if Path(name).resolve().is_relative_to(cache_dir().resolve()):
             hint = "; set LDYN_CACHE to a writable folder for the model cache"
     except (OSError, ValueError, RuntimeError):

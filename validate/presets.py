@@ -17,17 +17,17 @@ from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.arguments import LR_MAX, check_seed
 from learning_dynamics.theory.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16")   # validate.precision resolves "auto" on the machine that runs
-# the algorithms the first-order check's k-step run (validate.trajectory) and the forecast can train: each record says
-# whether its step reads the dataset's responses alone (Algorithm.steps_on_dataset_alone)
+PRECISIONS = ("auto", "fp32", "bf16")   # validate.training.precision resolves "auto" on the machine that runs
+# the algorithms the first-order check's k-step run (validate.measure.trajectory) and the forecast can train: each
+# record says whether its step reads the dataset's responses alone (Algorithm.steps_on_dataset_alone)
 TRAJECTORY_ALGOS = tuple(name for name, a in registry.REGISTRY.items() if a.steps_on_dataset_alone)
-# The first-order check's sizes per preset (validate.check): cpu reads what default does (the preset's 24 probe
+# The first-order check's sizes per preset (validate.check.run): cpu reads what default does (the preset's 24 probe
 # prompts), which fits 2 CPU cores in under 30 minutes because a prompt's 12 responses go through the body
-# together (validate.forward's shared-prompt batches; validate/reports/smollm2-135m-instruct-cpu/first-order/
+# together (validate.training.forward's shared-prompt batches; validate/reports/smollm2-135m-instruct-cpu/first-order/
 # COMMANDS.md has each part's time).
 N_PROBE_PROMPTS = {"smoke": 2, "cpu": 24, "default": 24}   # prompts whose probes the jvp covers
 SWEEP_PROMPTS = {"smoke": 2, "cpu": 8, "default": 8}       # of them, the prompts whose responses the sweep reads
-SWEEP_PAIRS = {"smoke": 2, "cpu": 8, "default": 8}         # training pairs of the coarse sweep (validate.pair_sweep)
+SWEEP_PAIRS = {"smoke": 2, "cpu": 8, "default": 8}         # training pairs of the coarse sweep (validate.measure.pair_sweep)
 N_SQUEEZE_PAIRS = {"smoke": 3, "cpu": 48, "default": 48}
 FORECAST_PAIRS = 64        # pairs `ldyn validate forecast` reads of the built-in data when no file is given
 
@@ -135,13 +135,13 @@ class Settings(Mapping):
     gen_prompts: int
     gen_tokens: int
     sample_every: int
-    extend_sft_steps: Optional[int]   # None: one epoch over the training pairs (validate.run.warmup_steps)
+    extend_sft_steps: Optional[int]   # None: one epoch over the training pairs (validate.training.run.warmup_steps)
     checkpoint_every: int
     max_prompt_tokens: int
     max_response_tokens: int
     n_samples: int
     weight_decay: float
-    precision: str = "auto"        # "auto" until a run resolves it (validate.precision), then "fp32" or "bf16"
+    precision: str = "auto"        # "auto" until a run resolves it (validate.training.precision), then "fp32" or "bf16"
     hyper: Mapping = field(default_factory=dict)
 
     @classmethod

@@ -27,8 +27,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from learning_dynamics.sim import style
-from learning_dynamics.validate import flags
+from learning_dynamics.sim.common import style
+from learning_dynamics.validate.cli import flags
+from learning_dynamics.validate.training.model import cache_dir
+from learning_dynamics.sim.common.io import atomic_write_json
+from learning_dynamics.validate.data.data_file import read_once
+from learning_dynamics.validate.data.data import load_preference_jsonl
+from learning_dynamics.validate.data import data as data_module
+from learning_dynamics.validate.training import model as model_module
+from learning_dynamics.validate.presets import PRESETS
 
 PROJECT = "learning-dynamics"
 PROGRAM = "ldyn"
@@ -54,7 +61,7 @@ def _as_dict(values) -> dict:
 
 def command_parser(command) -> argparse.ArgumentParser:
     """The argparse parser of `ldyn <command...>`, e.g. ("validate", "run"): the flags the CLI itself adds
-    (validate.flags), without the handlers that write reports."""
+    (validate.cli.flags), without the handlers that write reports."""
     parser = flags.validate_parser(PROGRAM)
     for name in command:
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
@@ -130,7 +137,6 @@ def current_command() -> str:
 # --------------------------------------------------------------------------- hashing
 
 def _hash_cache_path() -> Path:
-    from learning_dynamics.validate.model import cache_dir
     return cache_dir() / "sha256.json"
 
 
@@ -157,7 +163,6 @@ def sha256_file(path, cache: bool = True) -> str:
     if cache:
         known[key] = {"stamp": stamp, "sha256": value}
         try:
-            from learning_dynamics.sim.io import atomic_write_json
             store.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(store, known)
         except OSError:
@@ -177,8 +182,8 @@ def _sha256_lines(records) -> str:
 def data_fingerprint(data=None, n_pairs: int | None = None) -> dict:
     """name (file name only), sha256 and number of pairs of the preference data a run read.
 
-    A file is hashed byte for byte, as validate.data_file read it. The built-in dataset (data None) is hashed as the JSONL lines
-    (validate.data.write_jsonl's format) of its train and test pairs, which is what runs draw from; its probe
+    A file is hashed byte for byte, as validate.data.data_file read it. The built-in dataset (data None) is hashed as the JSONL lines
+    (validate.data.data.write_jsonl's format) of its train and test pairs, which is what runs draw from; its probe
     pairs are training pairs. Records in memory (a list of dicts, a `datasets.Dataset`) are hashed the same way.
     """
     if data is not None and not isinstance(data, (str, os.PathLike)):
@@ -186,9 +191,7 @@ def data_fingerprint(data=None, n_pairs: int | None = None) -> dict:
         return {"name": f"in memory ({type(data).__name__})", "sha256": _sha256_lines(records),
                 "n_pairs": len(records)}
     if data:
-        from learning_dynamics.validate.data_file import read_once
         if n_pairs is None:
-            from learning_dynamics.validate.data import load_preference_jsonl
             n_pairs = len(load_preference_jsonl(data))
         # the bytes the run read (a pipe is read once), not the file as it is now
         return {"name": Path(data).name, "sha256": read_once(data).sha256, "n_pairs": n_pairs}
@@ -198,7 +201,6 @@ def data_fingerprint(data=None, n_pairs: int | None = None) -> dict:
 @functools.lru_cache(maxsize=1)
 def _default_data_fingerprint() -> dict:
     """Building the dataset takes ~1 s; it depends only on the installed corpus, so once per process is enough."""
-    from learning_dynamics.validate import data as data_module
     dataset = data_module.default_dataset(seed=0)
     records = dataset["train"] + dataset["test"]
     return {"name": DEFAULT_DATA, "sha256": _sha256_lines(records), "n_pairs": len(records),
@@ -214,7 +216,6 @@ def model_fingerprint(model=None) -> dict:
     model: what --model takes, or a loaded transformers model (a trainer's): the folder it was read from when that
     is local, else the sha256 of its config (its weights are not hashed: they are being trained).
     """
-    from learning_dynamics.validate import model as model_module
     if hasattr(model, "config"):
         source = getattr(model.config, "_name_or_path", None) or getattr(model.config, "name_or_path", None)
         if source and Path(source).is_dir() and (Path(source) / "config.json").is_file():
@@ -344,13 +345,12 @@ def differing_fingerprints(prints_by_run: dict) -> str | None:
 # --------------------------------------------------------------------------- ldyn's own commands
 
 def figure_format() -> str:
-    """The --format ldyn's main applied to sim.style for this process (figures are part of a report)."""
+    """The --format ldyn's main applied to sim.common.style for this process (figures are part of a report)."""
     return style.current_format()
 
 
 def run_command(settings, run_dir, first_order: bool = False) -> str:
     """`ldyn validate run ...` that trains `settings` again (into a fresh folder beside `run_dir`)."""
-    from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
     # the data file by its absolute path, so the command runs from any folder (report.md adds its sha256)
     values.update(data=os.path.abspath(values["data"]) if values.get("data") else None, first_order=first_order)
@@ -361,7 +361,6 @@ def run_command(settings, run_dir, first_order: bool = False) -> str:
 
 def check_command(settings, out) -> str:
     """`ldyn validate check --first-order ...` that repeats a check with `settings`."""
-    from learning_dynamics.validate.presets import PRESETS
     values = _as_dict(settings)
     values.setdefault("format", figure_format())
     return reproduce_command(("validate", "check"), values, PRESETS[values["preset"]], reproduce_out(out))

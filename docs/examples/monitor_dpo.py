@@ -13,7 +13,7 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from learning_dynamics.validate.data import default_dataset
-from learning_dynamics.validate.model import load_model
+from learning_dynamics.validate.training import load_model
 from learning_dynamics.validate.monitor import ProbeMonitor
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

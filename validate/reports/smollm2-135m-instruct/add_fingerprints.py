@@ -2,7 +2,7 @@
 
 Nothing is trained again. Each run's run_info.json gains what a run now records when it ends (the reproduce
 command and the code, data and model fingerprints), marked as reconstructed, and its report.json/report.md are
-rebuilt from the logs by `validate.report.write_report` (the verdict code that `ldyn validate report` runs). The two
+rebuilt from the logs by `validate.judge.report.write_report` (the verdict code that `ldyn validate report` runs). The two
 first-order check folders gain the same fields in first_order.json. Run from the repository root:
 
     python validate/reports/smollm2-135m-instruct/add_fingerprints.py
@@ -10,10 +10,10 @@ first-order check folders gain the same fields in first_order.json. Run from the
 import json
 from pathlib import Path
 
-from learning_dynamics.sim.io import atomic_write_json
+from learning_dynamics.sim.common.io import atomic_write_json
 from learning_dynamics.validate import provenance
 from learning_dynamics.validate.presets import settings_for
-from learning_dynamics.validate.report import write_report
+from learning_dynamics.validate.judge.report import write_report
 
 HERE = Path(__file__).resolve().parent
 RUNS = ("dpo", "sft", "ipo", "simpo", "extend", "onpolicy-dpo", "pg")

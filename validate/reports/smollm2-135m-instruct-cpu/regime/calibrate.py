@@ -1,7 +1,7 @@
 """Calibrating the regime cpu preset (issue 30): for each candidate learning rate, on SmolLM2 on the CPU,
 
 1. the first AdamW step's first-order error on the probe set: theta_1 - theta_0 of one step on the preset's first
-   batch, a jvp along it at theta_0 (validate.regime, the run's own check) against the rescored change; AdamW's
+   batch, a jvp along it at theta_0 (validate.measure.regime, the run's own check) against the rescored change; AdamW's
    first step is its largest relative one (every weight moves by lr: the update is sign-like), so a rate whose first
    step is first-order keeps every later step first-order too;
 2. the DPO force on the probe pairs at mid-run: STEPS (48) AdamW steps of 4 fresh pairs each (the preset's batches,
@@ -23,14 +23,14 @@ import torch
 
 from learning_dynamics.theory.algorithms import REGISTRY
 from learning_dynamics.theory.probes import SAID_ONCE
-from learning_dynamics.validate import algorithms as algos
-from learning_dynamics.validate import session
-from learning_dynamics.validate.first_order import agreement, exact_math
-from learning_dynamics.validate.forward import probe_logps
-from learning_dynamics.validate.precision import Precision, TrainingWeights
+from learning_dynamics.validate.training import algorithms as algos
+from learning_dynamics.validate.training import session
+from learning_dynamics.validate.measure.first_order import agreement, exact_math
+from learning_dynamics.validate.training.forward import probe_logps
+from learning_dynamics.validate.training.precision import Precision, TrainingWeights
 from learning_dynamics.validate.presets import settings_for
-from learning_dynamics.validate.probes import read_probe_set, tracked_sequences
-from learning_dynamics.validate.regime import predict_first_step
+from learning_dynamics.validate.data.probes import read_probe_set, tracked_sequences
+from learning_dynamics.validate.measure.regime import predict_first_step
 
 HERE = Path(__file__).resolve().parent
 
