@@ -218,29 +218,39 @@ def push_shares(j_positive: np.ndarray, j_negative: np.ndarray, names) -> dict:
             "by_probe": by_probe, "negative_share": negative_share.tolist()}
 
 
-def check_pair_steps(model, pair, sequences, names, pad_id, device, batch_size, progress=None) -> dict:
-    """One training pair: the y+ push, the y- push and the DPO step (their sum), each swept over eta."""
+def pair_steps(model, pair, sequences, pad_id, device, batch_size, dense_check: bool = False) -> tuple:
+    """One training pair's y+ push, y- push and DPO step (their sum): (directions, predicted change per unit eta
+    of every sequence, the sequences' log-probs now, the factored jvp's largest relative difference from the
+    dense one on the first few sequences, or None without `dense_check`)."""
     directions, per_eta, methods_differ = {}, {}, []
     for kind, (key, sign) in PUSHES.items():
         with factored_jvp.capture(model) as factors:
             directions[kind] = sgd_direction(model, (pair["prompt"], pair[key]), sign, pad_id, device)
         per_eta[kind] = factored_jvp.predicted_per_unit_eta(model, sequences, directions[kind], factors, pad_id,
                                                             device, batch_size)
-        n_dense = min(batch_size, len(sequences), DENSE_CHECK_SEQUENCES)
-        dense = predicted_per_unit_eta(model, sequences[:n_dense], directions[kind], pad_id, device, batch_size)
-        methods_differ.append(float((per_eta[kind][:n_dense] - dense).abs().max()
-                                    / dense.abs().max().clamp_min(1e-300)))
+        if dense_check:
+            n_dense = min(batch_size, len(sequences), DENSE_CHECK_SEQUENCES)
+            dense = predicted_per_unit_eta(model, sequences[:n_dense], directions[kind], pad_id, device, batch_size)
+            methods_differ.append(float((per_eta[kind][:n_dense] - dense).abs().max()
+                                        / dense.abs().max().clamp_min(1e-300)))
     directions["dpo"] = {k: directions["positive"][k] + directions["negative"][k] for k in directions["positive"]}
     per_eta["dpo"] = per_eta["positive"] + per_eta["negative"]
     with torch.no_grad():
         before = probe_logps(model, sequences, pad_id, device, batch_size)
+    return directions, per_eta, before, (max(methods_differ) if methods_differ else None)
+
+
+def check_pair_steps(model, pair, sequences, names, pad_id, device, batch_size, progress=None) -> dict:
+    """One training pair: the y+ push, the y- push and the DPO step (their sum), each swept over eta."""
+    directions, per_eta, before, methods_differ = pair_steps(model, pair, sequences, pad_id, device, batch_size,
+                                                             dense_check=True)
     steps = {}
     for kind in STEP_KINDS:
         if progress:
             progress(f"{kind} step:")
         steps[kind] = dict(sweep(model, directions[kind], per_eta[kind], sequences, before, pad_id, device,
                                  batch_size, progress), kind=kind,
-                           jvp_methods_max_rel_diff=max(methods_differ))
+                           jvp_methods_max_rel_diff=methods_differ)
     steps["dpo"]["push_shares"] = push_shares(per_eta["positive"].cpu().numpy(), per_eta["negative"].cpu().numpy(),
                                               names)
     return steps

@@ -13,9 +13,7 @@ passes a level on the grid is censored there: it counts as beyond the grid, whic
 import numpy as np
 import torch
 
-from learning_dynamics.validate.measure import factored_jvp
-from learning_dynamics.validate.measure.first_order import PUSHES, STEP_KINDS, sgd_direction, sweep
-from learning_dynamics.validate.training.forward import probe_logps
+from learning_dynamics.validate.measure.first_order import STEP_KINDS, pair_steps, sweep
 from learning_dynamics.validate.data.probes import said_once
 from learning_dynamics.theory.statistics import bootstrap_ci
 
@@ -52,16 +50,7 @@ def crossing(rows: list, level: float):
 
 def sweep_pair(model, pair: dict, sequences: list, pad_id, device, batch_size) -> dict:
     """The three step kinds of one pair on the coarse grid; per kind its rows and each level's crossing."""
-    directions, per_eta = {}, {}
-    for kind, (key, sign) in PUSHES.items():
-        with factored_jvp.capture(model) as factors:
-            directions[kind] = sgd_direction(model, (pair["prompt"], pair[key]), sign, pad_id, device)
-        per_eta[kind] = factored_jvp.predicted_per_unit_eta(model, sequences, directions[kind], factors, pad_id,
-                                                            device, batch_size)
-    directions["dpo"] = {k: directions["positive"][k] + directions["negative"][k] for k in directions["positive"]}
-    per_eta["dpo"] = per_eta["positive"] + per_eta["negative"]
-    with torch.no_grad():
-        before = probe_logps(model, sequences, pad_id, device, batch_size)
+    directions, per_eta, before, _ = pair_steps(model, pair, sequences, pad_id, device, batch_size)
     out = {}
     for kind in STEP_KINDS:
         swept = sweep(model, directions[kind], per_eta[kind], sequences, before, pad_id, device, batch_size,
