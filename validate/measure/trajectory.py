@@ -44,7 +44,7 @@ from learning_dynamics.validate.training.session import batch_indices
 from learning_dynamics.validate.training import algorithms as algos
 # scipy loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
-K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
+K_STEPS = {"smoke": (1, 3, 6), "cpu": (1, 5, 20, 50), "cpu-regime": (1, 5, 20, 50), "default": (1, 5, 20, 50)}
 KERNEL_PROBES = 12           # probe sequences in the kernel (rows of K)
 MOVING_PROBES = 12           # probe sequences the moving-kernel sum covers (it costs one jvp per step)
 KERNEL_TRAIN = 4             # training sequences in the kernel (columns): the first batch's y+ and y-
