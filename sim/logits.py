@@ -199,16 +199,9 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
     else:                                    # one context (the chosen one), free logits K = I
         z, kernel = z[:, :1].copy(), np.ones((runs, 1, 1))
     algorithm = registry.REGISTRY.get(name)   # None for the gradient experiments
-    if algorithm is not None and algorithm.warmup:  # SFT on y+ (context 0) and y- (context 1) first
-        ext = min(steps, max(1, steps // 2))
-        for _ in range(ext):
-            logp = log_softmax(z)
-            pi = np.exp(logp)
-            grad = np.stack([loss_residual(pi[:, 0], plus, -np.ones(runs)),
-                             loss_residual(pi[:, 1], minus, -np.ones(runs))], axis=1)
-            z = kernel_step(z, kernel, grad, eta)
+    if algorithm is not None and algorithm.warmup:
+        z = _warmed_up(z, kernel, plus, minus, steps, eta)
     ref = log_softmax(z)
-    ref_c, ref_r_fixed = take(ref[:, 0], plus), take(ref[:, -1], minus)
     minus_ctx = z.shape[1] - 1
     # y* where the negative gradient acts (the rejected context; = the chosen one for
     # one-context algorithms): argmax of the starting pi there, excluding y-
@@ -231,36 +224,55 @@ def run_algorithm(name, problem, steps, eta, beta, rng, record=True):
         measure(logp, pi)
         if step == steps:
             break
-        if algorithm is not None and algorithm.data == "chosen":
-            coef = _coefficients(algorithm.loss, logp_chosen=take(logp[:, 0], plus))["logp_chosen"]
-            grad = loss_residual(pi[:, 0], plus, coef)[:, None]
-        elif name == "negative":
-            grad = loss_residual(pi[:, 0], minus, np.ones(runs))[:, None]
-        elif name == "negative-onpolicy":
-            grad = loss_residual(pi[:, 0], sample(rng, pi[:, 0]), np.ones(runs))[:, None]
-        elif algorithm is not None and algorithm.data == "group":  # one sample, reward [y = y+], baseline pi(y+)
-            y = sample(rng, pi[:, 0])
-            advantage = (y == plus) - take(pi[:, 0], plus)
-            coef = _coefficients(algorithm.loss, logp=take(logp[:, 0], y), advantages=advantage)["logp"]
-            grad = loss_residual(pi[:, 0], y, coef)[:, None]
-        elif name == "dpo-shared":
-            cc, cr = pair_coefficients(registry.REGISTRY["dpo"], take(logp[:, 0], plus), take(logp[:, 0], minus),
-                                       ref_c, take(ref[:, 0], minus), beta)
-            grad = (loss_residual(pi[:, 0], plus, cc) + loss_residual(pi[:, 0], minus, cr))[:, None]
-        else:
-            neg, ref_r = minus, ref_r_fixed
-            if algorithm.negative == "policy":
-                neg = sample(rng, pi[:, 1])
-                ref_r = take(ref[:, 1], neg)
-            kl = None
-            if algorithm.data == "unpaired":   # TRL's KL estimate: y- under the chosen context, y+ under the other
-                kl = np.maximum(0.0, 0.5 * (take(logp[:, 0], neg) - take(ref[:, 0], neg)
-                                            + take(logp[:, 1], plus) - take(ref[:, 1], plus)))
-            cc, cr = pair_coefficients(algorithm, take(logp[:, 0], plus), take(logp[:, 1], neg), ref_c, ref_r, beta, kl)
-            grad = np.stack([loss_residual(pi[:, 0], plus, cc), loss_residual(pi[:, 1], neg, cr)], axis=1)
+        grad = _gradient(name, algorithm, logp, pi, plus, minus, ref, beta, rng)
         z = kernel_step(z, kernel, grad, eta)
     series = {key: np.array(value) for key, value in curves.items()}       # [steps + 1, runs]
     return series
+
+
+def _warmed_up(z, kernel, plus, minus, steps, eta):
+    """'extend': SFT on y+ (context 0) and y- (context 1) for half the steps before the algorithm's own."""
+    runs = z.shape[0]
+    for _ in range(min(steps, max(1, steps // 2))):
+        logp = log_softmax(z)
+        pi = np.exp(logp)
+        grad = np.stack([loss_residual(pi[:, 0], plus, -np.ones(runs)),
+                         loss_residual(pi[:, 1], minus, -np.ones(runs))], axis=1)
+        z = kernel_step(z, kernel, grad, eta)
+    return z
+
+
+def _gradient(name, algorithm, logp, pi, plus, minus, ref, beta, rng):
+    """The loss residual G of one step of `name` at the current logits, [runs, contexts, vocab]."""
+    runs = logp.shape[0]
+    ref_c, ref_r_fixed = take(ref[:, 0], plus), take(ref[:, -1], minus)
+    if algorithm is not None and algorithm.data == "chosen":
+        coef = _coefficients(algorithm.loss, logp_chosen=take(logp[:, 0], plus))["logp_chosen"]
+        return loss_residual(pi[:, 0], plus, coef)[:, None]
+    elif name == "negative":
+        return loss_residual(pi[:, 0], minus, np.ones(runs))[:, None]
+    elif name == "negative-onpolicy":
+        return loss_residual(pi[:, 0], sample(rng, pi[:, 0]), np.ones(runs))[:, None]
+    elif algorithm is not None and algorithm.data == "group":  # one sample, reward [y = y+], baseline pi(y+)
+        y = sample(rng, pi[:, 0])
+        advantage = (y == plus) - take(pi[:, 0], plus)
+        coef = _coefficients(algorithm.loss, logp=take(logp[:, 0], y), advantages=advantage)["logp"]
+        return loss_residual(pi[:, 0], y, coef)[:, None]
+    elif name == "dpo-shared":
+        cc, cr = pair_coefficients(registry.REGISTRY["dpo"], take(logp[:, 0], plus), take(logp[:, 0], minus),
+                                   ref_c, take(ref[:, 0], minus), beta)
+        return (loss_residual(pi[:, 0], plus, cc) + loss_residual(pi[:, 0], minus, cr))[:, None]
+    else:
+        neg, ref_r = minus, ref_r_fixed
+        if algorithm.negative == "policy":
+            neg = sample(rng, pi[:, 1])
+            ref_r = take(ref[:, 1], neg)
+        kl = None
+        if algorithm.data == "unpaired":   # TRL's KL estimate: y- under the chosen context, y+ under the other
+            kl = np.maximum(0.0, 0.5 * (take(logp[:, 0], neg) - take(ref[:, 0], neg)
+                                        + take(logp[:, 1], plus) - take(ref[:, 1], plus)))
+        cc, cr = pair_coefficients(algorithm, take(logp[:, 0], plus), take(logp[:, 1], neg), ref_c, ref_r, beta, kl)
+        return np.stack([loss_residual(pi[:, 0], plus, cc), loss_residual(pi[:, 1], neg, cr)], axis=1)
 
 
 def summarize_series(series):

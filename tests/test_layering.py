@@ -374,3 +374,45 @@ def test_the_lazy_import_check_sees_a_light_import_hidden_in_a_function(tmp_path
     })
     found = needless_lazy_imports(project_modules(tmp_path), tmp_path)
     assert len(found) == 1 and "sim.light inside f()" in found[0]
+
+
+# --------------------------------------------------------------------------- size: short files, short functions
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def oversized(root: Path = ROOT) -> list:
+    """Files over MAX_FILE_LINES lines and functions (methods, nested ones) over MAX_FUNCTION_LINES, from `def`
+    to the last line of the body, in the three layers; validate/reports/ holds scripts, not modules."""
+    found = []
+    for layer in LAYERS:
+        for f in sorted((root / layer).rglob("*.py")):
+            rel = f.relative_to(root)
+            if "reports" in rel.parts:
+                continue
+            text = f.read_text()
+            if len(text.splitlines()) > MAX_FILE_LINES:
+                found.append(f"{rel}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text, filename=str(f))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        found.append(f"{rel}:{node.lineno} {node.name}() has {length} lines")
+    return found
+
+
+def test_no_file_over_400_lines_and_no_function_over_60():
+    assert not oversized(), "split by meaning: one idea per file, short functions"
+
+
+def test_the_size_check_sees_a_long_file_and_a_long_function_but_not_a_report_script(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))     # def + 60 lines: 61
+    _write(tmp_path, {
+        "theory/short.py": "def f():\n" + "    x = 1\n" * (MAX_FUNCTION_LINES - 1),   # exactly 60: fine
+        "sim/long_function.py": "class A:\n    def method(self):\n" + "    " + body.replace("\n    ", "\n        "),
+        "validate/long_file.py": "x = 1\n" * (MAX_FILE_LINES + 1),
+        "validate/reports/script.py": "x = 1\n" * (MAX_FILE_LINES + 1),
+    })
+    found = oversized(tmp_path)
+    assert len(found) == 2, found
+    assert "sim/long_function.py:2 method() has 61 lines" in found[0]
+    assert found[1] == f"validate/long_file.py: {MAX_FILE_LINES + 1} lines"

@@ -12,7 +12,7 @@ from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import identity
 from learning_dynamics.validate.presets import settings_for
 from learning_dynamics.validate.judge.report import write_report
-from learning_dynamics.validate.training.run import RUN_FILES, _prepare_out
+from learning_dynamics.validate.training.run_folder import RUN_FILES, prepare_out
 from learning_dynamics.validate.judge.summary import merge
 from test_fuzz_cli import FINGERPRINTS, make_run_dir
 
@@ -108,7 +108,7 @@ def test_a_report_refuses_a_file_of_another_run(name, change, run, tmp_path):
 
 def test_fresh_clears_everything_the_run_wrote(run):
     before = identity.run_id(run)
-    _prepare_out(run, settings_for("smoke", algo="sft"), fresh=True)
+    prepare_out(run, settings_for("smoke", algo="sft"), fresh=True)
     left = sorted(p.name for p in run.rglob("*") if p.is_file())
     assert left == ["run.json", "settings.json"], left
     assert identity.run_id(run) not in (None, before)

@@ -19,7 +19,7 @@ EXPORTS = {
     "flow_rhs": "flow",
     "integrate_flow": "flow",
     "replicator_rhs": "flow",
-    "CATALOGUE": "predictions",
+    "CATALOGUE": "catalogue",
     "evaluate_comparison": "predictions",
     "evaluate_run": "predictions",
     "BY_NAME": "probes",

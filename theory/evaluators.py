@@ -11,6 +11,8 @@ from typing import Mapping, Optional
 import numpy as np
 
 from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.theory.outcomes import (  # noqa: F401 (MIN_SUBSET_PROMPTS: read from here too)
+    MIN_SUBSET_PROMPTS, bootstrap_outcome, change, missing_keys, too_few_prompts)
 from learning_dynamics.theory.squeeze_measures import (
     SQUEEZE_PARTS, at_margin, describe_bracket, margin_curve, matched_margin_difference, squeeze_index,
     squeeze_part_curve)
@@ -21,54 +23,17 @@ from learning_dynamics.theory.statistics import Outcome, bootstrap, bootstrap_ci
 OTHER_PROBES = probe_registry.OTHER
 
 
-def _change(series: Mapping, key: str) -> np.ndarray:
-    """End minus start for every prompt."""
-    curve = np.asarray(series[key], dtype=np.float64)
-    return curve[-1] - curve[0]
-
-
-def _missing(series: Mapping, keys) -> Optional[Outcome]:
-    absent = [k for k in keys if k not in series]
-    if absent:
-        return Outcome("inconclusive", float("nan"), (float("nan"), float("nan")), 0,
-                       "not tracked: " + ", ".join(absent))
-    short = [k for k in keys if np.asarray(series[k]).shape[0] < 2]
-    if short:
-        return Outcome("inconclusive", float("nan"), (float("nan"), float("nan")), 0,
-                       "fewer than 2 evaluations: " + ", ".join(short))
-    return None
-
-
-# A verdict read on a subset of the probe prompts (those with a shared prefix, those whose generations are
-# long enough) needs this many: a percentile bootstrap over fewer prompts has far too few distinct
-# resamples for its 95% interval to cover (3 prompts give 10).
-MIN_SUBSET_PROMPTS = 8
-
-
-def _too_few(n: int, what: str) -> Optional[Outcome]:
-    if n >= MIN_SUBSET_PROMPTS:
-        return None
-    return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, int(n),
-                   f"only {n} probe prompts {what} (at least {MIN_SUBSET_PROMPTS} needed for a bootstrap interval)")
-
-
-def _outcome(statistic, arrays, detail, seed=0) -> Outcome:
-    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-    point, ci, p = bootstrap(statistic, arrays, seed=seed)
-    return Outcome(verdict_from_ci(ci), point, ci, int(arrays[0].shape[-1]), detail, p)
-
-
 def rises(key: str):
     def evaluate(series, seed=0):
-        return _missing(series, [key]) or _outcome(
-            np.mean, [_change(series, key)], f"mean change of {key}, end - start", seed)
+        return missing_keys(series, [key]) or bootstrap_outcome(
+            np.mean, [change(series, key)], f"mean change of {key}, end - start", seed)
     return evaluate
 
 
 def falls(key: str):
     def evaluate(series, seed=0):
-        return _missing(series, [key]) or _outcome(
-            lambda d: -np.mean(d), [_change(series, key)], f"mean fall of {key}, start - end", seed)
+        return missing_keys(series, [key]) or bootstrap_outcome(
+            lambda d: -np.mean(d), [change(series, key)], f"mean fall of {key}, start - end", seed)
     return evaluate
 
 
@@ -93,13 +58,14 @@ def _all_of(outcomes: Mapping, what: str) -> Outcome:
 def rejected_falls_more(series, seed=0):
     """Both y+ and y- fall, and y- falls more (an SFT run, where y+ rises, must not pass)."""
     keys = ["logps/chosen", "logps/rejected"]
-    missing = _missing(series, keys)
+    missing = missing_keys(series, keys)
     if missing:
         return missing
-    c, r = _change(series, keys[0]), _change(series, keys[1])
-    parts = {"fall of y+": _outcome(lambda a: -np.mean(a), [c], "", seed),
-             "fall of y-": _outcome(lambda a: -np.mean(a), [r], "", seed),
-             "change of y+ minus change of y-": _outcome(lambda a, b: np.mean(a) - np.mean(b), [c, r], "", seed)}
+    c, r = change(series, keys[0]), change(series, keys[1])
+    parts = {"fall of y+": bootstrap_outcome(lambda a: -np.mean(a), [c], "", seed),
+             "fall of y-": bootstrap_outcome(lambda a: -np.mean(a), [r], "", seed),
+             "change of y+ minus change of y-": bootstrap_outcome(lambda a, b: np.mean(a) - np.mean(b), [c, r], "",
+                                                                  seed)}
     return _all_of(parts, "all three must be above 0")
 
 
@@ -107,7 +73,7 @@ def all_other_probes_fall(series, seed=0):
     """Every probe type must fall: an intersection-union test over probe types."""
     keys = [f"logps/{p}" for p in OTHER_PROBES if f"logps/{p}" in series]
     if not keys:
-        return _missing(series, [f"logps/{OTHER_PROBES[0]}"])
+        return missing_keys(series, [f"logps/{OTHER_PROBES[0]}"])
     return _all_of({k[6:]: falls(k)(series, seed=seed) for k in keys}, "every probe's fall must be above 0")
 
 
@@ -122,7 +88,7 @@ def _accepts_control(evaluate, needs: bool = True):
 def _unpaired_control(series: Mapping, control: Mapping, keys, prompts: str = "probe prompts") -> Optional[Outcome]:
     """The control lacks a key, or scores another number of prompts or evaluations: there is nothing to pair the
     run with (a control is read at the run's own evaluations)."""
-    missing = _missing(control, keys)
+    missing = missing_keys(control, keys)
     if missing:
         return missing
     if any(np.shape(control[k])[-1] != np.shape(series[k])[-1] for k in keys):
@@ -139,10 +105,10 @@ def against_control(key: str, sign: float, what: str):
     these quantities too (it raises y* and lowers the entropy), so the raw change is no evidence.
     """
     def evaluate(series, seed=0, control=None, control_label="SFT", basis=None):
-        missing = _missing(series, [key])
+        missing = missing_keys(series, [key])
         if missing:
             return missing
-        run = _change(series, key)
+        run = change(series, key)
         if control is None:
             point, ci = bootstrap_ci(lambda a: sign * np.mean(a), [run], seed=seed)
             return Outcome("inconclusive", point, ci, int(run.size),
@@ -150,19 +116,19 @@ def against_control(key: str, sign: float, what: str):
         unpaired = _unpaired_control(series, control, [key])
         if unpaired:
             return unpaired
-        base = _change(control, key)
-        return _outcome(lambda a, b: sign * (np.mean(a) - np.mean(b)), [run, base],
-                        f"{what} in this run minus in the {control_label} control (paired over prompts); "
-                        f"run {sign * np.mean(run):+.3g}, control {sign * np.mean(base):+.3g}", seed)
+        base = change(control, key)
+        return bootstrap_outcome(lambda a, b: sign * (np.mean(a) - np.mean(b)), [run, base],
+                                 f"{what} in this run minus in the {control_label} control (paired over prompts); "
+                                 f"run {sign * np.mean(run):+.3g}, control {sign * np.mean(base):+.3g}", seed)
     return _accepts_control(evaluate)
 
 
 def gains_more_than(first: str, second: str):
     def evaluate(series, seed=0):
         keys = [f"logps/{first}", f"logps/{second}"]
-        return _missing(series, keys) or _outcome(
+        return missing_keys(series, keys) or bootstrap_outcome(
             lambda a, b: np.mean(a) - np.mean(b),
-            [_change(series, keys[0]), _change(series, keys[1])],
+            [change(series, keys[0]), change(series, keys[1])],
             f"change of log pi({first}) minus change of log pi({second})", seed)
     return evaluate
 
@@ -176,7 +142,7 @@ def rise_then_fall(probe: str):
     """
     def evaluate(series, seed=0):
         key = f"logps/{probe}"
-        missing = _missing(series, [key])
+        missing = missing_keys(series, [key])
         if missing:
             return missing
         curve = np.asarray(series[key], dtype=np.float64)
@@ -185,8 +151,8 @@ def rise_then_fall(probe: str):
                            "needs at least 3 evaluations")
         peak = 1 + int(np.argmax(curve[1:-1].mean(axis=1)))
         rise, fall = curve[peak] - curve[0], curve[peak] - curve[-1]
-        return _outcome(lambda r, f: min(np.mean(r), np.mean(f)), [rise, fall],
-                        f"min(rise to the peak at eval {peak}, fall after it) of log pi({probe})", seed)
+        return bootstrap_outcome(lambda r, f: min(np.mean(r), np.mean(f)), [rise, fall],
+                                 f"min(rise to the peak at eval {peak}, fall after it) of log pi({probe})", seed)
     return evaluate
 
 
@@ -200,7 +166,7 @@ def squeezes_less(part: str = "index"):
     def evaluate(series_reference: Mapping, series_other: Mapping, seed=0, basis="matched margin",
                  from_eval: int = 0) -> Outcome:
         for s in (series_reference, series_other):
-            missing = _missing(s, ["logps/greedy", "logps/chosen", "logps/rejected"])
+            missing = missing_keys(s, ["logps/greedy", "logps/chosen", "logps/rejected"])
             if missing:
                 return missing
         curves = [squeeze_part_curve(s, part) for s in (series_reference, series_other)]
@@ -208,8 +174,8 @@ def squeezes_less(part: str = "index"):
             return Outcome("inconclusive", float("nan"), (float("nan"),) * 2, 0,
                            "the two runs do not share the same probe prompts")
         if basis == "equal steps":
-            return _outcome(lambda x, y: np.mean(x) - np.mean(y), [curves[0][-1], curves[1][-1]],
-                            f"{what}: the reference run's minus the other's, at the end of each run", seed)
+            return bootstrap_outcome(lambda x, y: np.mean(x) - np.mean(y), [curves[0][-1], curves[1][-1]],
+                                     f"{what}: the reference run's minus the other's, at the end of each run", seed)
         # matched only among the evaluations from `from_eval` on (after the first epoch, not inside the first
         # optimizer steps); changes stay changes since the start
         margins = [margin_curve(s)[from_eval:] for s in (series_reference, series_other)]
@@ -248,7 +214,7 @@ def dose_response(dose_key: str, dose_name: str, sign: float):
     """Does the squeeze grow with the dose across prompts? effect = sign * Spearman rho between the
     prompt's initial dose and its squeeze index (against the SFT control's when one is given)."""
     def evaluate(series, seed=0, control=None, control_label="SFT", basis=None):
-        missing = _missing(series, [dose_key, "logps/greedy", "n_tokens/chosen"])
+        missing = missing_keys(series, [dose_key, "logps/greedy", "n_tokens/chosen"])
         if missing:
             return missing
         dose = np.asarray(series[dose_key], dtype=np.float64)[0]
@@ -259,9 +225,9 @@ def dose_response(dose_key: str, dose_name: str, sign: float):
             against = f"squeeze index minus the {control_label} control's"
         thirds = np.array_split(np.argsort(dose), 3)
         bins = ", ".join(f"{dose[t].mean():.3g}: {strength[t].mean():+.3g}" for t in thirds if t.size)
-        return _outcome(lambda d, st: sign * _spearman(d, st), [dose, strength],
-                        f"{'-' if sign < 0 else ''}Spearman rho of the initial {dose_name} and the {against}, "
-                        f"per token; tertiles (mean dose: mean squeeze) {bins}", seed)
+        return bootstrap_outcome(lambda d, st: sign * _spearman(d, st), [dose, strength],
+                                 f"{'-' if sign < 0 else ''}Spearman rho of the initial {dose_name} and the {against}, "
+                                 f"per token; tertiles (mean dose: mean squeeze) {bins}", seed)
     return _accepts_control(evaluate, needs=False)
 
 
@@ -270,13 +236,13 @@ def shared_prefix_does_not_squeeze(series, seed=0):
     less per token than at y-'s own positions: effect = per-token entropy fall at rejected-only positions
     minus at shared-prefix positions, over the prompts whose y+ and y- share a prefix."""
     keys = ["entropy/shared_prefix", "n_tokens/shared_prefix", "entropy/rejected", "n_tokens/rejected"]
-    missing = _missing(series, keys)
+    missing = missing_keys(series, keys)
     if missing:
         return missing
     n_shared = np.asarray(series["n_tokens/shared_prefix"])[0]
     n_rej = np.asarray(series["n_tokens/rejected"])[0]
     keep = (n_shared > 0) & (n_rej > n_shared)
-    too_few = _too_few(int(keep.sum()), "have y+ and y- with a shared prefix")
+    too_few = too_few_prompts(int(keep.sum()), "have y+ and y- with a shared prefix")
     if too_few:
         return too_few
     total_shared = np.asarray(series["entropy/shared_prefix"]) * n_shared
@@ -284,10 +250,10 @@ def shared_prefix_does_not_squeeze(series, seed=0):
     only = (total_rej - total_shared)[:, keep] / (n_rej - n_shared)[keep]
     shared = np.asarray(series["entropy/shared_prefix"])[:, keep]
     fall_only, fall_shared = only[0] - only[-1], shared[0] - shared[-1]
-    return _outcome(lambda a, b: np.mean(a) - np.mean(b), [fall_only, fall_shared],
-                    f"per-token entropy fall at rejected-only positions ({np.mean(fall_only):+.3g}) minus at "
-                    f"shared-prefix positions ({np.mean(fall_shared):+.3g}), {int(keep.sum())} prompts with a "
-                    f"shared prefix ({int(n_shared[keep].sum())} shared tokens)", seed)
+    return bootstrap_outcome(lambda a, b: np.mean(a) - np.mean(b), [fall_only, fall_shared],
+                             f"per-token entropy fall at rejected-only positions ({np.mean(fall_only):+.3g}) minus at "
+                             f"shared-prefix positions ({np.mean(fall_shared):+.3g}), {int(keep.sum())} prompts with a "
+                             f"shared prefix ({int(n_shared[keep].sum())} shared tokens)", seed)
 
 
 def _top_token_share(tv, gain) -> float:
@@ -309,7 +275,7 @@ def mass_into_top_token(series, seed=0, control=None, control_label="SFT", basis
     since SFT's push on y+ is not DPO's in size; the bootstrap resamples prompts before matching. Against a
     counterfactual control (basis "equal steps": the same pull on y+, no push on y-) both are read at the end."""
     keys = ["mass/tv", "mass/top_gain"]
-    missing = _missing(series, keys)
+    missing = missing_keys(series, keys)
     if missing:
         return missing
     tv, gain = (np.asarray(series[k], dtype=np.float64) for k in keys)
@@ -323,11 +289,12 @@ def mass_into_top_token(series, seed=0, control=None, control_label="SFT", basis
         return unpaired
     tv_c, gain_c = (np.asarray(control[k], dtype=np.float64) for k in keys)
     if basis == "equal steps":
-        return _outcome(lambda t, g, tc, gc: _top_token_share(t, g) - _top_token_share(tc, gc),
-                        [tv[-1], gain[-1], tv_c[-1], gain_c[-1]],
-                        f"share of the moved mass that went into the initial top token in this run "
-                        f"({_top_token_share(tv[-1], gain[-1]):+.3g}) minus in the {control_label} control "
-                        f"({_top_token_share(tv_c[-1], gain_c[-1]):+.3g}), at equal steps (paired over prompts)", seed)
+        return bootstrap_outcome(lambda t, g, tc, gc: _top_token_share(t, g) - _top_token_share(tc, gc),
+                                 [tv[-1], gain[-1], tv_c[-1], gain_c[-1]],
+                                 f"share of the moved mass that went into the initial top token in this run "
+                                 f"({_top_token_share(tv[-1], gain[-1]):+.3g}) minus in the {control_label} control "
+                                 f"({_top_token_share(tv_c[-1], gain_c[-1]):+.3g}), at equal steps (paired over "
+                                 "prompts)", seed)
 
     def difference(index):
         cols = index.astype(int)
@@ -354,15 +321,15 @@ def repetition_against_control(series, seed=0, control=None, control_label="SFT"
     PREFIX_WORDS), in the run minus in the SFT control, over the prompts whose generations reach that length
     at the start and the end of both runs: length-matched, and no continuation forced past its end of turn."""
     key = "gen/rep4_prefix"
-    missing = _missing(series, [key])
+    missing = missing_keys(series, [key])
     if missing:
         return missing
     run = np.asarray(series[key], dtype=np.float64)[[0, -1]]
     if control is None:
         keep = np.isfinite(run).all(axis=0)
         if not keep.any():   # no generation reaches the compared length: there is no change to show
-            return _too_few(0, f"of {run.shape[1]} have generations of at least the compared length at the start "
-                            "and the end (and no SFT control is given)")
+            return too_few_prompts(0, f"of {run.shape[1]} have generations of at least the compared length at the "
+                                   "start and the end (and no SFT control is given)")
         point, ci = bootstrap_ci(np.mean, [run[1, keep] - run[0, keep]], seed=seed)
         return Outcome("inconclusive", point, ci, int(keep.sum()),
                        "no control: the raw change of repetition is shown, not judged")
@@ -371,15 +338,15 @@ def repetition_against_control(series, seed=0, control=None, control_label="SFT"
         return unpaired
     base = np.asarray(control[key], dtype=np.float64)[[0, -1]]
     keep = np.isfinite(run).all(axis=0) & np.isfinite(base).all(axis=0)
-    too_few = _too_few(int(keep.sum()), f"of {run.shape[1]} have generations of at least the compared "
-                       "length at the start and end of both runs")
+    too_few = too_few_prompts(int(keep.sum()), f"of {run.shape[1]} have generations of at least the compared "
+                              "length at the start and end of both runs")
     if too_few:
         return too_few
     d_run, d_base = run[1, keep] - run[0, keep], base[1, keep] - base[0, keep]
-    return _outcome(lambda a, b: np.mean(a) - np.mean(b), [d_run, d_base],
-                    f"rise of the repeated 4-gram fraction of the generations' first words in this run "
-                    f"({np.mean(d_run):+.3g}) minus in the {control_label} control ({np.mean(d_base):+.3g}), "
-                    f"{int(keep.sum())} prompts", seed)
+    return bootstrap_outcome(lambda a, b: np.mean(a) - np.mean(b), [d_run, d_base],
+                             f"rise of the repeated 4-gram fraction of the generations' first words in this run "
+                             f"({np.mean(d_run):+.3g}) minus in the {control_label} control ({np.mean(d_base):+.3g}), "
+                             f"{int(keep.sum())} prompts", seed)
 
 
 def second_copy_logp(series: Mapping, probe: str = "sample_repeated") -> np.ndarray:
@@ -398,7 +365,7 @@ _second_copy_rises = against_control("second copy", +1.0, "rise of the per-token
 @_accepts_control
 def repeats_itself_against_control(series, seed=0, control=None, control_label="SFT", basis=None):
     """Teacher-forced and length-controlled: the same tokens at every step, whatever the model now generates."""
-    missing = _missing(series, _REPEAT_KEYS) or (control is not None and
+    missing = missing_keys(series, _REPEAT_KEYS) or (control is not None and
                                                  _unpaired_control(series, control, _REPEAT_KEYS))
     if missing:
         return missing

@@ -10,7 +10,7 @@ would have written one, is refused in one line. The fingerprints are those of th
 data or model differ is refused naming both, before anything is written. Folders made before run ids existed
 have no run.json and are read as before.
 
-    identity.begin(out, fresh)                     # validate.training.run._prepare_out: the run id
+    identity.begin(out, fresh)                     # validate.training.run_folder.prepare_out: the run id
     identity.check_trained_on(out, settings)      # before the model loads: same data and model as recorded
     identity.stamp(out)                           # {"run_id", "fingerprints", ...} for a checkpoint
     identity.check_stamp(out, saved, path)        # a checkpoint read back

@@ -34,7 +34,7 @@ def _run(args) -> int:
     out = writable_folder(args.out)
     if args.first_order:
         if not settings.algorithm.steps_on_dataset_alone:  # refused before training, not after it
-            raise UserError(f"--first-order trains a short {settings['algo']} run of its own, which needs "
+            raise UserError(f"--first-order trains a short {settings.algo} run of its own, which needs "
                             f"--algo one of {', '.join(TRAJECTORY_ALGOS)}; run `ldyn validate check` separately")
     report = run(settings, out, fresh=args.fresh, quiet=args.quiet, first_order=args.first_order)
     if args.first_order:

@@ -184,27 +184,66 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
     rejected_keys, irrelevant_keys = held_keys[:n_rejected], held_keys[n_rejected:]
 
     answers = Counter(text_key(p["response"]) for k in rest + test_keys for p in by_prompt[k])
-    # probe prompts: a single real answer that no other prompt shares, so y+ is a target of its own pair only
-    unique = [k for k in rest if len(by_prompt[k]) == 1 and answers[text_key(by_prompt[k][0]["response"])] == 1]
-    if len(unique) < n_probe:
-        raise UserError(f"n_probe={n_probe} is more than the {len(unique)} prompts with an answer of their own")
-    probe_keys = unique[:n_probe]
+    probe_keys = _probe_keys(by_prompt, rest, answers, n_probe)
     probe_set = set(probe_keys)
     train_keys = rest if probe_from == "train" else [k for k in rest if k not in probe_set]
 
-    def held_answers(keys):
-        seen, out = set(), []
-        for k in keys:
-            for p in by_prompt[k]:
-                key = text_key(p["response"])
-                if key not in answers and key not in seen:
-                    seen.add(key)
-                    out.append(p)
-        return out
-
-    rejected_answers = held_answers(rejected_keys)
+    rejected_answers = _held_answers(by_prompt, rejected_keys, answers)
     if len(rejected_answers) <= n_probe:
         raise UserError(f"n_probe={n_probe} needs more than the {len(rejected_answers)} held-apart rejected answers")
+    probe, train, test = _with_rejected(by_prompt, (probe_keys, train_keys, test_keys), rejected_answers, rng)
+    rejected_texts = {text_key(p["response"]) for p in rejected_answers}
+    irrelevant = [{"text": p["response"], "source": p["source"]}
+                  for p in _held_answers(by_prompt, irrelevant_keys, answers)
+                  if is_fluent(p["response"]) and text_key(p["response"]) not in rejected_texts]
+    counts = {"corpus_pairs": len(pairs), "unique_prompts": len(prompts), "train": len(train),
+              "train_prompts": len(train_keys), "probe": len(probe), "test": len(test),
+              "held_apart_prompts": n_held, "rejected_pool": len(rejected_answers), "irrelevant_pool": len(irrelevant)}
+    provenance = _provenance(seed, counts, n_held, probe_from)
+    return {"train": train, "probe": probe, "test": test, "irrelevant": irrelevant, "provenance": provenance,
+            "counts": counts}
+
+
+def _probe_keys(by_prompt: dict, rest: list, answers: Counter, n_probe: int) -> list:
+    """Probe prompts: a single real answer that no other prompt shares, so y+ is a target of its own pair only."""
+    unique = [k for k in rest if len(by_prompt[k]) == 1 and answers[text_key(by_prompt[k][0]["response"])] == 1]
+    if len(unique) < n_probe:
+        raise UserError(f"n_probe={n_probe} is more than the {len(unique)} prompts with an answer of their own")
+    return unique[:n_probe]
+
+
+def _with_rejected(by_prompt: dict, keys: tuple, rejected_answers: list, rng) -> tuple:
+    """(probe, train, test) pairs from the (probe, train, test) prompt keys: each probe pair takes a rejected
+    answer of its own first, then the training pairs (a probe prompt's pair is reused) and the test pairs draw
+    from the rest."""
+    probe_keys, train_keys, test_keys = keys
+    pick = _rejected_picker(rejected_answers)
+    reserved = set()
+    probe = [_example(by_prompt[k][0], pick(by_prompt[k][0], rng, reserved, take=True)) for k in probe_keys]
+    probe_by_key = dict(zip(probe_keys, probe))
+    train = []
+    for k in train_keys:                             # shuffled order, deterministic
+        for pair in by_prompt[k]:
+            train.append(probe_by_key[k] if k in probe_by_key else _example(pair, pick(pair, rng, reserved, False)))
+    test = [_example(by_prompt[k][0], pick(by_prompt[k][0], rng, reserved, False)) for k in test_keys]
+    return probe, train, test
+
+
+def _held_answers(by_prompt: dict, keys, answers: Counter) -> list:
+    """The held-apart prompts' answers, each once, that are no training or test answer."""
+    seen, out = set(), []
+    for k in keys:
+        for p in by_prompt[k]:
+            key = text_key(p["response"])
+            if key not in answers and key not in seen:
+                seen.add(key)
+                out.append(p)
+    return out
+
+
+def _rejected_picker(rejected_answers: list):
+    """pick(pair, rng, reserved, take): a rejected answer for the pair from the held-apart answers, of the pair's
+    category file and kind where one is left, else of its category file, else any."""
     pools = {}                                     # (category file, kind) -> held-apart answers
     for p in rejected_answers:
         pools.setdefault((p["source"], _kind(p["response"])), []).append((text_key(p["response"]), p["response"]))
@@ -226,31 +265,20 @@ def default_dataset(seed: int = 0, n_probe: int = N_PROBE, n_test: int = N_TEST,
                 return text
         raise UserError("the held-apart rejected answers ran out; lower n_probe")
 
-    def example(pair, rejected):
-        return {"prompt": pair["prompt"], "chosen": pair["response"], "rejected": rejected, "source": pair["source"]}
+    return pick
 
-    reserved = set()
-    probe = [example(by_prompt[k][0], pick(by_prompt[k][0], rng, reserved, take=True)) for k in probe_keys]
-    probe_by_key = dict(zip(probe_keys, probe))
-    train = []
-    for k in train_keys:                             # shuffled order, deterministic
-        for pair in by_prompt[k]:
-            train.append(probe_by_key[k] if k in probe_by_key else example(pair, pick(pair, rng, reserved, False)))
-    test = [example(by_prompt[k][0], pick(by_prompt[k][0], rng, reserved, False)) for k in test_keys]
-    rejected_texts = {text_key(p["response"]) for p in rejected_answers}
-    irrelevant = [{"text": p["response"], "source": p["source"]} for p in held_answers(irrelevant_keys)
-                  if is_fluent(p["response"]) and text_key(p["response"]) not in rejected_texts]
-    counts = {"corpus_pairs": len(pairs), "unique_prompts": len(prompts), "train": len(train),
-              "train_prompts": len(train_keys), "probe": len(probe), "test": len(test),
-              "held_apart_prompts": n_held, "rejected_pool": len(rejected_answers), "irrelevant_pool": len(irrelevant)}
-    provenance = (PROVENANCE + f" Counts (seed {seed}): {counts['corpus_pairs']} pairs over "
-                  f"{counts['unique_prompts']} unique prompts; {n_held} prompts held apart (never trained on) give "
-                  f"{counts['rejected_pool']} rejected answers and {counts['irrelevant_pool']} irrelevant sentences; "
-                  f"train {counts['train']} pairs ({counts['train_prompts']} prompts), probe {counts['probe']} prompts "
-                  f"({'training prompts' if probe_from == 'train' else 'held out of training'}), "
-                  f"test {counts['test']} prompts.")
-    return {"train": train, "probe": probe, "test": test, "irrelevant": irrelevant, "provenance": provenance,
-            "counts": counts}
+
+def _example(pair, rejected):
+    return {"prompt": pair["prompt"], "chosen": pair["response"], "rejected": rejected, "source": pair["source"]}
+
+
+def _provenance(seed: int, counts: dict, n_held: int, probe_from: str) -> str:
+    return (PROVENANCE + f" Counts (seed {seed}): {counts['corpus_pairs']} pairs over "
+            f"{counts['unique_prompts']} unique prompts; {n_held} prompts held apart (never trained on) give "
+            f"{counts['rejected_pool']} rejected answers and {counts['irrelevant_pool']} irrelevant sentences; "
+            f"train {counts['train']} pairs ({counts['train_prompts']} prompts), probe {counts['probe']} prompts "
+            f"({'training prompts' if probe_from == 'train' else 'held out of training'}), "
+            f"test {counts['test']} prompts.")
 
 
 _FLUENT = re.compile(r"[A-Z][^\n`{}<>|#=_*\\]*[.!?]")

@@ -32,13 +32,12 @@ import contextlib
 import numpy as np
 import torch
 
-from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory.errors import UserError
 from learning_dynamics.validate.measure import factored_jvp
 from learning_dynamics.validate.measure.first_order import (agreement, fused_attention, predicted_per_unit_eta, restoring,
                                                      sgd_direction, snapshot)
 from learning_dynamics.validate.training.forward import probe_logps
-from learning_dynamics.validate.presets import TRAJECTORY_ALGOS
+from learning_dynamics.validate.presets import TRAJECTORY_ALGOS, Settings
 from learning_dynamics.validate.measure.logit_kernel import KernelViews
 from learning_dynamics.validate.training.session import batch_indices
 from learning_dynamics.validate.training import algorithms as algos
@@ -147,16 +146,18 @@ def _checked_steps(algorithm, k_steps) -> list:
 
 def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, batch_size, k_steps,
                    progress=print, moving_probes: int = MOVING_PROBES) -> dict:
-    """Train max(k_steps) AdamW steps and measure the first-order picture along them (see the module doc)."""
-    algorithm = registry.get(settings["algo"])
+    """Train max(k_steps) AdamW steps and measure the first-order picture along them (see the module doc).
+    settings: validate.presets.Settings (or its flat dict)."""
+    settings = Settings.of(settings)
+    algorithm = settings.algorithm
     algo, k_steps = algorithm.name, _checked_steps(algorithm, k_steps)
     pairs = [dict(p) for p in pairs]
-    batches = [batch_indices(t, len(pairs), settings["batch_pairs"], settings["seed"]) for t in range(k_steps[-1])]
+    batches = [batch_indices(t, len(pairs), settings.batch_pairs, settings.seed) for t in range(k_steps[-1])]
     if algorithm.requires_reference:
         _reference_logps(model, pairs, sorted({i for b in batches for i in b}), pad_id, device, batch_size)
     trains = [(pairs[i]["prompt"], pairs[i][key]) for i in batches[0] for key in ("chosen", "rejected")][:KERNEL_TRAIN]
     views = KernelViews(model, [sequences[i] for i in spread(names, KERNEL_PROBES)], trains, pad_id, device,
-                        batch_size, seed=settings["seed"])
+                        batch_size, seed=settings.seed)
     moving_rows = spread(names, moving_probes)
     moving = MovingKernelSum(model, [sequences[i] for i in moving_rows], pad_id, device, batch_size)
     trained = _train(model, [[pairs[i] for i in b] for b in batches], sequences, settings, pad_id, device,
@@ -170,8 +171,8 @@ def run_trajectory(model, pairs, sequences, names, settings, pad_id, device, bat
             per_k[k] = {"k": k, **agreement(predicted, actual), "update_norm": _norm(delta),
                         "predicted": predicted.tolist(), "actual": actual.tolist(),
                         "moving_kernel": moving.compare(k, moving_rows, predicted, actual)}
-    drift = views.drift(seed=settings["seed"])
-    return {"algo": algo, "lr": settings["lr"], "batch_pairs": settings["batch_pairs"], "k_steps": k_steps,
+    drift = views.drift(seed=settings.seed)
+    return {"algo": algo, "lr": settings.lr, "batch_pairs": settings.batch_pairs, "k_steps": k_steps,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "adamw_first_step": dict(per_k[1]) if k_steps[0] == 1 else None, "adamw_mid_step": trained["mid_step"],
             "k_step": [per_k[k] for k in k_steps], "train_log": trained["log"], "probe_names": list(names),
@@ -188,8 +189,8 @@ def _train(model, batches, sequences, settings, pad_id, device, batch_size, k_st
     """The k-step run: AdamW steps on the run's batches; probe scores, the kernel's views and theta_k - theta_0
     at every k, the moving-kernel sum at every step, the warm-state step's own prediction."""
     k_max, mid = k_steps[-1], (k_steps[-2] if len(k_steps) > 1 else 0)   # mid: the warm-state step
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-    algorithm = registry.get(settings["algo"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    algorithm = settings.algorithm
 
     def logps():
         with torch.no_grad():

@@ -31,8 +31,6 @@ from learning_dynamics.validate.presets import Settings
 # the forward passes that `ldyn validate run` and the TRL monitor (validate.monitor.monitor) share
 from learning_dynamics.validate.measure.scoring import greedy_generations, mass_records
 from learning_dynamics.validate.measure.scoring import score_rows as _score_rows
-from learning_dynamics.validate.presets import RESUMABLE_CHANGES
-from learning_dynamics.sim.common.style import FORMATS
 from learning_dynamics.validate.judge.report import write_report
 from learning_dynamics.validate.training.forward import sequence_logps
 from learning_dynamics.validate.training.generate import generate
@@ -43,6 +41,7 @@ from learning_dynamics.validate import provenance
 from learning_dynamics.validate.data import probes as probe_set
 from learning_dynamics.validate.judge.report import read_stopped, write_report
 from learning_dynamics.validate.training.precision import resolve
+from learning_dynamics.validate.training.run_folder import RUN_FILES, RUN_FIGURES, RUN_FOLDERS, prepare_out  # noqa: F401
 # tqdm loads inside the functions that need them, so importing this module stays light (ldyn --help)
 
 
@@ -89,37 +88,18 @@ class RunState:
                            self.loaded.autocast, scorer)
 
 
-def _prepare_out(out: Path, settings: Settings, fresh: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "settings.json"
-    if path.exists() and not fresh:
-        previous = read_json(path, expect=dict)
-        changed = sorted(k for k in set(previous) | set(settings)
-                         if previous.get(k) != settings.get(k) and k not in RESUMABLE_CHANGES)
-        if changed:
-            k = changed[0]
-            raise UserError(f"{out} holds a run with other settings ({k}: {previous.get(k)!r} there, "
-                            f"{settings.get(k)!r} now); use another --out or pass --fresh")
-    elif fresh:
-        _clear_run(out)
-    identity.begin(out, fresh)
-    atomic_write_json(path, dict(settings))  # Settings, or the TRL monitor's flat dict
-
-
-# everything a run (and `run --first-order`, and the TRL monitor) writes into its folder, for --fresh
-RUN_FOLDERS = ("tracking", "generations", "mass", "state")
-RUN_FILES = ("train_log.json", "probes.json", "design.json", "report.json", "report.md", "stopped.json",
-             "run_info.json", identity.RUN_FILE, "first_order.json", "first_order.partial.json", "first_order.md", "first_step.json")
-RUN_FIGURES = ("curves", "first_order_scatter", "first_order_slope", "token_squeeze", "k_step_curves",
-               "kernel_drift")
-
-
-def _clear_run(out: Path) -> None:
-    for sub in RUN_FOLDERS:
-        for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
-            f.unlink()
-    for name in RUN_FILES + tuple(f"{stem}.{fmt}" for stem in RUN_FIGURES for fmt in FORMATS):
-        (out / name).unlink(missing_ok=True)
+def _probe_set(out: Path, loaded, examples, settings, progress) -> list:
+    """The run's probes: read from probes.json on a resume, else built and written there."""
+    probes_path = out / "probes.json"
+    model = loaded.model
+    if probes_path.exists():
+        return probe_set.read_probe_set(probes_path, model.get_input_embeddings().weight.shape[0])
+    with loaded.autocast():
+        probes = probe_set.build_probe_set(model, loaded.tokenizer, loaded.encoder, examples.probe, examples.train,
+                                           examples.test, settings, progress=progress,
+                                           irrelevant=examples.irrelevant)
+    atomic_write_json(probes_path, probes, sort_keys=False)  # the probe order is the tracking row order
+    return probes
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -214,18 +194,12 @@ def _save_state(path: Path, weights, step, phase, pairs, log) -> None:
 def train(state: RunState, model, pairs) -> None:
     from tqdm.auto import tqdm
 
-
     s, out, algorithm = state.settings, state.out, state.settings.algorithm
     weights = TrainingWeights(model, state.loaded.precision, lr=s.lr, weight_decay=s.weight_decay)
     sft_steps = warmup_steps(s, len(pairs)) if algorithm.warmup == "sft-both" else 0
     total = sft_steps + s.steps
     state_path = out / "state" / "checkpoint.pt"
-    start, log = 0, []
-    if state_path.exists():
-        start, log = _load_state(state_path, weights, pairs, state.device)
-        state.progress(f"resuming {out} at step {start} of {total}")
-    elif algorithm.requires_reference and not algorithm.warmup:
-        _reference_logps(pairs, ("chosen", "rejected"), state)
+    start, log = _resume_or_start(state, state_path, weights, pairs, total)
     state.log = log
     done = set(state.table.completed_steps())
     tracked = lambda step: step - sft_steps  # noqa: E731  (extend tracks its DPO phase from 0)
@@ -250,24 +224,8 @@ def train(state: RunState, model, pairs) -> None:
             upcoming = sorted({i for t in range(order_step, min(order_step + s.sample_every, tracked(total)))
                                for i in session.batch_indices(t, len(pairs), s.batch_pairs, s.seed)})
             _draw_samples(model, pairs, upcoming, step, state)
-        with state.loaded.autocast():
-            loss, metrics, n_tokens = algos.step_loss(s.algorithm, phase, model, [pairs[i] for i in indices], s,
-                                                      state.pad_id, state.device, reference=state.ref_model)
-        reason = health.diverged(step, loss.item())
-        if reason:
-            _stop(state, step, reason)
-        weights.zero_grad()
-        loss.backward()
-        grad_norm = weights.grad_norm()   # nothing clipped; a non-finite norm stops before the weights take it
-        reason = health.diverged(step, loss.item(), grad_norm)
-        if reason:
-            _stop(state, step, reason)
-        first_step = phase == "main" and tracked(step) == 0 and not (out / regime.FIRST_STEP).exists()
-        theta0 = weights.parameters_fp32() if first_step else None
-        weights.step()
-        if first_step:
-            _predict_first_step(state, model, theta0, weights.parameters_fp32(), step)
-            del theta0
+        metrics, n_tokens, grad_norm = _optimizer_step(state, model, weights, [pairs[i] for i in indices], step,
+                                                       phase, tracked(step))
         tokens += n_tokens
         log.append({"step": step, "phase": phase, **{k: round(v, 6) for k, v in metrics.items()},
                     "grad_norm": round(grad_norm, 6)})
@@ -281,6 +239,44 @@ def train(state: RunState, model, pairs) -> None:
     if s.checkpoint_every or state_path.exists():
         _save_state(state_path, weights, total, "done", pairs, log)
     state.tokens_per_second = tokens / max(time.perf_counter() - clock, 1e-9)
+
+
+def _resume_or_start(state: RunState, state_path: Path, weights, pairs, total: int) -> tuple:
+    """(first step, training log): from the checkpoint when there is one, else from 0 (with the reference's
+    log-probs of the pairs, for an algorithm that needs them from the start)."""
+    algorithm = state.settings.algorithm
+    if state_path.exists():
+        start, log = _load_state(state_path, weights, pairs, state.device)
+        state.progress(f"resuming {state.out} at step {start} of {total}")
+        return start, log
+    if algorithm.requires_reference and not algorithm.warmup:
+        _reference_logps(pairs, ("chosen", "rejected"), state)
+    return 0, []
+
+
+def _optimizer_step(state: RunState, model, weights, batch, step: int, phase: str, tracked_step: int) -> tuple:
+    """One optimizer step on `batch`, stopped on divergence; the first tracked step's first-order prediction is
+    made across it. (metrics, tokens, grad norm)."""
+    s = state.settings
+    with state.loaded.autocast():
+        loss, metrics, n_tokens = algos.step_loss(s.algorithm, phase, model, batch, s,
+                                                  state.pad_id, state.device, reference=state.ref_model)
+    reason = health.diverged(step, loss.item())
+    if reason:
+        _stop(state, step, reason)
+    weights.zero_grad()
+    loss.backward()
+    grad_norm = weights.grad_norm()   # nothing clipped; a non-finite norm stops before the weights take it
+    reason = health.diverged(step, loss.item(), grad_norm)
+    if reason:
+        _stop(state, step, reason)
+    first_step = phase == "main" and tracked_step == 0 and not (state.out / regime.FIRST_STEP).exists()
+    theta0 = weights.parameters_fp32() if first_step else None
+    weights.step()
+    if first_step:
+        _predict_first_step(state, model, theta0, weights.parameters_fp32(), step)
+        del theta0
+    return metrics, n_tokens, grad_norm
 
 
 def warmup_steps(settings, n_pairs: int) -> int:
@@ -340,7 +336,7 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
     # `auto` is settled once, where the run starts: a resume on other hardware asks for the same precision
     settings = settings.with_changes(precision=resolve(settings.precision, device).name)
     examples = session.examples(settings)  # bad data fails before the folder is touched and the slow load
-    _prepare_out(out, settings, fresh)
+    prepare_out(out, settings, fresh)
     identity.check_trained_on(out, settings)  # a run goes on with the data and model it started with
     try:
         done = read_json(out / "report.json", {}, expect=dict)
@@ -358,15 +354,7 @@ def run(settings, out, fresh: bool = False, quiet: bool = False, progress=print,
     loaded = session.load(settings, device, progress=progress)
     examples = session.examples(settings, encoder=loaded.encoder)  # and drops pairs equal once tokenized
     model, tokenizer = loaded.model, loaded.tokenizer
-    probes_path = out / "probes.json"
-    if probes_path.exists():
-        probes = probe_set.read_probe_set(probes_path, model.get_input_embeddings().weight.shape[0])
-    else:
-        with loaded.autocast():
-            probes = probe_set.build_probe_set(model, tokenizer, loaded.encoder, examples.probe, examples.train,
-                                               examples.test, settings, progress=progress,
-                                               irrelevant=examples.irrelevant)
-        atomic_write_json(probes_path, probes, sort_keys=False)  # the probe order is the tracking row order
+    probes = _probe_set(out, loaded, examples, settings, progress)
     atomic_write_json(out / "design.json", design.measure(probes, examples.train))
     reference = copy.deepcopy(model).to(loaded.precision.weights_dtype).eval().requires_grad_(False)
     table = TrackingTable(out / "tracking", run_id=identity.run_id(out))
