@@ -43,6 +43,9 @@ import numpy as np
 from learning_dynamics.sim.common.io import atomic_torch_save
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.theory import probes as probe_registry
+from learning_dynamics.sim.toy_language import ToyLanguage
+from learning_dynamics.sim.common.tracking import TrackingTable, series_from_table, steps_of
+from learning_dynamics.sim.toy_language import first_divergence
 
 # The paper's four runs, made by default; this order (then the registry's) fixes each run's random stream.
 ALGOS = ("sft", "dpo", "onpolicy-dpo", "extend")
@@ -193,7 +196,6 @@ class ProbeSet:
     """Token ids of every probe response for every probe prompt, and their scoring."""
 
     def __init__(self, language, initial_samples):
-        from learning_dynamics.sim.toy_language import first_divergence
 
         self.language = language
         examples = language.probe_examples
@@ -350,8 +352,6 @@ class Finetuner:
 def run_experiment(out: Path, seed: int, algos, config: LMConfig, progress):
     """Pretrain, finetune with each algorithm, return {run: series} and the pretraining summary."""
     import torch
-    from learning_dynamics.sim.toy_language import ToyLanguage
-    from learning_dynamics.sim.common.tracking import TrackingTable, series_from_table, steps_of
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)

@@ -12,6 +12,13 @@ from learning_dynamics.sim.lm import ALGOS, JUDGED, POSITION_CLASSES, QUICK, SUP
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.sim.common.style import add_format_option
 from learning_dynamics.theory import arguments as arg
+from learning_dynamics.theory.statistics import bootstrap_ci, verdict_from_ci
+from learning_dynamics.theory.predictions import evaluate_comparison, evaluate_run
+from learning_dynamics.theory.predictions import CATALOGUE
+from learning_dynamics.theory.evaluators import squeeze_index
+from learning_dynamics.sim.common.probe_plots import plot_comparison, plot_probe_curves
+from learning_dynamics.sim.common.style import algorithm_label
+from learning_dynamics.sim.common.io import atomic_write_json
 
 
 # --------------------------------------------------------------------------- claims
@@ -35,7 +42,6 @@ def _position_change(series, cls, stat):
 
 
 def position_claims(series, seed=0) -> list:
-    from learning_dynamics.theory.statistics import bootstrap_ci, verdict_from_ci
 
     rows = []
     for claim_id, stat, sign in (("LM-POS-entropy", "entropy", -1.0), ("LM-POS-argmax", "argmax", 1.0)):
@@ -52,7 +58,6 @@ def position_claims(series, seed=0) -> list:
 
 def evaluate_claims(series, seed=0) -> list:
     """Every catalogue prediction these runs can test, plus the position-class claims."""
-    from learning_dynamics.theory.predictions import evaluate_comparison, evaluate_run
 
     claims = []
     for algo in JUDGED:
@@ -70,7 +75,6 @@ def evaluate_claims(series, seed=0) -> list:
 
 def _compared(series) -> dict:
     """The runs the catalogue's two-run predictions compare (off-policy DPO, on-policy DPO, extend), in run order."""
-    from learning_dynamics.theory.predictions import CATALOGUE
 
     names = {algo for p in CATALOGUE if p.scope == "compare" for algo in p.applies_to}
     return {k: v for k, v in series.items() if k in names}
@@ -79,7 +83,6 @@ def _compared(series) -> dict:
 def run_summary(series, steps) -> dict:
     """Mean over prompts at the first, highest and last evaluation, per tracked key, and the
     squeeze index of theory.predictions (y*'s gain minus the mean change of the other probes)."""
-    from learning_dynamics.theory.evaluators import squeeze_index
 
     summary = {"steps": [int(s) for s in steps], "squeeze_index": float(np.mean(squeeze_index(series)))}
     for key, curve in sorted(series.items()):
@@ -93,9 +96,7 @@ def run_summary(series, steps) -> dict:
 # --------------------------------------------------------------------------- figures
 
 def draw_figures(out: Path, series, steps) -> list:
-    from learning_dynamics.sim.common.probe_plots import plot_comparison, plot_probe_curves
 
-    from learning_dynamics.sim.common.style import algorithm_label
 
     figures = []
     for run in [r for r in JUDGED if r in series]:  # the other runs: comparison.png
@@ -152,7 +153,6 @@ def _check_args(args) -> Path:
 def handle(args) -> int:
     import json
 
-    from learning_dynamics.sim.common.io import atomic_write_json
 
     out = _check_args(args)
     algos = [a for a in SUPPORTED if a in args.algo]  # canonical order, no duplicates

@@ -36,6 +36,12 @@ import math
 import numpy as np
 
 from learning_dynamics.theory import algorithms as registry
+from learning_dynamics.theory.residuals import residual_coefficients
+from learning_dynamics.theory.residuals import residual
+from learning_dynamics.theory.residuals import loss_inputs
+from learning_dynamics.theory.squeeze import exact_dlogp
+from learning_dynamics.theory.squeeze_dpo import dpo_shared_context_dlogp
+from learning_dynamics.theory.flow import integrate_flow
 
 DEFAULT_OUT = "ldyn-out/sim/logits"
 PRESETS = {
@@ -139,12 +145,10 @@ def kernel_step(z, kernel, grad, eta):
 # --------------------------------------------------------------------------- residuals
 
 def _coefficients(loss, **inputs):
-    from learning_dynamics.theory.residuals import residual_coefficients
     return residual_coefficients(loss, **inputs)
 
 
 def loss_residual(pi, token, coef):
-    from learning_dynamics.theory.residuals import residual
     return residual(pi, token, coef)
 
 
@@ -152,7 +156,6 @@ def pair_coefficients(algorithm, logp_c, logp_r, ref_c, ref_r, beta, kl=None):
     """(chosen, rejected) coefficients of (e_token - pi) for a pairwise registry algorithm (its record); one label
     per response, so a length-normalised loss sees lengths of 1; `beta` is the KL strength of the
     reference-based losses (a reference-free one keeps the registry's beta)."""
-    from learning_dynamics.theory.residuals import loss_inputs
 
     wrt, others = loss_inputs(algorithm.loss)
     available = {"logp_chosen": logp_c, "logp_rejected": logp_r, "ref_chosen": ref_c, "ref_rejected": ref_r,
@@ -292,8 +295,6 @@ def summarize_series(series):
 def compare_one_step(rng, runs, vocab, steps, eta):
     """Trajectories of repeated negative / positive / shared-DPO steps against theory's exact
     one-step formulas applied at every step (max abs difference of dlog pi)."""
-    from learning_dynamics.theory.squeeze import exact_dlogp
-    from learning_dynamics.theory.squeeze_dpo import dpo_shared_context_dlogp
 
     z = random_logits(rng, runs, vocab)
     p = np.exp(log_softmax(z))
@@ -324,7 +325,6 @@ def compare_one_step(rng, runs, vocab, steps, eta):
 def compare_flow(rng, runs, vocab, horizon):
     """Repeated negative steps with step size eta against theory.flow.integrate_flow over
     the same time horizon t = eta * steps: the difference shrinks as O(eta) (Euler)."""
-    from learning_dynamics.theory.flow import integrate_flow
 
     z = random_logits(rng, runs, vocab)
     p0 = np.exp(log_softmax(z))

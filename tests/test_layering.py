@@ -300,8 +300,6 @@ HEAVY = {"torch", "transformers", "trl", "matplotlib", "sympy", "accelerate", "g
 # tests replace these functions on their module (monkeypatch), which a name bound at import time would not see
 PATCHED_ON_THEIR_MODULE = {"run_digits", "run_tour", "load_model"}
 # issue-29c's branch rewrites these files' contents; their function-level imports move up once both are merged
-EDITED_ON_ANOTHER_BRANCH = {"theory/predictions.py", "theory/algorithms.py", "validate/training/algorithms.py",
-                            "validate/data/probes.py", "sim/logits.py", "sim/lm.py", "sim/lm_cli.py"}
 
 
 def _top_level_imports(tree) -> list:
@@ -348,8 +346,6 @@ def needless_lazy_imports(modules: dict, root: Path = ROOT) -> list:
     heavy = heavy_libraries(modules)
     found = []
     for m, f in modules.items():
-        if str(f.relative_to(root)) in EDITED_ON_ANOTHER_BRANCH:
-            continue
         tree = ast.parse(f.read_text(), filename=str(f))
         for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
             for node in (n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))):

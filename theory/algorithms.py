@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 
 from learning_dynamics.theory import residuals
+from learning_dynamics.theory.errors import UserError
 
 DATA_SHAPES = ("chosen", "pair", "group", "unpaired")
 TRAITS = ("positive-only", "offpolicy-negative", "squeezes", "onpolicy-negative")
@@ -133,7 +134,6 @@ def get(name: str) -> Algorithm:
     try:
         return REGISTRY[name]
     except KeyError:
-        from learning_dynamics.theory.errors import UserError
         raise UserError(f"unknown algorithm {name!r}; choose one of {', '.join(REGISTRY)}") from None
 
 

@@ -15,6 +15,9 @@ import numpy as np
 from learning_dynamics.theory.probes import SAID_ONCE
 from learning_dynamics.validate.data import probe_quality, probe_texts
 from learning_dynamics.validate.training.generate import generate
+from learning_dynamics.validate.training.encode import response_ids
+from learning_dynamics.sim.common.io import read_json
+from learning_dynamics.theory.errors import CorruptFile
 
 
 def special_ids(tokenizer) -> set:
@@ -27,7 +30,6 @@ def end_of_turn_ids(tokenizer) -> list:
     Taken from the template (an empty assistant turn, its tail kept), never from the
     tokenizer's eos list, whose order varies with the transformers version.
     """
-    from learning_dynamics.validate.training.encode import response_ids
     ids = response_ids(tokenizer, "")
     if not ids:
         raise ValueError("the tokenizer has neither a chat template end of turn nor an eos token")
@@ -153,8 +155,6 @@ def tracked_sequences(probe_set) -> list:
 
 def read_probe_set(path, vocab: int) -> list:
     """A run's probes.json read back and checked: a damaged one is named (with --fresh as the way out)."""
-    from learning_dynamics.sim.common.io import read_json
-    from learning_dynamics.theory.errors import CorruptFile
 
     probes = read_json(path, expect=list)
     for i, p in enumerate(probes):

@@ -15,6 +15,7 @@ import torch
 from learning_dynamics.sim import losses
 from learning_dynamics.theory import algorithms as registry
 from learning_dynamics.validate.training.forward import in_order, one_batch, sequence_logps
+from learning_dynamics.validate.presets import hyper_setting
 
 
 def unigram_f1(response, reference) -> float:
@@ -51,7 +52,6 @@ def _reference(examples, key, device):
 def hyper_parameters(algorithm, settings) -> dict:
     """The loss's hyper-parameters for a run: --beta for every reference-based loss, `<algo>_<name>`
     settings (presets.HYPER_SETTINGS) for the rest; the registry's defaults underneath."""
-    from learning_dynamics.validate.presets import hyper_setting
 
     return {h: settings.get(hyper_setting(algorithm, h), v) for h, v in algorithm.defaults.items()}
 
