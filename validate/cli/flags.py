@@ -24,7 +24,9 @@ def add_run(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", type=arg.path, required=True, help="run directory (created; an existing one is resumed)")
     add_format_option(p)
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                   help="smoke: tiny random Llama on the CPU in <1 min; default: SmolLM2 on a GPU")
+                   help="smoke: tiny random Llama on the CPU in <1 min; cpu: SmolLM2 on 2 CPU cores, short and "
+                        "saturating (outside the regime of the paper's claims); cpu-regime: SmolLM2 on 2 CPU cores in "
+                        "that regime (calibrated); default: SmolLM2 on a GPU")
     p.add_argument("--algo", choices=ALGORITHMS, help="training algorithm (default dpo)")
     p.add_argument("--model", help="'smollm2' (default), 'tiny-random', a local HF folder, a .gguf file, or a hub id")
     p.add_argument("--data", type=arg.absolute_path, help="TRL preference JSONL (prompt/chosen/rejected, plain or chat); "
