@@ -38,3 +38,8 @@ def test_a_verdict_leaves_out_the_prompts_whose_probe_is_unusable():
     assert row["verdict"] == "inconclusive" and "only 6 probe prompts have usable probes" in row["detail"]
     untouched = {r["id"]: r for r in P.evaluate_run(series, "sft")}["P12d"]
     assert untouched["n"] == 12                           # a verdict that reads y+ alone keeps every prompt
+    series["logps/chosen_rephrase"][:, :6] = -5.0
+    series["logps/chosen_rephrase"][:, 1] = np.nan
+    series["gen/rep4"] = np.zeros((series["logps/chosen"].shape[0], 4))   # generations of the first 4 prompts
+    row = {r["id"]: r for r in P.evaluate_run(series, "sft")}["P13b"]    # a real run's shapes: no IndexError
+    assert row["n"] == 11 and "1 of 12 probe prompts left out" in row["detail"]

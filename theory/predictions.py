@@ -118,9 +118,11 @@ def _usable_prompts(prediction: Prediction, series_list) -> tuple:
 
 
 def _columns(series, usable):
+    """The series' columns of the usable prompts. A series over the first k prompts only (the greedy generations:
+    gen/*, over the first gen_prompts probe prompts) keeps its usable ones among those k."""
     if series is None or usable is None:
         return series
-    return {k: np.asarray(v)[..., usable] for k, v in series.items()}
+    return {k: np.asarray(v)[..., usable[:np.shape(v)[-1]]] for k, v in series.items()}
 
 
 def _only(usable):
