@@ -187,7 +187,7 @@ CATALOGUE = (
     Prediction("P17r", "Off-policy DPO raises the model's propensity to repeat its own answer more than SFT on "
                "the same pairs does: the per-token log-prob of re-emitting its initial sample right after it "
                "rises more than under the SFT control.", "theory.flow (mass piles onto the argmax)", "17", "run",
-               ("llm",), DPO_FAMILY, "nats per token, minus SFT's", repeats_itself_against_control,
+               ("llm",), DPO_FAMILY, "nats per token, minus the control's", repeats_itself_against_control,
                regime=SQUEEZE_REGIME, probes=("initial_sample", "sample_repeated")),
     Prediction("P05r", "Dose-response: prompts whose y- sits in a peakier distribution (lower initial "
                "entropy on y-'s contexts) squeeze harder.", "theory.squeeze.threshold (grows with ||pi||^2)",
@@ -206,7 +206,7 @@ CATALOGUE = (
     Prediction("P18r", "Mass conservation directs the squeeze: a larger share of the probability mass that "
                "moves on y+'s contexts goes into the initial top token than under SFT on the same pairs.",
                "theory.softmax.apply_A (A v = v - pi.v)", "18", "run", ("llm",), DPO_FAMILY,
-               "share of moved mass, minus SFT's", mass_into_top_token,
+               "share of moved mass, minus the control's", mass_into_top_token,
                regime=SQUEEZE_REGIME, probes=("chosen",)),
 
     # ---- two runs on the same probe prompts
