@@ -90,6 +90,7 @@ def trl_step(model, reference, tokenizer, examples, settings):
     trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
     trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1   # set by Trainer's loop, which a single training_step skips
     inputs = next(iter(trainer.get_train_dataloader()))
 
     def run():
