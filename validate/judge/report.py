@@ -12,12 +12,11 @@ import numpy as np
 from learning_dynamics.sim.common.io import atomic_write_json, atomic_write_text, json_ready, read_json
 from learning_dynamics.sim.common.tracking import TrackingTable, series_from_table, steps_of
 from learning_dynamics.theory import predictions
-from learning_dynamics.theory import regime as regimes
 from learning_dynamics.theory import algorithms
 from learning_dynamics.theory.algorithms import CONTROL
 from learning_dynamics.theory.errors import CorruptFile, UserError
 from learning_dynamics.validate import identity, provenance
-from learning_dynamics.validate.judge import pooling, report_notes
+from learning_dynamics.validate.judge import report_notes
 from learning_dynamics.validate.data import probe_quality
 from learning_dynamics.validate.data.repetition import prefix_repetition
 from learning_dynamics.validate.presets import PRESETS, check
@@ -191,12 +190,12 @@ def _caveat(row, design_info) -> str:
 
 def with_caveats(rows, design_info) -> list:
     """The rows, each with its caveat (a flag in every table row that reads a probe that is a training target)."""
-    return [dict(r, caveat=_caveat(r, design_info)) if _caveat(r, design_info) else r for r in rows]
+    return [dict(r, caveat=caveat) if (caveat := _caveat(r, design_info)) else r for r in rows]
 
 
-def _caveats(rows, design_info) -> list:
-    """One line per verdict whose probes are also training targets (validate.data.design)."""
-    return [f"- {r['id']}: {_caveat(r, design_info)}" for r in rows if _caveat(r, design_info)]
+def _caveat_lines(flagged) -> list:
+    """One line per verdict whose probes are also training targets, from rows with_caveats flagged."""
+    return [f"- {r['id']}: {r['caveat']}" for r in flagged if r.get("caveat")]
 
 
 def write_report(run_dir, control=None, controls=None, control_note=None) -> dict:
@@ -226,6 +225,7 @@ def write_report(run_dir, control=None, controls=None, control_note=None) -> dic
     rows = report_notes.mark_skipped(rows, (design_info or {}).get("skipped_probes"))
     if stopped:
         rows = _inconclusive(rows, stopped)
+    flagged = with_caveats(rows, design_info)
     first_order = _read_json(run_dir / "first_order.json")
     if first_order:
         figures += [f for f in first_order.get("figures", []) if isinstance(f, str)]
@@ -250,7 +250,7 @@ def write_report(run_dir, control=None, controls=None, control_note=None) -> dic
         "control_note": None if controls else (control_note or "no control run was given with it"),
         "regime": None if regime is None else {**regime.as_dict(), "first_step": first_step},
         "unusable_probes": probe_quality.summary(_read_json(run_dir / "probes.json", [], expect=list)),
-        "caveats": _caveats(rows, design_info), "predictions": with_caveats(rows, design_info),
+        "caveats": _caveat_lines(flagged), "predictions": flagged,
         "summary": {key: {"start": _finite_mean(series[key][0]), "end": _finite_mean(series[key][-1])}
                     for key in sorted(series) if key.startswith(("logps/", "entropy/chosen", "gen/"))},
     })
